@@ -1,0 +1,86 @@
+#include "channel/channel.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "channel/error.h"
+
+namespace ktm {
+namespace {
+
+// Advances a (copied) iovec array past `n` consumed bytes.
+void Advance(std::vector<iovec>& v, size_t& idx, size_t n) {
+  while (n > 0 && idx < v.size()) {
+    size_t take = std::min(n, v[idx].iov_len);
+    v[idx].iov_base = static_cast<char*>(v[idx].iov_base) + take;
+    v[idx].iov_len -= take;
+    n -= take;
+    if (v[idx].iov_len == 0) ++idx;
+  }
+  while (idx < v.size() && v[idx].iov_len == 0) ++idx;
+}
+
+size_t Total(std::span<const iovec> iov) {
+  size_t t = 0;
+  for (const auto& v : iov) t += v.iov_len;
+  return t;
+}
+
+}  // namespace
+
+ZeroCopyIds Channel::writev_all(std::span<const iovec> iov, unsigned flags) {
+  std::vector<iovec> rest(iov.begin(), iov.end());
+  size_t idx = 0;
+  Advance(rest, idx, 0);
+  ZeroCopyIds all;
+  bool have = false;
+  while (idx < rest.size()) {
+    WriteResult r = writev(std::span<const iovec>(rest).subspan(idx), flags);
+    if (r.would_block) {
+      wait_io(/*for_write=*/true);
+      continue;
+    }
+    if (!r.zc.empty()) {
+      if (!have) all.first = r.zc.first;
+      all.end = r.zc.end;
+      have = true;
+    }
+    Advance(rest, idx, r.bytes);
+  }
+  return all;
+}
+
+ZeroCopyIds Channel::write_all(const void* buf, size_t len, unsigned flags) {
+  iovec v{const_cast<void*>(buf), len};
+  return writev_all(std::span<const iovec>(&v, 1), flags);
+}
+
+bool Channel::readv_all(std::span<const iovec> iov) {
+  const size_t want = Total(iov);
+  std::vector<iovec> rest(iov.begin(), iov.end());
+  size_t idx = 0;
+  Advance(rest, idx, 0);
+  size_t got = 0;
+  while (idx < rest.size()) {
+    ReadResult r = readv(std::span<const iovec>(rest).subspan(idx));
+    if (r.would_block) {
+      wait_io(/*for_write=*/false);
+      continue;
+    }
+    if (r.eof()) {
+      if (got == 0) return false;
+      throw Error("stream truncated: peer closed after " + std::to_string(got) + " of " +
+                  std::to_string(want) + " bytes of a message");
+    }
+    got += r.bytes;
+    Advance(rest, idx, r.bytes);
+  }
+  return true;
+}
+
+bool Channel::read_all(void* buf, size_t len) {
+  iovec v{buf, len};
+  return readv_all(std::span<const iovec>(&v, 1));
+}
+
+}  // namespace ktm

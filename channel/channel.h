@@ -1,0 +1,147 @@
+// The Channel interface: a byte stream with explicit buffer-lifetime rules.
+//
+// Every transport layer (plain socket, userspace TLS, kernel TLS) implements
+// this interface, and the migration transport only ever talks to it. The one
+// thing that makes this more than read()/write() is zero copy: a write made
+// with kWriteZeroCopy on a channel that has kFeatureZeroCopyWrite may leave
+// the caller's pages pinned in the kernel after writev() returns. Such a
+// write gets a range of write ids (WriteResult::zc), and the caller must not
+// modify or free those pages until the ids are released (is_released(),
+// flush(), or the release callback says so). Writes without the flag, and
+// every write on a channel without the feature, are synchronous: the buffer
+// may be reused as soon as writev() returns.
+//
+// Threading: a Channel is used by one thread at a time. Callbacks run on the
+// thread that called the method which observed the completion.
+//
+// Errors: methods throw ktm::Error (errno + an actionable sentence). In
+// non-blocking mode "would block" is not an error: partial methods report it
+// in their result; the *_all variants wait for readiness instead.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+
+namespace ktm {
+
+// Write flags (bit set).
+inline constexpr unsigned kWriteZeroCopy = 1u << 0;  // may hand pages to the kernel
+
+// Feature bits a channel advertises; test with has_feature(), not type checks.
+enum Feature : unsigned {
+  kFeatureZeroCopyWrite = 1u << 0,  // kWriteZeroCopy really pins caller pages
+  kFeatureShutdown = 1u << 1,       // shutdown() half-closes
+  kFeatureEncrypted = 1u << 2,      // bytes on the wire are encrypted
+};
+
+// A half-open range [first, end) of zero-copy write ids. Empty when the
+// write was copied synchronously (below threshold, or no zero copy).
+struct ZeroCopyIds {
+  uint64_t first = 0;
+  uint64_t end = 0;
+  bool empty() const { return first == end; }
+};
+
+struct WriteResult {
+  size_t bytes = 0;          // bytes the kernel accepted
+  bool would_block = false;  // non-blocking mode only: nothing accepted
+  ZeroCopyIds zc;            // ids pinning the caller's pages, if any
+};
+
+struct ReadResult {
+  size_t bytes = 0;          // 0 with !would_block means end of stream
+  bool would_block = false;  // non-blocking mode only
+  bool eof() const { return bytes == 0 && !would_block; }
+};
+
+// Outcome of a flush. `complete` is false only for try_flush() that had to
+// stop because completions were not yet available.
+struct FlushResult {
+  bool complete = true;
+  uint64_t released = 0;      // write ids released during this call
+  bool any_zero_copied = false;  // any id released since the last flush avoided the copy
+};
+
+// Called when zero-copy writes are released: inclusive range of write ids,
+// and whether the kernel ended up copying them anyway. Each id is reported
+// exactly once.
+using ReleaseCallback = std::function<void(uint64_t first, uint64_t last, bool copied)>;
+
+enum class ShutdownHow { kRead, kWrite, kBoth };
+
+class Channel {
+ public:
+  virtual ~Channel() = default;
+  Channel() = default;
+  Channel(const Channel&) = delete;
+  Channel& operator=(const Channel&) = delete;
+
+  virtual unsigned features() const = 0;
+  bool has_feature(Feature f) const { return (features() & f) != 0; }
+
+  // Human-readable description of the path this channel takes, e.g.
+  // "tcp 127.0.0.1:4444, MSG_ZEROCOPY on (threshold 10240 bytes)".
+  virtual std::string describe() const = 0;
+
+  // Partial write of the iovec. Blocking mode: blocks until at least one
+  // byte is accepted. Non-blocking mode: returns would_block if none was.
+  // Buffer ownership: see the file comment (zc ids pin the pages).
+  // Throws on connection errors and on errors reported asynchronously by
+  // earlier zero-copy writes.
+  virtual WriteResult writev(std::span<const iovec> iov, unsigned flags) = 0;
+
+  // Partial read. Blocking mode: blocks until at least one byte or EOF.
+  // Non-blocking mode: returns would_block if nothing is available.
+  // The caller owns the buffers; they are filled when this returns.
+  virtual ReadResult readv(std::span<const iovec> iov) = 0;
+
+  // Writes the whole iovec, waiting for writability in non-blocking mode.
+  // Returns the union of the zero-copy ids the writes produced.
+  ZeroCopyIds writev_all(std::span<const iovec> iov, unsigned flags);
+  ZeroCopyIds write_all(const void* buf, size_t len, unsigned flags = 0);
+
+  // Reads exactly the iovec's total length, waiting as needed. Returns false
+  // if the stream ended cleanly before the first byte; throws an Error
+  // ("truncated") if it ended part-way.
+  bool readv_all(std::span<const iovec> iov);
+  bool read_all(void* buf, size_t len);
+
+  // Blocks until every zero-copy write issued so far is released. After it
+  // returns the caller may reuse every buffer it has written. Channels
+  // without zero copy return at once. Throws if a write failed in the kernel.
+  virtual FlushResult flush() { return {}; }
+
+  // Like flush() but never blocks: processes the completions already
+  // available and returns complete=false if some writes are still pinned.
+  virtual FlushResult try_flush() { return flush(); }
+
+  // True when every id in `ids` is released (always true when empty).
+  virtual bool is_released(ZeroCopyIds ids) const { return ids.empty(); }
+
+  // Installs the release callback (replacing any previous one).
+  virtual void set_release_callback(ReleaseCallback cb) { (void)cb; }
+
+  // Half-closes the stream. For TLS channels kWrite sends close_notify.
+  virtual void shutdown(ShutdownHow how) = 0;
+
+  // Releases the fd. Pending zero-copy writes are not waited for: call
+  // flush() first if the pages matter. Idempotent.
+  virtual void close() = 0;
+
+  // Switches O_NONBLOCK semantics for the partial methods.
+  virtual void set_blocking(bool blocking) = 0;
+  virtual bool blocking() const = 0;
+
+ protected:
+  // Waits until the channel is readable (or writable). Used by the *_all
+  // helpers in non-blocking mode.
+  virtual void wait_io(bool for_write) = 0;
+};
+
+}  // namespace ktm

@@ -1,0 +1,133 @@
+// SocketChannel: a connected TCP (IPv4/IPv6) or UNIX stream socket.
+//
+// Zero copy: when the options allow it, the constructor enables SO_ZEROCOPY
+// and remembers whether the kernel accepted it (zero_copy_available()).
+// writev(kWriteZeroCopy) then uses sendmsg(MSG_ZEROCOPY) for writes of at
+// least `zero_copy_threshold` bytes; smaller writes are copied, because
+// pinning pages and queueing a notification costs more than copying them.
+// Each zero-copy sendmsg gets one write id; its pages stay pinned until the
+// kernel's completion for that id has been read from the error queue (see
+// ZeroCopyTracker). flush() waits for all of them.
+//
+// ENOBUFS from a zero-copy send means the kernel could not pin the pages
+// (RLIMIT_MEMLOCK) or could not allocate the notification (optmem). The
+// channel then drains the error queue (blocking: waits for every completion;
+// non-blocking: takes what is there) and retries once; a second ENOBUFS is
+// an Error naming both limits and their current values.
+//
+// Errors the kernel reports on the error queue (ee_errno != 0) are kept and
+// thrown by the next writev/flush, never dropped.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "channel/channel.h"
+#include "channel/policy.h"
+#include "channel/unique_fd.h"
+#include "channel/zerocopy_tracker.h"
+
+namespace ktm {
+
+struct SocketOptions {
+  ZeroCopyMode zero_copy = ZeroCopyMode::kAuto;
+  size_t zero_copy_threshold = 10 * 1024;
+  bool blocking = true;
+  // Non-blocking drain of the error queue once this many sends are
+  // outstanding, so notifications do not pile up against optmem_max.
+  uint64_t reap_outstanding = 256;
+};
+
+class SocketChannel : public Channel {
+ public:
+  // Takes a connected stream socket. Sets TCP_NODELAY on TCP sockets and
+  // probes SO_ZEROCOPY as `opts.zero_copy` says. Throws Error if zero copy
+  // is required but the socket cannot do it (the reason is in the message).
+  explicit SocketChannel(UniqueFd fd, const SocketOptions& opts = {});
+  ~SocketChannel() override;
+
+  // Connects to "HOST:PORT", "[V6ADDR]:PORT" or "unix:PATH", trying every
+  // resolved address, giving up after `timeout` per attempt.
+  static std::unique_ptr<SocketChannel> Connect(const std::string& address,
+                                                std::chrono::milliseconds timeout,
+                                                const SocketOptions& opts = {});
+
+  unsigned features() const override;
+  std::string describe() const override;
+  WriteResult writev(std::span<const iovec> iov, unsigned flags) override;
+  ReadResult readv(std::span<const iovec> iov) override;
+  FlushResult flush() override;
+  FlushResult try_flush() override;
+  bool is_released(ZeroCopyIds ids) const override { return tracker_.IsReleased(ids); }
+  void set_release_callback(ReleaseCallback cb) override;
+  void shutdown(ShutdownHow how) override;
+  void close() override;
+  void set_blocking(bool blocking) override;
+  bool blocking() const override { return blocking_; }
+
+  // Blocks until the given ids are released (or throws on error).
+  void wait_released(ZeroCopyIds ids);
+
+  bool zero_copy_available() const { return zero_copy_; }
+  // Why zero copy is not in use ("" when it is).
+  const std::string& zero_copy_reason() const { return zero_copy_reason_; }
+  const ZeroCopyCounters& zero_copy_counters() const { return tracker_.counters(); }
+  size_t zero_copy_threshold() const { return threshold_; }
+
+  int fd() const { return fd_.get(); }
+  int family() const { return family_; }
+  // Hands the fd to another layer (e.g. TLS). The channel is closed after.
+  UniqueFd release_fd();
+
+ protected:
+  void wait_io(bool for_write) override;
+
+ private:
+  // Reads the error queue. block=true waits until nothing is outstanding.
+  FlushResult DrainErrorQueue(bool block);
+  void ThrowPending();
+  void CheckOpen(const char* op) const;
+  [[noreturn]] void ThrowIoError(int err, const char* op) const;
+  std::string EnobufsMessage() const;
+
+  UniqueFd fd_;
+  int family_ = 0;
+  bool blocking_ = true;
+  bool zero_copy_ = false;
+  std::string zero_copy_reason_;
+  size_t threshold_;
+  uint64_t reap_outstanding_;
+  ZeroCopyTracker tracker_;
+  std::optional<Error> pending_error_;
+  std::string peer_;
+};
+
+// A listening socket. Accept() returns SocketChannels.
+class Listener {
+ public:
+  // Listens on "HOST:PORT" (PORT 0 picks a free port), "[V6]:PORT" or
+  // "unix:PATH" (a stale socket file at PATH is replaced).
+  static Listener Listen(const std::string& address, int backlog = 64);
+
+  // Waits up to `timeout` (negative: forever) for a connection. Throws
+  // Error with ETIMEDOUT when none arrives in time.
+  std::unique_ptr<SocketChannel> Accept(std::chrono::milliseconds timeout,
+                                        const SocketOptions& opts = {});
+
+  // The bound address in the same syntax Listen takes (port filled in).
+  std::string address() const;
+  uint16_t port() const;
+  int fd() const { return fd_.get(); }
+
+ private:
+  UniqueFd fd_;
+  int family_ = 0;
+  std::string unix_path_;
+};
+
+// "HOST:PORT" of a socket's peer or local side, "unix:PATH" for AF_UNIX.
+std::string SockName(int fd, bool peer);
+
+}  // namespace ktm
