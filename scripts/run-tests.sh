@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Runs every test target in each configuration, then prints one line
+#   N passed, N failed
+# counting GoogleTest cases (from each target's test.xml) over all runs.
+# A target that fails without producing cases (crash, build failure, timeout)
+# counts as one failed case, so nothing can fail silently.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+# name|bazel flags|targets
+RUNS=(
+  "plain||//tests/..."
+  "asan+ubsan|--config=asan|//tests/..."
+  "tsan|--config=tsan|//tests/..."
+)
+if [ -n "${KTM_TEST_CONFIGS:-}" ]; then
+  filtered=()
+  for r in "${RUNS[@]}"; do
+    case ",$KTM_TEST_CONFIGS," in *",${r%%|*},"*) filtered+=("$r");; esac
+  done
+  RUNS=("${filtered[@]}")
+fi
+
+total_pass=0
+total_fail=0
+summary=()
+
+count_xml() {
+  # Prints "pass fail" for the test.xml files under $1.
+  python3 - "$1" <<'PY'
+import sys, os, xml.etree.ElementTree as ET
+root = sys.argv[1]
+p = f = 0
+for d, _, files in os.walk(root, followlinks=True):
+    if "test.xml" not in files:
+        continue
+    try:
+        t = ET.parse(os.path.join(d, "test.xml")).getroot()
+    except ET.ParseError:
+        f += 1
+        continue
+    cases = t.findall(".//testcase")
+    if not cases:
+        f += 1
+        continue
+    for c in cases:
+        if c.find("failure") is not None or c.find("error") is not None:
+            f += 1
+        elif c.get("status", "run") == "run" and c.get("result", "completed") in ("completed", ""):
+            p += 1
+        # skipped / not run cases count as neither
+    # a target whose binary died after some cases: bazel marks the suite failed
+    if t.get("errors", "0") not in ("0", "") and not any(
+            c.find("error") is not None for c in cases):
+        f += 1
+print(p, f)
+PY
+}
+
+for run in "${RUNS[@]}"; do
+  IFS='|' read -r name flags targets <<<"$run"
+  echo "=== tests: $name ==="
+  # shellcheck disable=SC2086
+  bazel test $flags $targets
+  rc=$?
+  logs=$(bazel info $flags bazel-testlogs 2>/dev/null)
+  read -r p f < <(count_xml "$logs")
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+    f=1  # bazel failed (e.g. build error) without a failing case to show for it
+  fi
+  summary+=("$name: $p passed, $f failed")
+  total_pass=$((total_pass + p))
+  total_fail=$((total_fail + f))
+done
+
+echo
+for s in "${summary[@]}"; do echo "  $s"; done
+echo "$total_pass passed, $total_fail failed"
+[ "$total_fail" -eq 0 ]
