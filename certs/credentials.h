@@ -1,0 +1,54 @@
+// x509 credentials for one end of a TLS session.
+//
+// Files follow QEMU's creds-dir convention (so an existing QEMU TLS setup
+// works unchanged): ca-cert.pem, ca-crl.pem (optional), server-cert.pem,
+// server-key.pem, client-cert.pem, client-key.pem. Explicit paths can be
+// given instead. Load() checks the files the way an operator would want
+// them checked before a migration starts, and every error names the file.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "certs/gnutls_util.h"
+
+namespace ktm {
+
+enum class TlsRole { kClient, kServer };
+
+struct CredentialFiles {
+  std::string ca;    // required: trust anchor for the peer
+  std::string crl;   // optional: revocation list signed by the CA
+  std::string cert;  // own certificate (required for servers; clients may omit)
+  std::string key;   // own private key, with cert
+};
+
+// Resolves the QEMU file names inside `dir` for `role`. ca-cert.pem must
+// exist; ca-crl.pem is used if present; the role's cert/key must exist for a
+// server and are used by a client if present.
+CredentialFiles CredsDirFiles(const std::string& dir, TlsRole role);
+
+class Credentials {
+ public:
+  // Loads and checks: validity period of every certificate; CA has the CA
+  // basic constraint and cert-signing usage; the leaf is not a CA and has
+  // the key purpose for `role` (TLS WWW server/client); the key matches the
+  // certificate; the leaf chains to the CA. Throws Error naming the file.
+  static std::shared_ptr<Credentials> Load(const CredentialFiles& files, TlsRole role);
+
+  gnutls_certificate_credentials_t get() const { return creds_.get(); }
+  const CredentialFiles& files() const { return files_; }
+  bool has_own_cert() const { return !files_.cert.empty(); }
+  bool has_crl() const { return !files_.crl.empty(); }
+
+ private:
+  CertCredentials creds_;
+  CredentialFiles files_;
+};
+
+// The individual checks, exposed for tests and `tls-migrate certs check`.
+void CheckValidity(gnutls_x509_crt_t crt, const std::string& file);
+void CheckCaCert(gnutls_x509_crt_t crt, const std::string& file);
+void CheckLeafCert(gnutls_x509_crt_t crt, TlsRole role, const std::string& file);
+
+}  // namespace ktm

@@ -1,0 +1,86 @@
+// Moving a GnuTLS session into the kernel (kTLS), and the kTLS channel.
+//
+// Debian's GnuTLS is built without kTLS, so after the handshake we install
+// the keys ourselves: TCP_ULP "tls", then TLS_TX and TLS_RX filled from
+// gnutls_record_get_state(). After that plain sendmsg()/recvmsg() on the fd
+// carry TLS records the kernel encrypts and decrypts.
+#pragma once
+
+#include <gnutls/gnutls.h>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "channel/channel.h"
+#include "channel/unique_fd.h"
+#include "tls/tls_session.h"
+
+namespace ktm {
+
+// Why the kernel cannot take a session with this version/cipher, or
+// nullopt if it can (AES-128/256-GCM, ChaCha20-Poly1305; TLS 1.2 and 1.3).
+std::optional<std::string> KtlsCipherUnsupported(gnutls_protocol_t v, gnutls_cipher_algorithm_t c);
+
+// Whether this kernel offers the "tls" ULP, tested on a loopback TCP
+// connection. Returns nullopt when available, else the reason, e.g.
+// "kernel has no tls module: TCP_ULP returned ENOENT".
+std::optional<std::string> ProbeKtlsUlp();
+
+// Installs TX and RX for the session on its fd. Returns nullopt on success,
+// or the reason nothing was installed. Both directions or neither: if the
+// kernel accepts TX and then refuses RX the connection can no longer be used
+// in any mode and this throws.
+std::optional<std::string> InstallKtls(TlsSession& session);
+
+// /proc/net/tls_stat as name -> value (empty when the file is absent).
+std::map<std::string, uint64_t> ReadTlsStat();
+
+enum class KtlsPath { kByGnutls, kKeyInstall };
+
+// KtlsChannel: the kernel holds the keys; plaintext goes to the fd.
+//
+// Writes: sendmsg() encrypts from the caller's pages before it returns, so
+// writes are synchronous (reuse the buffer at once) and involve no userspace
+// copy. MSG_ZEROCOPY is never passed (the kernel rejects it on kTLS
+// sockets). kFeatureZeroCopyWrite is advertised in that sense: no copy, but
+// no ids to wait for either.
+// Reads: application data is returned; close_notify is a clean EOF; any
+// other alert is an Error naming it; TLS 1.3 NewSessionTicket is consumed
+// and ignored; KeyUpdate is an Error (this code does not re-key the kernel
+// state). EOF without close_notify is reported as truncation.
+class KtlsChannel : public Channel {
+ public:
+  KtlsChannel(std::unique_ptr<TlsSession> session, KtlsPath path);
+  ~KtlsChannel() override;
+
+  unsigned features() const override {
+    return kFeatureShutdown | kFeatureEncrypted | kFeatureZeroCopyWrite;
+  }
+  std::string describe() const override;
+  WriteResult writev(std::span<const iovec> iov, unsigned flags) override;
+  ReadResult readv(std::span<const iovec> iov) override;
+  void shutdown(ShutdownHow how) override;
+  void close() override;
+  void set_blocking(bool blocking) override;
+  bool blocking() const override { return blocking_; }
+
+  KtlsPath path() const { return path_; }
+  uint64_t session_tickets_ignored() const { return tickets_ignored_; }
+
+ protected:
+  void wait_io(bool for_write) override;
+
+ private:
+  std::unique_ptr<TlsSession> session_;  // kept for names; no longer does I/O
+  UniqueFd fd_;
+  KtlsPath path_;
+  bool blocking_ = true;
+  bool saw_close_notify_ = false;
+  bool sent_close_notify_ = false;
+  uint64_t tickets_ignored_ = 0;
+  std::string names_;
+};
+
+}  // namespace ktm

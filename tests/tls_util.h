@@ -1,0 +1,147 @@
+// Helpers for TLS tests: a TLS connection over loopback with one end in a
+// thread, and options built from the test PKI.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <cstring>
+#include <future>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "certs/credentials.h"
+#include "channel/socket_channel.h"
+#include "ktls/establish.h"
+#include "tests/pki.h"
+#include "util/sha256.h"
+
+namespace ktm::testing {
+
+inline TlsOptions ServerOptions(const CredentialFiles& f) {
+  TlsOptions o;
+  o.role = TlsRole::kServer;
+  o.creds = Credentials::Load(f, TlsRole::kServer);
+  o.handshake_timeout = std::chrono::seconds(10);
+  return o;
+}
+inline TlsOptions ServerOptions() {
+  return ServerOptions(CredsDirFiles(Pki::Get().dir, TlsRole::kServer));
+}
+
+inline TlsOptions ClientOptions(const CredentialFiles& f, const std::string& name = "localhost") {
+  TlsOptions o;
+  o.role = TlsRole::kClient;
+  o.creds = Credentials::Load(f, TlsRole::kClient);
+  o.peer_name = name;
+  o.handshake_timeout = std::chrono::seconds(10);
+  return o;
+}
+inline TlsOptions ClientOptions(const std::string& name = "localhost") {
+  return ClientOptions(CredsDirFiles(Pki::Get().dir, TlsRole::kClient), name);
+}
+
+struct Policy {
+  KtlsMode ktls = KtlsMode::kAuto;
+  ZeroCopyMode zc = ZeroCopyMode::kAuto;
+};
+
+struct TlsEnd {
+  std::unique_ptr<Channel> ch;
+  TlsPathReport report;
+  std::string error;  // set instead of ch when establishment failed
+  int raw_fd = -1;    // a dup of the socket, for tests that inject bytes
+};
+
+// Accepts one connection on `l` and establishes TLS as a server.
+inline std::future<TlsEnd> ServeOnce(Listener& l, TlsOptions opts, Policy pol = {}, bool keep_raw = false) {
+  return std::async(std::launch::async, [&l, opts, pol, keep_raw] {
+    TlsEnd end;
+    try {
+      SocketOptions so;
+      so.zero_copy = ZeroCopyMode::kOff;
+      auto sock = l.Accept(std::chrono::seconds(10), so);
+      if (keep_raw) end.raw_fd = dup(sock->fd());
+      end.ch = EstablishTls(sock->release_fd(), opts, pol.ktls, pol.zc, &end.report);
+    } catch (const std::exception& e) {
+      end.error = e.what();
+    }
+    return end;
+  });
+}
+
+inline TlsEnd ConnectTls(const std::string& addr, const TlsOptions& opts, Policy pol = {}, bool keep_raw = false) {
+  TlsEnd end;
+  try {
+    SocketOptions so;
+    so.zero_copy = ZeroCopyMode::kOff;
+    auto sock = SocketChannel::Connect(addr, std::chrono::seconds(10), so);
+    if (keep_raw) end.raw_fd = dup(sock->fd());
+    end.ch = EstablishTls(sock->release_fd(), opts, pol.ktls, pol.zc, &end.report);
+  } catch (const std::exception& e) {
+    end.error = e.what();
+  }
+  return end;
+}
+
+// Sends `len` deterministic bytes in 1 MiB writes and closes the write side
+// (close_notify). Returns the digest of what was sent.
+inline Sha256::Digest SendPattern(Channel& ch, size_t len, uint64_t seed) {
+  std::vector<uint8_t> buf(1 << 20);
+  Sha256 h;
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 7;
+  for (size_t off = 0; off < len; off += buf.size()) {
+    size_t n = std::min(buf.size(), len - off);
+    for (size_t i = 0; i + 8 <= n; i += 8) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      std::memcpy(&buf[i], &x, 8);
+    }
+    h.Update(buf.data(), n);
+    ch.write_all(buf.data(), n, kWriteZeroCopy);
+  }
+  ch.flush();
+  ch.shutdown(ShutdownHow::kWrite);
+  return h.Final();
+}
+
+// Reads to EOF (close_notify); returns (bytes, digest).
+inline std::pair<uint64_t, Sha256::Digest> ReceiveAll(Channel& ch) {
+  std::vector<uint8_t> buf(1 << 20);
+  Sha256 h;
+  uint64_t total = 0;
+  for (;;) {
+    iovec v{buf.data(), buf.size()};
+    ReadResult r = ch.readv(std::span<const iovec>(&v, 1));
+    if (r.eof()) break;
+    h.Update(buf.data(), r.bytes);
+    total += r.bytes;
+  }
+  return {total, h.Final()};
+}
+
+// Full-duplex exchange: both ends send `len` bytes and receive the other's.
+// Returns an empty string on success, else what went wrong.
+inline std::string ExchangeBothWays(Channel& a, Channel& b, size_t len) {
+  Sha256::Digest sent_a{}, sent_b{};
+  std::pair<uint64_t, Sha256::Digest> got_a, got_b;
+  std::string err;
+  std::thread ta([&] {
+    try { sent_a = SendPattern(a, len, 1); } catch (const std::exception& e) { err += std::string("a send: ") + e.what(); }
+  });
+  std::thread tb([&] {
+    try { sent_b = SendPattern(b, len, 2); } catch (const std::exception& e) { err += std::string("b send: ") + e.what(); }
+  });
+  std::thread ra([&] {
+    try { got_a = ReceiveAll(a); } catch (const std::exception& e) { err += std::string("a recv: ") + e.what(); }
+  });
+  try { got_b = ReceiveAll(b); } catch (const std::exception& e) { err += std::string("b recv: ") + e.what(); }
+  ta.join();
+  tb.join();
+  ra.join();
+  if (!err.empty()) return err;
+  if (got_b.first != len || got_b.second != sent_a) return "a->b data mismatch";
+  if (got_a.first != len || got_a.second != sent_b) return "b->a data mismatch";
+  return "";
+}
+
+}  // namespace ktm::testing

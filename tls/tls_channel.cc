@@ -1,0 +1,164 @@
+#include "tls/tls_channel.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+
+namespace ktm {
+namespace {
+// Bytes corked before an uncork: big enough to fill several 16 KiB records
+// per syscall, small enough that GnuTLS's cork buffer stays modest.
+constexpr size_t kCorkBatch = 256 << 10;
+}  // namespace
+
+TlsChannel::TlsChannel(std::unique_ptr<TlsSession> session, std::string why_userspace)
+    : session_(std::move(session)), why_userspace_(std::move(why_userspace)) {
+  int fl = fcntl(session_->fd(), F_GETFL);
+  blocking_ = (fl & O_NONBLOCK) == 0;
+}
+
+TlsChannel::~TlsChannel() = default;
+
+std::string TlsChannel::describe() const {
+  return session_->version_name() + " " + session_->cipher_name() +
+         ", userspace TLS (GnuTLS records; " + why_userspace_ +
+         "); zero copy off: GnuTLS reuses its ciphertext buffer";
+}
+
+void TlsChannel::ThrowRecordError(ssize_t rc, const char* op) {
+  int r = static_cast<int>(rc);
+  if (r == GNUTLS_E_PREMATURE_TERMINATION) {
+    throw Error(EPIPE, std::string("TLS stream truncated during ") + op +
+                           ": the peer closed the connection without close_notify");
+  }
+  if (r == GNUTLS_E_FATAL_ALERT_RECEIVED || r == GNUTLS_E_WARNING_ALERT_RECEIVED) {
+    const char* a = gnutls_alert_get_name(gnutls_alert_get(session_->get()));
+    throw Error(ECONNABORTED, std::string("peer sent TLS alert '") + (a ? a : "?") + "' during " + op);
+  }
+  if (r == GNUTLS_E_DECRYPTION_FAILED || r == GNUTLS_E_UNEXPECTED_PACKET_LENGTH ||
+      r == GNUTLS_E_UNEXPECTED_PACKET || r == GNUTLS_E_UNSUPPORTED_VERSION_PACKET) {
+    throw Error(EBADMSG, std::string("TLS record rejected during ") + op +
+                             " (forged, corrupted or non-TLS data): " + gnutls_strerror(r));
+  }
+  if (r == GNUTLS_E_PUSH_ERROR || r == GNUTLS_E_PULL_ERROR) {
+    throw Error(ECONNRESET, std::string("TLS ") + op + " failed: the peer reset the connection");
+  }
+  throw Error(EPROTO, std::string("TLS ") + op + " failed: " + gnutls_strerror(r));
+}
+
+WriteResult TlsChannel::writev(std::span<const iovec> iov, unsigned /*flags*/) {
+  if (session_->fd() < 0) throw Error(EBADF, "write on a closed channel");
+  gnutls_session_t s = session_->get();
+  if (!blocking_) {
+    // One record at a time so would_block can be reported exactly.
+    const iovec* first = nullptr;
+    for (const auto& v : iov) {
+      if (v.iov_len) { first = &v; break; }
+    }
+    if (!first) return {};
+    ssize_t rc = send_pending_ ? gnutls_record_send(s, nullptr, 0)
+                               : gnutls_record_send(s, first->iov_base, first->iov_len);
+    if (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED) {
+      send_pending_ = true;
+      return WriteResult{0, true, {}};
+    }
+    send_pending_ = false;
+    if (rc < 0) ThrowRecordError(rc, "write");
+    return WriteResult{static_cast<size_t>(rc), false, {}};
+  }
+  size_t done = 0;
+  size_t corked = 0;
+  gnutls_record_cork(s);
+  auto uncork = [&] {
+    int rc;
+    do {
+      rc = gnutls_record_uncork(s, GNUTLS_RECORD_WAIT);
+    } while (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED);
+    if (rc < 0) ThrowRecordError(rc, "write");
+    ++batches_;
+    corked = 0;
+  };
+  for (const auto& v : iov) {
+    const char* p = static_cast<const char*>(v.iov_base);
+    size_t left = v.iov_len;
+    while (left > 0) {
+      size_t n = std::min(left, kCorkBatch - corked);
+      ssize_t rc;
+      do {
+        rc = gnutls_record_send(s, p, n);
+      } while (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED);
+      if (rc < 0) ThrowRecordError(rc, "write");
+      p += rc;
+      left -= static_cast<size_t>(rc);
+      done += static_cast<size_t>(rc);
+      corked += static_cast<size_t>(rc);
+      if (corked >= kCorkBatch) {
+        uncork();
+        gnutls_record_cork(s);
+      }
+    }
+  }
+  uncork();
+  return WriteResult{done, false, {}};
+}
+
+ReadResult TlsChannel::readv(std::span<const iovec> iov) {
+  if (session_->fd() < 0) throw Error(EBADF, "read on a closed channel");
+  if (saw_close_notify_) return {};
+  gnutls_session_t s = session_->get();
+  size_t total = 0;
+  for (const auto& v : iov) {
+    size_t off = 0;
+    while (off < v.iov_len) {
+      // After the first record, only take what GnuTLS already decrypted.
+      if (total > 0 && gnutls_record_check_pending(s) == 0) return ReadResult{total, false};
+      ssize_t rc = gnutls_record_recv(s, static_cast<char*>(v.iov_base) + off, v.iov_len - off);
+      if (rc == GNUTLS_E_INTERRUPTED) continue;
+      if (rc == GNUTLS_E_AGAIN) {
+        if (total > 0) return ReadResult{total, false};
+        if (!blocking_) return ReadResult{0, true};
+        wait_io(false);
+        continue;
+      }
+      if (rc == 0) {
+        saw_close_notify_ = true;
+        return ReadResult{total, false};
+      }
+      if (rc < 0) ThrowRecordError(rc, "read");
+      off += static_cast<size_t>(rc);
+      total += static_cast<size_t>(rc);
+    }
+  }
+  return ReadResult{total, false};
+}
+
+void TlsChannel::shutdown(ShutdownHow how) {
+  if (session_->fd() < 0) return;
+  if (how != ShutdownHow::kRead) {
+    int rc;
+    do {
+      rc = gnutls_bye(session_->get(), GNUTLS_SHUT_WR);  // sends close_notify
+    } while (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED);
+    ::shutdown(session_->fd(), SHUT_WR);
+  } else {
+    ::shutdown(session_->fd(), SHUT_RD);
+  }
+}
+
+void TlsChannel::close() { session_->release_fd().reset(); }
+
+void TlsChannel::set_blocking(bool blocking) {
+  int fl = fcntl(session_->fd(), F_GETFL);
+  fcntl(session_->fd(), F_SETFL, blocking ? (fl & ~O_NONBLOCK) : (fl | O_NONBLOCK));
+  blocking_ = blocking;
+}
+
+void TlsChannel::wait_io(bool for_write) {
+  pollfd p{session_->fd(), static_cast<short>(for_write ? POLLOUT : POLLIN), 0};
+  while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
+  }
+}
+
+}  // namespace ktm

@@ -1,0 +1,55 @@
+// TlsChannel: userspace TLS records (GnuTLS) on an fd GnuTLS owns.
+//
+// This is the fallback when the session cannot move into the kernel. GnuTLS
+// encrypts each record into its own buffer and reuses that buffer for the
+// next record, so the caller's pages are copied once here and zero copy is
+// impossible: the channel never advertises kFeatureZeroCopyWrite and every
+// write is synchronous (the buffer may be reused when writev returns).
+//
+// Blocking writes cork records and uncork once per batch, so several records
+// leave in one syscall. Non-blocking writes follow GnuTLS's rule: after
+// would_block the next writev must start with the same bytes again (GnuTLS
+// has already encrypted them and only finishes sending them).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "channel/channel.h"
+#include "tls/tls_session.h"
+
+namespace ktm {
+
+class TlsChannel : public Channel {
+ public:
+  // `why_userspace` is reported by describe() (e.g. why kTLS was not used).
+  TlsChannel(std::unique_ptr<TlsSession> session, std::string why_userspace);
+  ~TlsChannel() override;
+
+  unsigned features() const override { return kFeatureShutdown | kFeatureEncrypted; }
+  std::string describe() const override;
+  WriteResult writev(std::span<const iovec> iov, unsigned flags) override;
+  ReadResult readv(std::span<const iovec> iov) override;
+  void shutdown(ShutdownHow how) override;
+  void close() override;
+  void set_blocking(bool blocking) override;
+  bool blocking() const override { return blocking_; }
+
+  TlsSession& session() { return *session_; }
+  // Syscall-level batching visible to tests: records sent and uncorks done.
+  uint64_t records_batched() const { return batches_; }
+
+ protected:
+  void wait_io(bool for_write) override;
+
+ private:
+  [[noreturn]] void ThrowRecordError(ssize_t rc, const char* op);
+  std::unique_ptr<TlsSession> session_;
+  std::string why_userspace_;
+  bool blocking_ = true;
+  bool send_pending_ = false;  // a record is encrypted but not fully sent
+  bool saw_close_notify_ = false;
+  uint64_t batches_ = 0;
+};
+
+}  // namespace ktm
