@@ -11,8 +11,14 @@
 // every write on a channel without the feature, are synchronous: the buffer
 // may be reused as soon as writev() returns.
 //
-// Threading: a Channel is used by one thread at a time. Callbacks run on the
-// thread that called the method which observed the completion.
+// kTLS channels advertise kFeatureZeroCopyWrite in the weaker sense that
+// the kernel encrypts straight from the caller's pages (no userspace copy),
+// but they return no ids: their writes are synchronous.
+//
+// Threading: one thread may write (writev/flush/shutdown) while another
+// reads (readv); otherwise a Channel is used by one thread at a time.
+// Callbacks run on the thread that called the method which observed the
+// completion.
 //
 // Errors: methods throw ktm::Error (errno + an actionable sentence). In
 // non-blocking mode "would block" is not an error: partial methods report it
@@ -35,7 +41,7 @@ inline constexpr unsigned kWriteZeroCopy = 1u << 0;  // may hand pages to the ke
 
 // Feature bits a channel advertises; test with has_feature(), not type checks.
 enum Feature : unsigned {
-  kFeatureZeroCopyWrite = 1u << 0,  // kWriteZeroCopy really pins caller pages
+  kFeatureZeroCopyWrite = 1u << 0,  // kWriteZeroCopy avoids the userspace copy
   kFeatureShutdown = 1u << 1,       // shutdown() half-closes
   kFeatureEncrypted = 1u << 2,      // bytes on the wire are encrypted
 };

@@ -212,9 +212,7 @@ WriteResult KtlsChannel::writev(std::span<const iovec> iov, unsigned /*flags*/) 
   }
 }
 
-ReadResult KtlsChannel::readv(std::span<const iovec> iov) {
-  if (!fd_) throw Error(EBADF, "read on a closed channel");
-  if (saw_close_notify_) return {};
+size_t KtlsChannel::RecvRecord(std::span<const iovec> iov, unsigned char* type) {
   for (;;) {
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(unsigned char))];
     msghdr msg{};
@@ -227,7 +225,7 @@ ReadResult KtlsChannel::readv(std::span<const iovec> iov) {
       int e = errno;
       if (e == EINTR) continue;
       if (e == EAGAIN) {
-        if (!blocking_) return ReadResult{0, true};
+        if (!blocking_) return SIZE_MAX;
         wait_io(false);
         continue;
       }
@@ -240,50 +238,107 @@ ReadResult KtlsChannel::readv(std::span<const iovec> iov) {
       if (e == ECONNRESET) throw Error(e, "kTLS read: the peer reset the connection");
       ThrowErrno(e, "kTLS read");
     }
-    unsigned char type = kRecordData;
+    *type = kRecordData;
     for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
-      if (cm->cmsg_level == SOL_TLS && cm->cmsg_type == TLS_GET_RECORD_TYPE) {
-        type = *CMSG_DATA(cm);
-      }
+      if (cm->cmsg_level == SOL_TLS && cm->cmsg_type == TLS_GET_RECORD_TYPE) *type = *CMSG_DATA(cm);
     }
-    if (n == 0 && type == kRecordData) {
-      throw Error(EPIPE, "TLS stream truncated: the peer closed the connection without "
-                         "close_notify; the data may be incomplete");
-    }
-    if (type == kRecordData) return ReadResult{static_cast<size_t>(n), false};
+    return static_cast<size_t>(n);
+  }
+}
 
-    // A control record: its bytes landed in the caller's buffer; look at
-    // them and report nothing to the caller.
-    unsigned char head[2] = {0, 0};
-    size_t got = 0;
-    for (const auto& v : iov) {
-      for (size_t i = 0; i < v.iov_len && got < 2 && got < static_cast<size_t>(n); ++i) {
-        head[got++] = static_cast<unsigned char*>(v.iov_base)[i];
-      }
-    }
-    if (type == kRecordAlert) {
-      if (got >= 2 && head[1] == GNUTLS_A_CLOSE_NOTIFY) {
-        saw_close_notify_ = true;
-        return {};
-      }
-      const char* name = got >= 2 ? gnutls_alert_get_strname(static_cast<gnutls_alert_description_t>(head[1]))
-                                  : nullptr;
-      throw Error(ECONNABORTED, std::string("peer sent TLS alert '") + (name ? name : "unknown") +
-                                    "' (" + std::to_string(head[1]) + ")");
-    }
-    if (type == kRecordHandshake) {
-      if (got >= 1 && head[0] == kHandshakeNewSessionTicket) {
-        ++tickets_ignored_;  // we never resume sessions
-        continue;
-      }
-      if (got >= 1 && head[0] == kHandshakeKeyUpdate) {
+bool KtlsChannel::HandleControlRecord(unsigned char type, const uint8_t* p, size_t n) {
+  if (type == kRecordAlert) {
+    if (n >= 2 && p[1] == GNUTLS_A_CLOSE_NOTIFY) return true;
+    const char* name =
+        n >= 2 ? gnutls_alert_get_name(static_cast<gnutls_alert_description_t>(p[1])) : nullptr;
+    throw Error(ECONNABORTED, std::string("peer sent TLS alert '") + (name ? name : "unknown") +
+                                  "' (" + std::to_string(n >= 2 ? p[1] : -1) + ")");
+  }
+  if (type == kRecordHandshake) {
+    // A record may carry several handshake messages: type(1) length(3) body.
+    for (size_t off = 0; off + 4 <= n;) {
+      const uint8_t msg_type = p[off];
+      const size_t len = (size_t{p[off + 1]} << 16) | (size_t{p[off + 2]} << 8) | p[off + 3];
+      if (msg_type == kHandshakeKeyUpdate) {
         throw Error(EOPNOTSUPP, "the peer re-keyed (TLS 1.3 KeyUpdate); this kernel TLS path cannot "
                                 "follow it (needs kernel 6.14+ re-keying); use --ktls off");
       }
-      throw Error(EPROTO, "unexpected TLS handshake message type " + std::to_string(head[0]) +
-                              " after the handshake");
+      if (msg_type != kHandshakeNewSessionTicket) {
+        throw Error(EPROTO, "unexpected TLS handshake message type " + std::to_string(msg_type) +
+                                " after the handshake");
+      }
+      ++tickets_ignored_;  // we never resume sessions
+      off += 4 + len;
     }
-    throw Error(EPROTO, "unexpected TLS record type " + std::to_string(type));
+    return false;
+  }
+  throw Error(EPROTO, "unexpected TLS record type " + std::to_string(type));
+}
+
+ReadResult KtlsChannel::readv(std::span<const iovec> iov) {
+  if (!fd_) throw Error(EBADF, "read on a closed channel");
+  size_t want = 0;
+  for (const auto& v : iov) want += v.iov_len;
+  if (want == 0) return {};
+  auto copy_out = [&](const uint8_t* src, size_t n) {
+    size_t done = 0;
+    for (const auto& v : iov) {
+      size_t k = std::min(v.iov_len, n - done);
+      std::memcpy(v.iov_base, src + done, k);
+      done += k;
+      if (done == n) break;
+    }
+    return done;
+  };
+  if (pending_off_ < pending_end_) {
+    size_t n = copy_out(scratch_.data() + pending_off_, std::min(want, pending_end_ - pending_off_));
+    pending_off_ += n;
+    return ReadResult{n, false};
+  }
+  if (saw_close_notify_) return {};
+  // Max TLS plaintext per record is 2^14 bytes.
+  constexpr size_t kMaxRecord = 16384;
+  const bool direct = want >= kMaxRecord;
+  for (;;) {
+    unsigned char type;
+    size_t n;
+    const uint8_t* rec;
+    if (direct) {
+      n = RecvRecord(iov, &type);
+      rec = static_cast<const uint8_t*>(iov[0].iov_base);
+      if (type != kRecordData && iov[0].iov_len < n) {
+        // A control record spread across iovecs: gather it.
+        scratch_.resize(kMaxRecord + 256);
+        size_t got = 0;
+        for (const auto& v : iov) {
+          size_t k = std::min(v.iov_len, n - got);
+          std::memcpy(scratch_.data() + got, v.iov_base, k);
+          got += k;
+        }
+        rec = scratch_.data();
+      }
+    } else {
+      scratch_.resize(kMaxRecord + 256);
+      iovec s{scratch_.data(), scratch_.size()};
+      n = RecvRecord(std::span<const iovec>(&s, 1), &type);
+      rec = scratch_.data();
+    }
+    if (n == SIZE_MAX) return ReadResult{0, true};
+    if (type == kRecordData) {
+      if (n == 0) {
+        throw Error(EPIPE, "TLS stream truncated: the peer closed the connection without "
+                           "close_notify; the data may be incomplete");
+      }
+      if (direct) return ReadResult{n, false};
+      size_t k = copy_out(rec, std::min(n, want));
+      pending_off_ = k;
+      pending_end_ = n;
+      return ReadResult{k, false};
+    }
+    if (HandleControlRecord(type, rec, n)) {
+      saw_close_notify_ = true;
+      return {};
+    }
   }
 }
 

@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "channel/channel.h"
 #include "channel/unique_fd.h"
@@ -81,6 +82,17 @@ class KtlsChannel : public Channel {
   bool sent_close_notify_ = false;
   uint64_t tickets_ignored_ = 0;
   std::string names_;
+  // Reads smaller than one record go through here, so a control record
+  // (alert, ticket) always arrives whole: the kernel would otherwise hand
+  // it out in pieces and its type byte would be lost. Leftover application
+  // data waits in [pending_off_, pending_end_).
+  std::vector<uint8_t> scratch_;
+  size_t pending_off_ = 0, pending_end_ = 0;
+
+  // One recvmsg. Returns bytes and the record type.
+  size_t RecvRecord(std::span<const iovec> iov, unsigned char* type);
+  // Handles a non-data record held in [p, p+n). Returns true for EOF.
+  bool HandleControlRecord(unsigned char type, const uint8_t* p, size_t n);
 };
 
 }  // namespace ktm

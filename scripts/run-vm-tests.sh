@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Boots Debian's own kernel (CONFIG_TLS=m) under QEMU TCG, loads tls.ko, and
+# runs the kTLS test binaries from this build inside it, against the host's
+# root filesystem shared read-only over 9p (so the host's binaries and
+# libraries run unchanged). GoogleTest XML comes back over the serial
+# console, base64-encoded between markers.
+#
+# Fails loudly if the VM cannot boot or produces no results: it never passes
+# by skipping.
+#
+# Env: KTM_VM_XML_DIR  where to put <binary>.xml (default: a temp dir)
+#      KTM_VM_TIMEOUT  seconds before the VM is killed (default 900)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+
+KVER=""
+for d in /lib/modules/*; do
+  if [ -f "$d/kernel/net/tls/tls.ko" ] && [ -f "/boot/vmlinuz-$(basename "$d")" ]; then KVER=$(basename "$d"); fi
+done
+if [ -z "$KVER" ]; then
+  echo "run-vm-tests: no kernel with tls.ko in /lib/modules + /boot (apt-get install linux-image-amd64)" >&2
+  exit 1
+fi
+KERNEL=/boot/vmlinuz-$KVER
+MODDIR=/lib/modules/$KVER/kernel
+
+bazel build //tests:ktls_vm_test //tests:interop_test >&2
+BIN=$(realpath bazel-bin/tests)
+# Each run: "<name>|<env>|<binary>"
+RUNS=(
+  "ktls_vm_test||$BIN/ktls_vm_test"
+  "interop_ktls_test|KTM_TEST_KTLS=require|$BIN/interop_test"
+)
+
+WORK=$(mktemp -d /tmp/ktm-vm-XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+XML_DIR=${KTM_VM_XML_DIR:-$WORK/xml}
+mkdir -p "$XML_DIR"
+ROOT=$WORK/initramfs
+mkdir -p "$ROOT"/{bin,mod,proc,sys,dev,host}
+cp /bin/busybox "$ROOT/bin/busybox"
+for t in sh mount insmod ip chroot poweroff cat echo mkdir base64 sleep; do ln -s busybox "$ROOT/bin/$t"; done
+# virtio + 9p for the shared root, tls itself, and the crypto the kernel's
+# TLS needs for gcm(aes) and rfc7539(chacha20,poly1305): without those the
+# TLS_TX setsockopt fails with ENOENT (the guest has no modprobe to load them
+# on demand). modprobe --show-depends gives the order.
+WANT="virtio_pci 9pnet_virtio 9p tls gcm ctr ghash-generic aesni-intel chacha20poly1305
+      chacha_generic poly1305_generic seqiv"
+ORDER=""
+for ko in $(for m in $WANT; do modprobe -S "$KVER" --show-depends "$m" | awk '$1 == "insmod" {print $2}'; done | awk '!seen[$0]++'); do
+  case "$ko" in *.ko) ;; *) echo "run-vm-tests: compressed module $ko not supported" >&2; exit 1;; esac
+  cp "$ko" "$ROOT/mod/"
+  ORDER="$ORDER $(basename "$ko" .ko)"
+done
+
+{
+  echo '#!/bin/sh'
+  echo 'mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev'
+  echo "for m in $ORDER; do insmod /mod/\$m.ko || echo \"KTM-VM: insmod \$m failed\"; done"
+  echo 'mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /host || echo "KTM-VM: 9p mount failed"'
+  echo 'mount -t proc proc /host/proc; mount -t sysfs sys /host/sys; mount -t devtmpfs dev /host/dev'
+  echo 'mount -t tmpfs tmp /host/tmp'
+  echo 'ip link set lo up'
+  echo 'echo "KTM-VM: kernel $(cat /proc/sys/kernel/osrelease), tls_stat:"; cat /proc/net/tls_stat'
+  for r in "${RUNS[@]}"; do
+    IFS='|' read -r name env bin <<<"$r"
+    echo "echo KTM-VM: running $name"
+    echo "chroot /host /bin/sh -c 'cd $REPO && HOME=/tmp $env $bin --gtest_output=xml:/tmp/$name.xml'"
+    echo "echo KTM-VM-XML-BEGIN $name"
+    echo "base64 /host/tmp/$name.xml"
+    echo "echo KTM-VM-XML-END"
+  done
+  echo 'echo "KTM-VM: tls_stat at the end:"; cat /proc/net/tls_stat'
+  echo 'poweroff -f'
+} > "$ROOT/init"
+chmod +x "$ROOT/init"
+(cd "$ROOT" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initramfs.gz"
+
+LOG=$WORK/console.log
+echo "run-vm-tests: booting $KERNEL under QEMU TCG (this takes a minute or two)" >&2
+set +e
+timeout "${KTM_VM_TIMEOUT:-900}" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2048 \
+  -nographic -no-reboot -monitor none -serial stdio \
+  -kernel "$KERNEL" -initrd "$WORK/initramfs.gz" \
+  -append "console=ttyS0 quiet loglevel=1 panic=-1" \
+  -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+  -nic none </dev/null >"$LOG" 2>&1
+qrc=$?
+set -e
+tr -d '\r' <"$LOG" >"$LOG.clean"
+# Show the guest's own words (not the XML) so a failure can be read.
+sed -n '/KTM-VM-XML-BEGIN/,/KTM-VM-XML-END/!p' "$LOG.clean" | grep -v '^\s*$' | tail -n 200
+status=0
+for r in "${RUNS[@]}"; do
+  name=${r%%|*}
+  sed -n "/^KTM-VM-XML-BEGIN $name\$/,/^KTM-VM-XML-END\$/p" "$LOG.clean" | sed '1d;$d' | base64 -d >"$XML_DIR/$name.xml" 2>/dev/null || true
+  if ! grep -q '<testsuites' "$XML_DIR/$name.xml" 2>/dev/null; then
+    echo "run-vm-tests: FAILED: the VM produced no results for $name (qemu exit $qrc); see the console above" >&2
+    rm -f "$XML_DIR/$name.xml"
+    status=1
+  elif grep -q '<failure' "$XML_DIR/$name.xml"; then
+    status=1
+  fi
+done
+exit $status
