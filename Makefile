@@ -1,5 +1,5 @@
 # Quick start: `make demo`, `make test`. Both install what they need first.
-.PHONY: deps build demo test test-asan test-tsan test-ktls clean
+.PHONY: deps build demo demo-ktls test test-asan test-tsan test-ktls clean
 
 deps:
 	@bash scripts/install-deps.sh
@@ -8,8 +8,14 @@ build: deps
 	bazel build //...
 
 demo: deps
-	bazel build //tools:zc_stream_demo
-	./bazel-bin/tools/zc_stream_demo 256
+	bazel build //cli:tls-migrate
+	./bazel-bin/cli/tls-migrate demo
+
+# The same demo inside the kTLS VM (Debian's kernel with tls.ko), for hosts
+# whose kernel has no TLS module.
+demo-ktls: deps
+	bazel build //cli:tls-migrate
+	KTM_VM_DEMO=1 bash scripts/run-vm-tests.sh
 
 test: deps
 	bash scripts/run-tests.sh

@@ -1,0 +1,92 @@
+// The migration engines: RunSource streams a PageSource over N channels;
+// RunDestination receives into a file and commits it only when complete.
+//
+// Ordering: within an iteration each page is sent once, on one channel. At
+// the end of an iteration every channel flushes (all zero-copy pages
+// released, so none can be sent later with newer contents than its
+// successor) and sends SYNC; the destination applies iteration i+1 only
+// after SYNC(i) has arrived on every channel. So an older copy of a page can
+// never overwrite a newer one. The last iteration's SYNC is FINAL; then
+// channel 0 carries END with the SHA-256 of the image at switch-over, the
+// destination verifies its file against it, renames the temporary file to
+// the final name, and answers DONE.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "channel/socket_channel.h"
+#include "channel/zerocopy_tracker.h"
+#include "transport/endpoint.h"
+#include "transport/page_source.h"
+#include "transport/protocol.h"
+
+namespace ktm {
+
+// Live counters for progress display; updated by the engine threads.
+struct Progress {
+  std::atomic<uint64_t> bytes{0};        // page bytes sent/received (zero pages count as 0)
+  std::atomic<uint64_t> pages{0};        // pages sent/received (incl. zero pages)
+  std::atomic<uint32_t> iteration{0};
+  std::atomic<uint64_t> dirty_pages{0};  // pages in the current iteration
+  std::atomic<uint64_t> total_bytes{0};  // image size
+};
+
+struct ChannelReport {
+  std::string path;
+  bool ktls = false;
+  bool zero_copy = false;
+  bool has_counters = false;       // MSG_ZEROCOPY counters below are meaningful
+  ZeroCopyCounters zc;
+};
+
+struct MigrationReport {
+  std::string session;             // UUID
+  uint64_t image_size = 0;
+  uint32_t page_size = 0;
+  uint32_t iterations = 0;
+  uint64_t pages = 0;              // page transmissions (all iterations)
+  uint64_t zero_pages = 0;         // of which sent as offsets only
+  uint64_t data_bytes = 0;         // page payload bytes
+  double seconds = 0;
+  std::string digest;              // SHA-256 hex of the image
+  std::vector<ChannelReport> channels;
+  std::vector<uint64_t> dirty_per_iteration;
+};
+
+struct SourceOptions {
+  std::string address;             // destination HOST:PORT
+  int channels = 4;
+  SecurityConfig security;
+  uint32_t max_iterations = 30;    // live: iterations before forcing the final pass
+  uint64_t converge_pages = 0;     // live: final pass once dirty <= this (0: 1/256 of the image, >= 64)
+  std::chrono::milliseconds connect_timeout{10000};
+  Progress* progress = nullptr;
+};
+
+// Runs the source side. Throws Error on any failure (the destination then
+// discards its temporary file).
+MigrationReport RunSource(PageSource& source, const SourceOptions& opts);
+
+struct DestinationOptions {
+  std::string output;              // final file name
+  SecurityConfig security;
+  std::chrono::milliseconds accept_timeout{60000};
+  Progress* progress = nullptr;
+  std::function<void(const std::string&)> log;  // notices (rejected strays, ...)
+  // Called with the temporary file's path once created, "" when it is gone
+  // (lets the CLI remove it on SIGINT/SIGTERM).
+  std::function<void(const std::string&)> temp_file_hook;
+};
+
+// Accepts the channels of one migration on `listener` and writes the image.
+// The file appears under `output` only after the final barrier and the
+// digest check; on any failure the temporary file is removed and Error is
+// thrown.
+MigrationReport RunDestination(Listener& listener, const DestinationOptions& opts);
+
+}  // namespace ktm

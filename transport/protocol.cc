@@ -1,0 +1,206 @@
+#include "transport/protocol.h"
+
+#include <sys/random.h>
+
+#include <cstring>
+
+#include "channel/error.h"
+
+namespace ktm::wire {
+namespace {
+
+void Put16(uint8_t* p, uint16_t v) { p[0] = v, p[1] = v >> 8; }
+void Put32(uint8_t* p, uint32_t v) { for (int i = 0; i < 4; ++i) p[i] = v >> (8 * i); }
+void Put64(uint8_t* p, uint64_t v) { for (int i = 0; i < 8; ++i) p[i] = v >> (8 * i); }
+uint16_t Get16(const uint8_t* p) { return uint16_t(p[0] | (p[1] << 8)); }
+uint32_t Get32(const uint8_t* p) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+uint64_t Get64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+struct Crc32cTable {
+  uint32_t t[256];
+  constexpr Crc32cTable() : t() {
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+      t[i] = c;
+    }
+  }
+};
+constexpr Crc32cTable kCrc;
+
+[[noreturn]] void Bad(const std::string& what) { throw Error(EBADMSG, "invalid packet: " + what); }
+
+}  // namespace
+
+const char* StatusText(uint32_t s) {
+  switch (s) {
+    case kOk: return "ok";
+    case kRejectedVersion: return "protocol version not supported by the destination";
+    case kRejectedSession: return "channel belongs to another migration (session UUID mismatch)";
+    case kRejectedChannel: return "bad or duplicate channel id, or channel count mismatch";
+    case kRejectedGeometry: return "image or page size mismatch";
+    case kDigestMismatch: return "destination image digest does not match the source";
+    case kFailed: return "destination failed";
+  }
+  return "unknown status";
+}
+
+uint32_t Crc32c(uint32_t crc, const void* data, size_t len) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  crc = ~crc;
+  for (size_t i = 0; i < len; ++i) crc = kCrc.t[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+  return ~crc;
+}
+
+void EncodeHello(const Hello& h, uint8_t out[kHelloSize]) {
+  std::memset(out, 0, kHelloSize);
+  Put64(out, kHelloMagic);
+  Put16(out + 8, h.version);
+  Put16(out + 10, h.channel_id);
+  Put16(out + 12, h.channel_count);
+  std::memcpy(out + 16, h.session.data(), 16);
+  Put64(out + 32, h.image_size);
+  Put32(out + 40, h.page_size);
+  Put32(out + 56, Crc32c(0, out, 56));
+}
+
+Hello DecodeHello(const uint8_t in[kHelloSize]) {
+  if (Get64(in) != kHelloMagic) {
+    throw Error(EBADMSG, "not a tls-migrate channel hello (bad magic): is the peer a tls-migrate source?");
+  }
+  if (Get32(in + 56) != Crc32c(0, in, 56)) throw Error(EBADMSG, "channel hello checksum mismatch");
+  Hello h;
+  h.version = Get16(in + 8);
+  h.channel_id = Get16(in + 10);
+  h.channel_count = Get16(in + 12);
+  std::memcpy(h.session.data(), in + 16, 16);
+  h.image_size = Get64(in + 32);
+  h.page_size = Get32(in + 40);
+  if (h.version != kVersion) {
+    throw Error(EPROTO, "channel hello has protocol version " + std::to_string(h.version) +
+                            "; this destination speaks " + std::to_string(kVersion));
+  }
+  if (h.channel_count == 0 || h.channel_count > kMaxChannels || h.channel_id >= h.channel_count) {
+    throw Error(EBADMSG, "channel hello has channel " + std::to_string(h.channel_id) + " of " +
+                             std::to_string(h.channel_count));
+  }
+  if (h.page_size < kMinPageSize || h.page_size > kMaxPageSize || (h.page_size & (h.page_size - 1))) {
+    throw Error(EBADMSG, "channel hello has page size " + std::to_string(h.page_size));
+  }
+  if (h.image_size == 0 || h.image_size > (1ull << 46)) {
+    throw Error(EBADMSG, "channel hello has image size " + std::to_string(h.image_size));
+  }
+  return h;
+}
+
+void EncodeHeader(const PacketHeader& h, const uint64_t* offsets, uint8_t out[kHeaderSize]) {
+  Put32(out, kPacketMagic);
+  Put16(out + 4, h.version);
+  Put16(out + 6, h.type);
+  Put64(out + 8, h.packet_num);
+  Put32(out + 16, h.iteration);
+  Put32(out + 20, h.page_size);
+  Put32(out + 24, h.page_count);
+  Put32(out + 28, h.flags);
+  Put32(out + 32, h.payload_len);
+  Put32(out + 36, 0);
+  uint32_t crc = Crc32c(0, out, kHeaderSize);
+  // Offsets are hashed in their wire form (little-endian u64, as on x86).
+  crc = Crc32c(crc, offsets, sizeof(uint64_t) * h.page_count);
+  Put32(out + 36, crc);
+}
+
+PacketHeader DecodeHeader(const uint8_t in[kHeaderSize], const Geometry& g) {
+  if (Get32(in) != kPacketMagic) Bad("bad magic (stream out of step, or not a tls-migrate source)");
+  PacketHeader h;
+  h.version = Get16(in + 4);
+  h.type = Get16(in + 6);
+  h.packet_num = Get64(in + 8);
+  h.iteration = Get32(in + 16);
+  h.page_size = Get32(in + 20);
+  h.page_count = Get32(in + 24);
+  h.flags = Get32(in + 28);
+  h.payload_len = Get32(in + 32);
+  if (h.version != kVersion) Bad("version " + std::to_string(h.version));
+  switch (h.type) {
+    case kPages:
+    case kZero:
+      if (h.page_size != g.page_size) {
+        Bad("page size " + std::to_string(h.page_size) + ", negotiated " + std::to_string(g.page_size));
+      }
+      if (h.page_count == 0 || h.page_count > kMaxPagesPerPacket) {
+        Bad("page count " + std::to_string(h.page_count) + " (allowed 1.." +
+            std::to_string(kMaxPagesPerPacket) + ")");
+      }
+      if (h.payload_len != 0 || h.flags != 0) Bad("unexpected payload/flags on a page packet");
+      break;
+    case kSync:
+      if (h.page_count != 0 || h.payload_len != 0 || (h.flags & ~kFlagFinal)) Bad("malformed SYNC");
+      break;
+    case kEnd:
+      if (h.page_count != 0 || h.payload_len != kDigestSize || h.flags != 0) Bad("malformed END");
+      break;
+    default:
+      Bad("unknown type " + std::to_string(h.type));
+  }
+  return h;
+}
+
+void ValidateOffsets(const uint8_t header[kHeaderSize], const PacketHeader& h, const uint64_t* offsets,
+                     const Geometry& g) {
+  uint8_t copy[kHeaderSize];
+  std::memcpy(copy, header, kHeaderSize);
+  Put32(copy + 36, 0);
+  uint32_t crc = Crc32c(0, copy, kHeaderSize);
+  crc = Crc32c(crc, offsets, sizeof(uint64_t) * h.page_count);
+  if (crc != Get32(header + 36)) Bad("header checksum mismatch (corrupted or forged)");
+  const uint64_t limit = g.padded_size();
+  for (uint32_t i = 0; i < h.page_count; ++i) {
+    const uint64_t off = offsets[i];
+    if (off >= limit || limit - off < g.page_size) {
+      Bad("page offset " + std::to_string(off) + " beyond the image (" + std::to_string(g.image_size) +
+          " bytes)");
+    }
+    if (off % g.page_size != 0) Bad("page offset " + std::to_string(off) + " not page aligned");
+    if (i > 0 && off <= offsets[i - 1]) Bad("page offsets not strictly increasing");
+  }
+}
+
+void EncodeU32Pair(uint32_t magic, uint32_t status, uint8_t out[kAckSize]) {
+  Put32(out, magic);
+  Put32(out + 4, status);
+}
+
+uint32_t DecodeU32Pair(uint32_t magic, const uint8_t in[kAckSize], const char* what) {
+  if (Get32(in) != magic) throw Error(EBADMSG, std::string("bad ") + what + " from the peer");
+  return Get32(in + 4);
+}
+
+std::string UuidString(const Uuid& u) {
+  static const char* hex = "0123456789abcdef";
+  std::string s;
+  for (size_t i = 0; i < u.size(); ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) s += '-';
+    s += hex[u[i] >> 4];
+    s += hex[u[i] & 15];
+  }
+  return s;
+}
+
+Uuid RandomUuid() {
+  Uuid u;
+  if (getrandom(u.data(), u.size(), 0) != static_cast<ssize_t>(u.size())) ThrowErrno(errno, "getrandom");
+  u[6] = (u[6] & 0x0F) | 0x40;
+  u[8] = (u[8] & 0x3F) | 0x80;
+  return u;
+}
+
+}  // namespace ktm::wire

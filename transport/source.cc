@@ -1,0 +1,299 @@
+#include <sys/uio.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "channel/error.h"
+#include "transport/migration.h"
+#include "util/sha256.h"
+
+namespace ktm {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr uint32_t kDataPagesPerPacket = 64;  // 256 KiB of 4 KiB pages per sendmsg
+constexpr size_t kHeaderSlots = 64;
+
+// Sends one channel's share of the pages. Header+offsets live in a ring of
+// slots; a slot is reused only after the channel has released the write it
+// went out with (zero copy pins the header page too), so no header is ever
+// rewritten under the kernel. No heap allocation per page: all buffers are
+// sized once.
+class ChannelSender {
+ public:
+  ChannelSender(Channel& ch, const PageSource& src, Progress* progress)
+      : ch_(ch), src_(src), progress_(progress), slots_(kHeaderSlots) {
+    for (auto& s : slots_) s.buf.resize(wire::kHeaderSize + sizeof(uint64_t) * wire::kMaxPagesPerPacket);
+    iov_.reserve(kDataPagesPerPacket + 1);
+    data_.reserve(kDataPagesPerPacket);
+    zero_.reserve(wire::kMaxPagesPerPacket);
+  }
+
+  void SendPages(const uint64_t* pages, size_t n, uint32_t iteration) {
+    iteration_ = iteration;
+    const uint32_t ps = src_.page_size();
+    for (size_t i = 0; i < n; ++i) {
+      const uint8_t* p = src_.data() + pages[i] * ps;
+      if (IsZeroPage(p, ps)) {
+        zero_.push_back(pages[i] * ps);
+        if (zero_.size() == wire::kMaxPagesPerPacket) FlushZero();
+      } else {
+        data_.push_back(pages[i] * ps);
+        if (data_.size() == kDataPagesPerPacket) FlushData();
+      }
+    }
+    FlushData();
+    FlushZero();
+  }
+
+  // Ends the iteration: every zero-copy write released, then SYNC.
+  void Sync(uint32_t iteration, bool final) {
+    ch_.flush();
+    wire::PacketHeader h;
+    h.type = wire::kSync;
+    h.iteration = iteration;
+    h.flags = final ? wire::kFlagFinal : 0;
+    SendControl(h, nullptr, 0);
+  }
+
+  void End(const Sha256::Digest& digest) {
+    wire::PacketHeader h;
+    h.type = wire::kEnd;
+    h.iteration = iteration_;
+    h.payload_len = wire::kDigestSize;
+    SendControl(h, digest.data(), digest.size());
+  }
+
+  uint64_t pages() const { return pages_; }
+  uint64_t zero_pages() const { return zero_pages_; }
+  uint64_t data_bytes() const { return data_bytes_; }
+
+ private:
+  struct Slot {
+    std::vector<uint8_t> buf;
+    ZeroCopyIds ids;
+  };
+
+  Slot& NextSlot() {
+    Slot& s = slots_[next_slot_++ % slots_.size()];
+    if (!ch_.is_released(s.ids)) {
+      ch_.try_flush();
+      if (!ch_.is_released(s.ids)) ch_.flush();
+    }
+    return s;
+  }
+
+  uint8_t* Header(Slot& s, wire::PacketHeader& h, const std::vector<uint64_t>& offs) {
+    h.packet_num = packet_num_++;
+    h.page_size = src_.page_size();
+    h.page_count = static_cast<uint32_t>(offs.size());
+    uint8_t* off_area = s.buf.data() + wire::kHeaderSize;
+    std::memcpy(off_area, offs.data(), offs.size() * sizeof(uint64_t));
+    wire::EncodeHeader(h, reinterpret_cast<const uint64_t*>(off_area), s.buf.data());
+    return s.buf.data();
+  }
+
+  void FlushData() {
+    if (data_.empty()) return;
+    const uint32_t ps = src_.page_size();
+    Slot& s = NextSlot();
+    wire::PacketHeader h;
+    h.type = wire::kPages;
+    h.iteration = iteration_;
+    uint8_t* hdr = Header(s, h, data_);
+    iov_.clear();
+    iov_.push_back({hdr, wire::kHeaderSize + data_.size() * sizeof(uint64_t)});
+    // Pages straight from the image; neighbours merge into one iovec.
+    for (uint64_t off : data_) {
+      auto* p = const_cast<uint8_t*>(src_.data() + off);
+      if (iov_.size() > 1 && static_cast<uint8_t*>(iov_.back().iov_base) + iov_.back().iov_len == p) {
+        iov_.back().iov_len += ps;
+      } else {
+        iov_.push_back({p, ps});
+      }
+    }
+    s.ids = ch_.writev_all(iov_, kWriteZeroCopy);
+    pages_ += data_.size();
+    data_bytes_ += data_.size() * ps;
+    if (progress_) {
+      progress_->pages += data_.size();
+      progress_->bytes += data_.size() * ps;
+    }
+    data_.clear();
+  }
+
+  void FlushZero() {
+    if (zero_.empty()) return;
+    Slot& s = NextSlot();
+    wire::PacketHeader h;
+    h.type = wire::kZero;
+    h.iteration = iteration_;
+    uint8_t* hdr = Header(s, h, zero_);
+    s.ids = ch_.write_all(hdr, wire::kHeaderSize + zero_.size() * sizeof(uint64_t), 0);
+    pages_ += zero_.size();
+    zero_pages_ += zero_.size();
+    if (progress_) progress_->pages += zero_.size();
+    zero_.clear();
+  }
+
+  void SendControl(wire::PacketHeader& h, const uint8_t* payload, size_t len) {
+    uint8_t buf[wire::kHeaderSize + wire::kDigestSize];
+    h.packet_num = packet_num_++;
+    h.page_size = src_.page_size();
+    h.page_count = 0;
+    wire::EncodeHeader(h, nullptr, buf);
+    if (len) std::memcpy(buf + wire::kHeaderSize, payload, len);
+    ch_.write_all(buf, wire::kHeaderSize + len, 0);
+  }
+
+  Channel& ch_;
+  const PageSource& src_;
+  Progress* progress_;
+  std::vector<Slot> slots_;
+  size_t next_slot_ = 0;
+  std::vector<iovec> iov_;
+  std::vector<uint64_t> data_, zero_;
+  uint64_t packet_num_ = 0;
+  uint32_t iteration_ = 0;
+  uint64_t pages_ = 0, zero_pages_ = 0, data_bytes_ = 0;
+};
+
+}  // namespace
+
+MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
+  if (opts.channels < 1 || opts.channels > wire::kMaxChannels) {
+    throw Error(EINVAL, "--channels must be 1.." + std::to_string(wire::kMaxChannels));
+  }
+  MigrationReport rep;
+  const wire::Uuid uuid = wire::RandomUuid();
+  rep.session = wire::UuidString(uuid);
+  rep.image_size = src.size();
+  rep.page_size = src.page_size();
+  if (opts.progress) opts.progress->total_bytes = src.size();
+  const auto t0 = Clock::now();
+
+  // Connect and introduce every channel before any page moves, so a bad
+  // certificate or a refusing destination stops the migration up front.
+  std::vector<OpenedChannel> chans;
+  for (int i = 0; i < opts.channels; ++i) {
+    chans.push_back(OpenClientChannel(opts.address, opts.security, opts.connect_timeout));
+    wire::Hello h;
+    h.channel_id = static_cast<uint16_t>(i);
+    h.channel_count = static_cast<uint16_t>(opts.channels);
+    h.session = uuid;
+    h.image_size = src.size();
+    h.page_size = src.page_size();
+    uint8_t buf[wire::kHelloSize];
+    wire::EncodeHello(h, buf);
+    chans.back().channel->write_all(buf, sizeof(buf));
+    uint8_t ack[wire::kAckSize];
+    if (!chans.back().channel->read_all(ack, sizeof(ack))) {
+      throw Error(ECONNRESET, "destination closed channel " + std::to_string(i) + " before acknowledging it");
+    }
+    uint32_t st = wire::DecodeU32Pair(wire::kAckMagic, ack, "channel acknowledgement");
+    if (st != wire::kOk) {
+      throw Error(EPROTO, "destination refused channel " + std::to_string(i) + ": " + wire::StatusText(st));
+    }
+  }
+
+  std::vector<std::unique_ptr<ChannelSender>> senders;
+  for (auto& c : chans) senders.push_back(std::make_unique<ChannelSender>(*c.channel, src, opts.progress));
+
+  std::optional<Error> failure;
+  std::mutex failure_mu;
+  auto fail_all = [&](const std::exception& e) {
+    std::lock_guard<std::mutex> g(failure_mu);
+    if (!failure) {
+      const auto* ke = dynamic_cast<const Error*>(&e);
+      failure = ke ? *ke : Error(EIO, e.what());
+      // Unblock the other senders.
+      for (auto& c : chans) {
+        try { c.channel->shutdown(ShutdownHow::kBoth); } catch (...) {}
+      }
+    }
+  };
+
+  const uint64_t converge = opts.converge_pages ? opts.converge_pages
+                                                : std::max<uint64_t>(64, src.page_count() / 256);
+  std::vector<uint64_t> dirty;
+  dirty.reserve(src.page_count());
+  bool final = false;
+  for (uint32_t iter = 0; !final; ++iter) {
+    dirty.clear();
+    src.CollectDirty(dirty);
+    // Converged, or out of iterations: stop the guest and send the rest.
+    if (iter > 0 && (dirty.size() <= converge || iter + 1 >= opts.max_iterations)) {
+      src.Freeze();
+      src.CollectDirty(dirty);
+      std::sort(dirty.begin(), dirty.end());
+      dirty.erase(std::unique(dirty.begin(), dirty.end()), dirty.end());
+      final = true;
+    }
+    if (iter == 0 && (!src.live() || opts.max_iterations <= 1)) {
+      src.Freeze();
+      final = true;
+    }
+    rep.dirty_per_iteration.push_back(dirty.size());
+    if (opts.progress) {
+      opts.progress->iteration = iter;
+      opts.progress->dirty_pages = dirty.size();
+    }
+    // Contiguous shares: neighbouring pages stay on one channel, so their
+    // iovecs merge.
+    const size_t n = chans.size();
+    std::vector<std::thread> threads;
+    for (size_t c = 0; c < n; ++c) {
+      const size_t lo = dirty.size() * c / n, hi = dirty.size() * (c + 1) / n;
+      threads.emplace_back([&, c, lo, hi, iter] {
+        try {
+          senders[c]->SendPages(dirty.data() + lo, hi - lo, iter);
+          senders[c]->Sync(iter, final);
+        } catch (const std::exception& e) {
+          fail_all(e);
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    if (failure) throw *failure;
+    rep.iterations = iter + 1;
+  }
+
+  // Switch-over: the image is frozen; its digest is what the destination
+  // must hold.
+  Sha256 h;
+  h.Update(src.data(), src.size());
+  const Sha256::Digest digest = h.Final();
+  rep.digest = Sha256::Hex(digest);
+  Channel& ch0 = *chans[0].channel;
+  senders[0]->End(digest);
+  for (size_t c = 1; c < chans.size(); ++c) chans[c].channel->shutdown(ShutdownHow::kWrite);
+  uint8_t done[wire::kAckSize];
+  if (!ch0.read_all(done, sizeof(done))) {
+    throw Error(ECONNRESET, "destination closed the connection before confirming the image");
+  }
+  uint32_t st = wire::DecodeU32Pair(wire::kDoneMagic, done, "completion message");
+  if (st != wire::kOk) throw Error(EIO, std::string("destination did not commit the image: ") + wire::StatusText(st));
+  ch0.shutdown(ShutdownHow::kWrite);
+
+  rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  for (size_t c = 0; c < chans.size(); ++c) {
+    rep.pages += senders[c]->pages();
+    rep.zero_pages += senders[c]->zero_pages();
+    rep.data_bytes += senders[c]->data_bytes();
+    ChannelReport cr;
+    cr.path = chans[c].path;
+    cr.ktls = chans[c].ktls;
+    cr.zero_copy = chans[c].zero_copy;
+    if (chans[c].socket) {
+      cr.has_counters = true;
+      cr.zc = chans[c].socket->zero_copy_counters();
+    }
+    rep.channels.push_back(cr);
+  }
+  return rep;
+}
+
+}  // namespace ktm
