@@ -25,8 +25,9 @@ fi
 KERNEL=/boot/vmlinuz-$KVER
 MODDIR=/lib/modules/$KVER/kernel
 
-bazel build //tests:ktls_vm_test //tests:interop_test >&2
+bazel build //tests:ktls_vm_test //tests:interop_test //cli:tls-migrate >&2
 BIN=$(realpath bazel-bin/tests)
+CLI=$(realpath bazel-bin/cli/tls-migrate)
 # Each run: "<name>|<env>|<binary>"
 RUNS=(
   "ktls_vm_test||$BIN/ktls_vm_test"
@@ -63,7 +64,13 @@ done
   echo 'mount -t tmpfs tmp /host/tmp'
   echo 'ip link set lo up'
   echo 'echo "KTM-VM: kernel $(cat /proc/sys/kernel/osrelease), tls_stat:"; cat /proc/net/tls_stat'
+  if [ "${KTM_VM_DEMO:-0}" = 1 ]; then
+    # make demo-ktls: the CLI demo, then the kernel's counters.
+    echo "chroot /host /bin/sh -c 'cd /tmp && HOME=/tmp $CLI demo --size ${KTM_VM_DEMO_SIZE:-128M} --ktls require'"
+    echo 'echo "KTM-VM-RC $?"'
+  fi
   for r in "${RUNS[@]}"; do
+    [ "${KTM_VM_DEMO:-0}" = 1 ] && break
     IFS='|' read -r name env bin <<<"$r"
     echo "echo KTM-VM: running $name"
     echo "chroot /host /bin/sh -c 'cd $REPO && HOME=/tmp $env $bin --gtest_output=xml:/tmp/$name.xml'"
@@ -89,6 +96,11 @@ timeout "${KTM_VM_TIMEOUT:-900}" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -
 qrc=$?
 set -e
 tr -d '\r' <"$LOG" >"$LOG.clean"
+if [ "${KTM_VM_DEMO:-0}" = 1 ]; then
+  grep -v '^\s*$' "$LOG.clean" | sed -n '/tls-migrate demo:/,$p' | grep -v 'reboot: Power down'
+  grep -q '^KTM-VM-RC 0$' "$LOG.clean"
+  exit $?
+fi
 # Show the guest's own words (not the XML) so a failure can be read.
 sed -n '/KTM-VM-XML-BEGIN/,/KTM-VM-XML-END/!p' "$LOG.clean" | grep -v '^\s*$' | tail -n 200
 status=0

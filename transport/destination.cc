@@ -274,7 +274,13 @@ MigrationReport RunDestination(Listener& listener, const DestinationOptions& opt
                                          " channels arrived before the accept timeout"
                                    : "no migration arrived before the accept timeout");
     }
-    std::unique_ptr<SocketChannel> sock = listener.Accept(left);
+    std::unique_ptr<SocketChannel> sock;
+    try {
+      sock = listener.Accept(left);
+    } catch (const Error& e) {
+      if (e.code() == ETIMEDOUT) continue;  // the loop head reports what was missing
+      throw;
+    }
     const std::string peer = SockName(sock->fd(), true);
     OpenedChannel oc;
     try {
