@@ -21,14 +21,14 @@ test: deps
 	bash scripts/run-tests.sh
 
 test-asan: deps
-	KTM_TEST_CONFIGS=asan+ubsan KTM_SKIP_VM=1 bash scripts/run-tests.sh
+	KTM_TEST_CONFIGS=asan+ubsan KTM_SKIP_VM=1 KTM_SKIP_FUZZ=1 bash scripts/run-tests.sh
 
 test-tsan: deps
-	KTM_TEST_CONFIGS=tsan KTM_SKIP_VM=1 bash scripts/run-tests.sh
+	KTM_TEST_CONFIGS=tsan KTM_SKIP_VM=1 KTM_SKIP_FUZZ=1 bash scripts/run-tests.sh
 
 # kTLS tests only, in a VM running Debian's kernel (CONFIG_TLS=m).
 test-ktls: deps
-	KTM_TEST_CONFIGS=none bash scripts/run-tests.sh
+	KTM_TEST_CONFIGS=none KTM_SKIP_FUZZ=1 bash scripts/run-tests.sh
 
 clean:
 	bazel clean

@@ -69,7 +69,7 @@ bool Channel::readv_all(std::span<const iovec> iov) {
     }
     if (r.eof()) {
       if (got == 0) return false;
-      throw Error("stream truncated: peer closed after " + std::to_string(got) + " of " +
+      throw Error(EPIPE, "stream truncated: peer closed after " + std::to_string(got) + " of " +
                   std::to_string(want) + " bytes of a message");
     }
     got += r.bytes;

@@ -73,6 +73,20 @@ for run in "${RUNS[@]}"; do
   total_fail=$((total_fail + f))
 done
 
+# libFuzzer on the destination's packet parser, for a bounded time.
+if [ "${KTM_SKIP_FUZZ:-0}" != 1 ]; then
+  echo "=== tests: fuzz (packet parser) ==="
+  fuzz_dir=$(mktemp -d /tmp/ktm-fuzzxml-XXXXXX)
+  KTM_FUZZ_XML_DIR=$fuzz_dir bash scripts/run-fuzz.sh
+  rc=$?
+  read -r p f < <(count_xml "$fuzz_dir")
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+  summary+=("fuzz: $p passed, $f failed")
+  total_pass=$((total_pass + p))
+  total_fail=$((total_fail + f))
+  rm -rf "$fuzz_dir"
+fi
+
 # kTLS needs a kernel with CONFIG_TLS; the build machines have none, so a
 # VM with Debian's kernel runs those tests (scripts/run-vm-tests.sh).
 if [ "${KTM_SKIP_VM:-0}" != 1 ]; then

@@ -325,7 +325,7 @@ TEST(Forged, ConnectionResetMidPacket) {
         setsockopt(s.ch->fd(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
         s.ch->close();
       },
-      "source vanished");
+      "the source vanished mid-migration");
 }
 
 TEST(Forged, ForeignSessionHelloIsRejectedAndMigrationContinues) {

@@ -142,9 +142,27 @@ struct Receiver {
   std::optional<Sha256::Digest> end_digest;
 };
 
+void ReceiveChannelLoop(Receiver& r, const wire::Geometry& g, uint8_t* image, IterationBarrier& barrier,
+                        Progress* progress);
+
 // Reads one channel until its end (EOF after the final SYNC, or END on
-// channel 0), applying pages into `image` with iteration barriers.
+// channel 0), applying pages into `image` with iteration barriers. A peer
+// that disappears is named as such, whichever read noticed it.
 void ReceiveChannel(Receiver& r, const wire::Geometry& g, uint8_t* image, IterationBarrier& barrier,
+                    Progress* progress) {
+  try {
+    ReceiveChannelLoop(r, g, image, barrier, progress);
+  } catch (const Error& e) {
+    const int c = e.code();
+    if ((c == EPIPE || c == ECONNRESET) && std::string(e.what()).rfind("channel ", 0) != 0) {
+      throw Error(c, "channel " + std::to_string(r.id) + ": the source vanished mid-migration (" + e.what() +
+                         "); the image is incomplete and was discarded");
+    }
+    throw;
+  }
+}
+
+void ReceiveChannelLoop(Receiver& r, const wire::Geometry& g, uint8_t* image, IterationBarrier& barrier,
                     Progress* progress) {
   Channel& ch = *r.ch;
   std::vector<uint64_t> offsets(wire::kMaxPagesPerPacket);
@@ -156,13 +174,7 @@ void ReceiveChannel(Receiver& r, const wire::Geometry& g, uint8_t* image, Iterat
   const std::string who = "channel " + std::to_string(r.id) + ": ";
   for (;;) {
     uint8_t hdr[wire::kHeaderSize];
-    bool got;
-    try {
-      got = ch.read_all(hdr, sizeof(hdr));
-    } catch (const Error& e) {
-      throw Error(e.code(), who + "source vanished mid-migration: " + e.what());
-    }
-    if (!got) {
+    if (!ch.read_all(hdr, sizeof(hdr))) {
       if (final_done && r.id != 0) return;
       throw Error(EPIPE, who + "the source closed the stream before the final barrier (source killed?); "
                                "the image is incomplete and was discarded");
