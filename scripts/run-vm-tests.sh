@@ -25,13 +25,14 @@ fi
 KERNEL=/boot/vmlinuz-$KVER
 MODDIR=/lib/modules/$KVER/kernel
 
-bazel build //tests:ktls_vm_test //tests:interop_test //cli:tls-migrate >&2
+bazel build //tests:ktls_vm_test //tests:interop_test //tests:transport_test //cli:tls-migrate >&2
 BIN=$(realpath bazel-bin/tests)
 CLI=$(realpath bazel-bin/cli/tls-migrate)
 # Each run: "<name>|<env>|<binary>"
 RUNS=(
   "ktls_vm_test||$BIN/ktls_vm_test"
   "interop_ktls_test|KTM_TEST_KTLS=require|$BIN/interop_test"
+  "transport_ktls_test|KTM_TEST_KTLS=require|$BIN/transport_test --gtest_filter=PlainAndTls/*:Transport.*"
 )
 
 WORK=$(mktemp -d /tmp/ktm-vm-XXXXXX)

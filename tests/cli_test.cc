@@ -152,11 +152,25 @@ struct LongTransfer {
         Cli(), "send", "--connect", "127.0.0.1:" + port, "--size", "1G", "--no-tls", "--live",
         "--dirty-rate", "512M", "--max-iterations", "1000000"});
   }
+  // True once pages are flowing: the destination creates its temporary
+  // file only after every channel has introduced itself.
+  bool WaitUntilStreaming() {
+    for (int i = 0; i < 6000; ++i) {
+      for (const auto& e : d.Entries()) {
+        if (e.find(".partial.") != std::string::npos) {
+          std::this_thread::sleep_for(300ms);
+          return true;
+        }
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    return false;
+  }
 };
 
 TEST(Cli, DestinationKilledMidStream) {
   LongTransfer t;
-  std::this_thread::sleep_for(700ms);
+  ASSERT_TRUE(t.WaitUntilStreaming()) << t.recv->output() << t.send->output();
   t.recv->Signal(SIGKILL);
   int rc = t.send->Wait(60s);
   EXPECT_EQ(rc, 1) << t.send->output();
@@ -166,7 +180,7 @@ TEST(Cli, DestinationKilledMidStream) {
 
 TEST(Cli, SourceKilledMidStream) {
   LongTransfer t;
-  std::this_thread::sleep_for(700ms);
+  ASSERT_TRUE(t.WaitUntilStreaming()) << t.recv->output() << t.send->output();
   t.send->Signal(SIGKILL);
   int rc = t.recv->Wait(60s);
   EXPECT_EQ(rc, 1) << t.recv->output();
@@ -176,7 +190,7 @@ TEST(Cli, SourceKilledMidStream) {
 
 TEST(Cli, DestinationSigtermRemovesTemporaryFile) {
   LongTransfer t;
-  std::this_thread::sleep_for(700ms);
+  ASSERT_TRUE(t.WaitUntilStreaming()) << t.recv->output() << t.send->output();
   t.recv->Signal(SIGTERM);
   EXPECT_EQ(t.recv->Wait(30s), 128 + SIGTERM);
   EXPECT_NE(t.send->Wait(60s), 0);
