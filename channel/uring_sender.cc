@@ -1,0 +1,171 @@
+#include "channel/uring_sender.h"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "channel/error.h"
+
+namespace ktm {
+namespace {
+constexpr size_t kMaxFixedBuffer = 1ull << 30;  // kernel limit per registered buffer
+}
+
+UringSender::UringSender(int fd, unsigned entries) : fd_(fd) {
+  io_uring_probe* probe = io_uring_get_probe();
+  if (!probe) throw Error(ENOSYS, "io_uring is not available in this kernel (or is disabled by sysctl)");
+  const bool zc = io_uring_opcode_supported(probe, IORING_OP_SEND_ZC) &&
+                  io_uring_opcode_supported(probe, IORING_OP_SENDMSG_ZC);
+  io_uring_free_probe(probe);
+  if (!zc) throw Error(EOPNOTSUPP, "this kernel's io_uring has no SEND_ZC/SENDMSG_ZC (needs 6.0+)");
+  int rc = io_uring_queue_init(entries, &ring_, 0);
+  if (rc < 0) ThrowErrno(-rc, "io_uring_queue_init");
+  ring_ok_ = true;
+  results_.reserve(entries);
+  req_ids_.reserve(entries);
+}
+
+UringSender::~UringSender() {
+  if (ring_ok_) io_uring_queue_exit(&ring_);
+}
+
+void UringSender::RegisterRegion(const void* base, size_t len) {
+  std::vector<iovec> v;
+  const auto* p = static_cast<const uint8_t*>(base);
+  for (size_t off = 0; off < len; off += kMaxFixedBuffer) {
+    v.push_back({const_cast<uint8_t*>(p + off), std::min(kMaxFixedBuffer, len - off)});
+  }
+  int rc = io_uring_register_buffers(&ring_, v.data(), static_cast<unsigned>(v.size()));
+  if (rc < 0) {
+    rlimit rl{};
+    getrlimit(RLIMIT_MEMLOCK, &rl);
+    std::string lim = rl.rlim_cur == RLIM_INFINITY ? "unlimited" : std::to_string(rl.rlim_cur / 1024) + " KiB";
+    throw Error(-rc, std::string("io_uring could not register the image as fixed buffers (") + std::strerror(-rc) +
+                         "): registered buffers are locked memory; `ulimit -l` (RLIMIT_MEMLOCK) is " + lim +
+                         " and the image needs " + std::to_string(len / 1024) +
+                         " KiB. Raise it, or use --backend sendmsg");
+  }
+  regions_ = std::move(v);
+}
+
+int UringSender::FixedIndex(const void* p, size_t len) const {
+  const auto* b = static_cast<const uint8_t*>(p);
+  for (size_t i = 0; i < regions_.size(); ++i) {
+    const auto* r = static_cast<const uint8_t*>(regions_[i].iov_base);
+    if (b >= r && b + len <= r + regions_[i].iov_len) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+void UringSender::Handle(io_uring_cqe* cqe, const NotifyFn& notify, ssize_t* /*unused*/, unsigned* firsts,
+                         std::vector<uint64_t>& ids_without_notif) {
+  const uint64_t id = cqe->user_data;
+  if (cqe->flags & IORING_CQE_F_NOTIF) {
+    ++notifications_;
+    notify(id, (static_cast<uint32_t>(cqe->res) & IORING_NOTIF_USAGE_ZC_COPIED) != 0);
+    return;
+  }
+  // A request's first CQE: find which request of the current Send().
+  for (size_t i = 0; i < req_ids_.size(); ++i) {
+    if (req_ids_[i] == id) {
+      results_[i] = cqe->res;
+      ++*firsts;
+      if (!(cqe->flags & IORING_CQE_F_MORE)) ids_without_notif.push_back(id);
+      return;
+    }
+  }
+}
+
+ssize_t UringSender::Send(std::span<const iovec> iov, int msg_flags, const std::function<uint64_t()>& next_id,
+                          const NotifyFn& notify, std::vector<uint64_t>& ids_without_notif) {
+  results_.clear();
+  req_ids_.clear();
+  const unsigned zc_flags = IORING_SEND_ZC_REPORT_USAGE;
+  // Fixed-buffer path only if every run is inside the registered region or
+  // small enough to send as its own request; otherwise one SENDMSG_ZC.
+  bool fixed = !regions_.empty() && iov.size() <= 32;
+  if (fixed) {
+    // The first iovec (a packet header) may lie outside the region.
+    for (size_t i = 1; i < iov.size(); ++i) {
+      if (FixedIndex(iov[i].iov_base, iov[i].iov_len) < 0) fixed = false;
+    }
+  }
+  if (fixed) {
+    for (size_t i = 0; i < iov.size(); ++i) {
+      io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+      if (!sqe) return -EBUSY;
+      const int idx = FixedIndex(iov[i].iov_base, iov[i].iov_len);
+      if (idx >= 0) {
+        io_uring_prep_send_zc_fixed(sqe, fd_, iov[i].iov_base, iov[i].iov_len, msg_flags | MSG_NOSIGNAL,
+                                    zc_flags, static_cast<unsigned>(idx));
+        ++fixed_sends_;
+      } else {
+        io_uring_prep_send_zc(sqe, fd_, iov[i].iov_base, iov[i].iov_len, msg_flags | MSG_NOSIGNAL, zc_flags);
+      }
+      // Linked: the kernel runs them in order and cancels the rest if one
+      // fails or comes up short.
+      if (i + 1 < iov.size()) sqe->flags |= IOSQE_IO_LINK;
+      const uint64_t id = next_id();
+      io_uring_sqe_set_data64(sqe, id);
+      req_ids_.push_back(id);
+      results_.push_back(0);
+    }
+  } else {
+    msg_ = {};
+    msg_.msg_iov = const_cast<iovec*>(iov.data());
+    msg_.msg_iovlen = iov.size();
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_sendmsg_zc(sqe, fd_, &msg_, msg_flags | MSG_NOSIGNAL);
+    sqe->ioprio |= zc_flags;
+    const uint64_t id = next_id();
+    io_uring_sqe_set_data64(sqe, id);
+    req_ids_.push_back(id);
+    results_.push_back(0);
+  }
+  int rc = io_uring_submit(&ring_);
+  if (rc < 0) return rc;
+  unsigned firsts = 0;
+  while (firsts < req_ids_.size()) {
+    io_uring_cqe* cqe = nullptr;
+    rc = io_uring_wait_cqe(&ring_, &cqe);
+    if (rc == -EINTR) continue;
+    if (rc < 0) return rc;
+    Handle(cqe, notify, nullptr, &firsts, ids_without_notif);
+    io_uring_cqe_seen(&ring_, cqe);
+  }
+  // In-order sum up to the first failure or short send.
+  ssize_t total = 0;
+  for (size_t i = 0; i < results_.size(); ++i) {
+    if (results_[i] < 0) {
+      if (results_[i] == -ECANCELED && total > 0) break;  // a link after a short send
+      return total > 0 ? total : results_[i];
+    }
+    total += results_[i];
+    const size_t want = fixed ? iov[i].iov_len : SIZE_MAX;
+    if (fixed && static_cast<size_t>(results_[i]) < want) break;
+  }
+  return total;
+}
+
+void UringSender::Reap(bool block, const NotifyFn& notify) {
+  std::vector<uint64_t> none;
+  unsigned firsts = 0;
+  io_uring_cqe* cqe = nullptr;
+  if (block) {
+    int rc;
+    do {
+      rc = io_uring_wait_cqe(&ring_, &cqe);
+    } while (rc == -EINTR);
+    if (rc < 0) ThrowErrno(-rc, "io_uring_wait_cqe");
+    Handle(cqe, notify, nullptr, &firsts, none);
+    io_uring_cqe_seen(&ring_, cqe);
+  }
+  while (io_uring_peek_cqe(&ring_, &cqe) == 0) {
+    Handle(cqe, notify, nullptr, &firsts, none);
+    io_uring_cqe_seen(&ring_, cqe);
+  }
+}
+
+}  // namespace ktm
