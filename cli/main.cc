@@ -317,9 +317,16 @@ void PrintReport(const char* role, const MigrationReport& r, const SideCpu* cpu)
     for (auto d : r.dirty_per_iteration) std::printf(" %llu", (unsigned long long)d);
     std::printf("\n");
   }
-  for (size_t i = 0; i < r.channels.size(); ++i) {
+  // Channels that took the same path are printed once.
+  for (size_t i = 0; i < r.channels.size();) {
+    size_t j = i + 1;
+    while (j < r.channels.size() && r.channels[j].path == r.channels[i].path && !r.channels[i].has_counters) ++j;
     const auto& c = r.channels[i];
-    std::printf("  channel %zu: %s\n", i, c.path.c_str());
+    if (j - i > 1) {
+      std::printf("  channels %zu-%zu: %s\n", i, j - 1, c.path.c_str());
+    } else {
+      std::printf("  channel %zu: %s\n", i, c.path.c_str());
+    }
     if (c.has_counters && c.zc.sends) {
       std::printf("             MSG_ZEROCOPY sends %llu, released %llu (%llu notifications): zero-copied %llu, "
                   "kernel copied %llu%s\n",
@@ -328,6 +335,7 @@ void PrintReport(const char* role, const MigrationReport& r, const SideCpu* cpu)
                   (unsigned long long)c.zc.copied,
                   c.zc.copied == c.zc.sends ? " (local delivery: the kernel copies; real NICs avoid it)" : "");
     }
+    i = j;
   }
 }
 

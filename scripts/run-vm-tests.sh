@@ -67,7 +67,7 @@ done
   echo 'echo "KTM-VM: kernel $(cat /proc/sys/kernel/osrelease), tls_stat:"; cat /proc/net/tls_stat'
   if [ "${KTM_VM_DEMO:-0}" = 1 ]; then
     # make demo-ktls: the CLI demo, then the kernel's counters.
-    echo "chroot /host /bin/sh -c 'cd /tmp && HOME=/tmp $CLI demo --size ${KTM_VM_DEMO_SIZE:-128M} --ktls require'"
+    echo "chroot /host /bin/sh -c 'cd /tmp && HOME=/tmp $CLI demo --quiet --size ${KTM_VM_DEMO_SIZE:-128M} --ktls require'"
     echo 'echo "KTM-VM-RC $?"'
   fi
   for r in "${RUNS[@]}"; do
