@@ -133,6 +133,15 @@ class Channel {
   // Installs the release callback (replacing any previous one).
   virtual void set_release_callback(ReleaseCallback cb) { (void)cb; }
 
+  // Declares a region the caller will write from again and again (the
+  // image), so a backend that can pin it once (io_uring registered buffers)
+  // does so instead of pinning per send. Returns false when the channel has
+  // no use for it. Throws if pinning was attempted and refused (limits).
+  virtual bool register_region(const void* base, size_t len) {
+    (void)base, (void)len;
+    return false;
+  }
+
   // Half-closes the stream. For TLS channels kWrite sends close_notify.
   virtual void shutdown(ShutdownHow how) = 0;
 

@@ -114,6 +114,14 @@ std::string ReadSysctl(const char* path) {
 
 }  // namespace
 
+SendBackend ParseSendBackend(const std::string& s) {
+  if (s == "sendmsg") return SendBackend::kSendmsg;
+  if (s == "io_uring") return SendBackend::kIoUring;
+  throw Error(EINVAL, "invalid send backend '" + s + "': use sendmsg or io_uring");
+}
+
+const char* ToString(SendBackend b) { return b == SendBackend::kIoUring ? "io_uring" : "sendmsg"; }
+
 std::string SockName(int fd, bool peer) {
   sockaddr_storage ss{};
   socklen_t len = sizeof(ss);
@@ -157,8 +165,24 @@ SocketChannel::SocketChannel(UniqueFd fd, const SocketOptions& opts)
       ThrowErrno(errno, "setsockopt(TCP_NODELAY)");
     }
   }
+  if (opts.zero_copy != ZeroCopyMode::kOff && opts.backend == SendBackend::kIoUring) {
+    // io_uring's zero-copy sends need no SO_ZEROCOPY; whether this socket
+    // supports them shows at the first send (EOPNOTSUPP -> plain send).
+    try {
+      uring_ = std::make_unique<UringSender>(fd_.get());
+      zero_copy_ = true;
+      uring_unnotified_.reserve(64);
+    } catch (const Error& e) {
+      backend_reason_ = std::string("io_uring unavailable: ") + e.what();
+      if (opts.zero_copy == ZeroCopyMode::kRequire) {
+        throw Error(e.code(), "zero copy with --backend io_uring was required but " + backend_reason_);
+      }
+    }
+  }
   if (opts.zero_copy == ZeroCopyMode::kOff) {
     zero_copy_reason_ = "zero copy turned off (--zero-copy off)";
+  } else if (uring_) {
+    // zero_copy_ already set
   } else {
     int one = 1;
     if (setsockopt(fd_.get(), SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)) == 0) {
@@ -177,7 +201,7 @@ SocketChannel::SocketChannel(UniqueFd fd, const SocketOptions& opts)
   set_blocking(opts.blocking);
 }
 
-SocketChannel::~SocketChannel() = default;
+SocketChannel::~SocketChannel() { close(); }
 
 std::unique_ptr<SocketChannel> SocketChannel::Connect(const std::string& address,
                                                       std::chrono::milliseconds timeout,
@@ -235,7 +259,12 @@ unsigned SocketChannel::features() const {
 
 std::string SocketChannel::describe() const {
   std::string s = (family_ == AF_UNIX ? "unix " : "tcp ") + peer_;
-  if (zero_copy_) {
+  if (uring_ && !uring_fallback_) {
+    s += std::string(", io_uring SEND_ZC on (writes >= ") + std::to_string(threshold_) + " bytes" +
+         (uring_->has_region() ? ", image in registered buffers)" : ")");
+  } else if (uring_fallback_) {
+    s += ", plain send (" + backend_reason_ + ")";
+  } else if (zero_copy_) {
     s += ", MSG_ZEROCOPY on (writes >= " + std::to_string(threshold_) + " bytes)";
   } else {
     s += ", copy (" + zero_copy_reason_ + ")";
@@ -292,6 +321,13 @@ WriteResult SocketChannel::writev(std::span<const iovec> iov, unsigned flags) {
   if (zc && tracker_.counters().outstanding() >= reap_outstanding_) {
     DrainErrorQueue(/*block=*/false);
   }
+  if (zc && uring_ && !uring_fallback_) {
+    bool fell_back = false;
+    WriteResult r = WriteViaUring(iov, &fell_back);
+    if (!fell_back) return r;
+    zc = false;  // this socket refused SEND_ZC: plain send from now on
+  }
+  if (uring_) zc = false;  // io_uring backend never mixes in MSG_ZEROCOPY
   msghdr msg{};
   msg.msg_iov = const_cast<iovec*>(iov.data());
   msg.msg_iovlen = iov.size();
@@ -328,6 +364,56 @@ WriteResult SocketChannel::writev(std::span<const iovec> iov, unsigned flags) {
   }
 }
 
+void SocketChannel::OnUringNotify(uint64_t id, bool copied) {
+  const auto c = static_cast<uint32_t>(id);
+  tracker_.OnCompletion(c, c, copied);
+}
+
+WriteResult SocketChannel::WriteViaUring(std::span<const iovec> iov, bool* fell_back) {
+  const UringSender::NotifyFn notify = [this](uint64_t id, bool copied) { OnUringNotify(id, copied); };
+  const std::function<uint64_t()> next_id = [this] { return tracker_.OnSend(); };
+  bool retried = false;
+  for (;;) {
+    const uint64_t first = tracker_.next_id();
+    uring_unnotified_.clear();
+    // Blocking: MSG_WAITALL lets io_uring finish short sends itself (fewer ids).
+    ssize_t n = uring_->Send(iov, blocking_ ? MSG_WAITALL : MSG_DONTWAIT, next_id, notify, uring_unnotified_);
+    // Requests that ended without a notification pinned nothing.
+    for (uint64_t id : uring_unnotified_) OnUringNotify(id, /*copied=*/true);
+    const ZeroCopyIds ids{first, tracker_.next_id()};
+    if (n >= 0) return WriteResult{static_cast<size_t>(n), false, ids};
+    const int e = static_cast<int>(-n);
+    if (e == EINTR) continue;
+    if (e == EAGAIN) {
+      if (!blocking_) return WriteResult{0, true, ids};
+      wait_io(true);
+      continue;
+    }
+    if (e == EOPNOTSUPP) {
+      uring_fallback_ = true;
+      *fell_back = true;
+      backend_reason_ = std::string("io_uring SEND_ZC refused by this ") +
+                        (family_ == AF_UNIX ? "UNIX" : "TCP") +
+                        " socket (EOPNOTSUPP: no SOCK_SUPPORT_ZC, e.g. UNIX or kTLS); falling back to plain send";
+      return {};
+    }
+    if ((e == ENOBUFS || e == ENOMEM) && !retried) {
+      retried = true;
+      ++tracker_.mutable_counters().enobufs_retries;
+      DrainErrorQueue(/*block=*/blocking_);
+      continue;
+    }
+    if (e == ENOBUFS || e == ENOMEM) throw Error(ENOBUFS, EnobufsMessage());
+    ThrowIoError(e, "io_uring send");
+  }
+}
+
+bool SocketChannel::register_region(const void* base, size_t len) {
+  if (!uring_ || uring_fallback_) return false;
+  uring_->RegisterRegion(base, len);
+  return true;
+}
+
 ReadResult SocketChannel::readv(std::span<const iovec> iov) {
   CheckOpen("read");
   for (;;) {
@@ -347,6 +433,17 @@ ReadResult SocketChannel::readv(std::span<const iovec> iov) {
 FlushResult SocketChannel::DrainErrorQueue(bool block) {
   FlushResult res;
   const uint64_t before = tracker_.counters().released;
+  if (uring_) {
+    // io_uring: releases arrive as notification CQEs on the ring.
+    const UringSender::NotifyFn notify = [this](uint64_t id, bool copied) { OnUringNotify(id, copied); };
+    uring_->Reap(/*block=*/false, notify);
+    while (block && !tracker_.all_released()) uring_->Reap(/*block=*/true, notify);
+    res.complete = tracker_.all_released();
+    res.released = tracker_.counters().released - before;
+    res.any_zero_copied = tracker_.TakeZeroCopiedSinceLast();
+    ThrowPending();
+    return res;
+  }
   while (!tracker_.all_released()) {
     // One notification per recvmsg; the control buffer fits one
     // sock_extended_err plus the offender address the kernel may append.
@@ -416,7 +513,22 @@ void SocketChannel::shutdown(ShutdownHow how) {
   if (::shutdown(fd_.get(), h) != 0 && errno != ENOTCONN) ThrowErrno(errno, "shutdown");
 }
 
-void SocketChannel::close() { fd_.reset(); }
+void SocketChannel::close() {
+  if (uring_ && fd_ && !tracker_.all_released()) {
+    // Nothing may be in flight when the ring goes away: give the kernel a
+    // bounded time to release what it still holds.
+    const UringSender::NotifyFn notify = [this](uint64_t id, bool copied) { OnUringNotify(id, copied); };
+    for (int i = 0; i < 2000 && !tracker_.all_released(); ++i) {
+      try {
+        uring_->Reap(false, notify);
+      } catch (const Error&) {
+        break;
+      }
+      if (!tracker_.all_released()) usleep(1000);
+    }
+  }
+  fd_.reset();
+}
 
 UniqueFd SocketChannel::release_fd() { return std::move(fd_); }
 

@@ -23,16 +23,29 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "channel/channel.h"
 #include "channel/policy.h"
 #include "channel/unique_fd.h"
+#include "channel/uring_sender.h"
 #include "channel/zerocopy_tracker.h"
 
 namespace ktm {
 
+// How zero-copy writes reach the kernel.
+//   kSendmsg: sendmsg(MSG_ZEROCOPY); completions from the socket error queue.
+//   kIoUring: IORING_OP_SENDMSG_ZC / SEND_ZC (fixed buffers once a region is
+//             registered); completions are the ring's notification CQEs.
+// Both feed the same ZeroCopyTracker, so ids, flush() and the release
+// callback mean the same thing.
+enum class SendBackend { kSendmsg, kIoUring };
+SendBackend ParseSendBackend(const std::string& s);
+const char* ToString(SendBackend b);
+
 struct SocketOptions {
   ZeroCopyMode zero_copy = ZeroCopyMode::kAuto;
+  SendBackend backend = SendBackend::kSendmsg;
   size_t zero_copy_threshold = 10 * 1024;
   bool blocking = true;
   // Non-blocking drain of the error queue once this many sends are
@@ -62,6 +75,9 @@ class SocketChannel : public Channel {
   FlushResult try_flush() override;
   bool is_released(ZeroCopyIds ids) const override { return tracker_.IsReleased(ids); }
   void set_release_callback(ReleaseCallback cb) override;
+  // io_uring backend: registers the region as fixed buffers (see
+  // UringSender::RegisterRegion). Returns false with the sendmsg backend.
+  bool register_region(const void* base, size_t len) override;
   void shutdown(ShutdownHow how) override;
   void close() override;
   void set_blocking(bool blocking) override;
@@ -75,6 +91,10 @@ class SocketChannel : public Channel {
   const std::string& zero_copy_reason() const { return zero_copy_reason_; }
   const ZeroCopyCounters& zero_copy_counters() const { return tracker_.counters(); }
   size_t zero_copy_threshold() const { return threshold_; }
+  SendBackend backend() const { return uring_ && !uring_fallback_ ? SendBackend::kIoUring : SendBackend::kSendmsg; }
+  // Why the requested backend is not the one in use ("" when it is).
+  const std::string& backend_reason() const { return backend_reason_; }
+  uint64_t uring_fixed_sends() const { return uring_ ? uring_->fixed_sends() : 0; }
 
   int fd() const { return fd_.get(); }
   int family() const { return family_; }
@@ -91,6 +111,8 @@ class SocketChannel : public Channel {
   void CheckOpen(const char* op) const;
   [[noreturn]] void ThrowIoError(int err, const char* op) const;
   std::string EnobufsMessage() const;
+  WriteResult WriteViaUring(std::span<const iovec> iov, bool* fell_back);
+  void OnUringNotify(uint64_t id, bool copied);
 
   UniqueFd fd_;
   int family_ = 0;
@@ -102,6 +124,10 @@ class SocketChannel : public Channel {
   ZeroCopyTracker tracker_;
   std::optional<Error> pending_error_;
   std::string peer_;
+  std::unique_ptr<UringSender> uring_;
+  bool uring_fallback_ = false;
+  std::string backend_reason_;
+  std::vector<uint64_t> uring_unnotified_;  // scratch, reserved once
 };
 
 // A listening socket. Accept() returns SocketChannels.

@@ -12,6 +12,32 @@ namespace {
 constexpr size_t kMaxFixedBuffer = 1ull << 30;  // kernel limit per registered buffer
 }
 
+std::optional<std::string> ProbeSendZc(int fd) {
+  io_uring ring;
+  int rc = io_uring_queue_init(4, &ring, 0);
+  if (rc < 0) return std::string("io_uring unavailable: ") + std::strerror(-rc);
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+  static char byte;
+  io_uring_prep_send_zc(sqe, fd, &byte, 0, MSG_DONTWAIT | MSG_NOSIGNAL, 0);
+  io_uring_submit(&ring);
+  int res = 0;
+  // First CQE, then the notification if one is announced.
+  for (bool more = true; more;) {
+    io_uring_cqe* cqe = nullptr;
+    if (io_uring_wait_cqe(&ring, &cqe) < 0) break;
+    if (!(cqe->flags & IORING_CQE_F_NOTIF)) res = cqe->res;
+    more = (cqe->flags & IORING_CQE_F_MORE) != 0;
+    io_uring_cqe_seen(&ring, cqe);
+  }
+  io_uring_queue_exit(&ring);
+  if (res == -EOPNOTSUPP) {
+    return std::string("io_uring SEND_ZC refused by this socket (EOPNOTSUPP: a ULP such as kTLS clears "
+                       "SOCK_SUPPORT_ZC)");
+  }
+  if (res < 0 && res != -EAGAIN) return std::string("io_uring SEND_ZC probe failed: ") + std::strerror(-res);
+  return std::nullopt;
+}
+
 UringSender::UringSender(int fd, unsigned entries) : fd_(fd) {
   io_uring_probe* probe = io_uring_get_probe();
   if (!probe) throw Error(ENOSYS, "io_uring is not available in this kernel (or is disabled by sysctl)");
@@ -92,7 +118,12 @@ ssize_t UringSender::Send(std::span<const iovec> iov, int msg_flags, const std::
     }
   }
   if (fixed) {
-    for (size_t i = 0; i < iov.size(); ++i) {
+    // A short send does not break an IOSQE_IO_LINK chain, so linked sends
+    // are only safe when none can be short: blocking callers pass
+    // MSG_WAITALL (io_uring then finishes short stream sends itself and a
+    // real failure cancels the rest). Non-blocking: one request per call.
+    const size_t nreq = (msg_flags & MSG_WAITALL) ? iov.size() : 1;
+    for (size_t i = 0; i < nreq; ++i) {
       io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
       if (!sqe) return -EBUSY;
       const int idx = FixedIndex(iov[i].iov_base, iov[i].iov_len);
@@ -105,7 +136,7 @@ ssize_t UringSender::Send(std::span<const iovec> iov, int msg_flags, const std::
       }
       // Linked: the kernel runs them in order and cancels the rest if one
       // fails or comes up short.
-      if (i + 1 < iov.size()) sqe->flags |= IOSQE_IO_LINK;
+      if (i + 1 < nreq) sqe->flags |= IOSQE_IO_LINK;
       const uint64_t id = next_id();
       io_uring_sqe_set_data64(sqe, id);
       req_ids_.push_back(id);

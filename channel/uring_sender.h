@@ -17,6 +17,7 @@
 #include <sys/uio.h>
 
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -30,6 +31,11 @@ namespace ktm {
 #ifndef IORING_NOTIF_USAGE_ZC_COPIED
 #define IORING_NOTIF_USAGE_ZC_COPIED (1U << 31)
 #endif
+
+// Asks the kernel whether `fd` takes io_uring zero-copy sends, with a
+// zero-length SEND_ZC (nothing reaches the wire). nullopt if it does, else
+// the reason (kTLS and UNIX sockets answer EOPNOTSUPP).
+std::optional<std::string> ProbeSendZc(int fd);
 
 class UringSender {
  public:
@@ -54,7 +60,9 @@ class UringSender {
   // notifications that arrive meanwhile through `notify`. Returns bytes sent
   // (possibly short) or -errno of the first failure. Runs of the iovec
   // inside the registered region go out as fixed-buffer SEND_ZC requests
-  // (linked, so they stay in order); otherwise one SENDMSG_ZC.
+  // (linked, so they stay in order; only with MSG_WAITALL, since a short
+  // send would not break the link: without it one request is sent per
+  // call); otherwise one SENDMSG_ZC.
   // `ids_without_notif` receives ids whose request ended without a
   // notification (nothing stayed pinned).
   ssize_t Send(std::span<const iovec> iov, int msg_flags, const std::function<uint64_t()>& next_id,

@@ -24,6 +24,9 @@
 #include "certs/generate.h"
 #include "channel/error.h"
 #include "cli/args.h"
+#include "cli/bench.h"
+#include "cli/loopback.h"
+#include "cli/report.h"
 #include "ktls/ktls.h"
 #include "transport/migration.h"
 #include "util/sha256.h"
@@ -54,6 +57,7 @@ Usage:
   tls-migrate certs generate --out DIR --hostname NAME [--ip ADDR]...
   tls-migrate probe
   tls-migrate demo  [--size N] [--channels N] [--live] [--no-tls] [--json FILE]
+  tls-migrate bench [--size N] [--channels 1,4] [--json FILE] [--png FILE]
 
 Run 'tls-migrate COMMAND --help' for the options of each command.
 
@@ -79,6 +83,9 @@ Transport options:
   --ktls auto|require|off       move TLS into the kernel (default auto: if possible)
   --zero-copy auto|require|off  MSG_ZEROCOPY on plaintext, kernel encryption from the
                                 pages with kTLS; impossible with userspace TLS (default auto)
+  --backend sendmsg|io_uring    how plaintext zero-copy sends are issued: sendmsg(MSG_ZEROCOPY)
+                                or io_uring SEND_ZC (default sendmsg); kTLS sockets refuse
+                                SEND_ZC, so TLS channels always use sendmsg and say why
   --json FILE           write a machine-readable summary ('-' for stdout)
   --quiet               no progress bar
 )";
@@ -98,6 +105,7 @@ destination's image must equal the source memory at that moment.
   --live                keep modifying the memory during the migration
   --dirty-rate R        bytes per second the live writer dirties (default 64M)
   --max-iterations K    precopy iterations before forcing the final pass (default 30)
+  --register-buffers    with --backend io_uring: pin the image once as registered buffers
   --timeout SEC         connect timeout (default 10)
 )";
 
@@ -162,7 +170,8 @@ int ExitFor(const Error& e) {
 }
 
 const std::set<std::string> kSecValue = {"tls-creds", "tls-ca", "tls-cert", "tls-key", "tls-crl",
-                                         "tls-hostname", "tls-priority", "ktls", "zero-copy", "json"};
+                                         "tls-hostname", "tls-priority", "ktls", "zero-copy", "json",
+                                         "backend"};
 const std::set<std::string> kSecBool = {"no-verify-peer", "no-tls", "quiet", "help"};
 
 std::set<std::string> Join(std::set<std::string> a, const std::set<std::string>& b) {
@@ -174,6 +183,7 @@ SecurityConfig BuildSecurity(const Args& a, TlsRole role, const std::string& pee
   SecurityConfig s;
   s.ktls = ParseKtlsMode(a.get("ktls", "auto"));
   s.zero_copy = ParseZeroCopyMode(a.get("zero-copy", "auto"));
+  s.backend = ParseSendBackend(a.get("backend", "sendmsg"));
   if (a.flag("no-tls")) {
     std::fprintf(stderr, "WARNING: --no-tls: guest memory crosses the network in PLAINTEXT.\n");
     s.tls = false;
@@ -206,15 +216,6 @@ SecurityConfig BuildSecurity(const Args& a, TlsRole role, const std::string& pee
 std::string HostOf(const std::string& addr) {
   if (!addr.empty() && addr[0] == '[') return addr.substr(1, addr.find(']') - 1);
   return addr.substr(0, addr.rfind(':'));
-}
-
-std::string Human(double bytes) {
-  const char* u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int i = 0;
-  while (bytes >= 1024 && i < 4) bytes /= 1024, ++i;
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.1f %s", bytes, u[i]);
-  return buf;
 }
 
 // Draws a progress line on stderr while the migration runs (TTY only).
@@ -251,47 +252,6 @@ class ProgressBar {
   std::thread t_;
 };
 
-std::string JsonEscape(const std::string& s) {
-  std::string o;
-  for (char c : s) {
-    if (c == '"' || c == '\\') o += '\\', o += c;
-    else if (c == '\n') o += "\\n";
-    else if (static_cast<unsigned char>(c) < 0x20) o += ' ';
-    else o += c;
-  }
-  return o;
-}
-
-struct SideCpu {
-  double user = 0, sys = 0;
-};
-
-std::string ReportJson(const char* role, const MigrationReport& r, const SideCpu* cpu) {
-  std::ostringstream j;
-  j << "{\"role\":\"" << role << "\",\"session\":\"" << r.session << "\",\"image_bytes\":" << r.image_size
-    << ",\"page_size\":" << r.page_size << ",\"iterations\":" << r.iterations << ",\"pages\":" << r.pages
-    << ",\"zero_pages\":" << r.zero_pages << ",\"data_bytes\":" << r.data_bytes << ",\"seconds\":" << r.seconds
-    << ",\"throughput_gbps\":" << (r.seconds > 0 ? r.data_bytes / r.seconds / 1e9 : 0) << ",\"sha256\":\""
-    << r.digest << "\"";
-  if (cpu) j << ",\"cpu_user_s\":" << cpu->user << ",\"cpu_sys_s\":" << cpu->sys;
-  j << ",\"dirty_per_iteration\":[";
-  for (size_t i = 0; i < r.dirty_per_iteration.size(); ++i) j << (i ? "," : "") << r.dirty_per_iteration[i];
-  j << "],\"channels\":[";
-  for (size_t i = 0; i < r.channels.size(); ++i) {
-    const auto& c = r.channels[i];
-    j << (i ? "," : "") << "{\"id\":" << i << ",\"ktls\":" << (c.ktls ? "true" : "false")
-      << ",\"zero_copy\":" << (c.zero_copy ? "true" : "false") << ",\"path\":\"" << JsonEscape(c.path) << "\"";
-    if (c.has_counters) {
-      j << ",\"zc_sends\":" << c.zc.sends << ",\"zc_released\":" << c.zc.released
-        << ",\"zc_zero_copied\":" << c.zc.zero_copied << ",\"zc_copied\":" << c.zc.copied
-        << ",\"zc_notifications\":" << c.zc.completion_records << ",\"zc_enobufs_retries\":" << c.zc.enobufs_retries;
-    }
-    j << "}";
-  }
-  j << "]}";
-  return j.str();
-}
-
 void WriteJson(const Args& a, const std::string& json) {
   if (!a.has("json")) return;
   const std::string path = a.get("json");
@@ -301,48 +261,6 @@ void WriteJson(const Args& a, const std::string& json) {
   }
   std::ofstream f(path);
   if (!(f << json << "\n")) throw Error(EACCES, "cannot write --json file " + path);
-}
-
-void PrintReport(const char* role, const MigrationReport& r, const SideCpu* cpu) {
-  std::printf("%s: session %s\n", role, r.session.c_str());
-  std::printf("  image %s in %u iteration(s): %llu page transmissions (%llu zero pages as offsets only)\n",
-              Human(double(r.image_size)).c_str(), r.iterations, (unsigned long long)r.pages,
-              (unsigned long long)r.zero_pages);
-  std::printf("  %s of page data in %.2f s = %.2f GB/s", Human(double(r.data_bytes)).c_str(), r.seconds,
-              r.seconds > 0 ? r.data_bytes / r.seconds / 1e9 : 0.0);
-  if (cpu) std::printf(", CPU %.2f s user + %.2f s sys", cpu->user, cpu->sys);
-  std::printf("\n  SHA-256 %s\n", r.digest.c_str());
-  if (r.dirty_per_iteration.size() > 1) {
-    std::printf("  pages per iteration:");
-    for (auto d : r.dirty_per_iteration) std::printf(" %llu", (unsigned long long)d);
-    std::printf("\n");
-  }
-  // Channels that took the same path are printed once.
-  for (size_t i = 0; i < r.channels.size();) {
-    size_t j = i + 1;
-    while (j < r.channels.size() && r.channels[j].path == r.channels[i].path && !r.channels[i].has_counters) ++j;
-    const auto& c = r.channels[i];
-    if (j - i > 1) {
-      std::printf("  channels %zu-%zu: %s\n", i, j - 1, c.path.c_str());
-    } else {
-      std::printf("  channel %zu: %s\n", i, c.path.c_str());
-    }
-    if (c.has_counters && c.zc.sends) {
-      std::printf("             MSG_ZEROCOPY sends %llu, released %llu (%llu notifications): zero-copied %llu, "
-                  "kernel copied %llu%s\n",
-                  (unsigned long long)c.zc.sends, (unsigned long long)c.zc.released,
-                  (unsigned long long)c.zc.completion_records, (unsigned long long)c.zc.zero_copied,
-                  (unsigned long long)c.zc.copied,
-                  c.zc.copied == c.zc.sends ? " (local delivery: the kernel copies; real NICs avoid it)" : "");
-    }
-    i = j;
-  }
-}
-
-SideCpu SelfCpu() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return {ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6, ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6};
 }
 
 std::unique_ptr<PageSource> MakeSource(const Args& a) {
@@ -378,13 +296,14 @@ SourceOptions MakeSourceOptions(const Args& a, const std::string& connect) {
 
 int CmdSend(int argc, char** argv) {
   Args a(argc, argv, 2, Join({"connect", "input", "size", "channels", "dirty-rate", "max-iterations", "timeout"}, kSecValue),
-         Join({"live"}, kSecBool));
+         Join({"live", "register-buffers"}, kSecBool));
   if (a.flag("help")) {
     std::printf("%s%s", kSendHelp, kSecurityHelp);
     return 0;
   }
   if (!a.has("connect")) throw Error(EINVAL, "send needs --connect HOST:PORT (see --help)");
   SourceOptions o = MakeSourceOptions(a, a.get("connect"));
+  o.register_buffers = a.flag("register-buffers");
   auto src = MakeSource(a);
   Progress progress;
   o.progress = &progress;
@@ -557,8 +476,9 @@ int CmdProbe(int argc, char** argv) {
 }
 
 int CmdDemo(int argc, char** argv) {
-  Args a(argc, argv, 2, {"size", "channels", "dirty-rate", "ktls", "zero-copy", "json", "max-iterations"},
-         {"live", "no-tls", "help", "quiet"});
+  Args a(argc, argv, 2,
+         {"size", "channels", "dirty-rate", "ktls", "zero-copy", "json", "max-iterations", "backend"},
+         {"live", "no-tls", "help", "quiet", "register-buffers"});
   if (a.flag("help")) {
     std::printf("%s", kDemoHelp);
     return 0;
@@ -566,106 +486,38 @@ int CmdDemo(int argc, char** argv) {
   char tmpl[] = "/tmp/tls-migrate-demo-XXXXXX";
   if (!mkdtemp(tmpl)) ThrowErrno(errno, "mkdtemp");
   const std::string dir = tmpl;
-  const bool tls = !a.flag("no-tls");
-  if (tls) {
+  LoopbackConfig cfg;
+  cfg.tls = !a.flag("no-tls");
+  cfg.size = ParseSize(a.get("size", "256M"), "--size");
+  cfg.channels = std::stoi(a.get("channels", "4"));
+  cfg.ktls = ParseKtlsMode(a.get("ktls", "auto"));
+  cfg.zero_copy = ParseZeroCopyMode(a.get("zero-copy", "auto"));
+  cfg.backend = ParseSendBackend(a.get("backend", "sendmsg"));
+  cfg.register_buffers = a.flag("register-buffers");
+  cfg.live = a.flag("live");
+  cfg.dirty_rate = ParseSize(a.get("dirty-rate", "64M"), "--dirty-rate");
+  cfg.max_iterations = static_cast<uint32_t>(std::stoul(a.get("max-iterations", "30")));
+  cfg.output = dir + "/received.img";
+  if (cfg.tls) {
     GenerateOptions g;
     g.out_dir = dir + "/pki";
     g.hostname = "localhost";
     g.ips = {"127.0.0.1"};
     GenerateCredsDir(g);
+    cfg.pki_dir = g.out_dir;
   }
-  const uint64_t size = ParseSize(a.get("size", "256M"), "--size");
-  std::printf("tls-migrate demo: %s image (30%% zero pages), %s channels, %s, on loopback\n", Human(double(size)).c_str(),
-              a.get("channels", "4").c_str(),
-              (tls ? "TLS with certificates generated in " + dir + "/pki" : std::string("PLAINTEXT")).c_str());
-
-  Listener l = Listener::Listen("127.0.0.1:0");
-  const std::string out = dir + "/received.img";
-  int pipefd[2];
-  if (pipe(pipefd) != 0) ThrowErrno(errno, "pipe");
-  pid_t child = fork();
-  if (child < 0) ThrowErrno(errno, "fork");
-  if (child == 0) {
-    // Destination side, in its own process so its CPU time is its own.
-    close(pipefd[0]);
-    std::string msg;
-    int rc = 0;
-    try {
-      DestinationOptions o;
-      o.output = out;
-      o.accept_timeout = std::chrono::seconds(60);
-      if (tls) {
-        o.security.tls_options.role = TlsRole::kServer;
-        o.security.tls_options.creds = Credentials::Load(CredsDirFiles(dir + "/pki", TlsRole::kServer), TlsRole::kServer);
-      } else {
-        o.security.tls = false;
-      }
-      o.security.ktls = ParseKtlsMode(a.get("ktls", "auto"));
-      o.security.zero_copy = ParseZeroCopyMode(a.get("zero-copy", "auto"));
-      MigrationReport r = RunDestination(l, o);
-      SideCpu cpu = SelfCpu();
-      msg = ReportJson("destination", r, &cpu);
-    } catch (const Error& e) {
-      msg = std::string("ERROR ") + e.what();
-      rc = ExitFor(e);
-    }
-    (void)!write(pipefd[1], msg.data(), msg.size());
-    _exit(rc);
-  }
-  close(pipefd[1]);
-  int rc = 0;
-  std::string dest_out;
-  MigrationReport r;
-  SideCpu cpu{};
+  std::printf("tls-migrate demo: %s image (30%% zero pages), %d channels, %s, on loopback\n",
+              Human(double(cfg.size)).c_str(), cfg.channels,
+              (cfg.tls ? "TLS with certificates generated in " + cfg.pki_dir : std::string("PLAINTEXT")).c_str());
+  LoopbackResult res;
   try {
-    std::unique_ptr<MappedImage> img = MappedImage::Anonymous(size);
-    img->FillMixed(30, 7);
-    std::unique_ptr<PageSource> src;
-    if (a.flag("live")) {
-      src = std::make_unique<LiveImage>(std::move(img), ParseSize(a.get("dirty-rate", "64M"), "--dirty-rate"));
-    } else {
-      src = std::move(img);
-    }
-    SourceOptions o;
-    o.address = l.address();
-    o.channels = std::stoi(a.get("channels", "4"));
-    o.max_iterations = static_cast<uint32_t>(std::stoul(a.get("max-iterations", "30")));
-    if (tls) {
-      o.security.tls_options.role = TlsRole::kClient;
-      o.security.tls_options.creds = Credentials::Load(CredsDirFiles(dir + "/pki", TlsRole::kClient), TlsRole::kClient);
-      o.security.tls_options.peer_name = "localhost";
-    } else {
-      o.security.tls = false;
-    }
-    o.security.ktls = ParseKtlsMode(a.get("ktls", "auto"));
-    o.security.zero_copy = ParseZeroCopyMode(a.get("zero-copy", "auto"));
-    Progress progress;
-    o.progress = &progress;
-    SideCpu before = SelfCpu();
-    {
-      ProgressBar bar(progress, !a.flag("quiet"), "send");
-      r = RunSource(*src, o);
-    }
-    SideCpu after = SelfCpu();
-    cpu = {after.user - before.user, after.sys - before.sys};
+    res = RunOnLoopback(cfg);
   } catch (const Error& e) {
-    std::fprintf(stderr, "tls-migrate demo: source failed: %s\n", e.what());
-    rc = ExitFor(e);
-  }
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(pipefd[0], buf, sizeof(buf))) > 0) dest_out.append(buf, n);
-  close(pipefd[0]);
-  int status = 0;
-  rusage child_ru{};
-  wait4(child, &status, 0, &child_ru);
-  if (rc != 0) return rc;
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    std::fprintf(stderr, "tls-migrate demo: destination failed: %s\n", dest_out.c_str());
-    return kExitFailed;
+    std::fprintf(stderr, "tls-migrate demo: %s\n", e.what());
+    return ExitFor(e);
   }
   // Verify independently: hash the file that appeared under the final name.
-  std::ifstream f(out, std::ios::binary);
+  std::ifstream f(cfg.output, std::ios::binary);
   Sha256 h;
   std::vector<char> fb(1 << 20);
   uint64_t fsize = 0;
@@ -673,14 +525,12 @@ int CmdDemo(int argc, char** argv) {
     h.Update(fb.data(), static_cast<size_t>(f.gcount()));
     fsize += static_cast<uint64_t>(f.gcount());
   }
-  const std::string file_digest = Sha256::Hex(h.Final());
-  const bool ok = fsize == r.image_size && file_digest == r.digest;
-
+  const MigrationReport& r = res.source;
+  const bool ok = res.verified && fsize == r.image_size && Sha256::Hex(h.Final()) == r.digest;
   std::printf("\n");
-  PrintReport("source", r, &cpu);
-  std::printf("destination (separate process): CPU %.2f s user + %.2f s sys\n",
-              child_ru.ru_utime.tv_sec + child_ru.ru_utime.tv_usec / 1e6,
-              child_ru.ru_stime.tv_sec + child_ru.ru_stime.tv_usec / 1e6);
+  PrintReport("source", r, &res.source_cpu);
+  std::printf("destination (separate process): CPU %.2f s user + %.2f s sys\n", res.destination_cpu.user,
+              res.destination_cpu.sys);
   auto stat = ReadTlsStat();
   if (!stat.empty()) {
     std::printf("/proc/net/tls_stat: TlsTxSw %llu, TlsRxSw %llu, TlsDecryptError %llu\n",
@@ -691,11 +541,12 @@ int CmdDemo(int argc, char** argv) {
   }
   std::printf("verification: %s (%s, SHA-256 of the received file %s the source's)\n", ok ? "OK" : "FAILED",
               Human(double(fsize)).c_str(), ok ? "equals" : "DIFFERS FROM");
-  WriteJson(a, "{\"source\":" + ReportJson("source", r, &cpu) + ",\"destination\":" + dest_out +
-                   ",\"verified\":" + (ok ? "true" : "false") + "}");
-  unlink(out.c_str());
+  WriteJson(a, "{\"source\":" + ReportJson("source", r, &res.source_cpu) + ",\"destination\":" +
+                   res.destination_json + ",\"verified\":" + (ok ? "true" : "false") + "}");
+  unlink(cfg.output.c_str());
   return ok ? 0 : kExitIntegrity;
 }
+
 
 }  // namespace
 }  // namespace ktm::cli
@@ -709,7 +560,8 @@ int main(int argc, char** argv) {
   }
   const std::string cmd = argv[1];
   std::map<std::string, std::function<int(int, char**)>> cmds = {
-      {"send", CmdSend}, {"recv", CmdRecv}, {"certs", CmdCerts}, {"probe", CmdProbe}, {"demo", CmdDemo}};
+      {"send", CmdSend}, {"recv", CmdRecv}, {"certs", CmdCerts}, {"probe", CmdProbe}, {"demo", CmdDemo},
+      {"bench", CmdBench}};
   auto it = cmds.find(cmd);
   if (it == cmds.end()) {
     std::fprintf(stderr, "tls-migrate: unknown command '%s'\n%s", cmd.c_str(), kMainHelp);

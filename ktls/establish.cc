@@ -52,6 +52,13 @@ std::unique_ptr<Channel> EstablishTls(UniqueFd fd, const TlsOptions& tls, KtlsMo
   r.peer = session->peer_common_name();
 
   std::unique_ptr<Channel> ch;
+  if (tls.qemu_style) {
+    r.kind = TlsPathKind::kUserspace;
+    r.reason = "QEMU-style anchor: push/pull callbacks, one record per 4 KiB page";
+    r.zero_copy = false;
+    r.zero_copy_reason = "userspace TLS";
+    return std::make_unique<TlsChannel>(std::move(session), r.reason, /*per_page_records=*/true);
+  }
   if (gnutls_transport_is_ktls_enabled(session->get()) == GNUTLS_KTLS_DUPLEX) {
     r.kind = TlsPathKind::kKtlsByGnutls;
     r.reason = "GnuTLS enabled kTLS for both directions";

@@ -68,6 +68,7 @@ class KtlsChannel : public Channel {
   bool blocking() const override { return blocking_; }
 
   KtlsPath path() const { return path_; }
+  int fd() const { return fd_.get(); }
   uint64_t session_tickets_ignored() const { return tickets_ignored_; }
 
  protected:

@@ -12,7 +12,7 @@ PKGS=(
   libgtest-dev libgmock-dev
   clang libclang-rt-14-dev
   qemu-system-x86 linux-image-amd64 busybox-static cpio kmod
-  iproute2 procps libcap2-bin
+  iproute2 procps libcap2-bin iperf3 gnuplot-nox
 )
 
 missing=()

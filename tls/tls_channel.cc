@@ -13,8 +13,8 @@ namespace {
 constexpr size_t kCorkBatch = 256 << 10;
 }  // namespace
 
-TlsChannel::TlsChannel(std::unique_ptr<TlsSession> session, std::string why_userspace)
-    : session_(std::move(session)), why_userspace_(std::move(why_userspace)) {
+TlsChannel::TlsChannel(std::unique_ptr<TlsSession> session, std::string why_userspace, bool per_page_records)
+    : session_(std::move(session)), why_userspace_(std::move(why_userspace)), per_page_records_(per_page_records) {
   int fl = fcntl(session_->fd(), F_GETFL);
   blocking_ = (fl & O_NONBLOCK) == 0;
 }
@@ -22,6 +22,10 @@ TlsChannel::TlsChannel(std::unique_ptr<TlsSession> session, std::string why_user
 TlsChannel::~TlsChannel() = default;
 
 std::string TlsChannel::describe() const {
+  if (per_page_records_) {
+    return session_->version_name() + " " + session_->cipher_name() +
+           ", QEMU-style userspace TLS (push/pull callbacks, one record per 4 KiB page)";
+  }
   return session_->version_name() + " " + session_->cipher_name() +
          ", userspace TLS (GnuTLS records; " + why_userspace_ +
          "); zero copy off: GnuTLS reuses its ciphertext buffer";
@@ -69,6 +73,23 @@ WriteResult TlsChannel::writev(std::span<const iovec> iov, unsigned /*flags*/) {
     return WriteResult{static_cast<size_t>(rc), false, {}};
   }
   size_t done = 0;
+  if (per_page_records_) {
+    // QEMU-style: every page its own record and its own push (send) call.
+    for (const auto& v : iov) {
+      const char* p = static_cast<const char*>(v.iov_base);
+      for (size_t left = v.iov_len; left > 0;) {
+        ssize_t rc;
+        do {
+          rc = gnutls_record_send(s, p, std::min<size_t>(left, 4096));
+        } while (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED);
+        if (rc < 0) ThrowRecordError(rc, "write");
+        p += rc;
+        left -= static_cast<size_t>(rc);
+        done += static_cast<size_t>(rc);
+      }
+    }
+    return WriteResult{done, false, {}};
+  }
   size_t corked = 0;
   gnutls_record_cork(s);
   auto uncork = [&] {

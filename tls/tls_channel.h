@@ -23,7 +23,9 @@ namespace ktm {
 class TlsChannel : public Channel {
  public:
   // `why_userspace` is reported by describe() (e.g. why kTLS was not used).
-  TlsChannel(std::unique_ptr<TlsSession> session, std::string why_userspace);
+  // `per_page_records`: the QEMU-style anchor (one record per 4 KiB, no
+  // corking), for the benchmark only.
+  TlsChannel(std::unique_ptr<TlsSession> session, std::string why_userspace, bool per_page_records = false);
   ~TlsChannel() override;
 
   unsigned features() const override { return kFeatureShutdown | kFeatureEncrypted; }
@@ -49,6 +51,7 @@ class TlsChannel : public Channel {
   bool blocking_ = true;
   bool send_pending_ = false;  // a record is encrypted but not fully sent
   bool saw_close_notify_ = false;
+  bool per_page_records_ = false;
   uint64_t batches_ = 0;
 };
 

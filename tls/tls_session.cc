@@ -1,6 +1,8 @@
 #include "tls/tls_session.h"
 
 #include <arpa/inet.h>
+#include <poll.h>
+#include <sys/socket.h>
 
 #include <cstring>
 
@@ -121,7 +123,22 @@ std::unique_ptr<TlsSession> TlsSession::Handshake(UniqueFd fd, const TlsOptions&
     // checked during the handshake so nothing flows if any fails.
     if (o.verify_peer) gnutls_session_set_verify_cert(s, o.peer_name.c_str(), 0);
   }
-  gnutls_transport_set_int(s, t->fd_.get());
+  if (o.qemu_style) {
+    // The way QEMU does it: GnuTLS never sees the fd, only callbacks.
+    gnutls_transport_set_ptr(s, reinterpret_cast<gnutls_transport_ptr_t>(static_cast<intptr_t>(t->fd_.get())));
+    gnutls_transport_set_push_function(s, [](gnutls_transport_ptr_t p, const void* d, size_t n) -> ssize_t {
+      return ::send(static_cast<int>(reinterpret_cast<intptr_t>(p)), d, n, MSG_NOSIGNAL);
+    });
+    gnutls_transport_set_pull_function(s, [](gnutls_transport_ptr_t p, void* d, size_t n) -> ssize_t {
+      return ::recv(static_cast<int>(reinterpret_cast<intptr_t>(p)), d, n, 0);
+    });
+    gnutls_transport_set_pull_timeout_function(s, [](gnutls_transport_ptr_t p, unsigned ms) -> int {
+      pollfd pf{static_cast<int>(reinterpret_cast<intptr_t>(p)), POLLIN, 0};
+      return ::poll(&pf, 1, ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : static_cast<int>(ms));
+    });
+  } else {
+    gnutls_transport_set_int(s, t->fd_.get());
+  }
   gnutls_handshake_set_timeout(s, static_cast<unsigned>(o.handshake_timeout.count()));
   do {
     rc = gnutls_handshake(s);

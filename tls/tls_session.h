@@ -32,6 +32,9 @@ struct TlsOptions {
   bool require_client_cert = true;
   std::string priority = kDefaultPriority;
   std::chrono::milliseconds handshake_timeout{30000};
+  // Benchmark anchor only: drive GnuTLS through push/pull callbacks and send
+  // one record per 4 KiB page, as QEMU's TLS channel does today. Never kTLS.
+  bool qemu_style = false;
 };
 
 class TlsSession {

@@ -66,6 +66,12 @@ class TempImage {
   TempImage(const std::string& output, uint64_t size, uint64_t padded,
             const std::function<void(const std::string&)>& hook)
       : size_(size), padded_(padded), hook_(hook) {
+    if (output.empty()) {
+      void* p = mmap(nullptr, padded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+      if (p == MAP_FAILED) ThrowErrno(errno, "cannot allocate " + std::to_string(padded) + " bytes for the image");
+      base_ = static_cast<uint8_t*>(p);
+      return;
+    }
     path_ = output + ".partial.XXXXXX";
     int fd = mkostemp(path_.data(), O_CLOEXEC);
     if (fd < 0) {
@@ -99,6 +105,7 @@ class TempImage {
 
   // Makes the file durable under its final name.
   void Commit(const std::string& output) {
+    if (output.empty()) return;  // in memory: verified is all there is
     if (msync(base_, padded_, MS_SYNC) != 0) ThrowErrno(errno, "msync " + path_);
     munmap(base_, padded_);
     base_ = nullptr;

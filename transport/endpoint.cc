@@ -1,5 +1,8 @@
 #include "transport/endpoint.h"
 
+#include "channel/uring_sender.h"
+#include "ktls/ktls.h"
+
 namespace ktm {
 namespace {
 
@@ -17,6 +20,15 @@ OpenedChannel Finish(std::unique_ptr<SocketChannel> sock, const SecurityConfig& 
   o.path = report.Summary();
   o.ktls = report.kind != TlsPathKind::kUserspace;
   o.zero_copy = report.zero_copy;
+  if (sec.backend == SendBackend::kIoUring) {
+    if (auto* k = dynamic_cast<KtlsChannel*>(o.channel.get())) {
+      std::optional<std::string> why = ProbeSendZc(k->fd());
+      o.path += why ? "; --backend io_uring: " + *why + ", so sends use sendmsg (plain send)"
+                    : "; --backend io_uring accepted by this kTLS socket, but sends use sendmsg";
+    } else {
+      o.path += "; --backend io_uring not used: userspace TLS cannot send zero copy";
+    }
+  }
   return o;
 }
 
@@ -24,6 +36,7 @@ SocketOptions SocketOptionsFor(const SecurityConfig& sec) {
   SocketOptions so;
   // SO_ZEROCOPY only where MSG_ZEROCOPY will be used: plain sockets.
   so.zero_copy = sec.tls ? ZeroCopyMode::kOff : sec.zero_copy;
+  so.backend = sec.backend;
   return so;
 }
 

@@ -17,6 +17,9 @@ struct SecurityConfig {
   TlsOptions tls_options;  // role, credentials, peer name, verification
   KtlsMode ktls = KtlsMode::kAuto;
   ZeroCopyMode zero_copy = ZeroCopyMode::kAuto;
+  // Plaintext channels: how zero-copy writes are issued. TLS channels
+  // always use sendmsg (kTLS sockets refuse io_uring SEND_ZC; the path says so).
+  SendBackend backend = SendBackend::kSendmsg;
 };
 
 struct OpenedChannel {

@@ -40,8 +40,10 @@ struct ChannelReport {
   std::string path;
   bool ktls = false;
   bool zero_copy = false;
-  bool has_counters = false;       // MSG_ZEROCOPY counters below are meaningful
+  bool has_counters = false;       // zero-copy counters below are meaningful
   ZeroCopyCounters zc;
+  std::string backend;             // "sendmsg" / "io_uring" (plaintext channels)
+  uint64_t fixed_sends = 0;        // io_uring registered-buffer sends
 };
 
 struct MigrationReport {
@@ -49,6 +51,7 @@ struct MigrationReport {
   uint64_t image_size = 0;
   uint32_t page_size = 0;
   uint32_t iterations = 0;
+  double transfer_seconds = 0;     // source: first page to final barrier (no setup, digest, commit)
   uint64_t pages = 0;              // page transmissions (all iterations)
   uint64_t zero_pages = 0;         // of which sent as offsets only
   uint64_t data_bytes = 0;         // page payload bytes
@@ -65,6 +68,8 @@ struct SourceOptions {
   uint32_t max_iterations = 30;    // live: iterations before forcing the final pass
   uint64_t converge_pages = 0;     // live: final pass once dirty <= this (0: 1/256 of the image, >= 64)
   std::chrono::milliseconds connect_timeout{10000};
+  // io_uring backend: pin the image once as registered buffers.
+  bool register_buffers = false;
   Progress* progress = nullptr;
 };
 
@@ -73,7 +78,8 @@ struct SourceOptions {
 MigrationReport RunSource(PageSource& source, const SourceOptions& opts);
 
 struct DestinationOptions {
-  std::string output;              // final file name
+  std::string output;              // final file name; "" = keep the image in memory
+                                   // (pre-faulted, like a destination's guest RAM)
   SecurityConfig security;
   std::chrono::milliseconds accept_timeout{60000};
   Progress* progress = nullptr;

@@ -199,6 +199,17 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
     }
   }
 
+  if (opts.register_buffers) {
+    const uint64_t padded = src.page_count() * src.page_size();
+    for (auto& c : chans) {
+      if (!c.channel->register_region(src.data(), padded)) {
+        throw Error(EINVAL, "--register-buffers needs --backend io_uring on plaintext channels (" + c.path + ")");
+      }
+      c.path = c.channel->describe();
+      if (!opts.security.tls) c.path = "plaintext (--no-tls), " + c.path;
+    }
+  }
+
   std::vector<std::unique_ptr<ChannelSender>> senders;
   for (auto& c : chans) senders.push_back(std::make_unique<ChannelSender>(*c.channel, src, opts.progress));
 
@@ -216,6 +227,7 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
     }
   };
 
+  const auto transfer_start = Clock::now();
   const uint64_t converge = opts.converge_pages ? opts.converge_pages
                                                 : std::max<uint64_t>(64, src.page_count() / 256);
   std::vector<uint64_t> dirty;
@@ -261,6 +273,7 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
     rep.iterations = iter + 1;
   }
 
+  rep.transfer_seconds = std::chrono::duration<double>(Clock::now() - transfer_start).count();
   // Switch-over: the image is frozen; its digest is what the destination
   // must hold.
   Sha256 h;
@@ -290,6 +303,9 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
     if (chans[c].socket) {
       cr.has_counters = true;
       cr.zc = chans[c].socket->zero_copy_counters();
+      cr.backend = ToString(chans[c].socket->backend());
+      cr.fixed_sends = chans[c].socket->uring_fixed_sends();
+      cr.path = "plaintext (--no-tls), " + chans[c].socket->describe();  // may have fallen back
     }
     rep.channels.push_back(cr);
   }

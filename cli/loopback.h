@@ -1,0 +1,43 @@
+// One migration on loopback with the destination in a child process, so
+// each side's CPU time and peak RSS are its own. Used by `demo` and `bench`.
+#pragma once
+
+#include <string>
+
+#include "cli/report.h"
+#include "transport/migration.h"
+
+namespace ktm::cli {
+
+struct LoopbackConfig {
+  uint64_t size = 256u << 20;
+  unsigned zero_percent = 30;
+  int channels = 4;
+  bool tls = true;
+  std::string pki_dir;             // creds dir (server + client), TLS only
+  KtlsMode ktls = KtlsMode::kAuto;
+  ZeroCopyMode zero_copy = ZeroCopyMode::kAuto;
+  SendBackend backend = SendBackend::kSendmsg;
+  bool register_buffers = false;
+  bool qemu_style = false;         // bench anchor
+  bool live = false;
+  uint64_t dirty_rate = 64u << 20;
+  uint32_t max_iterations = 30;
+  std::string output;              // "" = destination keeps the image in memory
+  bool progress = false;
+};
+
+struct LoopbackResult {
+  MigrationReport source;
+  SideCpu source_cpu;              // during RunSource only
+  std::string destination_json;    // the child's ReportJson
+  SideCpu destination_cpu;         // the whole child
+  long source_peak_rss_kb = 0;     // VmHWM, reset before the run
+  long destination_peak_rss_kb = 0;
+  bool verified = false;           // destination committed the digest the source sent
+};
+
+// Throws Error (from the source) or Error(EIO, destination's message).
+LoopbackResult RunOnLoopback(const LoopbackConfig& cfg);
+
+}  // namespace ktm::cli
