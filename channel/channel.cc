@@ -8,16 +8,36 @@
 namespace ktm {
 namespace {
 
+// A mutable copy of the caller's iovec array, on the stack for the sizes the
+// transport uses (header + up to 64 page runs), so the *_all helpers do not
+// allocate per call.
+class IovCopy {
+ public:
+  explicit IovCopy(std::span<const iovec> iov) : n_(iov.size()) {
+    if (n_ > kInline) heap_.assign(iov.begin(), iov.end());
+    else std::copy(iov.begin(), iov.end(), inline_);
+  }
+  iovec* data() { return n_ > kInline ? heap_.data() : inline_; }
+  size_t size() const { return n_; }
+
+ private:
+  static constexpr size_t kInline = 80;
+  size_t n_;
+  iovec inline_[kInline];
+  std::vector<iovec> heap_;
+};
+
 // Advances a (copied) iovec array past `n` consumed bytes.
-void Advance(std::vector<iovec>& v, size_t& idx, size_t n) {
-  while (n > 0 && idx < v.size()) {
+void Advance(IovCopy& c, size_t& idx, size_t n) {
+  iovec* v = c.data();
+  while (n > 0 && idx < c.size()) {
     size_t take = std::min(n, v[idx].iov_len);
     v[idx].iov_base = static_cast<char*>(v[idx].iov_base) + take;
     v[idx].iov_len -= take;
     n -= take;
     if (v[idx].iov_len == 0) ++idx;
   }
-  while (idx < v.size() && v[idx].iov_len == 0) ++idx;
+  while (idx < c.size() && v[idx].iov_len == 0) ++idx;
 }
 
 size_t Total(std::span<const iovec> iov) {
@@ -29,13 +49,13 @@ size_t Total(std::span<const iovec> iov) {
 }  // namespace
 
 ZeroCopyIds Channel::writev_all(std::span<const iovec> iov, unsigned flags) {
-  std::vector<iovec> rest(iov.begin(), iov.end());
+  IovCopy rest(iov);
   size_t idx = 0;
   Advance(rest, idx, 0);
   ZeroCopyIds all;
   bool have = false;
   while (idx < rest.size()) {
-    WriteResult r = writev(std::span<const iovec>(rest).subspan(idx), flags);
+    WriteResult r = writev(std::span<const iovec>(rest.data() + idx, rest.size() - idx), flags);
     if (r.would_block) {
       wait_io(/*for_write=*/true);
       continue;
@@ -57,12 +77,12 @@ ZeroCopyIds Channel::write_all(const void* buf, size_t len, unsigned flags) {
 
 bool Channel::readv_all(std::span<const iovec> iov) {
   const size_t want = Total(iov);
-  std::vector<iovec> rest(iov.begin(), iov.end());
+  IovCopy rest(iov);
   size_t idx = 0;
   Advance(rest, idx, 0);
   size_t got = 0;
   while (idx < rest.size()) {
-    ReadResult r = readv(std::span<const iovec>(rest).subspan(idx));
+    ReadResult r = readv(std::span<const iovec>(rest.data() + idx, rest.size() - idx));
     if (r.would_block) {
       wait_io(/*for_write=*/false);
       continue;

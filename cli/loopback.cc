@@ -110,7 +110,7 @@ LoopbackResult RunOnLoopback(const LoopbackConfig& cfg) {
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
     throw Error(EIO, "destination failed: " + res.destination_json);
   }
-  res.verified = res.destination_json.find("\"sha256\":\"" + res.source.digest + "\"") != std::string::npos;
+  res.verified = res.destination_json.find("\"image_digest\":\"" + res.source.digest + "\"") != std::string::npos;
   return res;
 }
 

@@ -36,7 +36,8 @@ std::string ReportJson(const char* role, const MigrationReport& r, const SideCpu
   j << "{\"role\":\"" << role << "\",\"session\":\"" << r.session << "\",\"image_bytes\":" << r.image_size
     << ",\"page_size\":" << r.page_size << ",\"iterations\":" << r.iterations << ",\"pages\":" << r.pages
     << ",\"zero_pages\":" << r.zero_pages << ",\"data_bytes\":" << r.data_bytes << ",\"seconds\":" << r.seconds
-    << ",\"throughput_gbps\":" << (r.seconds > 0 ? r.data_bytes / r.seconds / 1e9 : 0) << ",\"sha256\":\""
+    << ",\"transfer_seconds\":" << r.transfer_seconds
+    << ",\"throughput_gbps\":" << (r.seconds > 0 ? r.data_bytes / r.seconds / 1e9 : 0) << ",\"image_digest\":\""
     << r.digest << "\"";
   if (cpu) j << ",\"cpu_user_s\":" << cpu->user << ",\"cpu_sys_s\":" << cpu->sys;
   j << ",\"dirty_per_iteration\":[";
@@ -67,7 +68,7 @@ void PrintReport(const char* role, const MigrationReport& r, const SideCpu* cpu)
   std::printf("  %s of page data in %.2f s = %.2f GB/s", Human(double(r.data_bytes)).c_str(), r.seconds,
               r.seconds > 0 ? r.data_bytes / r.seconds / 1e9 : 0.0);
   if (cpu) std::printf(", CPU %.2f s user + %.2f s sys", cpu->user, cpu->sys);
-  std::printf("\n  SHA-256 %s\n", r.digest.c_str());
+  std::printf("\n  image digest (SHA-256 tree) %s\n", r.digest.c_str());
   if (r.dirty_per_iteration.size() > 1) {
     std::printf("  pages per iteration:");
     for (auto d : r.dirty_per_iteration) std::printf(" %llu", (unsigned long long)d);

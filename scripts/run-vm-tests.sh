@@ -69,9 +69,13 @@ done
     # make demo-ktls: the CLI demo, then the kernel's counters.
     echo "chroot /host /bin/sh -c 'cd /tmp && HOME=/tmp $CLI demo --quiet --size ${KTM_VM_DEMO_SIZE:-128M} --ktls require'"
     echo 'echo "KTM-VM-RC $?"'
+  elif [ "${KTM_VM_BENCH:-0}" = 1 ]; then
+    # make bench-ktls: TLS modes side by side in one (emulated) VM run.
+    echo "chroot /host /bin/sh -c 'cd /tmp && HOME=/tmp $CLI bench --size ${KTM_VM_BENCH_SIZE:-64M} --channels 1,4 --modes plain-copy,tls-userspace,tls-qemu-style,ktls'"
+    echo 'echo "KTM-VM-RC $?"'
   fi
   for r in "${RUNS[@]}"; do
-    [ "${KTM_VM_DEMO:-0}" = 1 ] && break
+    [ "${KTM_VM_DEMO:-0}" = 1 ] || [ "${KTM_VM_BENCH:-0}" = 1 ] && break
     IFS='|' read -r name env bin <<<"$r"
     echo "echo KTM-VM: running $name"
     echo "chroot /host /bin/sh -c 'cd $REPO && HOME=/tmp $env $bin --gtest_output=xml:/tmp/$name.xml'"
@@ -97,8 +101,8 @@ timeout "${KTM_VM_TIMEOUT:-900}" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -
 qrc=$?
 set -e
 tr -d '\r' <"$LOG" >"$LOG.clean"
-if [ "${KTM_VM_DEMO:-0}" = 1 ]; then
-  grep -v '^\s*$' "$LOG.clean" | sed -n '/tls-migrate demo:/,$p' | grep -v 'reboot: Power down'
+if [ "${KTM_VM_DEMO:-0}" = 1 ] || [ "${KTM_VM_BENCH:-0}" = 1 ]; then
+  grep -v '^\s*$' "$LOG.clean" | sed -n '/tls-migrate \(demo\|bench\):/,$p' | grep -v 'reboot: Power down'
   grep -q '^KTM-VM-RC 0$' "$LOG.clean"
   exit $?
 fi

@@ -114,7 +114,9 @@ TEST(Cli, FileMigrationWithCertificatesAndJson) {
   EXPECT_TRUE(sa == sb);
   std::ifstream js(d.path + "/send.json");
   std::string json((std::istreambuf_iterator<char>(js)), {});
-  EXPECT_NE(json.find("\"sha256\":\"" + Sha256::Hex(Sha256::Of(sa.data(), sa.size())) + "\""), std::string::npos)
+  EXPECT_NE(json.find("\"image_digest\":\"" +
+                      Sha256::Hex(ImageDigest(reinterpret_cast<const uint8_t*>(sa.data()), sa.size())) + "\""),
+            std::string::npos)
       << json;
   EXPECT_NE(json.find("\"channels\":[{\"id\":0"), std::string::npos);
   EXPECT_NE(out.find("channels 0-2:"), std::string::npos) << out;
@@ -137,6 +139,25 @@ TEST(Cli, WrongHostnameExitsWithSecurityCode) {
   EXPECT_NE(recv.Wait(20s), 0);
   EXPECT_NE(recv.output().find("rejected connection"), std::string::npos) << recv.output();
   EXPECT_FALSE(d.Has("out.img"));
+}
+
+TEST(Cli, BenchRunsEveryModeAndWritesJsonAndChart) {
+  Dir d;
+  std::string out;
+  ASSERT_EQ(RunCli({"bench", "--size", "16M", "--channels", "1", "--json", d.path + "/b.json", "--png",
+                    d.path + "/b.png"},
+                   &out, 300s),
+            0)
+      << out;
+  std::ifstream js(d.path + "/b.json");
+  std::string json((std::istreambuf_iterator<char>(js)), {});
+  for (const char* m : {"plain-copy", "msg-zerocopy", "uring", "uring-fixed", "tls-userspace", "tls-qemu-style"}) {
+    const auto at = json.find(std::string("\"mode\":\"") + m + "\",\"channels\":1,\"ran\":true");
+    EXPECT_NE(at, std::string::npos) << m << "\n" << json;
+  }
+  EXPECT_NE(json.find("\"mode\":\"ktls\""), std::string::npos);  // ran, or says why not
+  EXPECT_NE(out.find("x QEMU"), std::string::npos) << out;
+  EXPECT_TRUE(d.Has("b.png"));
 }
 
 // A transfer long enough to interrupt: 1 GiB, plaintext.
@@ -251,9 +272,9 @@ TEST_F(TwoHosts, TlsMigrationAcrossRateLimitedVeth) {
   EXPECT_LT(mbit, 400.0);
   EXPECT_GT(mbit, 50.0);
   // Integrity: the digest the destination verified is in its own output.
-  auto p = json.find("\"sha256\":\"");
+  auto p = json.find("\"image_digest\":\"");
   ASSERT_NE(p, std::string::npos);
-  EXPECT_NE(recv.output().find(json.substr(p + 10, 64)), std::string::npos);
+  EXPECT_NE(recv.output().find(json.substr(p + 16, 64)), std::string::npos);
   EXPECT_TRUE(d.Has("out.img"));
 }
 

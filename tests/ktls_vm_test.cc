@@ -12,6 +12,7 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include "channel/uring_sender.h"
 #include "ktls/ktls.h"
 #include "tests/tls_util.h"
 #include "tls/tls_channel.h"
@@ -206,6 +207,21 @@ TEST_F(KtlsVm, KernelRefusesMsgZerocopyOnKtlsSocketSoWeNeverPassIt) {
   EXPECT_EQ(in, data);
   close(c.client.raw_fd);
   close(c.server.raw_fd);
+}
+
+TEST_F(KtlsVm, IoUringSendZcIsRefusedOnKtlsSocketsWithTheReason) {
+  Connected c = Connect(kKtls, kKtls);
+  ASSERT_TRUE(c.client.ch && c.server.ch);
+  auto* k = dynamic_cast<KtlsChannel*>(c.client.ch.get());
+  ASSERT_NE(k, nullptr);
+  std::optional<std::string> why = ProbeSendZc(k->fd());
+  ASSERT_TRUE(why.has_value()) << "kernel accepted SEND_ZC on a kTLS socket";
+  EXPECT_NE(why->find("EOPNOTSUPP"), std::string::npos) << *why;
+  // The zero-length probe put nothing on the wire: the stream still works.
+  c.client.ch->write_all("after-probe", 11);
+  char b[11];
+  ASSERT_TRUE(c.server.ch->read_all(b, 11));
+  EXPECT_EQ(std::string(b, 11), "after-probe");
 }
 
 }  // namespace

@@ -39,7 +39,7 @@ struct TempDir {
 Sha256::Digest FileDigest(const std::string& path, uint64_t* size) {
   std::string data = ReadFile(path);
   *size = data.size();
-  return Sha256::Of(data.data(), data.size());
+  return ImageDigest(reinterpret_cast<const uint8_t*>(data.data()), data.size());
 }
 
 SecurityConfig Plain() {
@@ -118,7 +118,7 @@ void ExpectIntact(const Outcome& o, const PageSource& src, const std::string& ou
   EXPECT_EQ(size, src.size());
   EXPECT_EQ(Sha256::Hex(got), o.src.digest);
   EXPECT_EQ(o.dst.digest, o.src.digest);
-  EXPECT_EQ(Sha256::Hex(Sha256::Of(src.data(), src.size())), o.src.digest);
+  EXPECT_EQ(Sha256::Hex(ImageDigest(src.data(), src.size())), o.src.digest);
 }
 
 class Matrix : public ::testing::TestWithParam<std::tuple<bool, int>> {};
@@ -378,9 +378,9 @@ TEST(Forged, ForeignSessionHelloIsRejectedAndMigrationContinues) {
   ch0.Send(wire::kSync, 0, {}, wire::kFlagFinal);
   ch1.Send(wire::kSync, 0, {}, wire::kFlagFinal);
   ch1.ch->shutdown(ShutdownHow::kWrite);
-  // END carries the digest of 8 KiB of zeros.
+  // END carries the image digest of 8 KiB of zeros.
   std::string zeros(8192, '\0');
-  Sha256::Digest d = Sha256::Of(zeros.data(), zeros.size());
+  Sha256::Digest d = ImageDigest(reinterpret_cast<const uint8_t*>(zeros.data()), zeros.size());
   wire::PacketHeader h;
   h.type = wire::kEnd;
   h.packet_num = ch0.packet_num++;

@@ -167,6 +167,21 @@ TEST(Uring, UnixSocketRefusesSendZcAndFallsBackWithReason) {
   unlink(path.c_str());
 }
 
+TEST(Uring, ProbeAcceptsPlainTcpAndRefusesUnix) {
+  auto tcp = ConnectedPair("127.0.0.1:0");
+  EXPECT_FALSE(ProbeSendZc(tcp.client->fd()).has_value());
+  // Nothing was sent by the probe.
+  tcp.client->shutdown(ShutdownHow::kWrite);
+  uint8_t b;
+  EXPECT_FALSE(tcp.server->read_all(&b, 1));
+  std::string path = "/tmp/ktm-uring-probe-" + std::to_string(getpid()) + ".sock";
+  auto unix_pair = ConnectedPair("unix:" + path);
+  std::optional<std::string> why = ProbeSendZc(unix_pair.client->fd());
+  ASSERT_TRUE(why.has_value());
+  EXPECT_NE(why->find("EOPNOTSUPP"), std::string::npos);
+  unlink(path.c_str());
+}
+
 TEST(Uring, WriteToVanishedPeerSaysSoAndNothingStaysPinned) {
   auto p = ConnectedPair("127.0.0.1:0", Uring());
   p.server->close();

@@ -97,11 +97,7 @@ class TempImage {
 
   uint8_t* data() { return base_; }
 
-  Sha256::Digest Digest() {
-    Sha256 h;
-    h.Update(base_, size_);
-    return h.Final();
-  }
+  Sha256::Digest Digest() { return ImageDigest(base_, size_); }
 
   // Makes the file durable under its final name.
   void Commit(const std::string& output) {

@@ -12,8 +12,8 @@
 //   ZERO:  no data (all-zero pages travel as offsets only)
 //   SYNC:  no offsets; closes `iteration` on this channel (flag FINAL on
 //          the last one)
-//   END:   channel 0 only, after the final barrier: 32-byte SHA-256 of the
-//          image as the source holds it at switch-over
+//   END:   channel 0 only, after the final barrier: the 32-byte image digest
+//          (util/sha256.h ImageDigest) of the image at switch-over
 #pragma once
 
 #include <array>

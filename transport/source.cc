@@ -276,9 +276,7 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
   rep.transfer_seconds = std::chrono::duration<double>(Clock::now() - transfer_start).count();
   // Switch-over: the image is frozen; its digest is what the destination
   // must hold.
-  Sha256 h;
-  h.Update(src.data(), src.size());
-  const Sha256::Digest digest = h.Final();
+  const Sha256::Digest digest = ImageDigest(src.data(), src.size());
   rep.digest = Sha256::Hex(digest);
   Channel& ch0 = *chans[0].channel;
   senders[0]->End(digest);

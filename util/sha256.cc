@@ -2,6 +2,11 @@
 
 #include <openssl/evp.h>
 
+#include <algorithm>
+#include <atomic>
+#include <thread>
+#include <vector>
+
 #include "channel/error.h"
 
 namespace ktm {
@@ -38,6 +43,30 @@ std::string Sha256::Hex(const Digest& d) {
     s += kHex[b & 15];
   }
   return s;
+}
+
+Sha256::Digest ImageDigest(const uint8_t* data, size_t len, unsigned threads) {
+  const size_t chunks = (len + kImageDigestChunk - 1) / kImageDigestChunk;
+  std::vector<Sha256::Digest> parts(chunks);
+  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  threads = static_cast<unsigned>(std::min<size_t>(threads, std::max<size_t>(chunks, 1)));
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t c; (c = next.fetch_add(1)) < chunks;) {
+      const size_t off = c * kImageDigestChunk;
+      parts[c] = Sha256::Of(data + off, std::min(kImageDigestChunk, len - off));
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+  Sha256 top;
+  for (const auto& d : parts) top.Update(d.data(), d.size());
+  uint8_t le[8];
+  for (int i = 0; i < 8; ++i) le[i] = static_cast<uint8_t>(static_cast<uint64_t>(len) >> (8 * i));
+  top.Update(le, sizeof(le));
+  return top.Final();
 }
 
 }  // namespace ktm
