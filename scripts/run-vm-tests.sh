@@ -47,7 +47,7 @@ for t in sh mount insmod ip chroot poweroff cat echo mkdir base64 sleep; do ln -
 # TLS needs for gcm(aes) and rfc7539(chacha20,poly1305): without those the
 # TLS_TX setsockopt fails with ENOENT (the guest has no modprobe to load them
 # on demand). modprobe --show-depends gives the order.
-WANT="virtio_pci 9pnet_virtio 9p tls gcm ctr ghash-generic aesni-intel chacha20poly1305
+WANT="virtio_pci 9pnet_virtio 9p tls gcm ctr ghash-generic ghash-clmulni-intel aesni-intel chacha20poly1305
       chacha_generic poly1305_generic seqiv"
 ORDER=""
 for ko in $(for m in $WANT; do modprobe -S "$KVER" --show-depends "$m" | awk '$1 == "insmod" {print $2}'; done | awk '!seen[$0]++'); do
