@@ -541,9 +541,11 @@ void SocketChannel::set_blocking(bool blocking) {
   blocking_ = blocking;
 }
 
+void WaitFdReady(int fd, bool for_write) { PollFd(fd, for_write ? POLLOUT : POLLIN, -1); }
+
 void SocketChannel::wait_io(bool for_write) {
   CheckOpen("wait");
-  PollFd(fd_.get(), for_write ? POLLOUT : POLLIN, -1);
+  WaitFdReady(fd_.get(), for_write);
 }
 
 Listener Listener::Listen(const std::string& address, int backlog) {

@@ -153,6 +153,10 @@ class Listener {
   std::string unix_path_;
 };
 
+// Blocks until `fd` is readable (or writable), retrying on EINTR. What every
+// channel's wait_io() does for the *_all helpers in non-blocking mode.
+void WaitFdReady(int fd, bool for_write);
+
 // "HOST:PORT" of a socket's peer or local side, "unix:PATH" for AF_UNIX.
 std::string SockName(int fd, bool peer);
 

@@ -376,9 +376,7 @@ void KtlsChannel::set_blocking(bool blocking) {
 }
 
 void KtlsChannel::wait_io(bool for_write) {
-  pollfd p{fd_.get(), static_cast<short>(for_write ? POLLOUT : POLLIN), 0};
-  while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
-  }
+  WaitFdReady(fd_.get(), for_write);
 }
 
 }  // namespace ktm

@@ -1,7 +1,6 @@
 // The tls-migrate binary as users run it: separate processes, real exit
 // codes, peers killed mid-stream, signals, and two hosts in network
 // namespaces joined by a rate-limited veth pair.
-#include <dirent.h>
 #include <signal.h>
 
 #include <thread>
@@ -12,6 +11,7 @@
 #include <fstream>
 
 #include "tests/subprocess.h"
+#include "tests/test_util.h"
 #include "util/sha256.h"
 
 namespace ktm {
@@ -26,24 +26,7 @@ std::string Cli() {
   return base + "/cli/tls-migrate";
 }
 
-struct Dir {
-  std::string path;
-  Dir() {
-    char t[] = "/tmp/ktm-cli-XXXXXX";
-    path = mkdtemp(t);
-  }
-  ~Dir() { (void)!system(("rm -rf " + path).c_str()); }
-  bool Has(const std::string& name) const { return access((path + "/" + name).c_str(), F_OK) == 0; }
-  std::vector<std::string> Entries() const {
-    std::vector<std::string> out;
-    DIR* d = opendir(path.c_str());
-    while (dirent* e = readdir(d)) {
-      if (e->d_name[0] != '.') out.push_back(e->d_name);
-    }
-    closedir(d);
-    return out;
-  }
-};
+using Dir = testing::TempDir;
 
 int RunCli(std::vector<std::string> args, std::string* out = nullptr, std::chrono::seconds timeout = 60s) {
   args.insert(args.begin(), Cli());

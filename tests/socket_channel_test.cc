@@ -3,12 +3,9 @@
 #include "channel/socket_channel.h"
 
 #include <gtest/gtest.h>
-#include <linux/capability.h>
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
 
 #include <atomic>
 #include <map>
@@ -22,24 +19,10 @@ namespace ktm {
 namespace {
 
 using testing::ConnectedPair;
+using testing::DrainAndHash;
 using testing::FillPattern;
 using testing::Mapping;
 using namespace std::chrono_literals;
-
-// Reads until EOF, hashing everything. Returns (bytes, digest).
-std::pair<uint64_t, Sha256::Digest> DrainAndHash(Channel& ch) {
-  std::vector<uint8_t> buf(1 << 20);
-  Sha256 h;
-  uint64_t total = 0;
-  for (;;) {
-    iovec v{buf.data(), buf.size()};
-    ReadResult r = ch.readv(std::span<const iovec>(&v, 1));
-    if (r.eof()) break;
-    h.Update(buf.data(), r.bytes);
-    total += r.bytes;
-  }
-  return {total, h.Final()};
-}
 
 // Sends `len` bytes of the mapping in `chunk`-sized zero-copy writes, then
 // flushes and half-closes. Returns the number of writev_all calls.
@@ -273,59 +256,23 @@ TEST(SocketChannel, ReleasedMeansTheKernelNoLongerReadsTheBuffer) {
   }
 }
 
-// Drops CAP_IPC_LOCK from this process (root bypasses RLIMIT_MEMLOCK with it).
-bool DropIpcLock() {
-  __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
-  __user_cap_data_struct data[2] = {};
-  if (syscall(SYS_capget, &hdr, data) != 0) return false;
-  for (auto& d : data) {
-    d.effective &= ~(1u << CAP_IPC_LOCK);
-    d.permitted &= ~(1u << CAP_IPC_LOCK);
-    d.inheritable &= ~(1u << CAP_IPC_LOCK);
-  }
-  return syscall(SYS_capset, &hdr, data) == 0;
-}
-
 TEST(SocketChannel, EnobufsRetriesOnceThenNamesTheLimits) {
   // Child process: RLIMIT_MEMLOCK 0 and no CAP_IPC_LOCK, so the kernel cannot
   // account the pinned pages and every zero-copy send fails with ENOBUFS.
-  int pipefd[2];
-  ASSERT_EQ(pipe(pipefd), 0);
-  pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    close(pipefd[0]);
-    std::string out;
-    int rc = 1;
+  const std::string msg = testing::RunInChild([] {
+    rlimit rl{0, 0};
+    if (setrlimit(RLIMIT_MEMLOCK, &rl) != 0) throw Error(errno, "setrlimit");
+    if (!testing::DropIpcLock()) throw Error(errno, "capset");
+    auto p = ConnectedPair("127.0.0.1:0");
+    std::vector<uint8_t> buf(256 << 10, 9);
     try {
-      rlimit rl{0, 0};
-      if (setrlimit(RLIMIT_MEMLOCK, &rl) != 0) throw Error(errno, "setrlimit");
-      if (!DropIpcLock()) throw Error(errno, "capset");
-      auto p = ConnectedPair("127.0.0.1:0");
-      std::vector<uint8_t> buf(256 << 10, 9);
-      try {
-        p.client->write_all(buf.data(), buf.size(), kWriteZeroCopy);
-        out = "NO ERROR";
-      } catch (const Error& e) {
-        out = std::to_string(e.code()) + "|" +
-              std::to_string(p.client->zero_copy_counters().enobufs_retries) + "|" + e.what();
-        rc = 0;
-      }
-    } catch (const std::exception& e) {
-      out = std::string("SETUP ") + e.what();
+      p.client->write_all(buf.data(), buf.size(), kWriteZeroCopy);
+      return std::string("NO ERROR");
+    } catch (const Error& e) {
+      return std::to_string(e.code()) + "|" + std::to_string(p.client->zero_copy_counters().enobufs_retries) +
+             "|" + e.what();
     }
-    (void)!write(pipefd[1], out.data(), out.size());
-    _exit(rc);
-  }
-  close(pipefd[1]);
-  std::string msg;
-  char b[512];
-  ssize_t n;
-  while ((n = read(pipefd[0], b, sizeof(b))) > 0) msg.append(b, n);
-  close(pipefd[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << msg;
+  });
   EXPECT_EQ(msg.substr(0, msg.find('|')), std::to_string(ENOBUFS)) << msg;
   EXPECT_NE(msg.find("|1|"), std::string::npos) << "expected exactly one retry: " << msg;
   EXPECT_NE(msg.find("ulimit -l"), std::string::npos) << msg;

@@ -2,16 +2,24 @@
 // deterministic page-like data.
 #pragma once
 
+#include <dirent.h>
+#include <linux/capability.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <functional>
 #include <utility>
+#include <vector>
 
 #include "channel/error.h"
 #include "channel/socket_channel.h"
+#include "util/sha256.h"
 
 namespace ktm::testing {
 
@@ -61,5 +69,83 @@ inline void FillPattern(uint8_t* p, size_t len, uint64_t seed) {
   }
   for (; i < len; ++i) p[i] = static_cast<uint8_t>(i);
 }
+
+// Reads until end of stream, hashing everything. Returns (bytes, digest).
+inline std::pair<uint64_t, Sha256::Digest> DrainAndHash(Channel& ch) {
+  std::vector<uint8_t> buf(1 << 20);
+  Sha256 h;
+  uint64_t total = 0;
+  for (;;) {
+    iovec v{buf.data(), buf.size()};
+    ReadResult r = ch.readv(std::span<const iovec>(&v, 1));
+    if (r.eof()) break;
+    h.Update(buf.data(), r.bytes);
+    total += r.bytes;
+  }
+  return {total, h.Final()};
+}
+
+// Drops CAP_IPC_LOCK (root bypasses RLIMIT_MEMLOCK with it).
+inline bool DropIpcLock() {
+  __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[2] = {};
+  if (syscall(SYS_capget, &hdr, data) != 0) return false;
+  for (auto& d : data) {
+    d.effective &= ~(1u << CAP_IPC_LOCK);
+    d.permitted &= ~(1u << CAP_IPC_LOCK);
+    d.inheritable &= ~(1u << CAP_IPC_LOCK);
+  }
+  return syscall(SYS_capset, &hdr, data) == 0;
+}
+
+// Runs `fn` in a forked child (for rlimits and capabilities that must not
+// leak into the test process) and returns the string it produced.
+inline std::string RunInChild(const std::function<std::string()>& fn) {
+  int pipefd[2];
+  if (pipe(pipefd) != 0) ThrowErrno(errno, "pipe");
+  pid_t pid = fork();
+  if (pid < 0) ThrowErrno(errno, "fork");
+  if (pid == 0) {
+    close(pipefd[0]);
+    std::string out;
+    try {
+      out = fn();
+    } catch (const std::exception& e) {
+      out = std::string("EXCEPTION ") + e.what();
+    }
+    (void)!write(pipefd[1], out.data(), out.size());
+    _exit(0);
+  }
+  close(pipefd[1]);
+  std::string msg;
+  char b[512];
+  ssize_t n;
+  while ((n = read(pipefd[0], b, sizeof(b))) > 0) msg.append(b, n);
+  close(pipefd[0]);
+  waitpid(pid, nullptr, 0);
+  return msg;
+}
+
+// A fresh directory, removed with its contents at the end.
+struct TempDir {
+  std::string path;
+  explicit TempDir(const char* prefix = "ktm-test") {
+    std::string t = std::string("/tmp/") + prefix + "-XXXXXX";
+    path = mkdtemp(t.data());
+  }
+  ~TempDir() { (void)!system(("rm -rf '" + path + "'").c_str()); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  bool Has(const std::string& name) const { return access((path + "/" + name).c_str(), F_OK) == 0; }
+  std::vector<std::string> Entries() const {
+    std::vector<std::string> out;
+    DIR* d = opendir(path.c_str());
+    while (dirent* e = readdir(d)) {
+      if (e->d_name[0] != '.') out.push_back(e->d_name);
+    }
+    closedir(d);
+    return out;
+  }
+};
 
 }  // namespace ktm::testing

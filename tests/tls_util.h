@@ -14,6 +14,7 @@
 #include "channel/socket_channel.h"
 #include "ktls/establish.h"
 #include "tests/pki.h"
+#include "tests/test_util.h"
 #include "util/sha256.h"
 
 namespace ktm::testing {
@@ -105,19 +106,7 @@ inline Sha256::Digest SendPattern(Channel& ch, size_t len, uint64_t seed) {
 }
 
 // Reads to EOF (close_notify); returns (bytes, digest).
-inline std::pair<uint64_t, Sha256::Digest> ReceiveAll(Channel& ch) {
-  std::vector<uint8_t> buf(1 << 20);
-  Sha256 h;
-  uint64_t total = 0;
-  for (;;) {
-    iovec v{buf.data(), buf.size()};
-    ReadResult r = ch.readv(std::span<const iovec>(&v, 1));
-    if (r.eof()) break;
-    h.Update(buf.data(), r.bytes);
-    total += r.bytes;
-  }
-  return {total, h.Final()};
-}
+inline std::pair<uint64_t, Sha256::Digest> ReceiveAll(Channel& ch) { return DrainAndHash(ch); }
 
 // Full-duplex exchange: both ends send `len` bytes and receive the other's.
 // Returns an empty string on success, else what went wrong.

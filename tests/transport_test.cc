@@ -2,7 +2,6 @@
 // for plaintext and TLS, 1 and 4 channels, static and live images; and the
 // destination's refusals (forged packets, strays, resets, wrong
 // certificates), each leaving no file behind.
-#include <dirent.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 
@@ -16,25 +15,6 @@ namespace ktm {
 namespace {
 
 using namespace testing;
-
-// A fresh directory per test; lists what is left in it.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char t[] = "/tmp/ktm-xfer-XXXXXX";
-    path = mkdtemp(t);
-  }
-  ~TempDir() { (void)!system(("rm -rf " + path).c_str()); }
-  std::vector<std::string> Entries() const {
-    std::vector<std::string> out;
-    DIR* d = opendir(path.c_str());
-    while (dirent* e = readdir(d)) {
-      if (e->d_name[0] != '.') out.push_back(e->d_name);
-    }
-    closedir(d);
-    return out;
-  }
-};
 
 Sha256::Digest FileDigest(const std::string& path, uint64_t* size) {
   std::string data = ReadFile(path);
@@ -125,7 +105,7 @@ class Matrix : public ::testing::TestWithParam<std::tuple<bool, int>> {};
 
 TEST_P(Matrix, StaticImageArrivesIntact) {
   auto [tls, channels] = GetParam();
-  TempDir dir;
+  testing::TempDir dir;
   // Not a multiple of the page size: the tail page is partial.
   auto img = MappedImage::Anonymous((24u << 20) + 1000);
   img->FillMixed(30, 11);
@@ -158,7 +138,7 @@ INSTANTIATE_TEST_SUITE_P(PlainAndTls, Matrix,
 TEST(Transport, LiveImageConvergesAndDestinationEqualsSourceAtSwitchOver) {
   for (bool tls : {false, true}) {
     SCOPED_TRACE(tls ? "tls" : "plain");
-    TempDir dir;
+    testing::TempDir dir;
     auto img = MappedImage::Anonymous(32u << 20);
     img->FillMixed(20, 5);
     LiveImage live(std::move(img), 256u << 20);  // dirties 256 MiB/s while migrating
@@ -178,7 +158,7 @@ TEST(Transport, LiveImageConvergesAndDestinationEqualsSourceAtSwitchOver) {
 }
 
 TEST(Transport, FileInput) {
-  TempDir dir;
+  testing::TempDir dir;
   const std::string in = dir.path + "/in.bin";
   std::string data(5u << 20, '\0');
   for (size_t i = 0; i < data.size(); i += 7) data[i] = static_cast<char>(i);
@@ -191,7 +171,7 @@ TEST(Transport, FileInput) {
 }
 
 TEST(Transport, WrongCertificatesRejectedBeforeAnyPage) {
-  TempDir dir;
+  testing::TempDir dir;
   auto img = MappedImage::Anonymous(4u << 20);
   img->FillMixed(0, 1);
   SecurityConfig bad = Tls(TlsRole::kClient);
@@ -258,7 +238,7 @@ struct RawSource {
 
 // Runs a destination that expects one channel, lets `drive` forge a stream,
 // and returns the destination's error.
-std::string ForgedStream(const std::function<void(RawSource&)>& drive, TempDir& dir) {
+std::string ForgedStream(const std::function<void(RawSource&)>& drive, testing::TempDir& dir) {
   Listener l = Listener::Listen("127.0.0.1:0");
   std::string err;
   auto dst = std::async(std::launch::async, [&] {
@@ -282,7 +262,7 @@ std::string ForgedStream(const std::function<void(RawSource&)>& drive, TempDir& 
 }
 
 void ExpectRejected(const std::function<void(RawSource&)>& drive, const std::string& needle) {
-  TempDir dir;
+  testing::TempDir dir;
   std::string err = ForgedStream(drive, dir);
   EXPECT_NE(err.find(needle), std::string::npos) << "got: '" << err << "'";
   EXPECT_TRUE(dir.Entries().empty()) << "a file was left behind";
@@ -350,7 +330,7 @@ TEST(Forged, ConnectionResetMidPacket) {
 }
 
 TEST(Forged, ForeignSessionHelloIsRejectedAndMigrationContinues) {
-  TempDir dir;
+  testing::TempDir dir;
   Listener l = Listener::Listen("127.0.0.1:0");
   std::string err;
   std::vector<std::string> logs;

@@ -3,12 +3,9 @@
 // registered buffers, the fallback where a socket refuses SEND_ZC, and the
 // locked-memory error for registration.
 #include <gtest/gtest.h>
-#include <linux/capability.h>
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
 
 #include <atomic>
 #include <map>
@@ -21,6 +18,7 @@ namespace ktm {
 namespace {
 
 using testing::ConnectedPair;
+using testing::DrainAndHash;
 using testing::FillPattern;
 using testing::Mapping;
 using namespace std::chrono_literals;
@@ -29,20 +27,6 @@ SocketOptions Uring() {
   SocketOptions o;
   o.backend = SendBackend::kIoUring;
   return o;
-}
-
-std::pair<uint64_t, Sha256::Digest> DrainAndHash(Channel& ch) {
-  std::vector<uint8_t> buf(1 << 20);
-  Sha256 h;
-  uint64_t total = 0;
-  for (;;) {
-    iovec v{buf.data(), buf.size()};
-    ReadResult r = ch.readv(std::span<const iovec>(&v, 1));
-    if (r.eof()) break;
-    h.Update(buf.data(), r.bytes);
-    total += r.bytes;
-  }
-  return {total, h.Final()};
 }
 
 void TransferAndCheck(bool registered, size_t size) {
@@ -196,45 +180,20 @@ TEST(Uring, WriteToVanishedPeerSaysSoAndNothingStaysPinned) {
   EXPECT_EQ(p.client->zero_copy_counters().outstanding(), 0u);
 }
 
-bool DropIpcLock() {
-  __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
-  __user_cap_data_struct data[2] = {};
-  if (syscall(SYS_capget, &hdr, data) != 0) return false;
-  for (auto& d : data) {
-    d.effective &= ~(1u << CAP_IPC_LOCK);
-    d.permitted &= ~(1u << CAP_IPC_LOCK);
-  }
-  return syscall(SYS_capset, &hdr, data) == 0;
-}
-
 TEST(Uring, RegistrationBeyondMemlockNamesTheLimit) {
-  int pipefd[2];
-  ASSERT_EQ(pipe(pipefd), 0);
-  pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    close(pipefd[0]);
-    std::string out = "NO ERROR";
+  const std::string msg = testing::RunInChild([] {
+    rlimit rl{64 << 10, 64 << 10};
+    setrlimit(RLIMIT_MEMLOCK, &rl);
+    testing::DropIpcLock();
+    auto p = ConnectedPair("127.0.0.1:0", Uring());
+    Mapping m(16u << 20);
     try {
-      rlimit rl{64 << 10, 64 << 10};
-      setrlimit(RLIMIT_MEMLOCK, &rl);
-      DropIpcLock();
-      auto p = ConnectedPair("127.0.0.1:0", Uring());
-      Mapping m(16u << 20);
       p.client->register_region(m.data(), m.size());
+      return std::string("NO ERROR");
     } catch (const Error& e) {
-      out = e.what();
+      return std::string(e.what());
     }
-    (void)!write(pipefd[1], out.data(), out.size());
-    _exit(0);
-  }
-  close(pipefd[1]);
-  std::string msg;
-  char b[512];
-  ssize_t n;
-  while ((n = read(pipefd[0], b, sizeof(b))) > 0) msg.append(b, n);
-  close(pipefd[0]);
-  waitpid(pid, nullptr, 0);
+  });
   EXPECT_NE(msg.find("ulimit -l"), std::string::npos) << msg;
   EXPECT_NE(msg.find("64 KiB"), std::string::npos) << msg;
   EXPECT_NE(msg.find("--backend sendmsg"), std::string::npos) << msg;

@@ -1,5 +1,7 @@
 #include "tls/tls_channel.h"
 
+#include "channel/socket_channel.h"
+
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -177,9 +179,7 @@ void TlsChannel::set_blocking(bool blocking) {
 }
 
 void TlsChannel::wait_io(bool for_write) {
-  pollfd p{session_->fd(), static_cast<short>(for_write ? POLLOUT : POLLIN), 0};
-  while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
-  }
+  WaitFdReady(session_->fd(), for_write);
 }
 
 }  // namespace ktm
