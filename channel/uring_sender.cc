@@ -84,7 +84,7 @@ int UringSender::FixedIndex(const void* p, size_t len) const {
   return -1;
 }
 
-void UringSender::Handle(io_uring_cqe* cqe, const NotifyFn& notify, ssize_t* /*unused*/, unsigned* firsts,
+void UringSender::Handle(io_uring_cqe* cqe, const NotifyFn& notify, unsigned* firsts,
                          std::vector<uint64_t>& ids_without_notif) {
   const uint64_t id = cqe->user_data;
   if (cqe->flags & IORING_CQE_F_NOTIF) {
@@ -163,7 +163,7 @@ ssize_t UringSender::Send(std::span<const iovec> iov, int msg_flags, const std::
     rc = io_uring_wait_cqe(&ring_, &cqe);
     if (rc == -EINTR) continue;
     if (rc < 0) return rc;
-    Handle(cqe, notify, nullptr, &firsts, ids_without_notif);
+    Handle(cqe, notify, &firsts, ids_without_notif);
     io_uring_cqe_seen(&ring_, cqe);
   }
   // In-order sum up to the first failure or short send.
@@ -190,11 +190,11 @@ void UringSender::Reap(bool block, const NotifyFn& notify) {
       rc = io_uring_wait_cqe(&ring_, &cqe);
     } while (rc == -EINTR);
     if (rc < 0) ThrowErrno(-rc, "io_uring_wait_cqe");
-    Handle(cqe, notify, nullptr, &firsts, none);
+    Handle(cqe, notify, &firsts, none);
     io_uring_cqe_seen(&ring_, cqe);
   }
   while (io_uring_peek_cqe(&ring_, &cqe) == 0) {
-    Handle(cqe, notify, nullptr, &firsts, none);
+    Handle(cqe, notify, &firsts, none);
     io_uring_cqe_seen(&ring_, cqe);
   }
 }

@@ -76,7 +76,7 @@ class UringSender {
 
  private:
   int FixedIndex(const void* p, size_t len) const;
-  void Handle(io_uring_cqe* cqe, const NotifyFn& notify, ssize_t* result, unsigned* firsts,
+  void Handle(io_uring_cqe* cqe, const NotifyFn& notify, unsigned* firsts,
               std::vector<uint64_t>& ids_without_notif);
 
   int fd_;

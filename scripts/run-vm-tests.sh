@@ -12,7 +12,6 @@
 #      KTM_VM_TIMEOUT  seconds before the VM is killed (default 900)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO=$(pwd)
 
 KVER=""
 for d in /lib/modules/*; do
@@ -28,6 +27,12 @@ MODDIR=/lib/modules/$KVER/kernel
 bazel build //tests:ktls_vm_test //tests:interop_test //tests:transport_test //cli:tls-migrate >&2
 BIN=$(realpath bazel-bin/tests)
 CLI=$(realpath bazel-bin/cli/tls-migrate)
+# The guest mounts its own tmpfs on /tmp, hiding the host's: binaries there
+# would be invisible inside. (The checkout itself may live anywhere.)
+case "$BIN" in /tmp/*)
+  echo "run-vm-tests: Bazel's output base is under /tmp ($BIN), which the VM cannot see; set --output_user_root elsewhere" >&2
+  exit 1;;
+esac
 # Each run: "<name>|<env>|<binary>"
 RUNS=(
   "ktls_vm_test||$BIN/ktls_vm_test"
@@ -78,7 +83,7 @@ done
     [ "${KTM_VM_DEMO:-0}" = 1 ] || [ "${KTM_VM_BENCH:-0}" = 1 ] && break
     IFS='|' read -r name env bin <<<"$r"
     echo "echo KTM-VM: running $name"
-    echo "chroot /host /bin/sh -c 'cd $REPO && HOME=/tmp $env $bin --gtest_output=xml:/tmp/$name.xml'"
+    echo "chroot /host /bin/sh -c 'cd /tmp && HOME=/tmp $env $bin --gtest_output=xml:/tmp/$name.xml'"
     echo "echo KTM-VM-XML-BEGIN $name"
     echo "base64 /host/tmp/$name.xml"
     echo "echo KTM-VM-XML-END"
