@@ -65,8 +65,13 @@ void PrintReport(const char* role, const MigrationReport& r, const SideCpu* cpu)
   std::printf("  image %s in %u iteration(s): %llu page transmissions (%llu zero pages as offsets only)\n",
               Human(double(r.image_size)).c_str(), r.iterations, (unsigned long long)r.pages,
               (unsigned long long)r.zero_pages);
-  std::printf("  %s of page data in %.2f s = %.2f GB/s", Human(double(r.data_bytes)).c_str(), r.seconds,
-              r.seconds > 0 ? r.data_bytes / r.seconds / 1e9 : 0.0);
+  if (r.transfer_seconds > 0) {
+    std::printf("  %s of page data: transfer %.2f s = %.2f GB/s; %.2f s in all (connect, handshakes, digest, commit)",
+                Human(double(r.data_bytes)).c_str(), r.transfer_seconds, r.data_bytes / r.transfer_seconds / 1e9,
+                r.seconds);
+  } else {
+    std::printf("  %s of page data in %.2f s", Human(double(r.data_bytes)).c_str(), r.seconds);
+  }
   if (cpu) std::printf(", CPU %.2f s user + %.2f s sys", cpu->user, cpu->sys);
   std::printf("\n  image digest (SHA-256 tree) %s\n", r.digest.c_str());
   if (r.dirty_per_iteration.size() > 1) {
