@@ -27,6 +27,8 @@
 
 #include <sys/uio.h>
 
+#include <chrono>
+
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -141,6 +143,10 @@ class Channel {
     (void)base, (void)len;
     return false;
   }
+
+  // Waits up to `timeout` until a read would not block (data, EOF or an
+  // error is there). Counts data a TLS layer has already decrypted.
+  virtual bool wait_readable(std::chrono::milliseconds timeout) = 0;
 
   // Half-closes the stream. For TLS channels kWrite sends close_notify.
   virtual void shutdown(ShutdownHow how) = 0;

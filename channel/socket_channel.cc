@@ -543,6 +543,8 @@ void SocketChannel::set_blocking(bool blocking) {
 
 void WaitFdReady(int fd, bool for_write) { PollFd(fd, for_write ? POLLOUT : POLLIN, -1); }
 
+bool WaitFdReadable(int fd, std::chrono::milliseconds timeout) { return PollFd(fd, POLLIN, ToMs(timeout)) != 0; }
+
 void SocketChannel::wait_io(bool for_write) {
   CheckOpen("wait");
   WaitFdReady(fd_.get(), for_write);

@@ -43,6 +43,12 @@ enum class SendBackend { kSendmsg, kIoUring };
 SendBackend ParseSendBackend(const std::string& s);
 const char* ToString(SendBackend b);
 
+// Blocks until `fd` is readable (or writable), retrying on EINTR. What every
+// channel's wait_io() does for the *_all helpers in non-blocking mode.
+void WaitFdReady(int fd, bool for_write);
+// Waits up to `timeout` for `fd` to be readable; true if it is.
+bool WaitFdReadable(int fd, std::chrono::milliseconds timeout);
+
 struct SocketOptions {
   ZeroCopyMode zero_copy = ZeroCopyMode::kAuto;
   SendBackend backend = SendBackend::kSendmsg;
@@ -82,6 +88,7 @@ class SocketChannel : public Channel {
   void close() override;
   void set_blocking(bool blocking) override;
   bool blocking() const override { return blocking_; }
+  bool wait_readable(std::chrono::milliseconds timeout) override { return WaitFdReadable(fd_.get(), timeout); }
 
   // Blocks until the given ids are released (or throws on error).
   void wait_released(ZeroCopyIds ids);
@@ -152,10 +159,6 @@ class Listener {
   int family_ = 0;
   std::string unix_path_;
 };
-
-// Blocks until `fd` is readable (or writable), retrying on EINTR. What every
-// channel's wait_io() does for the *_all helpers in non-blocking mode.
-void WaitFdReady(int fd, bool for_write);
 
 // "HOST:PORT" of a socket's peer or local side, "unix:PATH" for AF_UNIX.
 std::string SockName(int fd, bool peer);

@@ -367,6 +367,11 @@ void KtlsChannel::shutdown(ShutdownHow how) {
   if (how != ShutdownHow::kWrite) ::shutdown(fd_.get(), SHUT_RD);
 }
 
+bool KtlsChannel::wait_readable(std::chrono::milliseconds timeout) {
+  if (pending_off_ < pending_end_) return true;
+  return WaitFdReadable(fd_.get(), timeout);
+}
+
 void KtlsChannel::close() { fd_.reset(); }
 
 void KtlsChannel::set_blocking(bool blocking) {

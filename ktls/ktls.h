@@ -66,6 +66,7 @@ class KtlsChannel : public Channel {
   void close() override;
   void set_blocking(bool blocking) override;
   bool blocking() const override { return blocking_; }
+  bool wait_readable(std::chrono::milliseconds timeout) override;
 
   KtlsPath path() const { return path_; }
   int fd() const { return fd_.get(); }

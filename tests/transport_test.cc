@@ -381,6 +381,41 @@ TEST(Forged, ForeignSessionHelloIsRejectedAndMigrationContinues) {
   EXPECT_EQ(ReadFile(dir.path + "/two.bin"), zeros);
 }
 
+TEST(Forged, SilentStrayIsDroppedAndMigrationContinues) {
+  testing::TempDir dir;
+  Listener l = Listener::Listen("127.0.0.1:0");
+  std::string err;
+  std::vector<std::string> logs;
+  auto img = MappedImage::Anonymous(1u << 20);
+  img->FillMixed(10, 4);
+  auto dst = std::async(std::launch::async, [&] {
+    DestinationOptions d;
+    d.output = dir.path + "/after-stray.bin";
+    d.security = Plain();
+    d.accept_timeout = std::chrono::seconds(20);
+    d.hello_timeout = std::chrono::milliseconds(500);
+    d.log = [&](const std::string& s) { logs.push_back(s); };
+    try {
+      RunDestination(l, d);
+    } catch (const std::exception& e) {
+      err = e.what();
+    }
+  });
+  // Connects first and never says anything.
+  auto silent = SocketChannel::Connect(l.address(), std::chrono::seconds(5));
+  SourceOptions s;
+  s.address = l.address();
+  s.channels = 1;
+  s.security = Plain();
+  MigrationReport r = RunSource(*img, s);
+  dst.get();
+  EXPECT_EQ(err, "");
+  ASSERT_EQ(logs.size(), 1u);
+  EXPECT_NE(logs[0].find("sent no channel hello within 500 ms"), std::string::npos) << logs[0];
+  uint64_t size = 0;
+  EXPECT_EQ(Sha256::Hex(FileDigest(dir.path + "/after-stray.bin", &size)), r.digest);
+}
+
 TEST(Forged, DigestMismatchDiscardsTheImage) {
   ExpectRejected(
       [](RawSource& s) {

@@ -170,6 +170,11 @@ void TlsChannel::shutdown(ShutdownHow how) {
   }
 }
 
+bool TlsChannel::wait_readable(std::chrono::milliseconds timeout) {
+  if (gnutls_record_check_pending(session_->get()) > 0) return true;
+  return WaitFdReadable(session_->fd(), timeout);
+}
+
 void TlsChannel::close() { session_->release_fd().reset(); }
 
 void TlsChannel::set_blocking(bool blocking) {

@@ -36,6 +36,7 @@ class TlsChannel : public Channel {
   void close() override;
   void set_blocking(bool blocking) override;
   bool blocking() const override { return blocking_; }
+  bool wait_readable(std::chrono::milliseconds timeout) override;
 
   TlsSession& session() { return *session_; }
   // Syscall-level batching visible to tests: records sent and uncorks done.

@@ -299,7 +299,9 @@ MigrationReport RunDestination(Listener& listener, const DestinationOptions& opt
     const std::string peer = SockName(sock->fd(), true);
     OpenedChannel oc;
     try {
-      oc = OpenServerChannel(std::move(sock), opts.security);
+      SecurityConfig sec = opts.security;
+      if (sec.tls) sec.tls_options.handshake_timeout = std::min(sec.tls_options.handshake_timeout, opts.hello_timeout);
+      oc = OpenServerChannel(std::move(sock), sec);
     } catch (const Error& e) {
       log("rejected connection from " + peer + ": " + e.what());
       continue;
@@ -308,6 +310,9 @@ MigrationReport RunDestination(Listener& listener, const DestinationOptions& opt
     uint32_t status = wire::kOk;
     try {
       uint8_t buf[wire::kHelloSize];
+      if (!oc.channel->wait_readable(opts.hello_timeout)) {
+        throw Error(ETIMEDOUT, "sent no channel hello within " + std::to_string(opts.hello_timeout.count()) + " ms");
+      }
       if (!oc.channel->read_all(buf, sizeof(buf))) throw Error(EPIPE, "closed before its hello");
       h = wire::DecodeHello(buf);
     } catch (const Error& e) {

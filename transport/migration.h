@@ -82,6 +82,10 @@ struct DestinationOptions {
                                    // (pre-faulted, like a destination's guest RAM)
   SecurityConfig security;
   std::chrono::milliseconds accept_timeout{60000};
+  // A connection that says nothing for this long after connecting (TLS:
+  // after the handshake) is a stray and is dropped, so a silent peer cannot
+  // stall the accept loop.
+  std::chrono::milliseconds hello_timeout{10000};
   Progress* progress = nullptr;
   std::function<void(const std::string&)> log;  // notices (rejected strays, ...)
   // Called with the temporary file's path once created, "" when it is gone
