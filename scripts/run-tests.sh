@@ -73,33 +73,33 @@ for run in "${RUNS[@]}"; do
   total_fail=$((total_fail + f))
 done
 
-# libFuzzer on the destination's packet parser, for a bounded time.
-if [ "${KTM_SKIP_FUZZ:-0}" != 1 ]; then
-  echo "=== tests: fuzz (packet parser) ==="
-  fuzz_dir=$(mktemp -d /tmp/ktm-fuzzxml-XXXXXX)
-  KTM_FUZZ_XML_DIR=$fuzz_dir bash scripts/run-fuzz.sh
+# Runs a script that leaves GoogleTest-style XML in $2's directory and adds
+# its counts. $1: label, $2: env var naming the XML dir, rest: the command.
+run_external() {
+  local label=$1 var=$2
+  shift 2
+  echo "=== tests: $label ==="
+  local dir rc p f
+  dir=$(mktemp -d /tmp/ktm-xml-XXXXXX)
+  env "$var=$dir" "$@"
   rc=$?
-  read -r p f < <(count_xml "$fuzz_dir")
+  read -r p f < <(count_xml "$dir")
   if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
-  summary+=("fuzz: $p passed, $f failed")
+  summary+=("$label: $p passed, $f failed")
   total_pass=$((total_pass + p))
   total_fail=$((total_fail + f))
-  rm -rf "$fuzz_dir"
+  rm -rf "$dir"
+}
+
+# libFuzzer on the destination's packet parser, for a bounded time.
+if [ "${KTM_SKIP_FUZZ:-0}" != 1 ]; then
+  run_external "fuzz" KTM_FUZZ_XML_DIR bash scripts/run-fuzz.sh
 fi
 
 # kTLS needs a kernel with CONFIG_TLS; the build machines have none, so a
 # VM with Debian's kernel runs those tests (scripts/run-vm-tests.sh).
 if [ "${KTM_SKIP_VM:-0}" != 1 ]; then
-  echo "=== tests: kTLS in a VM ==="
-  xml_dir=$(mktemp -d /tmp/ktm-vmxml-XXXXXX)
-  KTM_VM_XML_DIR=$xml_dir bash scripts/run-vm-tests.sh
-  rc=$?
-  read -r p f < <(count_xml "$xml_dir")
-  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
-  summary+=("kTLS VM: $p passed, $f failed")
-  total_pass=$((total_pass + p))
-  total_fail=$((total_fail + f))
-  rm -rf "$xml_dir"
+  run_external "kTLS VM" KTM_VM_XML_DIR bash scripts/run-vm-tests.sh
 fi
 
 echo

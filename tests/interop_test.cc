@@ -57,13 +57,24 @@ void ReverseRoundTrip(Channel& ch, int lines) {
   EXPECT_EQ(Sha256::Hex(got.Final()), Sha256::Hex(want.Final()));
 }
 
+// openssl s_server as FACTS.md describes it: TLS 1.3, client certificate
+// required and verified, one connection, reversing lines; tickets on.
+std::unique_ptr<Subprocess> StartSServer(int port, const std::string& cert, const std::string& key,
+                                         bool verify_client) {
+  const Pki& p = Pki::Get();
+  std::vector<std::string> argv = {"openssl", "s_server", "-accept", "127.0.0.1:" + std::to_string(port),
+                                   "-tls1_3", "-cert", cert, "-key", key, "-naccept", "1", "-rev"};
+  if (verify_client) argv.insert(argv.end(), {"-CAfile", p.ca(), "-Verify", "1", "-verify_return_error"});
+  auto srv = std::make_unique<Subprocess>(argv);
+  if (!srv->WaitFor("ACCEPT", std::chrono::seconds(20))) ADD_FAILURE() << srv->output();
+  return srv;
+}
+
 TEST(Interop, OpensslSServerTls13WithClientCertAndTickets) {
   const Pki& p = Pki::Get();
   int port = FreePort();
-  Subprocess srv({"openssl", "s_server", "-accept", "127.0.0.1:" + std::to_string(port), "-tls1_3",
-                  "-cert", p.server_cert(), "-key", p.server_key(), "-CAfile", p.ca(), "-Verify", "1",
-                  "-verify_return_error", "-naccept", "1", "-rev"});
-  ASSERT_TRUE(srv.WaitFor("ACCEPT", std::chrono::seconds(20))) << srv.output();
+  auto srv_ptr = StartSServer(port, p.server_cert(), p.server_key(), /*verify_client=*/true);
+  Subprocess& srv = *srv_ptr;
   TlsEnd c = ConnectTls("127.0.0.1:" + std::to_string(port), ClientOptions(), {PolicyFromEnv()});
   ASSERT_TRUE(c.ch) << c.error << "\nserver said: " << srv.output();
   EXPECT_EQ(c.report.version, "TLS1.3");
@@ -80,10 +91,7 @@ TEST(Interop, OpensslSServerTls13WithClientCertAndTickets) {
 TEST(Interop, OpensslSServerWithoutOurClientCertRefuses) {
   const Pki& p = Pki::Get();
   int port = FreePort();
-  Subprocess srv({"openssl", "s_server", "-accept", "127.0.0.1:" + std::to_string(port), "-tls1_3",
-                  "-cert", p.server_cert(), "-key", p.server_key(), "-CAfile", p.ca(), "-Verify", "1",
-                  "-verify_return_error", "-naccept", "1", "-rev"});
-  ASSERT_TRUE(srv.WaitFor("ACCEPT", std::chrono::seconds(20))) << srv.output();
+  auto srv = StartSServer(port, p.server_cert(), p.server_key(), /*verify_client=*/true);
   TlsEnd c = ConnectTls("127.0.0.1:" + std::to_string(port), ClientOptions({p.ca(), "", "", ""}),
                         {PolicyFromEnv()});
   // TLS 1.3 client auth finishes after the client's Finished, so the
@@ -105,9 +113,7 @@ TEST(Interop, OpensslSServerWithoutOurClientCertRefuses) {
 TEST(Interop, OpensslSServerWithExpiredCertificateIsRejected) {
   const Pki& p = Pki::Get();
   int port = FreePort();
-  Subprocess srv({"openssl", "s_server", "-accept", "127.0.0.1:" + std::to_string(port), "-tls1_3",
-                  "-cert", p.expired_cert, "-key", p.expired_key, "-naccept", "1", "-rev"});
-  ASSERT_TRUE(srv.WaitFor("ACCEPT", std::chrono::seconds(20))) << srv.output();
+  auto srv = StartSServer(port, p.expired_cert, p.expired_key, /*verify_client=*/false);
   TlsEnd c = ConnectTls("127.0.0.1:" + std::to_string(port), ClientOptions(), {PolicyFromEnv()});
   EXPECT_FALSE(c.ch);
   EXPECT_NE(c.error.find("has expired"), std::string::npos) << c.error;
