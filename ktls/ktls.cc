@@ -213,6 +213,7 @@ WriteResult KtlsChannel::writev(std::span<const iovec> iov, unsigned /*flags*/) 
 }
 
 size_t KtlsChannel::RecvRecord(std::span<const iovec> iov, unsigned char* type) {
+  *type = kRecordData;
   for (;;) {
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(unsigned char))];
     msghdr msg{};
@@ -302,28 +303,26 @@ ReadResult KtlsChannel::readv(std::span<const iovec> iov) {
   for (;;) {
     unsigned char type;
     size_t n;
-    const uint8_t* rec;
     if (direct) {
       n = RecvRecord(iov, &type);
-      rec = static_cast<const uint8_t*>(iov[0].iov_base);
-      if (type != kRecordData && iov[0].iov_len < n) {
-        // A control record spread across iovecs: gather it.
-        scratch_.resize(kMaxRecord + 256);
-        size_t got = 0;
-        for (const auto& v : iov) {
-          size_t k = std::min(v.iov_len, n - got);
-          std::memcpy(scratch_.data() + got, v.iov_base, k);
-          got += k;
-        }
-        rec = scratch_.data();
-      }
     } else {
       scratch_.resize(kMaxRecord + 256);
       iovec s{scratch_.data(), scratch_.size()};
       n = RecvRecord(std::span<const iovec>(&s, 1), &type);
+    }
+    if (n == SIZE_MAX) return ReadResult{0, true};  // before n is used as a length
+    const uint8_t* rec = direct ? static_cast<const uint8_t*>(iov[0].iov_base) : scratch_.data();
+    if (direct && type != kRecordData && iov[0].iov_len < n) {
+      // A control record (at most kMaxRecord bytes) spread across iovecs: gather it.
+      scratch_.resize(kMaxRecord + 256);
+      size_t got = 0;
+      for (const auto& v : iov) {
+        size_t k = std::min(v.iov_len, n - got);
+        std::memcpy(scratch_.data() + got, v.iov_base, k);
+        got += k;
+      }
       rec = scratch_.data();
     }
-    if (n == SIZE_MAX) return ReadResult{0, true};
     if (type == kRecordData) {
       if (n == 0) {
         throw Error(EPIPE, "TLS stream truncated: the peer closed the connection without "

@@ -91,7 +91,8 @@ class KtlsChannel : public Channel {
   std::vector<uint8_t> scratch_;
   size_t pending_off_ = 0, pending_end_ = 0;
 
-  // One recvmsg. Returns bytes and the record type.
+  // One recvmsg. Returns bytes and the record type, or SIZE_MAX when a
+  // non-blocking read would block.
   size_t RecvRecord(std::span<const iovec> iov, unsigned char* type);
   // Handles a non-data record held in [p, p+n). Returns true for EOF.
   bool HandleControlRecord(unsigned char type, const uint8_t* p, size_t n);

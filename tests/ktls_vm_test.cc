@@ -209,6 +209,26 @@ TEST_F(KtlsVm, KernelRefusesMsgZerocopyOnKtlsSocketSoWeNeverPassIt) {
   close(c.server.raw_fd);
 }
 
+TEST_F(KtlsVm, NonBlockingReadsReportWouldBlockForSmallAndLargeBuffers) {
+  Connected c = Connect(kKtls, kKtls);
+  ASSERT_TRUE(c.client.ch && c.server.ch);
+  c.client.ch->set_blocking(false);
+  // Small buffers go through the scratch record, large ones straight to the
+  // caller: both must say "would block" on an empty socket and nothing else.
+  std::vector<uint8_t> small(64), large(1 << 20);
+  for (auto* buf : {&small, &large}) {
+    iovec v{buf->data(), buf->size()};
+    ReadResult r = c.client.ch->readv(std::span<const iovec>(&v, 1));
+    EXPECT_TRUE(r.would_block);
+    EXPECT_EQ(r.bytes, 0u);
+  }
+  c.server.ch->write_all("late", 4);
+  c.client.ch->set_blocking(true);
+  char b[4];
+  ASSERT_TRUE(c.client.ch->read_all(b, 4));
+  EXPECT_EQ(std::string(b, 4), "late");
+}
+
 TEST_F(KtlsVm, IoUringSendZcIsRefusedOnKtlsSocketsWithTheReason) {
   Connected c = Connect(kKtls, kKtls);
   ASSERT_TRUE(c.client.ch && c.server.ch);
