@@ -105,14 +105,15 @@ int ToMs(std::chrono::milliseconds t) {
   return t.count() < 0 ? -1 : static_cast<int>(std::min<int64_t>(t.count(), INT32_MAX));
 }
 
-std::string ReadSysctl(const char* path) {
+
+}  // namespace
+
+std::string ReadProcValue(const char* path) {
   std::ifstream f(path);
   std::string v;
   if (!(f >> v)) return "unknown";
   return v;
 }
-
-}  // namespace
 
 SendBackend ParseSendBackend(const std::string& s) {
   if (s == "sendmsg") return SendBackend::kSendmsg;
@@ -303,7 +304,7 @@ std::string SocketChannel::EnobufsMessage() const {
          "retrying: the kernel could not pin the pages or queue the notification. Limits now: "
          "`ulimit -l` (RLIMIT_MEMLOCK) = " + memlock +
          " (processes with CAP_IPC_LOCK are exempt), net.core.optmem_max = " +
-         ReadSysctl("/proc/sys/net/core/optmem_max") +
+         ReadProcValue("/proc/sys/net/core/optmem_max") +
          " bytes. Raise them (e.g. `ulimit -l unlimited`, `sysctl -w net.core.optmem_max=1048576`)"
          " or run with --zero-copy off";
 }

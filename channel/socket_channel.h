@@ -160,6 +160,9 @@ class Listener {
   std::string unix_path_;
 };
 
+// First word of a /proc or /sys file (e.g. a sysctl), or "unknown".
+std::string ReadProcValue(const char* path);
+
 // "HOST:PORT" of a socket's peer or local side, "unix:PATH" for AF_UNIX.
 std::string SockName(int fd, bool peer);
 

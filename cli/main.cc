@@ -395,11 +395,6 @@ int CmdCerts(int argc, char** argv) {
   return 0;
 }
 
-std::string ReadProc(const char* path) {
-  std::ifstream f(path);
-  std::string v;
-  return (f >> v) ? v : "unknown";
-}
 
 // Tries to set TLS_TX with this cipher on a loopback socket with the ULP:
 // the kernel answers for real whether it can take the cipher.
@@ -431,7 +426,7 @@ int CmdProbe(int argc, char** argv) {
     return 0;
   }
   std::optional<std::string> ulp = ProbeKtlsUlp();
-  std::printf("kernel %s\n", ReadProc("/proc/sys/kernel/osrelease").c_str());
+  std::printf("kernel %s\n", ReadProcValue("/proc/sys/kernel/osrelease").c_str());
   std::printf("GnuTLS %s (Debian builds it without kTLS: tls-migrate installs the keys itself)\n",
               gnutls_check_version(nullptr));
   std::printf("kernel TLS (TCP_ULP \"tls\"): %s\n", ulp ? ("no: " + *ulp).c_str() : "yes");
@@ -461,7 +456,7 @@ int CmdProbe(int argc, char** argv) {
   std::printf("ulimit -l: %s%s\n",
               rl.rlim_cur == RLIM_INFINITY ? "unlimited" : (std::to_string(rl.rlim_cur / 1024) + " KiB").c_str(),
               geteuid() == 0 ? " (running as root: CAP_IPC_LOCK usually lifts it)" : "");
-  std::printf("net.core.optmem_max: %s bytes\n\n", ReadProc("/proc/sys/net/core/optmem_max").c_str());
+  std::printf("net.core.optmem_max: %s bytes\n\n", ReadProcValue("/proc/sys/net/core/optmem_max").c_str());
   std::printf("What each mode would do here:\n");
   std::printf("  --no-tls:                 MSG_ZEROCOPY writes%s\n", zc.rfind("yes", 0) == 0 ? " (completions reported; loopback/local peers get 'copied')" : ": unavailable, copies");
   if (!ulp) {

@@ -212,6 +212,19 @@ struct RawSource {
     }
   }
 
+  // Sends END with `digest` (the image digest the destination must match).
+  void SendEnd(const Sha256::Digest& digest) {
+    wire::PacketHeader h;
+    h.type = wire::kEnd;
+    h.packet_num = packet_num++;
+    h.page_size = 4096;
+    h.payload_len = wire::kDigestSize;
+    uint8_t hdr[wire::kHeaderSize];
+    wire::EncodeHeader(h, nullptr, hdr);
+    ch->write_all(hdr, sizeof(hdr));
+    ch->write_all(digest.data(), digest.size());
+  }
+
   // Sends a packet; `mutate` may corrupt the encoded header.
   void Send(uint16_t type, uint32_t iteration, std::vector<uint64_t> offsets, uint32_t flags = 0,
             std::function<void(uint8_t*)> mutate = nullptr) {
@@ -360,16 +373,7 @@ TEST(Forged, ForeignSessionHelloIsRejectedAndMigrationContinues) {
   ch1.ch->shutdown(ShutdownHow::kWrite);
   // END carries the image digest of 8 KiB of zeros.
   std::string zeros(8192, '\0');
-  Sha256::Digest d = ImageDigest(reinterpret_cast<const uint8_t*>(zeros.data()), zeros.size());
-  wire::PacketHeader h;
-  h.type = wire::kEnd;
-  h.packet_num = ch0.packet_num++;
-  h.page_size = 4096;
-  h.payload_len = wire::kDigestSize;
-  uint8_t hdr[wire::kHeaderSize];
-  wire::EncodeHeader(h, nullptr, hdr);
-  ch0.ch->write_all(hdr, sizeof(hdr));
-  ch0.ch->write_all(d.data(), d.size());
+  ch0.SendEnd(ImageDigest(reinterpret_cast<const uint8_t*>(zeros.data()), zeros.size()));
   uint8_t done[wire::kAckSize];
   ASSERT_TRUE(ch0.ch->read_all(done, sizeof(done)));
   EXPECT_EQ(wire::DecodeU32Pair(wire::kDoneMagic, done, "done"), wire::kOk);
@@ -421,16 +425,9 @@ TEST(Forged, DigestMismatchDiscardsTheImage) {
       [](RawSource& s) {
         s.Send(wire::kZero, 0, {0});
         s.Send(wire::kSync, 0, {}, wire::kFlagFinal);
-        wire::PacketHeader h;
-        h.type = wire::kEnd;
-        h.packet_num = s.packet_num++;
-        h.page_size = 4096;
-        h.payload_len = wire::kDigestSize;
-        uint8_t hdr[wire::kHeaderSize];
-        wire::EncodeHeader(h, nullptr, hdr);
-        uint8_t wrong[32] = {1};
-        s.ch->write_all(hdr, sizeof(hdr));
-        s.ch->write_all(wrong, sizeof(wrong));
+        Sha256::Digest wrong{};
+        wrong[0] = 1;
+        s.SendEnd(wrong);
         uint8_t done[8];
         s.ch->read_all(done, sizeof(done));
       },
