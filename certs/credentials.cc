@@ -1,5 +1,8 @@
 #include "certs/credentials.h"
 
+#include "certs/credentials_native.h"
+#include "certs/gnutls_util.h"
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,7 +21,7 @@ std::vector<X509Crt> LoadCrtList(const std::string& file) {
   unsigned n = 0;
   int rc = gnutls_x509_crt_list_import2(&list, &n, &d, GNUTLS_X509_FMT_PEM, 0);
   if (rc < 0 || n == 0) {
-    throw Error(EINVAL, file + ": not a PEM certificate" +
+    throw Error(ErrorKind::kSecurity, EINVAL, file + ": not a PEM certificate" +
                             (rc < 0 ? std::string(" (") + gnutls_strerror(rc) + ")" : ""));
   }
   std::vector<X509Crt> out;
@@ -32,7 +35,7 @@ X509Key LoadKey(const std::string& file) {
   gnutls_datum_t d{reinterpret_cast<unsigned char*>(pem.data()), static_cast<unsigned>(pem.size())};
   X509Key key = NewKey();
   int rc = gnutls_x509_privkey_import2(key.get(), &d, GNUTLS_X509_FMT_PEM, nullptr, 0);
-  if (rc < 0) throw Error(EINVAL, file + ": not a usable PEM private key (" + gnutls_strerror(rc) + ")");
+  if (rc < 0) throw Error(ErrorKind::kSecurity, EINVAL, file + ": not a usable PEM private key (" + gnutls_strerror(rc) + ")");
   return key;
 }
 
@@ -58,7 +61,7 @@ CredentialFiles CredsDirFiles(const std::string& dir, TlsRole role) {
   CredentialFiles f;
   f.ca = dir + "/ca-cert.pem";
   if (!Exists(f.ca)) {
-    throw Error(ENOENT, "creds dir " + dir + " has no ca-cert.pem (expected QEMU's layout: "
+    throw Error(ErrorKind::kSecurity, ENOENT, "creds dir " + dir + " has no ca-cert.pem (expected QEMU's layout: "
                         "ca-cert.pem, [ca-crl.pem], server-cert.pem, server-key.pem, "
                         "client-cert.pem, client-key.pem; `tls-migrate certs generate` makes one)");
   }
@@ -67,22 +70,24 @@ CredentialFiles CredsDirFiles(const std::string& dir, TlsRole role) {
   if (Exists(base + "-cert.pem") || role == TlsRole::kServer) {
     f.cert = base + "-cert.pem";
     f.key = base + "-key.pem";
-    if (!Exists(f.cert)) throw Error(ENOENT, "creds dir " + dir + " has no " + RoleName(role) + "-cert.pem");
-    if (!Exists(f.key)) throw Error(ENOENT, "creds dir " + dir + " has no " + RoleName(role) + "-key.pem");
+    if (!Exists(f.cert)) throw Error(ErrorKind::kSecurity, ENOENT, "creds dir " + dir + " has no " + RoleName(role) + "-cert.pem");
+    if (!Exists(f.key)) throw Error(ErrorKind::kSecurity, ENOENT, "creds dir " + dir + " has no " + RoleName(role) + "-key.pem");
   }
   return f;
 }
+
+namespace {
 
 void CheckValidity(gnutls_x509_crt_t crt, const std::string& file) {
   const time_t now = time(nullptr);
   time_t nb = gnutls_x509_crt_get_activation_time(crt);
   time_t na = gnutls_x509_crt_get_expiration_time(crt);
   if (nb != (time_t)-1 && now < nb) {
-    throw Error(EKEYREJECTED, file + ": certificate '" + CrtCommonName(crt) + "' is not valid until " +
+    throw Error(ErrorKind::kSecurity, EKEYREJECTED, file + ": certificate '" + CrtCommonName(crt) + "' is not valid until " +
                                   FormatTime(nb) + " (check the clocks, or reissue it)");
   }
   if (na != (time_t)-1 && now > na) {
-    throw Error(EKEYEXPIRED, file + ": certificate '" + CrtCommonName(crt) + "' expired on " +
+    throw Error(ErrorKind::kSecurity, EKEYEXPIRED, file + ": certificate '" + CrtCommonName(crt) + "' expired on " +
                                  FormatTime(na) + "; issue a new one");
   }
 }
@@ -91,13 +96,13 @@ void CheckCaCert(gnutls_x509_crt_t crt, const std::string& file) {
   unsigned critical = 0;
   int ca = gnutls_x509_crt_get_basic_constraints(crt, &critical, nullptr, nullptr);
   if (ca <= 0) {
-    throw Error(EKEYREJECTED, file + ": '" + CrtCommonName(crt) +
+    throw Error(ErrorKind::kSecurity, EKEYREJECTED, file + ": '" + CrtCommonName(crt) +
                                   "' is not a CA certificate (basic constraints CA:TRUE missing)");
   }
   unsigned usage = 0;
   int rc = gnutls_x509_crt_get_key_usage(crt, &usage, &critical);
   if (rc >= 0 && !(usage & GNUTLS_KEY_KEY_CERT_SIGN)) {
-    throw Error(EKEYREJECTED, file + ": CA certificate '" + CrtCommonName(crt) +
+    throw Error(ErrorKind::kSecurity, EKEYREJECTED, file + ": CA certificate '" + CrtCommonName(crt) +
                                   "' lacks the certificate-signing key usage (keyCertSign)");
   }
 }
@@ -105,14 +110,14 @@ void CheckCaCert(gnutls_x509_crt_t crt, const std::string& file) {
 void CheckLeafCert(gnutls_x509_crt_t crt, TlsRole role, const std::string& file) {
   unsigned critical = 0;
   if (gnutls_x509_crt_get_basic_constraints(crt, &critical, nullptr, nullptr) > 0) {
-    throw Error(EKEYREJECTED, file + ": '" + CrtCommonName(crt) +
+    throw Error(ErrorKind::kSecurity, EKEYREJECTED, file + ": '" + CrtCommonName(crt) +
                                   "' is a CA certificate; a " + RoleName(role) +
                                   " needs a leaf certificate");
   }
   unsigned usage = 0;
   if (gnutls_x509_crt_get_key_usage(crt, &usage, &critical) >= 0 &&
       !(usage & GNUTLS_KEY_DIGITAL_SIGNATURE) && !(usage & GNUTLS_KEY_KEY_ENCIPHERMENT)) {
-    throw Error(EKEYREJECTED, file + ": key usage allows neither digitalSignature nor "
+    throw Error(ErrorKind::kSecurity, EKEYREJECTED, file + ": key usage allows neither digitalSignature nor "
                                      "keyEncipherment, so it cannot be used for TLS");
   }
   const char* want = role == TlsRole::kServer ? GNUTLS_KP_TLS_WWW_SERVER : GNUTLS_KP_TLS_WWW_CLIENT;
@@ -127,21 +132,26 @@ void CheckLeafCert(gnutls_x509_crt_t crt, TlsRole role, const std::string& file)
     if (std::string(oid) == want || std::string(oid) == GNUTLS_KP_ANY) has_purpose = true;
   }
   if (has_ext && !has_purpose) {
-    throw Error(EKEYREJECTED, file + ": certificate '" + CrtCommonName(crt) +
+    throw Error(ErrorKind::kSecurity, EKEYREJECTED, file + ": certificate '" + CrtCommonName(crt) +
                                   "' lacks the TLS " + RoleName(role) +
                                   " key purpose (extendedKeyUsage " +
                                   (role == TlsRole::kServer ? "serverAuth" : "clientAuth") + ")");
   }
 }
 
+}  // namespace
+
+const CredentialsNative& NativeOf(const Credentials& c) { return *c.native_; }
+
 std::shared_ptr<Credentials> Credentials::Load(const CredentialFiles& files, TlsRole role) {
   auto c = std::shared_ptr<Credentials>(new Credentials());
   c->files_ = files;
+  c->native_ = std::make_shared<CredentialsNative>();
   gnutls_certificate_credentials_t raw;
   CheckGnutls(gnutls_certificate_allocate_credentials(&raw), "allocate credentials");
-  c->creds_.reset(raw);
+  c->native_->creds.reset(raw);
 
-  if (files.ca.empty()) throw Error(EINVAL, "no CA certificate given (--tls-ca or --tls-creds)");
+  if (files.ca.empty()) throw Error(ErrorKind::kSecurity, EINVAL, "no CA certificate given", Remedy::kCredentials);
   std::vector<X509Crt> cas = LoadCrtList(files.ca);
   for (auto& ca : cas) {
     CheckValidity(ca.get(), files.ca);
@@ -163,19 +173,19 @@ std::shared_ptr<Credentials> Credentials::Load(const CredentialFiles& files, Tls
         signed_by_ca = true;
       }
     }
-    if (!signed_by_ca) throw Error(EKEYREJECTED, files.crl + ": CRL is not signed by the CA in " + files.ca);
+    if (!signed_by_ca) throw Error(ErrorKind::kSecurity, EKEYREJECTED, files.crl + ": CRL is not signed by the CA in " + files.ca);
     CheckGnutls(gnutls_certificate_set_x509_crl_file(raw, files.crl.c_str(), GNUTLS_X509_FMT_PEM),
                 files.crl + ": cannot load CRL");
   }
 
   if (!files.cert.empty()) {
-    if (files.key.empty()) throw Error(EINVAL, files.cert + ": certificate given without its key");
+    if (files.key.empty()) throw Error(ErrorKind::kSecurity, EINVAL, files.cert + ": certificate given without its key", Remedy::kCredentials);
     std::vector<X509Crt> chain = LoadCrtList(files.cert);
     for (auto& crt : chain) CheckValidity(crt.get(), files.cert);
     CheckLeafCert(chain[0].get(), role, files.cert);
     X509Key key = LoadKey(files.key);
     if (KeyId(chain[0].get()) != KeyId(key.get())) {
-      throw Error(EKEYREJECTED, files.key + ": private key does not match the certificate in " + files.cert);
+      throw Error(ErrorKind::kSecurity, EKEYREJECTED, files.key + ": private key does not match the certificate in " + files.cert);
     }
     // The leaf (plus any intermediates in the same file) must chain to the CA.
     std::vector<gnutls_x509_crt_t> chain_raw, ca_raw;
@@ -187,13 +197,13 @@ std::shared_ptr<Credentials> Credentials::Load(const CredentialFiles& files, Tls
     if (rc < 0 || verify != 0) {
       OwnedDatum out;
       gnutls_certificate_verification_status_print(verify, GNUTLS_CRT_X509, &out.d, 0);
-      throw Error(EKEYREJECTED, files.cert + ": certificate does not chain to the CA in " + files.ca +
+      throw Error(ErrorKind::kSecurity, EKEYREJECTED, files.cert + ": certificate does not chain to the CA in " + files.ca +
                                     " (" + out.str() + ")");
     }
     rc = gnutls_certificate_set_x509_key_file(raw, files.cert.c_str(), files.key.c_str(), GNUTLS_X509_FMT_PEM);
     CheckGnutls(rc, files.cert + " / " + files.key + ": cannot load");
   } else if (role == TlsRole::kServer) {
-    throw Error(EINVAL, "a server needs its own certificate and key (--tls-cert/--tls-key or --tls-creds)");
+    throw Error(ErrorKind::kSecurity, EINVAL, "a server needs its own certificate and key", Remedy::kCredentials);
   }
   return c;
 }

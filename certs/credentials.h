@@ -10,11 +10,14 @@
 #include <memory>
 #include <string>
 
-#include "certs/gnutls_util.h"
 
 namespace ktm {
 
 enum class TlsRole { kClient, kServer };
+
+// The TLS library's own form of loaded credentials; defined by the backend
+// (certs/credentials_native.h for GnuTLS), opaque to everyone else.
+struct CredentialsNative;
 
 struct CredentialFiles {
   std::string ca;    // required: trust anchor for the peer
@@ -33,22 +36,19 @@ class Credentials {
   // Loads and checks: validity period of every certificate; CA has the CA
   // basic constraint and cert-signing usage; the leaf is not a CA and has
   // the key purpose for `role` (TLS WWW server/client); the key matches the
-  // certificate; the leaf chains to the CA. Throws Error naming the file.
+  // certificate; the leaf chains to the CA. Throws Error(kSecurity) naming
+  // the file.
   static std::shared_ptr<Credentials> Load(const CredentialFiles& files, TlsRole role);
 
-  gnutls_certificate_credentials_t get() const { return creds_.get(); }
   const CredentialFiles& files() const { return files_; }
   bool has_own_cert() const { return !files_.cert.empty(); }
   bool has_crl() const { return !files_.crl.empty(); }
 
  private:
-  CertCredentials creds_;
+  friend const CredentialsNative& NativeOf(const Credentials& c);
+  std::shared_ptr<CredentialsNative> native_;
   CredentialFiles files_;
 };
 
-// The individual checks, exposed for tests and `tls-migrate certs check`.
-void CheckValidity(gnutls_x509_crt_t crt, const std::string& file);
-void CheckCaCert(gnutls_x509_crt_t crt, const std::string& file);
-void CheckLeafCert(gnutls_x509_crt_t crt, TlsRole role, const std::string& file);
 
 }  // namespace ktm

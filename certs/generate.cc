@@ -1,5 +1,7 @@
 #include "certs/generate.h"
 
+#include "certs/x509_issue.h"
+
 #include <arpa/inet.h>
 #include <sys/stat.h>
 
@@ -64,7 +66,7 @@ X509Crt IssueCert(const CertSpec& spec, gnutls_x509_privkey_t key, gnutls_x509_c
     } else if (inet_pton(AF_INET6, ip.c_str(), raw) == 1) {
       len = 16;
     } else {
-      throw Error(EINVAL, "'" + ip + "' is not an IPv4 or IPv6 address");
+      throw Error(ErrorKind::kUsage, EINVAL, "'" + ip + "' is not an IPv4 or IPv6 address");
     }
     CheckGnutls(gnutls_x509_crt_set_subject_alt_name(c, GNUTLS_SAN_IPADDRESS, raw, len, GNUTLS_FSAN_APPEND),
                 "IP SAN " + ip);
@@ -114,7 +116,7 @@ std::string ToPem(gnutls_x509_crl_t crl) {
 }
 
 void GenerateCredsDir(const GenerateOptions& o) {
-  if (mkdir(o.out_dir.c_str(), 0700) != 0 && errno != EEXIST) ThrowErrno(errno, "mkdir " + o.out_dir);
+  if (mkdir(o.out_dir.c_str(), 0700) != 0 && errno != EEXIST) ThrowErrno(ErrorKind::kLocalIo, errno, "mkdir " + o.out_dir);
   X509Key ca_key = GenerateKey(o.key_type);
   CertSpec ca_spec;
   ca_spec.common_name = "tls-migrate CA";

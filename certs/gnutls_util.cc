@@ -13,7 +13,7 @@
 namespace ktm {
 
 void CheckGnutls(int rc, const std::string& what) {
-  if (rc < 0) throw Error(EPROTO, what + ": " + gnutls_strerror(rc));
+  if (rc < 0) throw Error(ErrorKind::kSecurity, EPROTO, what + ": " + gnutls_strerror(rc));
 }
 
 X509Crt NewCrt() {
@@ -34,7 +34,7 @@ X509Crl NewCrl() {
 
 std::string ReadFile(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
-  if (!f) ThrowErrno(errno, "cannot read " + path);
+  if (!f) ThrowErrno(ErrorKind::kLocalIo, errno, "cannot read " + path);
   std::ostringstream ss;
   ss << f.rdbuf();
   return ss.str();
@@ -42,7 +42,7 @@ std::string ReadFile(const std::string& path) {
 
 void WriteFile(const std::string& path, const std::string& data, unsigned mode) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-  if (fd < 0) ThrowErrno(errno, "cannot create " + path);
+  if (fd < 0) ThrowErrno(ErrorKind::kLocalIo, errno, "cannot create " + path);
   // open() honours the umask; a key must end up exactly `mode`.
   fchmod(fd, mode);
   size_t off = 0;
@@ -52,11 +52,11 @@ void WriteFile(const std::string& path, const std::string& data, unsigned mode) 
     if (n < 0) {
       int e = errno;
       ::close(fd);
-      ThrowErrno(e, "cannot write " + path);
+      ThrowErrno(ErrorKind::kLocalIo, e, "cannot write " + path);
     }
     off += static_cast<size_t>(n);
   }
-  if (::close(fd) != 0) ThrowErrno(errno, "cannot write " + path);
+  if (::close(fd) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "cannot write " + path);
 }
 
 std::string CrtCommonName(gnutls_x509_crt_t crt) {

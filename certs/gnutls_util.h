@@ -7,7 +7,7 @@
 #include <memory>
 #include <string>
 
-#include "channel/error.h"
+#include "base/error.h"
 
 namespace ktm {
 
@@ -23,7 +23,7 @@ using X509Key = std::unique_ptr<std::remove_pointer_t<gnutls_x509_privkey_t>, Gn
 using X509Crl = std::unique_ptr<std::remove_pointer_t<gnutls_x509_crl_t>, GnutlsDeleter>;
 using CertCredentials =
     std::unique_ptr<std::remove_pointer_t<gnutls_certificate_credentials_t>, GnutlsDeleter>;
-using GnutlsSession = std::unique_ptr<std::remove_pointer_t<gnutls_session_t>, GnutlsDeleter>;
+using GnutlsSessionPtr = std::unique_ptr<std::remove_pointer_t<gnutls_session_t>, GnutlsDeleter>;
 
 // A gnutls_datum_t whose data GnuTLS allocated; freed with gnutls_free.
 struct OwnedDatum {
@@ -35,14 +35,14 @@ struct OwnedDatum {
   std::string str() const { return std::string(reinterpret_cast<const char*>(d.data), d.size); }
 };
 
-// Throws Error("<what>: <gnutls_strerror>") when rc < 0.
+// Throws Error(kSecurity, "<what>: <gnutls_strerror>") when rc < 0.
 void CheckGnutls(int rc, const std::string& what);
 
 X509Crt NewCrt();
 X509Key NewKey();
 X509Crl NewCrl();
 
-// Reads a whole file (throws Error naming the file).
+// Reads a whole file (throws Error(kLocalIo) naming the file).
 std::string ReadFile(const std::string& path);
 // Writes a file atomically-enough for our use, with the given mode.
 void WriteFile(const std::string& path, const std::string& data, unsigned mode);

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "channel/error.h"
+#include "base/error.h"
 
 namespace ktm {
 namespace {
@@ -89,7 +89,7 @@ bool Channel::readv_all(std::span<const iovec> iov) {
     }
     if (r.eof()) {
       if (got == 0) return false;
-      throw Error(EPIPE, "stream truncated: peer closed after " + std::to_string(got) + " of " +
+      throw Error(ErrorKind::kPeer, EPIPE, "stream truncated: peer closed after " + std::to_string(got) + " of " +
                   std::to_string(want) + " bytes of a message");
     }
     got += r.bytes;

@@ -20,7 +20,7 @@
 // Callbacks run on the thread that called the method which observed the
 // completion.
 //
-// Errors: methods throw ktm::Error (errno + an actionable sentence). In
+// Errors: methods throw ktm::Error (kind, errno, an actionable sentence). In
 // non-blocking mode "would block" is not an error: partial methods report it
 // in their result; the *_all variants wait for readiness instead.
 #pragma once
@@ -81,6 +81,29 @@ struct FlushResult {
 // exactly once.
 using ReleaseCallback = std::function<void(uint64_t first, uint64_t last, bool copied)>;
 
+// Zero-copy bookkeeping of one channel (see ZeroCopyTracker).
+struct ZeroCopyCounters {
+  uint64_t sends = 0;            // sendmsg(MSG_ZEROCOPY) calls that queued data
+  uint64_t released = 0;         // of those, released by the kernel
+  uint64_t zero_copied = 0;      // released with the copy really avoided
+  uint64_t copied = 0;           // released with SO_EE_CODE_ZEROCOPY_COPIED
+  uint64_t completion_records = 0;  // error-queue notifications processed
+  uint64_t enobufs_retries = 0;  // ENOBUFS answered by draining + retrying
+  uint64_t below_threshold = 0;  // zero-copy requests sent by copy (too small)
+  uint64_t outstanding() const { return sends - released; }
+};
+
+// Neutral counters a channel reports about itself, for reports and tests;
+// no caller needs to know the channel's concrete type.
+struct ChannelStats {
+  bool has_zero_copy_counters = false;  // the counters below are meaningful
+  ZeroCopyCounters zc;
+  std::string backend;                  // "sendmsg" / "io_uring" where zero copy is issued
+  uint64_t fixed_sends = 0;             // io_uring registered-buffer sends
+  uint64_t records_batched = 0;         // userspace TLS: uncorked batches sent
+  uint64_t session_tickets_ignored = 0; // kTLS: NewSessionTicket records skipped
+};
+
 enum class ShutdownHow { kRead, kWrite, kBoth };
 
 class Channel {
@@ -96,6 +119,9 @@ class Channel {
   // Human-readable description of the path this channel takes, e.g.
   // "tcp 127.0.0.1:4444, MSG_ZEROCOPY on (threshold 10240 bytes)".
   virtual std::string describe() const = 0;
+
+  // Counters for reports and tests (see ChannelStats).
+  virtual ChannelStats stats() const { return {}; }
 
   // Partial write of the iovec. Blocking mode: blocks until at least one
   // byte is accepted. Non-blocking mode: returns would_block if none was.

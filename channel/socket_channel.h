@@ -1,21 +1,21 @@
 // SocketChannel: a connected TCP (IPv4/IPv6) or UNIX stream socket.
 //
-// Zero copy: when the options allow it, the constructor enables SO_ZEROCOPY
-// and remembers whether the kernel accepted it (zero_copy_available()).
-// writev(kWriteZeroCopy) then uses sendmsg(MSG_ZEROCOPY) for writes of at
-// least `zero_copy_threshold` bytes; smaller writes are copied, because
-// pinning pages and queueing a notification costs more than copying them.
-// Each zero-copy sendmsg gets one write id; its pages stay pinned until the
-// kernel's completion for that id has been read from the error queue (see
-// ZeroCopyTracker). flush() waits for all of them.
+// Zero copy: when the options allow it, the constructor sets up a
+// ZeroCopySender (MSG_ZEROCOPY or io_uring, see zero_copy_sender.h) and
+// remembers whether the kernel accepted it (zero_copy_available()).
+// writev(kWriteZeroCopy) then hands writes of at least `zero_copy_threshold`
+// bytes to it; smaller writes are copied, because pinning pages and queueing
+// a notification costs more than copying them. Each zero-copy kernel request
+// gets one write id; its pages stay pinned until the kernel's completion for
+// that id has been applied (see ZeroCopyTracker). flush() waits for all.
 //
 // ENOBUFS from a zero-copy send means the kernel could not pin the pages
 // (RLIMIT_MEMLOCK) or could not allocate the notification (optmem). The
-// channel then drains the error queue (blocking: waits for every completion;
+// channel then reaps completions (blocking: waits for every one;
 // non-blocking: takes what is there) and retries once; a second ENOBUFS is
 // an Error naming both limits and their current values.
 //
-// Errors the kernel reports on the error queue (ee_errno != 0) are kept and
+// Errors the kernel reports for earlier sends (ee_errno != 0) are kept and
 // thrown by the next writev/flush, never dropped.
 #pragma once
 
@@ -23,72 +23,59 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <vector>
 
+#include "base/error.h"
+#include "base/policy.h"
+#include "base/unique_fd.h"
+#include "channel/address.h"
 #include "channel/channel.h"
-#include "channel/policy.h"
-#include "channel/unique_fd.h"
-#include "channel/uring_sender.h"
 #include "channel/zerocopy_tracker.h"
 
 namespace ktm {
 
-// How zero-copy writes reach the kernel.
-//   kSendmsg: sendmsg(MSG_ZEROCOPY); completions from the socket error queue.
-//   kIoUring: IORING_OP_SENDMSG_ZC / SEND_ZC (fixed buffers once a region is
-//             registered); completions are the ring's notification CQEs.
-// Both feed the same ZeroCopyTracker, so ids, flush() and the release
-// callback mean the same thing.
-enum class SendBackend { kSendmsg, kIoUring };
-SendBackend ParseSendBackend(const std::string& s);
-const char* ToString(SendBackend b);
-
-// Blocks until `fd` is readable (or writable), retrying on EINTR. What every
-// channel's wait_io() does for the *_all helpers in non-blocking mode.
-void WaitFdReady(int fd, bool for_write);
-// Waits up to `timeout` for `fd` to be readable; true if it is.
-bool WaitFdReadable(int fd, std::chrono::milliseconds timeout);
+class ZeroCopySender;
 
 struct SocketOptions {
   ZeroCopyMode zero_copy = ZeroCopyMode::kAuto;
   SendBackend backend = SendBackend::kSendmsg;
   size_t zero_copy_threshold = 10 * 1024;
   bool blocking = true;
-  // Non-blocking drain of the error queue once this many sends are
-  // outstanding, so notifications do not pile up against optmem_max.
+  // Non-blocking reap of completions once this many sends are outstanding,
+  // so notifications do not pile up against optmem_max.
   uint64_t reap_outstanding = 256;
 };
 
 class SocketChannel : public Channel {
  public:
   // Takes a connected stream socket. Sets TCP_NODELAY on TCP sockets and
-  // probes SO_ZEROCOPY as `opts.zero_copy` says. Throws Error if zero copy
-  // is required but the socket cannot do it (the reason is in the message).
+  // sets up zero copy as `opts.zero_copy` says. Throws Error(kSecurity) if
+  // zero copy is required but the socket cannot do it (the reason is in the
+  // message).
   explicit SocketChannel(UniqueFd fd, const SocketOptions& opts = {});
   ~SocketChannel() override;
 
-  // Connects to "HOST:PORT", "[V6ADDR]:PORT" or "unix:PATH", trying every
-  // resolved address, giving up after `timeout` per attempt.
+  // ConnectStream (address.h) wrapped in a channel.
   static std::unique_ptr<SocketChannel> Connect(const std::string& address,
                                                 std::chrono::milliseconds timeout,
                                                 const SocketOptions& opts = {});
 
   unsigned features() const override;
   std::string describe() const override;
+  ChannelStats stats() const override;
   WriteResult writev(std::span<const iovec> iov, unsigned flags) override;
   ReadResult readv(std::span<const iovec> iov) override;
   FlushResult flush() override;
   FlushResult try_flush() override;
   bool is_released(ZeroCopyIds ids) const override { return tracker_.IsReleased(ids); }
   void set_release_callback(ReleaseCallback cb) override;
-  // io_uring backend: registers the region as fixed buffers (see
-  // UringSender::RegisterRegion). Returns false with the sendmsg backend.
+  // io_uring backend: registers the region as fixed buffers. Returns false
+  // with the sendmsg backend.
   bool register_region(const void* base, size_t len) override;
   void shutdown(ShutdownHow how) override;
   void close() override;
   void set_blocking(bool blocking) override;
   bool blocking() const override { return blocking_; }
-  bool wait_readable(std::chrono::milliseconds timeout) override { return WaitFdReadable(fd_.get(), timeout); }
+  bool wait_readable(std::chrono::milliseconds timeout) override;
 
   // Blocks until the given ids are released (or throws on error).
   void wait_released(ZeroCopyIds ids);
@@ -98,10 +85,11 @@ class SocketChannel : public Channel {
   const std::string& zero_copy_reason() const { return zero_copy_reason_; }
   const ZeroCopyCounters& zero_copy_counters() const { return tracker_.counters(); }
   size_t zero_copy_threshold() const { return threshold_; }
-  SendBackend backend() const { return uring_ && !uring_fallback_ ? SendBackend::kIoUring : SendBackend::kSendmsg; }
+  // The backend that issues zero-copy sends now (sendmsg after an io_uring
+  // socket refused SEND_ZC).
+  SendBackend backend() const;
   // Why the requested backend is not the one in use ("" when it is).
   const std::string& backend_reason() const { return backend_reason_; }
-  uint64_t uring_fixed_sends() const { return uring_ ? uring_->fixed_sends() : 0; }
 
   int fd() const { return fd_.get(); }
   int family() const { return family_; }
@@ -112,14 +100,16 @@ class SocketChannel : public Channel {
   void wait_io(bool for_write) override;
 
  private:
-  // Reads the error queue. block=true waits until nothing is outstanding.
-  FlushResult DrainErrorQueue(bool block);
+  // Applies available completions; block=true waits until nothing is
+  // outstanding.
+  FlushResult Reap(bool block);
   void ThrowPending();
   void CheckOpen(const char* op) const;
   [[noreturn]] void ThrowIoError(int err, const char* op) const;
   std::string EnobufsMessage() const;
-  WriteResult WriteViaUring(std::span<const iovec> iov, bool* fell_back);
-  void OnUringNotify(uint64_t id, bool copied);
+  // Zero-copy send through the sender; nullopt when the socket refused zero
+  // copy (then the caller copies, now and from then on).
+  std::optional<WriteResult> WriteZeroCopy(std::span<const iovec> iov);
 
   UniqueFd fd_;
   int family_ = 0;
@@ -131,39 +121,13 @@ class SocketChannel : public Channel {
   ZeroCopyTracker tracker_;
   std::optional<Error> pending_error_;
   std::string peer_;
-  std::unique_ptr<UringSender> uring_;
-  bool uring_fallback_ = false;
+  std::unique_ptr<ZeroCopySender> sender_;
+  bool sender_refused_ = false;  // the socket refused the sender's sends (EOPNOTSUPP)
   std::string backend_reason_;
-  std::vector<uint64_t> uring_unnotified_;  // scratch, reserved once
 };
 
-// A listening socket. Accept() returns SocketChannels.
-class Listener {
- public:
-  // Listens on "HOST:PORT" (PORT 0 picks a free port), "[V6]:PORT" or
-  // "unix:PATH" (a stale socket file at PATH is replaced).
-  static Listener Listen(const std::string& address, int backlog = 64);
-
-  // Waits up to `timeout` (negative: forever) for a connection. Throws
-  // Error with ETIMEDOUT when none arrives in time.
-  std::unique_ptr<SocketChannel> Accept(std::chrono::milliseconds timeout,
-                                        const SocketOptions& opts = {});
-
-  // The bound address in the same syntax Listen takes (port filled in).
-  std::string address() const;
-  uint16_t port() const;
-  int fd() const { return fd_.get(); }
-
- private:
-  UniqueFd fd_;
-  int family_ = 0;
-  std::string unix_path_;
-};
-
-// First word of a /proc or /sys file (e.g. a sysctl), or "unknown".
-std::string ReadProcValue(const char* path);
-
-// "HOST:PORT" of a socket's peer or local side, "unix:PATH" for AF_UNIX.
-std::string SockName(int fd, bool peer);
+// Accepts one connection on `l` as a SocketChannel (see Listener::AcceptFd).
+std::unique_ptr<SocketChannel> AcceptChannel(Listener& l, std::chrono::milliseconds timeout,
+                                             const SocketOptions& opts = {});
 
 }  // namespace ktm

@@ -1,11 +1,15 @@
 #include "channel/uring_sender.h"
 
+#include <chrono>
+
+#include "channel/zero_copy_sender.h"
+
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <cstring>
 
-#include "channel/error.h"
+#include "base/error.h"
 
 namespace ktm {
 namespace {
@@ -40,13 +44,13 @@ std::optional<std::string> ProbeSendZc(int fd) {
 
 UringSender::UringSender(int fd, unsigned entries) : fd_(fd) {
   io_uring_probe* probe = io_uring_get_probe();
-  if (!probe) throw Error(ENOSYS, "io_uring is not available in this kernel (or is disabled by sysctl)");
+  if (!probe) throw Error(ErrorKind::kLocalIo, ENOSYS, "io_uring is not available in this kernel (or is disabled by sysctl)");
   const bool zc = io_uring_opcode_supported(probe, IORING_OP_SEND_ZC) &&
                   io_uring_opcode_supported(probe, IORING_OP_SENDMSG_ZC);
   io_uring_free_probe(probe);
-  if (!zc) throw Error(EOPNOTSUPP, "this kernel's io_uring has no SEND_ZC/SENDMSG_ZC (needs 6.0+)");
+  if (!zc) throw Error(ErrorKind::kLocalIo, EOPNOTSUPP, "this kernel's io_uring has no SEND_ZC/SENDMSG_ZC (needs 6.0+)");
   int rc = io_uring_queue_init(entries, &ring_, 0);
-  if (rc < 0) ThrowErrno(-rc, "io_uring_queue_init");
+  if (rc < 0) ThrowErrno(ErrorKind::kLocalIo, -rc, "io_uring_queue_init");
   ring_ok_ = true;
   results_.reserve(entries);
   req_ids_.reserve(entries);
@@ -67,10 +71,11 @@ void UringSender::RegisterRegion(const void* base, size_t len) {
     rlimit rl{};
     getrlimit(RLIMIT_MEMLOCK, &rl);
     std::string lim = rl.rlim_cur == RLIM_INFINITY ? "unlimited" : std::to_string(rl.rlim_cur / 1024) + " KiB";
-    throw Error(-rc, std::string("io_uring could not register the image as fixed buffers (") + std::strerror(-rc) +
+    throw Error(ErrorKind::kLocalIo, -rc, std::string("io_uring could not register the image as fixed buffers (") + std::strerror(-rc) +
                          "): registered buffers are locked memory; `ulimit -l` (RLIMIT_MEMLOCK) is " + lim +
                          " and the image needs " + std::to_string(len / 1024) +
-                         " KiB. Raise it, or use --backend sendmsg");
+                         " KiB. Raise it, or send with the sendmsg backend",
+                Remedy::kSendmsgBackend);
   }
   regions_ = std::move(v);
 }
@@ -180,16 +185,20 @@ ssize_t UringSender::Send(std::span<const iovec> iov, int msg_flags, const std::
   return total;
 }
 
-void UringSender::Reap(bool block, const NotifyFn& notify) {
+void UringSender::Reap(std::chrono::milliseconds wait, const NotifyFn& notify) {
   std::vector<uint64_t> none;
   unsigned firsts = 0;
   io_uring_cqe* cqe = nullptr;
-  if (block) {
+  if (wait.count() != 0) {
+    __kernel_timespec ts{};
+    ts.tv_sec = wait.count() / 1000;
+    ts.tv_nsec = (wait.count() % 1000) * 1000000;
     int rc;
     do {
-      rc = io_uring_wait_cqe(&ring_, &cqe);
+      rc = wait.count() < 0 ? io_uring_wait_cqe(&ring_, &cqe) : io_uring_wait_cqe_timeout(&ring_, &cqe, &ts);
     } while (rc == -EINTR);
-    if (rc < 0) ThrowErrno(-rc, "io_uring_wait_cqe");
+    if (rc == -ETIME) return;
+    if (rc < 0) ThrowErrno(ErrorKind::kInternal, -rc, "io_uring_wait_cqe");
     Handle(cqe, notify, &firsts, none);
     io_uring_cqe_seen(&ring_, cqe);
   }
@@ -197,6 +206,85 @@ void UringSender::Reap(bool block, const NotifyFn& notify) {
     Handle(cqe, notify, &firsts, none);
     io_uring_cqe_seen(&ring_, cqe);
   }
+}
+
+namespace {
+
+// The public face of UringSender: numbers requests with the tracker and
+// turns notification CQEs into tracker releases.
+class UringZeroCopySender final : public ZeroCopySender {
+ public:
+  UringZeroCopySender(int fd, ZeroCopyTracker& tracker) : ring_(fd), tracker_(tracker) {
+    unnotified_.reserve(64);
+  }
+
+  ~UringZeroCopySender() override {
+    // Nothing may be in flight when the ring goes away: give the kernel a
+    // bounded time (2 s) to release what it still holds.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while (!tracker_.all_released() && std::chrono::steady_clock::now() < deadline) {
+      try {
+        ring_.Reap(std::chrono::milliseconds(10), notify_);
+      } catch (const Error&) {
+        break;
+      }
+    }
+  }
+
+  ssize_t Send(std::span<const iovec> iov, bool blocking) override {
+    unnotified_.clear();
+    // Blocking: MSG_WAITALL lets io_uring finish short sends itself (fewer ids).
+    ssize_t n = ring_.Send(iov, blocking ? MSG_WAITALL : MSG_DONTWAIT, next_id_, notify_, unnotified_);
+    // Requests that ended without a notification pinned nothing.
+    for (uint64_t id : unnotified_) Release(id, /*copied=*/true);
+    return n;
+  }
+
+  void Reap(bool wait, std::chrono::milliseconds max_wait) override {
+    ring_.Reap(std::chrono::milliseconds(0), notify_);
+    if (wait && !tracker_.all_released()) ring_.Reap(max_wait, notify_);
+  }
+
+  std::optional<Error> TakeError() override { return std::nullopt; }
+
+  bool RegisterRegion(const void* base, size_t len) override {
+    ring_.RegisterRegion(base, len);
+    return true;
+  }
+
+  SendBackend backend() const override { return SendBackend::kIoUring; }
+  std::string describe(size_t threshold) const override {
+    return "io_uring SEND_ZC on (writes >= " + std::to_string(threshold) + " bytes" +
+           (ring_.has_region() ? ", image in registered buffers)" : ")");
+  }
+  uint64_t fixed_sends() const override { return ring_.fixed_sends(); }
+
+ private:
+  void Release(uint64_t id, bool copied) {
+    const auto c = static_cast<uint32_t>(id);
+    tracker_.OnCompletion(c, c, copied);
+  }
+
+  UringSender ring_;
+  ZeroCopyTracker& tracker_;
+  const UringSender::NotifyFn notify_ = [this](uint64_t id, bool copied) { Release(id, copied); };
+  const std::function<uint64_t()> next_id_ = [this] { return tracker_.OnSend(); };
+  std::vector<uint64_t> unnotified_;  // scratch, reserved once
+};
+
+}  // namespace
+
+std::unique_ptr<ZeroCopySender> MakeUringZeroCopySender(int fd, ZeroCopyTracker& tracker) {
+  return std::make_unique<UringZeroCopySender>(fd, tracker);
+}
+
+std::optional<std::string> ProbeUringSendZcOpcode() {
+  io_uring_probe* pr = io_uring_get_probe();
+  if (!pr) return std::string("io_uring unavailable");
+  const bool ok = io_uring_opcode_supported(pr, IORING_OP_SEND_ZC);
+  io_uring_free_probe(pr);
+  if (!ok) return std::string("kernel lacks IORING_OP_SEND_ZC");
+  return std::nullopt;
 }
 
 }  // namespace ktm

@@ -9,6 +9,9 @@
 // request's user_data is its write id, so notifications feed the same
 // ZeroCopyTracker (and release accounting) as MSG_ZEROCOPY completions.
 //
+// Private to channel/: the public face is UringZeroCopySender
+// (zero_copy_sender.h), so no public header includes liburing.
+//
 // One ring per sending thread: a channel has one writer, so one ring per
 // channel. Not thread-safe.
 #pragma once
@@ -16,6 +19,7 @@
 #include <liburing.h>
 #include <sys/uio.h>
 
+#include <chrono>
 #include <functional>
 #include <optional>
 #include <span>
@@ -32,10 +36,6 @@ namespace ktm {
 #define IORING_NOTIF_USAGE_ZC_COPIED (1U << 31)
 #endif
 
-// Asks the kernel whether `fd` takes io_uring zero-copy sends, with a
-// zero-length SEND_ZC (nothing reaches the wire). nullopt if it does, else
-// the reason (kTLS and UNIX sockets answer EOPNOTSUPP).
-std::optional<std::string> ProbeSendZc(int fd);
 
 class UringSender {
  public:
@@ -68,8 +68,9 @@ class UringSender {
   ssize_t Send(std::span<const iovec> iov, int msg_flags, const std::function<uint64_t()>& next_id,
                const NotifyFn& notify, std::vector<uint64_t>& ids_without_notif);
 
-  // Processes notifications already in the CQ (block: wait for one first).
-  void Reap(bool block, const NotifyFn& notify);
+  // Processes notifications already in the CQ; first waits up to `wait`
+  // for one (0: no wait, negative: forever).
+  void Reap(std::chrono::milliseconds wait, const NotifyFn& notify);
 
   uint64_t fixed_sends() const { return fixed_sends_; }
   uint64_t notifications() const { return notifications_; }

@@ -22,14 +22,14 @@ void ZeroCopyTracker::OnCompletion(uint32_t lo, uint32_t hi, bool copied) {
   const uint64_t count = static_cast<uint64_t>(static_cast<uint32_t>(hi - lo)) + 1;
   const uint64_t last = first + count - 1;
   if (last >= next_id_) {
-    throw Error("MSG_ZEROCOPY completion [" + std::to_string(lo) + ", " + std::to_string(hi) +
+    throw Error(ErrorKind::kInternal, "MSG_ZEROCOPY completion [" + std::to_string(lo) + ", " + std::to_string(hi) +
                 "] names sends that were never made (only " + std::to_string(next_id_) +
                 " sent); refusing to release buffers on a corrupt notification");
   }
   // Overlap with anything already released is a double release.
   auto it = released_above_.upper_bound(last);
   if (it != released_above_.begin() && std::prev(it)->second >= first) {
-    throw Error("MSG_ZEROCOPY completion [" + std::to_string(lo) + ", " + std::to_string(hi) +
+    throw Error(ErrorKind::kInternal, "MSG_ZEROCOPY completion [" + std::to_string(lo) + ", " + std::to_string(hi) +
                 "] repeats sends already released");
   }
   ++counters_.completion_records;
@@ -95,23 +95,23 @@ std::optional<Error> ZeroCopyTracker::OnControlMessage(const cmsghdr* cm) {
   const bool ip = (cm->cmsg_level == SOL_IP && cm->cmsg_type == IP_RECVERR);
   const bool ip6 = (cm->cmsg_level == SOL_IPV6 && cm->cmsg_type == IPV6_RECVERR);
   if (!ip && !ip6) {
-    return Error(EPROTO, "unexpected control message on the socket error queue (level " +
+    return Error(ErrorKind::kInternal, EPROTO, "unexpected control message on the socket error queue (level " +
                              std::to_string(cm->cmsg_level) + ", type " +
                              std::to_string(cm->cmsg_type) + ")");
   }
   if (cm->cmsg_len < CMSG_LEN(sizeof(sock_extended_err))) {
-    return Error(EPROTO, "short sock_extended_err on the socket error queue");
+    return Error(ErrorKind::kInternal, EPROTO, "short sock_extended_err on the socket error queue");
   }
   sock_extended_err serr;
   std::memcpy(&serr, CMSG_DATA(cm), sizeof(serr));
   if (serr.ee_errno != 0) {
-    return Error(static_cast<int>(serr.ee_errno),
+    return Error(SocketErrorKind(static_cast<int>(serr.ee_errno)), static_cast<int>(serr.ee_errno),
                  std::string("the kernel reported a send failure on the error queue: ") +
                      std::strerror(static_cast<int>(serr.ee_errno)) + " (origin " +
                      std::to_string(serr.ee_origin) + ")");
   }
   if (serr.ee_origin != SO_EE_ORIGIN_ZEROCOPY) {
-    return Error(EPROTO, "error-queue record with origin " + std::to_string(serr.ee_origin) +
+    return Error(ErrorKind::kInternal, EPROTO, "error-queue record with origin " + std::to_string(serr.ee_origin) +
                              " where only MSG_ZEROCOPY completions were expected");
   }
   OnCompletion(serr.ee_info, serr.ee_data, (serr.ee_code & SO_EE_CODE_ZEROCOPY_COPIED) != 0);

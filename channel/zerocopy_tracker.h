@@ -20,20 +20,9 @@
 #include <optional>
 
 #include "channel/channel.h"
-#include "channel/error.h"
+#include "base/error.h"
 
 namespace ktm {
-
-struct ZeroCopyCounters {
-  uint64_t sends = 0;            // sendmsg(MSG_ZEROCOPY) calls that queued data
-  uint64_t released = 0;         // of those, released by the kernel
-  uint64_t zero_copied = 0;      // released with the copy really avoided
-  uint64_t copied = 0;           // released with SO_EE_CODE_ZEROCOPY_COPIED
-  uint64_t completion_records = 0;  // error-queue notifications processed
-  uint64_t enobufs_retries = 0;  // ENOBUFS answered by draining + retrying
-  uint64_t below_threshold = 0;  // zero-copy requests sent by copy (too small)
-  uint64_t outstanding() const { return sends - released; }
-};
 
 class ZeroCopyTracker {
  public:

@@ -3,7 +3,8 @@
 #include <cmath>
 #include <cstdlib>
 
-#include "channel/error.h"
+#include "base/error.h"
+#include "base/parse.h"
 
 namespace ktm::cli {
 
@@ -11,7 +12,7 @@ Args::Args(int argc, char** argv, int first, const std::set<std::string>& with_v
            const std::set<std::string>& booleans) {
   for (int i = first; i < argc; ++i) {
     std::string a = argv[i];
-    if (a.rfind("--", 0) != 0) throw Error(EINVAL, "unexpected argument '" + a + "' (see --help)");
+    if (a.rfind("--", 0) != 0) throw Error(ErrorKind::kUsage, EINVAL, "unexpected argument '" + a + "' (see --help)");
     std::string name = a.substr(2), value;
     bool inline_value = false;
     if (auto eq = name.find('='); eq != std::string::npos) {
@@ -20,16 +21,16 @@ Args::Args(int argc, char** argv, int first, const std::set<std::string>& with_v
       inline_value = true;
     }
     if (booleans.count(name)) {
-      if (inline_value) throw Error(EINVAL, "--" + name + " takes no value");
+      if (inline_value) throw Error(ErrorKind::kUsage, EINVAL, "--" + name + " takes no value");
       flags_.insert(name);
     } else if (with_value.count(name)) {
       if (!inline_value) {
-        if (i + 1 >= argc) throw Error(EINVAL, "--" + name + " needs a value");
+        if (i + 1 >= argc) throw Error(ErrorKind::kUsage, EINVAL, "--" + name + " needs a value");
         value = argv[++i];
       }
       values_.emplace(name, value);
     } else {
-      throw Error(EINVAL, "unknown option --" + name + " (see --help)");
+      throw Error(ErrorKind::kUsage, EINVAL, "unknown option --" + name + " (see --help)");
     }
   }
 }
@@ -46,6 +47,15 @@ std::vector<std::string> Args::all(const std::string& name) const {
   return out;
 }
 
+uint64_t Args::number(const std::string& name, uint64_t def, uint64_t min, uint64_t max) const {
+  if (!has(name)) return def;
+  const std::string v = get(name);
+  if (std::optional<uint64_t> n = ParseUnsigned(v, min, max)) return *n;
+  throw Error(ErrorKind::kUsage, EINVAL,
+              "bad --" + name + " '" + v + "': expected a whole number from " + std::to_string(min) + " to " +
+                  std::to_string(max));
+}
+
 uint64_t ParseSize(const std::string& s, const char* what) {
   char* end = nullptr;
   double v = std::strtod(s.c_str(), &end);
@@ -55,8 +65,8 @@ uint64_t ParseSize(const std::string& s, const char* what) {
   else if (suffix == "M" || suffix == "m" || suffix == "MiB") mult = 1024.0 * 1024;
   else if (suffix == "G" || suffix == "g" || suffix == "GiB") mult = 1024.0 * 1024 * 1024;
   else if (!suffix.empty()) mult = -1;
-  if (end == s.c_str() || mult < 0 || !(v >= 0) || std::isinf(v)) {
-    throw Error(EINVAL, std::string("bad ") + what + " '" + s + "': expected a number with optional K, M or G");
+  if (end == s.c_str() || mult < 0 || !(v >= 0) || std::isinf(v) || v * mult >= 1.8e19) {
+    throw Error(ErrorKind::kUsage, EINVAL, std::string("bad ") + what + " '" + s + "': expected a number with optional K, M or G");
   }
   return static_cast<uint64_t>(v * mult);
 }

@@ -2,6 +2,7 @@
 // boolean "--name". Unknown flags are errors that say what is accepted.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <set>
 #include <string>
@@ -18,6 +19,9 @@ class Args {
   bool has(const std::string& name) const { return values_.count(name) > 0; }
   std::string get(const std::string& name, const std::string& def = "") const;
   std::vector<std::string> all(const std::string& name) const;
+  // The flag's value as a whole number in [min, max] (`def` when absent).
+  // Anything else is Error(kUsage) naming the flag and the accepted range.
+  uint64_t number(const std::string& name, uint64_t def, uint64_t min, uint64_t max) const;
   bool flag(const std::string& name) const { return flags_.count(name) > 0; }
 
  private:

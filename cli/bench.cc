@@ -5,15 +5,21 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
+#include "base/error.h"
+#include "base/parse.h"
 #include "certs/generate.h"
-#include "channel/error.h"
 #include "cli/args.h"
 #include "cli/loopback.h"
+#include "cli/per_page_channel.h"
+#include "cli/process.h"
 #include "ktls/ktls.h"
 
 namespace ktm::cli {
@@ -26,8 +32,8 @@ at the destination, pages random so every byte crosses) in every mode, one
 after the other in this process, and prints per mode: page-data throughput
 (first page to final barrier; handshakes, digests and commit excluded), CPU
 seconds per GiB on each side (getrusage), zero-copy completion counts, and
-ratios to plaintext copy and to the QEMU-style anchor (GnuTLS via push/pull
-callbacks, one record per 4 KiB page: how QEMU encrypts migration today).
+ratios to plaintext copy and to the QEMU-style anchor (userspace GnuTLS, one
+record and one send per 4 KiB page: how QEMU encrypts migration today).
 Also runs iperf3 on loopback (if installed) for reference.
 
   --size N              image size (default 1G)
@@ -54,8 +60,13 @@ const Mode kModes[] = {
     {"uring-fixed", "plaintext, io_uring SEND_ZC + registered buffers",
      [](LoopbackConfig& c) { c.tls = false, c.backend = SendBackend::kIoUring, c.register_buffers = true; }},
     {"tls-userspace", "TLS, GnuTLS over the fd (userspace)", [](LoopbackConfig& c) { c.ktls = KtlsMode::kOff; }},
-    {"tls-qemu-style", "TLS, QEMU-style anchor (callbacks, record/page)",
-     [](LoopbackConfig& c) { c.ktls = KtlsMode::kOff, c.qemu_style = true; }},
+    {"tls-qemu-style", "TLS, QEMU-style anchor (one record per page)",
+     [](LoopbackConfig& c) {
+       c.ktls = KtlsMode::kOff;
+       c.wrap_source_channel = [](std::unique_ptr<Channel> ch) -> std::unique_ptr<Channel> {
+         return std::make_unique<PerPageChannel>(std::move(ch));
+       };
+     }},
     {"ktls", "TLS, kTLS (kernel encrypts)", [](LoopbackConfig& c) { c.ktls = KtlsMode::kRequire; }},
 };
 
@@ -69,29 +80,54 @@ struct Row {
   std::string path;
 };
 
+// Whether a local TCP socket listens on `port` (from /proc/net/tcp{,6}).
+bool TcpPortListening(int port) {
+  char want[8];
+  std::snprintf(want, sizeof(want), ":%04X", port);
+  for (const char* f : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream in(f);
+    std::string line;
+    std::getline(in, line);  // header
+    while (std::getline(in, line)) {
+      std::istringstream ls(line);
+      std::string slot, local, remote, state;
+      ls >> slot >> local >> remote >> state;
+      if (state == "0A" && local.size() > 5 && local.compare(local.size() - 5, 5, want) == 0) return true;
+    }
+  }
+  return false;
+}
+
 // iperf3 single stream on loopback, Gbit/s (0 if unavailable).
 double Iperf3Gbps(std::string* note) {
-  if (system("command -v iperf3 >/dev/null 2>&1") != 0) {
+  if (!ProgramInPath("iperf3")) {
     *note = "iperf3 not installed";
     return 0;
   }
-  const int port = 5201 + (getpid() % 1000);
-  std::string srv = "iperf3 -s -1 -p " + std::to_string(port) + " >/dev/null 2>&1 &";
-  if (system(srv.c_str()) != 0) return 0;
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  std::string cmd = "iperf3 -c 127.0.0.1 -p " + std::to_string(port) + " -t 3 -J 2>/dev/null";
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return 0;
+  const int port_num = 5201 + (getpid() % 1000);
+  const std::string port = std::to_string(port_num);
+  Program server = Program::Start({"iperf3", "-s", "-1", "-p", port});
+  // Wait for the event (the port in LISTEN state), not for a guessed time.
+  // Not by connecting: `-1` serves exactly one client.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  bool up = false;
+  while (!(up = TcpPortListening(port_num)) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (!up) {
+    *note = "iperf3 server did not start";
+    return 0;
+  }
   std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  pclose(p);
-  auto at = out.find("\"sum_received\"");
-  if (at == std::string::npos) return 0;
-  auto bps = out.find("\"bits_per_second\":", at);
-  if (bps == std::string::npos) return 0;
-  return std::atof(out.c_str() + bps + 18) / 1e9;
+  Program::Start({"iperf3", "-c", "127.0.0.1", "-p", port, "-t", "3", "-J"}).Wait(&out);
+  server.Wait();
+  const nlohmann::json j = nlohmann::json::parse(out, nullptr, false);
+  const nlohmann::json::json_pointer bps("/end/sum_received/bits_per_second");
+  if (j.is_discarded() || !j.contains(bps) || !j.at(bps).is_number()) {
+    *note = "iperf3 gave no result";
+    return 0;
+  }
+  return j.at(bps).get<double>() / 1e9;
 }
 
 std::string MachineLine() {
@@ -109,111 +145,89 @@ std::string MachineLine() {
   return std::string(u.release) + ", " + std::to_string(std::thread::hardware_concurrency()) + " CPUs (" + cpu + ")";
 }
 
-}  // namespace
+struct BenchPlan {
+  uint64_t size = 0;
+  std::vector<int> channels;
+  std::string modes;  // ",a,b,"
+  std::string pki_dir;
+  std::optional<std::string> no_ktls;
+  bool wants(const Mode& m) const { return modes.find(std::string(",") + m.name + ",") != std::string::npos; }
+};
 
-int CmdBench(int argc, char** argv) {
-  Args a(argc, argv, 2, {"size", "channels", "modes", "json", "png", "rss-size"}, {"help"});
-  if (a.flag("help")) {
-    std::printf("%s", kBenchHelp);
-    return 0;
+Row RunMode(const BenchPlan& plan, const Mode& m, int nch) {
+  Row row;
+  row.mode = m.name;
+  row.label = m.label;
+  row.channels = nch;
+  if (std::string(m.name) == "ktls" && plan.no_ktls) {
+    row.why_not = *plan.no_ktls;
+    return row;
   }
-  const uint64_t size = ParseSize(a.get("size", "1G"), "--size");
-  std::vector<int> chans;
-  {
-    std::stringstream ss(a.get("channels", "1,4"));
-    std::string t;
-    while (std::getline(ss, t, ',')) chans.push_back(std::stoi(t));
-  }
-  std::string modes = "," + a.get("modes", "plain-copy,msg-zerocopy,uring,uring-fixed,tls-userspace,tls-qemu-style,ktls") + ",";
-
-  char tmpl[] = "/tmp/tls-migrate-bench-XXXXXX";
-  if (!mkdtemp(tmpl)) ThrowErrno(errno, "mkdtemp");
-  GenerateOptions g;
-  g.out_dir = std::string(tmpl) + "/pki";
-  g.hostname = "localhost";
-  GenerateCredsDir(g);
-  const std::optional<std::string> no_ktls = ProbeKtlsUlp();
-
-  std::printf("tls-migrate bench: %s image of random pages, on %s\n", Human(double(size)).c_str(), MachineLine().c_str());
-  std::string iperf_note;
-  const double iperf = Iperf3Gbps(&iperf_note);
-  if (iperf > 0) std::printf("iperf3 single stream on loopback: %.2f Gbit/s = %.2f GB/s\n", iperf, iperf / 8);
-  else std::printf("iperf3: %s\n", iperf_note.c_str());
-
-  std::vector<Row> rows;
-  for (int nch : chans) {
-    for (const Mode& m : kModes) {
-      if (modes.find(std::string(",") + m.name + ",") == std::string::npos) continue;
-      Row row;
-      row.mode = m.name;
-      row.label = m.label;
-      row.channels = nch;
-      if (std::string(m.name) == "ktls" && no_ktls) {
-        row.why_not = *no_ktls;
-        rows.push_back(row);
-        continue;
-      }
-      LoopbackConfig cfg;
-      cfg.size = size;
-      cfg.zero_percent = 0;
-      cfg.channels = nch;
-      cfg.pki_dir = g.out_dir;
-      m.apply(cfg);
-      try {
-        LoopbackResult r = RunOnLoopback(cfg);
-        if (!r.verified) throw Error(EBADMSG, "destination digest differs");
-        const double gib = double(r.source.data_bytes) / (1u << 30);
-        row.ran = true;
-        row.seconds = r.source.transfer_seconds;
-        row.gbps = r.source.data_bytes / r.source.transfer_seconds / 1e9;
-        row.src_cpu_per_gib = r.source_cpu.total() / gib;
-        row.dst_cpu_per_gib = r.destination_cpu.total() / gib;
-        for (const auto& c : r.source.channels) {
-          row.zc_sends += c.zc.sends;
-          row.zc_zero_copied += c.zc.zero_copied;
-          row.zc_copied += c.zc.copied;
-          row.fixed += c.fixed_sends;
-        }
-        row.path = r.source.channels.empty() ? "" : r.source.channels[0].path;
-      } catch (const Error& e) {
-        row.why_not = e.what();
-      }
-      std::fprintf(stderr, "  %-15s %d ch: %s\n", m.name, nch,
-                   row.ran ? (std::to_string(row.gbps).substr(0, 5) + " GB/s").c_str() : row.why_not.c_str());
-      rows.push_back(row);
+  LoopbackConfig cfg;
+  cfg.size = plan.size;
+  cfg.zero_percent = 0;
+  cfg.channels = nch;
+  cfg.pki_dir = plan.pki_dir;
+  m.apply(cfg);
+  try {
+    LoopbackResult r = RunOnLoopback(cfg);
+    if (!r.verified) throw Error(ErrorKind::kIntegrity, EBADMSG, "destination digest differs");
+    const double gib = double(r.source.data_bytes) / (1u << 30);
+    row.ran = true;
+    row.seconds = r.source.transfer_seconds;
+    row.gbps = r.source.data_bytes / r.source.transfer_seconds / 1e9;
+    row.src_cpu_per_gib = r.source_cpu.total() / gib;
+    row.dst_cpu_per_gib = r.destination_cpu.total() / gib;
+    for (const auto& c : r.source.channels) {
+      row.zc_sends += c.stats.zc.sends;
+      row.zc_zero_copied += c.stats.zc.zero_copied;
+      row.zc_copied += c.stats.zc.copied;
+      row.fixed += c.stats.fixed_sends;
     }
+    row.path = r.source.channels.empty() ? "" : r.source.channels[0].path;
+  } catch (const Error& e) {
+    row.why_not = e.what();
   }
+  return row;
+}
 
-  auto find = [&](const std::string& mode, int nch) -> const Row* {
-    for (const auto& r : rows) {
-      if (r.mode == mode && r.channels == nch && r.ran) return &r;
-    }
-    return nullptr;
-  };
-  std::printf("\n%-48s %3s %7s %8s %8s %9s %9s %22s\n", "mode", "ch", "GB/s", "src s/GiB", "dst s/GiB",
-              "x plain", "x QEMU", "zc sends (zc/copied)");
+const Row* FindRow(const std::vector<Row>& rows, const std::string& mode, int nch) {
+  for (const auto& r : rows) {
+    if (r.mode == mode && r.channels == nch && r.ran) return &r;
+  }
+  return nullptr;
+}
+
+void PrintTable(const std::vector<Row>& rows) {
+  std::printf("\n%-48s %3s %7s %8s %8s %9s %9s %22s\n", "mode", "ch", "GB/s", "src s/GiB", "dst s/GiB", "x plain",
+              "x QEMU", "zc sends (zc/copied)");
   for (const auto& r : rows) {
     if (!r.ran) {
       std::printf("%-48s %3d   n/a: %s\n", r.label.c_str(), r.channels, r.why_not.c_str());
       continue;
     }
-    const Row* plain = find("plain-copy", r.channels);
-    const Row* anchor = find("tls-qemu-style", r.channels);
+    const Row* plain = FindRow(rows, "plain-copy", r.channels);
+    const Row* anchor = FindRow(rows, "tls-qemu-style", r.channels);
     char zc[64] = "-";
-    if (r.zc_sends) std::snprintf(zc, sizeof(zc), "%llu (%llu/%llu)", (unsigned long long)r.zc_sends,
-                                  (unsigned long long)r.zc_zero_copied, (unsigned long long)r.zc_copied);
+    if (r.zc_sends) {
+      std::snprintf(zc, sizeof(zc), "%llu (%llu/%llu)", (unsigned long long)r.zc_sends,
+                    (unsigned long long)r.zc_zero_copied, (unsigned long long)r.zc_copied);
+    }
     std::printf("%-48s %3d %7.2f %8.3f %9.3f %9.2f %8.2f %22s\n", r.label.c_str(), r.channels, r.gbps,
                 r.src_cpu_per_gib, r.dst_cpu_per_gib, plain ? r.gbps / plain->gbps : 0.0,
                 anchor ? r.gbps / anchor->gbps : 0.0, zc);
   }
-  // The targets of the design, checked in this run.
+}
+
+// The targets of the design, checked in this run.
+void PrintTargets(const BenchPlan& plan, const std::vector<Row>& rows, double iperf) {
   std::printf("\nTargets (this run):\n");
-  for (int nch : chans) {
-    const Row *us = find("tls-userspace", nch), *anchor = find("tls-qemu-style", nch), *plain = find("plain-copy", nch),
-              *k = find("ktls", nch);
+  for (int nch : plan.channels) {
+    const Row *us = FindRow(rows, "tls-userspace", nch), *anchor = FindRow(rows, "tls-qemu-style", nch),
+              *plain = FindRow(rows, "plain-copy", nch), *k = FindRow(rows, "ktls", nch);
     if (us && anchor) {
-      std::printf("  %d ch: userspace TLS / QEMU-style anchor = %.2fx (target >= 1.5x): %s\n", nch, us->gbps / anchor->gbps,
-                  us->gbps / anchor->gbps >= 1.5 ? "met" : "NOT met");
+      std::printf("  %d ch: userspace TLS / QEMU-style anchor = %.2fx (target >= 1.5x): %s\n", nch,
+                  us->gbps / anchor->gbps, us->gbps / anchor->gbps >= 1.5 ? "met" : "NOT met");
     }
     if (plain && iperf > 0 && nch == 1) {
       std::printf("  1 ch: plaintext / iperf3 = %.2fx (target >= 0.9x): %s\n", plain->gbps / (iperf / 8),
@@ -223,78 +237,151 @@ int CmdBench(int argc, char** argv) {
       std::printf("  %d ch: kTLS / userspace TLS = %.2fx (target >= 1x): %s\n", nch, k->gbps / us->gbps,
                   k->gbps >= us->gbps ? "met" : "NOT met");
     } else if (!k) {
-      std::printf("  %d ch: kTLS: not measurable here (%s)\n", nch, no_ktls ? no_ktls->c_str() : "failed");
+      std::printf("  %d ch: kTLS: not measurable here (%s)\n", nch, plan.no_ktls ? plan.no_ktls->c_str() : "failed");
     }
   }
+}
 
-  std::string rss_json;
-  if (a.has("rss-size") && ParseSize(a.get("rss-size"), "--rss-size") > 0) {
-    LoopbackConfig cfg;
-    cfg.size = ParseSize(a.get("rss-size"), "--rss-size");
-    cfg.zero_percent = 0;
-    cfg.channels = 4;
-    cfg.tls = false;
-    cfg.zero_copy = ZeroCopyMode::kOff;
-    LoopbackResult r = RunOnLoopback(cfg);
-    const long image_kb = static_cast<long>(cfg.size / 1024), limit = image_kb + 64 * 1024;
-    std::printf("\nPeak RSS migrating %s (4 channels): source %s, destination %s; limit image + 64 MiB = %s: %s\n",
-                Human(double(cfg.size)).c_str(), Human(r.source_peak_rss_kb * 1024.0).c_str(),
-                Human(r.destination_peak_rss_kb * 1024.0).c_str(), Human(limit * 1024.0).c_str(),
-                r.source_peak_rss_kb <= limit && r.destination_peak_rss_kb <= limit ? "within" : "EXCEEDED");
-    rss_json = ",\"rss\":{\"image_kb\":" + std::to_string(image_kb) + ",\"source_peak_kb\":" +
-               std::to_string(r.source_peak_rss_kb) + ",\"destination_peak_kb\":" +
-               std::to_string(r.destination_peak_rss_kb) + "}";
-  }
+// Peak RSS of each side migrating `size` bytes, against image + 64 MiB.
+nlohmann::json MeasureRss(uint64_t size) {
+  LoopbackConfig cfg;
+  cfg.size = size;
+  cfg.zero_percent = 0;
+  cfg.channels = 4;
+  cfg.tls = false;
+  cfg.zero_copy = ZeroCopyMode::kOff;
+  LoopbackResult r = RunOnLoopback(cfg);
+  const long image_kb = static_cast<long>(cfg.size / 1024), limit = image_kb + 64 * 1024;
+  std::printf("\nPeak RSS migrating %s (4 channels): source %s, destination %s; limit image + 64 MiB = %s: %s\n",
+              Human(double(cfg.size)).c_str(), Human(r.source_peak_rss_kb * 1024.0).c_str(),
+              Human(r.destination_peak_rss_kb * 1024.0).c_str(), Human(limit * 1024.0).c_str(),
+              r.source_peak_rss_kb <= limit && r.destination_peak_rss_kb <= limit ? "within" : "EXCEEDED");
+  return {{"image_kb", image_kb},
+          {"source_peak_kb", r.source_peak_rss_kb},
+          {"destination_peak_kb", r.destination_peak_rss_kb}};
+}
 
-  std::ostringstream j;
-  j << "{\"machine\":\"" << JsonEscape(MachineLine()) << "\",\"image_bytes\":" << size
-    << ",\"iperf3_gbit\":" << iperf << ",\"results\":[";
-  for (size_t i = 0; i < rows.size(); ++i) {
-    const auto& r = rows[i];
-    j << (i ? "," : "") << "{\"mode\":\"" << r.mode << "\",\"channels\":" << r.channels << ",\"ran\":"
-      << (r.ran ? "true" : "false");
+nlohmann::json ResultsJson(const BenchPlan& plan, const std::vector<Row>& rows, double iperf) {
+  nlohmann::json results = nlohmann::json::array();
+  for (const auto& r : rows) {
+    nlohmann::json j = {{"mode", r.mode}, {"channels", r.channels}, {"ran", r.ran}};
     if (r.ran) {
-      j << ",\"gbytes_per_s\":" << r.gbps << ",\"transfer_seconds\":" << r.seconds << ",\"src_cpu_s_per_gib\":"
-        << r.src_cpu_per_gib << ",\"dst_cpu_s_per_gib\":" << r.dst_cpu_per_gib << ",\"zc_sends\":" << r.zc_sends
-        << ",\"zc_zero_copied\":" << r.zc_zero_copied << ",\"zc_copied\":" << r.zc_copied
-        << ",\"fixed_sends\":" << r.fixed << ",\"path\":\"" << JsonEscape(r.path) << "\"";
+      j.update({{"gbytes_per_s", r.gbps},
+                {"transfer_seconds", r.seconds},
+                {"src_cpu_s_per_gib", r.src_cpu_per_gib},
+                {"dst_cpu_s_per_gib", r.dst_cpu_per_gib},
+                {"zc_sends", r.zc_sends},
+                {"zc_zero_copied", r.zc_zero_copied},
+                {"zc_copied", r.zc_copied},
+                {"fixed_sends", r.fixed},
+                {"path", r.path}});
     } else {
-      j << ",\"why_not\":\"" << JsonEscape(r.why_not) << "\"";
+      j["why_not"] = r.why_not;
     }
-    j << "}";
+    results.push_back(std::move(j));
   }
-  j << "]" << rss_json << "}";
-  if (a.has("json")) {
-    std::ofstream f(a.get("json"));
-    f << j.str() << "\n";
+  return {{"machine", MachineLine()}, {"image_bytes", plan.size}, {"iperf3_gbit", iperf}, {"results", results}};
+}
+
+// A clustered bar chart with gnuplot (data inline, script on its stdin).
+void WritePng(const BenchPlan& plan, const std::vector<Row>& rows, const std::string& png) {
+  if (!ProgramInPath("gnuplot")) {
+    std::fprintf(stderr, "tls-migrate bench: no chart: gnuplot is not installed (apt-get install gnuplot-nox)\n");
+    return;
   }
-  if (a.has("png")) {
-    const std::string dat = std::string(tmpl) + "/bench.dat", png = a.get("png");
-    std::ofstream d(dat);
-    d << "mode";
-    for (int nch : chans) d << " \"" << nch << " channel" << (nch > 1 ? "s" : "") << "\"";
-    d << "\n";
+  std::string script = "set terminal png size 1000,500\nset output '" + png +
+                       "'\nset style data histograms\nset style histogram clustered\nset style fill solid "
+                       "border -1\nset ylabel 'GB/s of page data'\nset title 'tls-migrate bench: " +
+                       Human(double(plan.size)) + " on loopback'\nset xtics rotate by -25\nset key top right\n";
+  std::string data = "mode";
+  for (int nch : plan.channels) data += " \"" + std::to_string(nch) + " channel" + (nch > 1 ? "s" : "") + "\"";
+  data += "\n";
+  for (const Mode& m : kModes) {
+    if (!plan.wants(m)) continue;
+    data += std::string("\"") + m.name + "\"";
+    for (int nch : plan.channels) {
+      const Row* r = FindRow(rows, m.name, nch);
+      data += " " + std::to_string(r ? r->gbps : 0.0);
+    }
+    data += "\n";
+  }
+  script += "plot";
+  for (size_t c = 0; c < plan.channels.size(); ++c) {
+    script += std::string(c ? "," : "") + " '-' using 2:xtic(1) title columnheader(" + std::to_string(c + 2) + ")";
+  }
+  script += "\n";
+  for (size_t c = 0; c < plan.channels.size(); ++c) script += data + "e\n";
+  std::string out;
+  if (Program::Start({"gnuplot"}, script).Wait(&out) != 0) {
+    std::fprintf(stderr, "tls-migrate bench: gnuplot failed: %s\n", out.c_str());
+  } else {
+    std::printf("chart: %s\n", png.c_str());
+  }
+}
+
+}  // namespace
+
+int CmdBench(int argc, char** argv) {
+  Args a(argc, argv, 2, {"size", "channels", "modes", "json", "png", "rss-size"}, {"help"});
+  if (a.flag("help")) {
+    std::printf("%s", kBenchHelp);
+    return 0;
+  }
+  BenchPlan plan;
+  plan.size = ParseSize(a.get("size", "1G"), "--size");
+  {
+    std::stringstream ss(a.get("channels", "1,4"));
+    std::string t;
+    while (std::getline(ss, t, ',')) {
+      std::optional<uint64_t> n = ParseUnsigned(t, 1, 64);
+      if (!n) throw Error(ErrorKind::kUsage, EINVAL, "bad --channels '" + a.get("channels") + "': expected e.g. 1,4");
+      plan.channels.push_back(static_cast<int>(*n));
+    }
+  }
+  plan.modes = "," + a.get("modes", "plain-copy,msg-zerocopy,uring,uring-fixed,tls-userspace,tls-qemu-style,ktls") + ",";
+  if (a.has("json") && a.get("json") != "-") WriteJsonFile(a.get("json"), nlohmann::json::object());  // writable?
+
+  char tmpl[] = "/tmp/tls-migrate-bench-XXXXXX";
+  if (!mkdtemp(tmpl)) ThrowErrno(ErrorKind::kLocalIo, errno, "mkdtemp");
+  struct RemoveDir {
+    std::string path;
+    ~RemoveDir() {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+    }
+  } cleanup{tmpl};
+  GenerateOptions g;
+  g.out_dir = std::string(tmpl) + "/pki";
+  g.hostname = "localhost";
+  GenerateCredsDir(g);
+  plan.pki_dir = g.out_dir;
+  plan.no_ktls = ProbeKtlsUlp();
+
+  std::printf("tls-migrate bench: %s image of random pages, on %s\n", Human(double(plan.size)).c_str(),
+              MachineLine().c_str());
+  std::string iperf_note;
+  const double iperf = Iperf3Gbps(&iperf_note);
+  if (iperf > 0) std::printf("iperf3 single stream on loopback: %.2f Gbit/s = %.2f GB/s\n", iperf, iperf / 8);
+  else std::printf("iperf3: %s\n", iperf_note.c_str());
+
+  std::vector<Row> rows;
+  for (int nch : plan.channels) {
     for (const Mode& m : kModes) {
-      if (modes.find(std::string(",") + m.name + ",") == std::string::npos) continue;
-      d << "\"" << m.name << "\"";
-      for (int nch : chans) {
-        const Row* r = find(m.name, nch);
-        d << " " << (r ? r->gbps : 0.0);
-      }
-      d << "\n";
+      if (!plan.wants(m)) continue;
+      rows.push_back(RunMode(plan, m, nch));
+      const Row& row = rows.back();
+      std::fprintf(stderr, "  %-15s %d ch: %s\n", m.name, nch,
+                   row.ran ? (std::to_string(row.gbps).substr(0, 5) + " GB/s").c_str() : row.why_not.c_str());
     }
-    d.close();
-    std::string gp = "set terminal png size 1000,500; set output '" + png +
-                     "'; set style data histograms; set style histogram clustered; set style fill solid border -1;"
-                     " set ylabel 'GB/s of page data'; set title 'tls-migrate bench: " + Human(double(size)) +
-                     " on loopback'; set xtics rotate by -25; set key top right;"
-                     " plot '" + dat + "' using 2:xtic(1) title columnheader(2)";
-    for (size_t c = 1; c < chans.size(); ++c) gp += ", '' using " + std::to_string(c + 2) + " title columnheader(" + std::to_string(c + 2) + ")";
-    std::string cmd = "gnuplot -e \"" + gp + "\"";
-    if (system(cmd.c_str()) != 0) std::fprintf(stderr, "tls-migrate bench: gnuplot failed (apt-get install gnuplot-nox)\n");
-    else std::printf("chart: %s\n", png.c_str());
   }
-  (void)!system(("rm -rf " + std::string(tmpl)).c_str());
+  PrintTable(rows);
+  PrintTargets(plan, rows, iperf);
+  nlohmann::json j = ResultsJson(plan, rows, iperf);
+  if (a.has("rss-size") && ParseSize(a.get("rss-size"), "--rss-size") > 0) {
+    j["rss"] = MeasureRss(ParseSize(a.get("rss-size"), "--rss-size"));
+  }
+  if (a.has("json")) WriteJsonFile(a.get("json"), j);
+  if (a.has("png")) WritePng(plan, rows, a.get("png"));
   return 0;
 }
 

@@ -1,12 +1,9 @@
 #include "cli/loopback.h"
 
-#include <sys/resource.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <fstream>
 
-#include "channel/error.h"
+#include "base/child.h"
+#include "base/error.h"
 
 namespace ktm::cli {
 namespace {
@@ -21,7 +18,6 @@ SecurityConfig MakeSecurity(const LoopbackConfig& c, TlsRole role) {
     s.tls_options.role = role;
     s.tls_options.creds = Credentials::Load(CredsDirFiles(c.pki_dir, role), role);
     s.tls_options.peer_name = "localhost";
-    s.tls_options.qemu_style = c.qemu_style;
   }
   return s;
 }
@@ -40,38 +36,39 @@ void ResetPeakRss() {
   f << "5";  // resets VmHWM to the current RSS (Linux 4.0+)
 }
 
+ErrorKind KindFromName(const std::string& n) {
+  for (ErrorKind k : {ErrorKind::kUsage, ErrorKind::kPeer, ErrorKind::kTimeout, ErrorKind::kSecurity,
+                      ErrorKind::kIntegrity, ErrorKind::kLocalIo, ErrorKind::kInternal}) {
+    if (n == ToString(k)) return k;
+  }
+  return ErrorKind::kInternal;
+}
+
+// The destination side, run in the child: its report or its error as JSON.
+std::pair<int, std::string> RunDestinationChild(const LoopbackConfig& cfg, Listener& l) {
+  try {
+    DestinationOptions o;
+    o.output = cfg.output;
+    o.accept_timeout = std::chrono::seconds(60);
+    o.security = MakeSecurity(cfg, TlsRole::kServer);
+    MigrationReport r = RunDestination(l, o);
+    SideCpu cpu = SelfCpu();
+    return {0, ReportJson("destination", r, &cpu).dump()};
+  } catch (const Error& e) {
+    return {1, nlohmann::json{{"error", e.what()}, {"kind", ToString(e.kind())}, {"errno", e.code()}}.dump()};
+  } catch (const std::exception& e) {
+    return {1, nlohmann::json{{"error", e.what()}, {"kind", "internal"}, {"errno", 0}}.dump()};
+  }
+}
+
 }  // namespace
 
 LoopbackResult RunOnLoopback(const LoopbackConfig& cfg) {
   Listener l = Listener::Listen("127.0.0.1:0");
-  int pipefd[2];
-  if (pipe(pipefd) != 0) ThrowErrno(errno, "pipe");
   // Fork before the image exists, so the child shares none of it.
-  pid_t child = fork();
-  if (child < 0) ThrowErrno(errno, "fork");
-  if (child == 0) {
-    close(pipefd[0]);
-    std::string msg;
-    int rc = 0;
-    try {
-      DestinationOptions o;
-      o.output = cfg.output;
-      o.accept_timeout = std::chrono::seconds(60);
-      o.security = MakeSecurity(cfg, TlsRole::kServer);
-      MigrationReport r = RunDestination(l, o);
-      SideCpu cpu = SelfCpu();
-      msg = ReportJson("destination", r, &cpu);
-    } catch (const std::exception& e) {
-      msg = std::string("ERROR ") + e.what();
-      rc = 1;
-    }
-    (void)!write(pipefd[1], msg.data(), msg.size());
-    _exit(rc);
-  }
-  close(pipefd[1]);
+  ChildProcess child = ChildProcess::Start([&] { return RunDestinationChild(cfg, l); });
   LoopbackResult res;
-  std::string src_error;
-  int src_code = 0;
+  std::optional<Error> src_error;
   try {
     std::unique_ptr<MappedImage> img = MappedImage::Anonymous(cfg.size);
     img->FillMixed(cfg.zero_percent, 7);
@@ -87,6 +84,7 @@ LoopbackResult RunOnLoopback(const LoopbackConfig& cfg) {
     o.max_iterations = cfg.max_iterations;
     o.register_buffers = cfg.register_buffers;
     o.security = MakeSecurity(cfg, TlsRole::kClient);
+    o.wrap_channel = cfg.wrap_source_channel;
     ResetPeakRss();
     SideCpu before = SelfCpu();
     res.source = RunSource(*src, o);
@@ -94,23 +92,24 @@ LoopbackResult RunOnLoopback(const LoopbackConfig& cfg) {
     res.source_cpu = {after.user - before.user, after.sys - before.sys};
     res.source_peak_rss_kb = PeakRssKb();
   } catch (const Error& e) {
-    src_error = e.what();
-    src_code = e.code();
+    src_error = e;
   }
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(pipefd[0], buf, sizeof(buf))) > 0) res.destination_json.append(buf, n);
-  close(pipefd[0]);
-  int status = 0;
-  rusage ru{};
-  wait4(child, &status, 0, &ru);
-  res.destination_cpu = {ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6, ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6};
-  res.destination_peak_rss_kb = ru.ru_maxrss;
-  if (!src_error.empty()) throw Error(src_code, src_error);
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    throw Error(EIO, "destination failed: " + res.destination_json);
+  const ChildResult dst = child.Wait();
+  res.destination_cpu = {dst.usage.ru_utime.tv_sec + dst.usage.ru_utime.tv_usec / 1e6,
+                         dst.usage.ru_stime.tv_sec + dst.usage.ru_stime.tv_usec / 1e6};
+  res.destination_peak_rss_kb = dst.usage.ru_maxrss;
+  if (src_error) throw *src_error;
+  res.destination = nlohmann::json::parse(dst.output, nullptr, /*allow_exceptions=*/false);
+  if (dst.exit_code != 0 || res.destination.is_discarded()) {
+    if (res.destination.is_object() && res.destination.contains("error")) {
+      throw Error(KindFromName(res.destination.value("kind", "internal")), res.destination.value("errno", 0),
+                  "destination: " + res.destination.value("error", std::string()));
+    }
+    throw Error(ErrorKind::kInternal, EIO,
+                "destination process failed (exit " + std::to_string(dst.exit_code) + ", signal " +
+                    std::to_string(dst.term_signal) + "): " + dst.output);
   }
-  res.verified = res.destination_json.find("\"image_digest\":\"" + res.source.digest + "\"") != std::string::npos;
+  res.verified = res.destination.value("image_digest", std::string()) == res.source.digest;
   return res;
 }
 

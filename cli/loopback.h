@@ -2,6 +2,8 @@
 // each side's CPU time and peak RSS are its own. Used by `demo` and `bench`.
 #pragma once
 
+#include <functional>
+#include <memory>
 #include <string>
 
 #include "cli/report.h"
@@ -19,7 +21,8 @@ struct LoopbackConfig {
   ZeroCopyMode zero_copy = ZeroCopyMode::kAuto;
   SendBackend backend = SendBackend::kSendmsg;
   bool register_buffers = false;
-  bool qemu_style = false;         // bench anchor
+  // Optional: wraps each source channel (the bench's QEMU-style anchor).
+  std::function<std::unique_ptr<Channel>(std::unique_ptr<Channel>)> wrap_source_channel;
   bool live = false;
   uint64_t dirty_rate = 64u << 20;
   uint32_t max_iterations = 30;
@@ -30,14 +33,14 @@ struct LoopbackConfig {
 struct LoopbackResult {
   MigrationReport source;
   SideCpu source_cpu;              // during RunSource only
-  std::string destination_json;    // the child's ReportJson
+  nlohmann::json destination;      // the child's ReportJson
   SideCpu destination_cpu;         // the whole child
   long source_peak_rss_kb = 0;     // VmHWM, reset before the run
   long destination_peak_rss_kb = 0;
-  bool verified = false;           // destination committed the digest the source sent
+  bool verified = false;           // destination reported committing the digest the source sent
 };
 
-// Throws Error (from the source) or Error(EIO, destination's message).
+// Throws the source's Error, or the destination's (same kind, its message).
 LoopbackResult RunOnLoopback(const LoopbackConfig& cfg);
 
 }  // namespace ktm::cli

@@ -1,9 +1,6 @@
 // tls-migrate: move a memory image between hosts over several encrypted
 // channels, with kernel TLS where the kernel has it.
 #include <fcntl.h>
-#include <liburing.h>
-#include <linux/tls.h>
-#include <netinet/tcp.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -21,32 +18,24 @@
 #include <sstream>
 #include <thread>
 
+#include "base/error.h"
+#include "base/proc.h"
 #include "certs/generate.h"
-#include "channel/error.h"
+#include "channel/socket_channel.h"
+#include "channel/zero_copy_sender.h"
 #include "cli/args.h"
 #include "cli/bench.h"
+#include "cli/exit_codes.h"
 #include "cli/loopback.h"
 #include "cli/report.h"
+#include "ktls/cipher_table.h"
 #include "ktls/ktls.h"
+#include "tls/handshake.h"
 #include "transport/migration.h"
 #include "util/sha256.h"
 
-#ifndef SOL_TLS
-#define SOL_TLS 282
-#endif
-
 namespace ktm::cli {
 namespace {
-
-// Exit codes (documented in --help and the README).
-enum Exit : int {
-  kExitOk = 0,
-  kExitFailed = 1,     // migration failed: peer vanished, reset, timeout
-  kExitUsage = 2,      // bad command line
-  kExitSecurity = 3,   // certificates, TLS handshake, kTLS/zero-copy policy not satisfiable
-  kExitIntegrity = 4,  // invalid packet, digest mismatch: data was refused
-  kExitLocalIo = 5,    // local files: cannot read input / write output
-};
 
 const char* kMainHelp = R"(tls-migrate: move a memory image between hosts over encrypted channels,
 with the TLS session moved into the kernel (kTLS) where the kernel can take it.
@@ -157,18 +146,6 @@ the CPU time of each side.
   --ktls MODE, --zero-copy MODE, --json FILE
 )";
 
-int ExitFor(const Error& e) {
-  switch (e.code()) {
-    case EINVAL: return kExitUsage;
-    case EBADMSG: return kExitIntegrity;
-    case ECONNABORTED: case EKEYREJECTED: case EKEYEXPIRED: case EOPNOTSUPP: case EPROTO:
-      return kExitSecurity;
-    case ENOENT: case EACCES: case EROFS: case ENOSPC: case EISDIR: case EPERM:
-      return kExitLocalIo;
-    default: return kExitFailed;
-  }
-}
-
 const std::set<std::string> kSecValue = {"tls-creds", "tls-ca", "tls-cert", "tls-key", "tls-crl",
                                          "tls-hostname", "tls-priority", "ktls", "zero-copy", "json",
                                          "backend"};
@@ -181,8 +158,8 @@ std::set<std::string> Join(std::set<std::string> a, const std::set<std::string>&
 
 SecurityConfig BuildSecurity(const Args& a, TlsRole role, const std::string& peer_host) {
   SecurityConfig s;
-  s.ktls = ParseKtlsMode(a.get("ktls", "auto"));
-  s.zero_copy = ParseZeroCopyMode(a.get("zero-copy", "auto"));
+  s.ktls = ParsePolicy(a.get("ktls", "auto"), "--ktls value");
+  s.zero_copy = ParsePolicy(a.get("zero-copy", "auto"), "--zero-copy value");
   s.backend = ParseSendBackend(a.get("backend", "sendmsg"));
   if (a.flag("no-tls")) {
     std::fprintf(stderr, "WARNING: --no-tls: guest memory crosses the network in PLAINTEXT.\n");
@@ -197,8 +174,9 @@ SecurityConfig BuildSecurity(const Args& a, TlsRole role, const std::string& pee
     f.cert = a.get("tls-cert");
     f.key = a.get("tls-key");
   } else {
-    throw Error(EINVAL, "TLS needs credentials: pass --tls-creds DIR (or --tls-ca/--tls-cert/--tls-key); "
-                        "'tls-migrate certs generate' makes a test set; --no-tls runs in plaintext");
+    throw Error(ErrorKind::kUsage, EINVAL,
+                "TLS needs credentials: pass --tls-creds DIR (or --tls-ca/--tls-cert/--tls-key); "
+                "'tls-migrate certs generate' makes a test set; --no-tls runs in plaintext");
   }
   if (a.has("tls-crl")) f.crl = a.get("tls-crl");
   s.tls_options.role = role;
@@ -252,20 +230,15 @@ class ProgressBar {
   std::thread t_;
 };
 
-void WriteJson(const Args& a, const std::string& json) {
-  if (!a.has("json")) return;
-  const std::string path = a.get("json");
-  if (path == "-") {
-    std::printf("%s\n", json.c_str());
-    return;
-  }
-  std::ofstream f(path);
-  if (!(f << json << "\n")) throw Error(EACCES, "cannot write --json file " + path);
+void WriteJson(const Args& a, const nlohmann::json& j) {
+  if (a.has("json")) WriteJsonFile(a.get("json"), j);
 }
 
 std::unique_ptr<PageSource> MakeSource(const Args& a) {
   std::unique_ptr<MappedImage> img;
-  if (a.has("input") == a.has("size")) throw Error(EINVAL, "give exactly one of --input FILE or --size N");
+  if (a.has("input") == a.has("size")) {
+    throw Error(ErrorKind::kUsage, EINVAL, "give exactly one of --input FILE or --size N");
+  }
   if (a.has("input")) {
     img = MappedImage::FromFile(a.get("input"));
   } else {
@@ -287,9 +260,9 @@ std::unique_ptr<PageSource> MakeSource(const Args& a) {
 SourceOptions MakeSourceOptions(const Args& a, const std::string& connect) {
   SourceOptions o;
   o.address = connect;
-  o.channels = std::stoi(a.get("channels", "4"));
-  o.max_iterations = static_cast<uint32_t>(std::stoul(a.get("max-iterations", "30")));
-  o.connect_timeout = std::chrono::seconds(std::stoi(a.get("timeout", "10")));
+  o.channels = static_cast<int>(a.number("channels", 4, 1, 64));
+  o.max_iterations = static_cast<uint32_t>(a.number("max-iterations", 30, 1, UINT32_MAX));
+  o.connect_timeout = std::chrono::seconds(a.number("timeout", 10, 1, 86400));
   o.security = BuildSecurity(a, TlsRole::kClient, HostOf(connect));
   return o;
 }
@@ -301,7 +274,7 @@ int CmdSend(int argc, char** argv) {
     std::printf("%s%s", kSendHelp, kSecurityHelp);
     return 0;
   }
-  if (!a.has("connect")) throw Error(EINVAL, "send needs --connect HOST:PORT (see --help)");
+  if (!a.has("connect")) throw Error(ErrorKind::kUsage, EINVAL, "send needs --connect HOST:PORT (see --help)");
   SourceOptions o = MakeSourceOptions(a, a.get("connect"));
   o.register_buffers = a.flag("register-buffers");
   auto src = MakeSource(a);
@@ -330,7 +303,7 @@ void OnFatalSignal(int sig) {
 DestinationOptions MakeDestOptions(const Args& a) {
   DestinationOptions o;
   o.output = a.get("output");
-  o.accept_timeout = std::chrono::seconds(std::stoi(a.get("timeout", "60")));
+  o.accept_timeout = std::chrono::seconds(a.number("timeout", 60, 1, 86400));
   o.security = BuildSecurity(a, TlsRole::kServer, "");
   o.log = [](const std::string& s) { std::fprintf(stderr, "tls-migrate recv: %s\n", s.c_str()); };
   o.temp_file_hook = [](const std::string& p) {
@@ -340,12 +313,14 @@ DestinationOptions MakeDestOptions(const Args& a) {
 }
 
 int CmdRecv(int argc, char** argv) {
-  Args a(argc, argv, 2, Join({"listen", "output", "timeout", "channels"}, kSecValue), kSecBool);
+  Args a(argc, argv, 2, Join({"listen", "output", "timeout"}, kSecValue), kSecBool);
   if (a.flag("help")) {
     std::printf("%s%s", kRecvHelp, kSecurityHelp);
     return 0;
   }
-  if (!a.has("listen") || !a.has("output")) throw Error(EINVAL, "recv needs --listen HOST:PORT and --output FILE");
+  if (!a.has("listen") || !a.has("output")) {
+    throw Error(ErrorKind::kUsage, EINVAL, "recv needs --listen HOST:PORT and --output FILE");
+  }
   DestinationOptions o = MakeDestOptions(a);
   signal(SIGINT, OnFatalSignal);
   signal(SIGTERM, OnFatalSignal);
@@ -372,19 +347,23 @@ int CmdCerts(int argc, char** argv) {
     std::printf("%s", kCertsHelp);
     return argc < 3 ? kExitUsage : 0;
   }
-  if (std::string(argv[2]) != "generate") throw Error(EINVAL, "unknown certs command '" + std::string(argv[2]) + "'");
+  if (std::string(argv[2]) != "generate") {
+    throw Error(ErrorKind::kUsage, EINVAL, "unknown certs command '" + std::string(argv[2]) + "' (see --help)");
+  }
   Args a(argc, argv, 3, {"out", "hostname", "ip", "client-name", "days"}, {"rsa", "help"});
   if (a.flag("help")) {
     std::printf("%s", kCertsHelp);
     return 0;
   }
-  if (!a.has("out") || !a.has("hostname")) throw Error(EINVAL, "certs generate needs --out DIR and --hostname NAME");
+  if (!a.has("out") || !a.has("hostname")) {
+    throw Error(ErrorKind::kUsage, EINVAL, "certs generate needs --out DIR and --hostname NAME");
+  }
   GenerateOptions g;
   g.out_dir = a.get("out");
   g.hostname = a.get("hostname");
   g.ips = a.all("ip");
   g.client_name = a.get("client-name", g.client_name);
-  g.days = std::stoi(a.get("days", "365"));
+  g.days = static_cast<int>(a.number("days", 365, 1, 36500));
   g.key_type = a.flag("rsa") ? KeyType::kRsa3072 : KeyType::kEcdsaP256;
   GenerateCredsDir(g);
   std::printf("wrote CA, server (%s", g.hostname.c_str());
@@ -396,29 +375,6 @@ int CmdCerts(int argc, char** argv) {
 }
 
 
-// Tries to set TLS_TX with this cipher on a loopback socket with the ULP:
-// the kernel answers for real whether it can take the cipher.
-std::string ProbeCipher(int cipher_type, size_t info_size) {
-  try {
-    Listener l = Listener::Listen("127.0.0.1:0");
-    SocketOptions so;
-    so.zero_copy = ZeroCopyMode::kOff;
-    auto c = SocketChannel::Connect(l.address(), std::chrono::seconds(2), so);
-    auto s = l.Accept(std::chrono::seconds(2), so);
-    if (setsockopt(c->fd(), SOL_TCP, TCP_ULP, "tls", sizeof("tls")) != 0) return "no";
-    std::vector<uint8_t> info(info_size, 0);
-    auto* h = reinterpret_cast<tls_crypto_info*>(info.data());
-    h->version = TLS_1_3_VERSION;
-    h->cipher_type = static_cast<uint16_t>(cipher_type);
-    if (setsockopt(c->fd(), SOL_TLS, TLS_TX, info.data(), info.size()) != 0) {
-      return std::string("no (") + std::strerror(errno) + ")";
-    }
-    return "yes";
-  } catch (const Error& e) {
-    return std::string("unknown (") + e.what() + ")";
-  }
-}
-
 int CmdProbe(int argc, char** argv) {
   Args a(argc, argv, 2, {}, {"help"});
   if (a.flag("help")) {
@@ -427,14 +383,15 @@ int CmdProbe(int argc, char** argv) {
   }
   std::optional<std::string> ulp = ProbeKtlsUlp();
   std::printf("kernel %s\n", ReadProcValue("/proc/sys/kernel/osrelease").c_str());
-  std::printf("GnuTLS %s (Debian builds it without kTLS: tls-migrate installs the keys itself)\n",
-              gnutls_check_version(nullptr));
+  std::printf("%s (Debian builds it without kTLS: tls-migrate installs the keys itself)\n",
+              TlsLibraryVersion(TlsBackend::kGnutls).c_str());
   std::printf("kernel TLS (TCP_ULP \"tls\"): %s\n", ulp ? ("no: " + *ulp).c_str() : "yes");
-  if (!ulp) {
-    std::printf("  AES-128-GCM: %s\n", ProbeCipher(TLS_CIPHER_AES_GCM_128, sizeof(tls12_crypto_info_aes_gcm_128)).c_str());
-    std::printf("  AES-256-GCM: %s\n", ProbeCipher(TLS_CIPHER_AES_GCM_256, sizeof(tls12_crypto_info_aes_gcm_256)).c_str());
-    std::printf("  CHACHA20-POLY1305: %s\n",
-                ProbeCipher(TLS_CIPHER_CHACHA20_POLY1305, sizeof(tls12_crypto_info_chacha20_poly1305)).c_str());
+  // One row per kernel cipher: does the kernel take it, and do we move
+  // sessions with it into the kernel.
+  for (const KernelCipher& row : KernelCipherTable()) {
+    std::printf("  %-18s kernel: %-28s key install: %s\n", row.name,
+                ulp ? "no (no tls module)" : ProbeKernelCipher(row).c_str(),
+                row.installable ? "yes" : (std::string("no, ") + row.why_not).c_str());
   }
   // MSG_ZEROCOPY
   std::string zc;
@@ -446,11 +403,8 @@ int CmdProbe(int argc, char** argv) {
     zc = std::string("unknown: ") + e.what();
   }
   std::printf("MSG_ZEROCOPY on TCP: %s\n", zc.c_str());
-  io_uring_probe* pr = io_uring_get_probe();
-  std::printf("io_uring SEND_ZC: %s\n",
-              !pr ? "no (io_uring unavailable)"
-                  : io_uring_opcode_supported(pr, IORING_OP_SEND_ZC) ? "yes" : "no (kernel lacks IORING_OP_SEND_ZC)");
-  if (pr) io_uring_free_probe(pr);
+  const std::optional<std::string> no_send_zc = ProbeUringSendZcOpcode();
+  std::printf("io_uring SEND_ZC: %s\n", no_send_zc ? ("no (" + *no_send_zc + ")").c_str() : "yes");
   rlimit rl{};
   getrlimit(RLIMIT_MEMLOCK, &rl);
   std::printf("ulimit -l: %s%s\n",
@@ -479,19 +433,19 @@ int CmdDemo(int argc, char** argv) {
     return 0;
   }
   char tmpl[] = "/tmp/tls-migrate-demo-XXXXXX";
-  if (!mkdtemp(tmpl)) ThrowErrno(errno, "mkdtemp");
+  if (!mkdtemp(tmpl)) ThrowErrno(ErrorKind::kLocalIo, errno, "mkdtemp");
   const std::string dir = tmpl;
   LoopbackConfig cfg;
   cfg.tls = !a.flag("no-tls");
   cfg.size = ParseSize(a.get("size", "256M"), "--size");
-  cfg.channels = std::stoi(a.get("channels", "4"));
-  cfg.ktls = ParseKtlsMode(a.get("ktls", "auto"));
-  cfg.zero_copy = ParseZeroCopyMode(a.get("zero-copy", "auto"));
+  cfg.channels = static_cast<int>(a.number("channels", 4, 1, 64));
+  cfg.ktls = ParsePolicy(a.get("ktls", "auto"), "--ktls value");
+  cfg.zero_copy = ParsePolicy(a.get("zero-copy", "auto"), "--zero-copy value");
   cfg.backend = ParseSendBackend(a.get("backend", "sendmsg"));
   cfg.register_buffers = a.flag("register-buffers");
   cfg.live = a.flag("live");
   cfg.dirty_rate = ParseSize(a.get("dirty-rate", "64M"), "--dirty-rate");
-  cfg.max_iterations = static_cast<uint32_t>(std::stoul(a.get("max-iterations", "30")));
+  cfg.max_iterations = static_cast<uint32_t>(a.number("max-iterations", 30, 1, UINT32_MAX));
   cfg.output = dir + "/received.img";
   if (cfg.tls) {
     GenerateOptions g;
@@ -508,8 +462,7 @@ int CmdDemo(int argc, char** argv) {
   try {
     res = RunOnLoopback(cfg);
   } catch (const Error& e) {
-    std::fprintf(stderr, "tls-migrate demo: %s\n", e.what());
-    return ExitFor(e);
+    return ReportError("demo", e);
   }
   // Verify independently: digest the file that appeared under the final name.
   auto file = MappedImage::FromFile(cfg.output);
@@ -532,8 +485,9 @@ int CmdDemo(int argc, char** argv) {
   }
   std::printf("verification: %s (%s, image digest of the received file %s the source's)\n", ok ? "OK" : "FAILED",
               Human(double(fsize)).c_str(), ok ? "equals" : "DIFFERS FROM");
-  WriteJson(a, "{\"source\":" + ReportJson("source", r, &res.source_cpu) + ",\"destination\":" +
-                   res.destination_json + ",\"verified\":" + (ok ? "true" : "false") + "}");
+  WriteJson(a, {{"source", ReportJson("source", r, &res.source_cpu)},
+               {"destination", res.destination},
+               {"verified", ok}});
   unlink(cfg.output.c_str());
   return ok ? 0 : kExitIntegrity;
 }
@@ -558,11 +512,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "tls-migrate: unknown command '%s'\n%s", cmd.c_str(), kMainHelp);
     return kExitUsage;
   }
+  // A vanished peer is an error with a sentence, never a silent SIGPIPE
+  // death (the library also sends with MSG_NOSIGNAL where it can).
+  signal(SIGPIPE, SIG_IGN);
   try {
     return it->second(argc, argv);
   } catch (const ktm::Error& e) {
-    std::fprintf(stderr, "tls-migrate %s: %s\n", cmd.c_str(), e.what());
-    return ExitFor(e);
+    return ReportError(cmd.c_str(), e);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "tls-migrate %s: %s\n", cmd.c_str(), e.what());
     return kExitFailed;

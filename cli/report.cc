@@ -3,7 +3,9 @@
 #include <sys/resource.h>
 
 #include <cstdio>
-#include <sstream>
+#include <fstream>
+
+#include "base/error.h"
 
 namespace ktm::cli {
 
@@ -17,48 +19,59 @@ std::string Human(double bytes) {
 }
 
 
-std::string JsonEscape(const std::string& s) {
-  std::string o;
-  for (char c : s) {
-    if (c == '"' || c == '\\') o += '\\', o += c;
-    else if (c == '\n') o += "\\n";
-    else if (static_cast<unsigned char>(c) < 0x20) o += ' ';
-    else o += c;
+nlohmann::json ReportJson(const char* role, const MigrationReport& r, const SideCpu* cpu) {
+  nlohmann::json j = {
+      {"role", role},
+      {"session", r.session},
+      {"image_bytes", r.image_size},
+      {"page_size", r.page_size},
+      {"iterations", r.iterations},
+      {"pages", r.pages},
+      {"zero_pages", r.zero_pages},
+      {"data_bytes", r.data_bytes},
+      {"seconds", r.seconds},
+      {"transfer_seconds", r.transfer_seconds},
+      {"throughput_gbps", r.seconds > 0 ? r.data_bytes / r.seconds / 1e9 : 0},
+      {"image_digest", r.digest},
+      {"dirty_per_iteration", r.dirty_per_iteration},
+  };
+  if (cpu) {
+    j["cpu_user_s"] = cpu->user;
+    j["cpu_sys_s"] = cpu->sys;
   }
-  return o;
-}
-
-
-
-
-std::string ReportJson(const char* role, const MigrationReport& r, const SideCpu* cpu) {
-  std::ostringstream j;
-  j << "{\"role\":\"" << role << "\",\"session\":\"" << r.session << "\",\"image_bytes\":" << r.image_size
-    << ",\"page_size\":" << r.page_size << ",\"iterations\":" << r.iterations << ",\"pages\":" << r.pages
-    << ",\"zero_pages\":" << r.zero_pages << ",\"data_bytes\":" << r.data_bytes << ",\"seconds\":" << r.seconds
-    << ",\"transfer_seconds\":" << r.transfer_seconds
-    << ",\"throughput_gbps\":" << (r.seconds > 0 ? r.data_bytes / r.seconds / 1e9 : 0) << ",\"image_digest\":\""
-    << r.digest << "\"";
-  if (cpu) j << ",\"cpu_user_s\":" << cpu->user << ",\"cpu_sys_s\":" << cpu->sys;
-  j << ",\"dirty_per_iteration\":[";
-  for (size_t i = 0; i < r.dirty_per_iteration.size(); ++i) j << (i ? "," : "") << r.dirty_per_iteration[i];
-  j << "],\"channels\":[";
+  nlohmann::json chans = nlohmann::json::array();
   for (size_t i = 0; i < r.channels.size(); ++i) {
     const auto& c = r.channels[i];
-    j << (i ? "," : "") << "{\"id\":" << i << ",\"ktls\":" << (c.ktls ? "true" : "false")
-      << ",\"zero_copy\":" << (c.zero_copy ? "true" : "false") << ",\"path\":\"" << JsonEscape(c.path) << "\"";
-    if (c.has_counters) {
-      j << ",\"zc_sends\":" << c.zc.sends << ",\"zc_released\":" << c.zc.released
-        << ",\"zc_zero_copied\":" << c.zc.zero_copied << ",\"zc_copied\":" << c.zc.copied
-        << ",\"zc_notifications\":" << c.zc.completion_records << ",\"zc_enobufs_retries\":" << c.zc.enobufs_retries
-        << ",\"backend\":\"" << c.backend << "\",\"fixed_sends\":" << c.fixed_sends;
+    nlohmann::json cj = {{"id", i}, {"ktls", c.ktls}, {"zero_copy", c.zero_copy}, {"path", c.path}};
+    const ChannelStats& st = c.stats;
+    if (st.has_zero_copy_counters) {
+      cj["zc_sends"] = st.zc.sends;
+      cj["zc_released"] = st.zc.released;
+      cj["zc_zero_copied"] = st.zc.zero_copied;
+      cj["zc_copied"] = st.zc.copied;
+      cj["zc_notifications"] = st.zc.completion_records;
+      cj["zc_enobufs_retries"] = st.zc.enobufs_retries;
+      cj["backend"] = st.backend;
+      cj["fixed_sends"] = st.fixed_sends;
     }
-    j << "}";
+    if (st.records_batched) cj["tls_batches"] = st.records_batched;
+    if (st.session_tickets_ignored) cj["session_tickets_ignored"] = st.session_tickets_ignored;
+    chans.push_back(std::move(cj));
   }
-  j << "]}";
-  return j.str();
+  j["channels"] = std::move(chans);
+  return j;
 }
 
+void WriteJsonFile(const std::string& path, const nlohmann::json& j) {
+  if (path == "-") {
+    std::printf("%s\n", j.dump().c_str());
+    return;
+  }
+  std::ofstream f(path);
+  if (!(f << j.dump() << "\n") || !f.flush()) {
+    throw Error(ErrorKind::kLocalIo, EACCES, "cannot write the JSON report to " + path);
+  }
+}
 
 void PrintReport(const char* role, const MigrationReport& r, const SideCpu* cpu) {
   std::printf("%s: session %s\n", role, r.session.c_str());
@@ -82,20 +95,24 @@ void PrintReport(const char* role, const MigrationReport& r, const SideCpu* cpu)
   // Channels that took the same path are printed once.
   for (size_t i = 0; i < r.channels.size();) {
     size_t j = i + 1;
-    while (j < r.channels.size() && r.channels[j].path == r.channels[i].path && !r.channels[i].has_counters) ++j;
+    while (j < r.channels.size() && r.channels[j].path == r.channels[i].path &&
+           !r.channels[i].stats.has_zero_copy_counters) {
+      ++j;
+    }
     const auto& c = r.channels[i];
     if (j - i > 1) {
       std::printf("  channels %zu-%zu: %s\n", i, j - 1, c.path.c_str());
     } else {
       std::printf("  channel %zu: %s\n", i, c.path.c_str());
     }
-    if (c.has_counters && c.zc.sends) {
+    const ZeroCopyCounters& zc = c.stats.zc;
+    if (c.stats.has_zero_copy_counters && zc.sends) {
       std::printf("             %s sends %llu, released %llu (%llu notifications): zero-copied %llu, "
                   "kernel copied %llu%s\n",
-                  c.backend == "io_uring" ? "io_uring SEND_ZC" : "MSG_ZEROCOPY", (unsigned long long)c.zc.sends, (unsigned long long)c.zc.released,
-                  (unsigned long long)c.zc.completion_records, (unsigned long long)c.zc.zero_copied,
-                  (unsigned long long)c.zc.copied,
-                  c.zc.copied == c.zc.sends ? " (local delivery: the kernel copies; real NICs avoid it)" : "");
+                  c.stats.backend == "io_uring" ? "io_uring SEND_ZC" : "MSG_ZEROCOPY", (unsigned long long)zc.sends,
+                  (unsigned long long)zc.released, (unsigned long long)zc.completion_records,
+                  (unsigned long long)zc.zero_copied, (unsigned long long)zc.copied,
+                  zc.copied == zc.sends ? " (local delivery: the kernel copies; real NICs avoid it)" : "");
     }
     i = j;
   }

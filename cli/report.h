@@ -1,5 +1,8 @@
 // Human and JSON renderings of a migration report, shared by the commands.
+// All JSON the CLI writes goes through nlohmann::json.
 #pragma once
+
+#include <nlohmann/json.hpp>
 
 #include <string>
 
@@ -14,8 +17,10 @@ struct SideCpu {
 
 SideCpu SelfCpu();                 // this process so far (all threads)
 std::string Human(double bytes);   // "1.5 GiB"
-std::string JsonEscape(const std::string& s);
-std::string ReportJson(const char* role, const MigrationReport& r, const SideCpu* cpu);
+nlohmann::json ReportJson(const char* role, const MigrationReport& r, const SideCpu* cpu);
 void PrintReport(const char* role, const MigrationReport& r, const SideCpu* cpu);
+
+// Writes `j` to `path` ("-" = stdout). Throws Error(kLocalIo) naming the file.
+void WriteJsonFile(const std::string& path, const nlohmann::json& j);
 
 }  // namespace ktm::cli

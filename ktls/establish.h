@@ -1,7 +1,7 @@
 // The one place that decides which channel a TLS connection becomes.
 //
-//   ktls=off                      -> userspace TLS (reason: off by request)
-//   GnuTLS enabled kTLS itself    -> kTLS (by GnuTLS)
+//   ktls=off                      -> userspace TLS (reason: off by policy)
+//   the TLS library enabled kTLS  -> kTLS (by the library)
 //   keys installed into kernel    -> kTLS (key install)
 //   install impossible, ktls=auto -> userspace TLS, reason recorded
 //   install impossible, require   -> Error with the reason
@@ -13,18 +13,14 @@
 #include <string>
 #include <string_view>
 
+#include "base/policy.h"
+#include "base/unique_fd.h"
 #include "channel/channel.h"
-#include "channel/policy.h"
-#include "channel/unique_fd.h"
-#include "tls/tls_session.h"
+#include "tls/tls_types.h"
 
 namespace ktm {
 
-enum class KtlsMode { kOff, kAuto, kRequire };
-KtlsMode ParseKtlsMode(std::string_view s);
-const char* ToString(KtlsMode m);
-
-enum class TlsPathKind { kKtlsByGnutls, kKtlsKeyInstall, kUserspace };
+enum class TlsPathKind { kKtlsByLibrary, kKtlsKeyInstall, kUserspace };
 
 struct TlsPathReport {
   TlsPathKind kind = TlsPathKind::kUserspace;
@@ -38,9 +34,10 @@ struct TlsPathReport {
 };
 const char* ToString(TlsPathKind k);
 
-// Runs the handshake on `fd` (which GnuTLS then owns) and returns the
-// channel the policies allow. Throws Error on handshake failure or when a
-// `require` policy cannot be met; no application data has flowed then.
+// Runs the handshake on `fd` (which the TLS library then owns) and returns
+// the channel the policies allow. Throws Error on handshake failure (see
+// HandshakeTls), kSecurity when a `require` policy cannot be met, kUsage when
+// the policies contradict each other; no application data has flowed then.
 std::unique_ptr<Channel> EstablishTls(UniqueFd fd, const TlsOptions& tls, KtlsMode ktls,
                                       ZeroCopyMode zero_copy, TlsPathReport* report);
 

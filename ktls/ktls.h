@@ -1,12 +1,11 @@
-// Moving a GnuTLS session into the kernel (kTLS), and the kTLS channel.
+// Moving a TLS session into the kernel (kTLS), and the kTLS channel.
 //
 // Debian's GnuTLS is built without kTLS, so after the handshake we install
-// the keys ourselves: TCP_ULP "tls", then TLS_TX and TLS_RX filled from
-// gnutls_record_get_state(). After that plain sendmsg()/recvmsg() on the fd
-// carry TLS records the kernel encrypts and decrypts.
+// the keys ourselves: TCP_ULP "tls", then TLS_TX and TLS_RX laid out by the
+// kernel cipher table (cipher_table.h) from the session's exported traffic
+// keys. After that plain sendmsg()/recvmsg() on the fd carry TLS records the
+// kernel encrypts and decrypts.
 #pragma once
-
-#include <gnutls/gnutls.h>
 
 #include <map>
 #include <memory>
@@ -15,30 +14,31 @@
 #include <vector>
 
 #include "channel/channel.h"
-#include "channel/unique_fd.h"
+#include "base/unique_fd.h"
+#include "ktls/cipher_table.h"
 #include "tls/tls_session.h"
 
 namespace ktm {
-
-// Why the kernel cannot take a session with this version/cipher, or
-// nullopt if it can (AES-128/256-GCM, ChaCha20-Poly1305; TLS 1.2 and 1.3).
-std::optional<std::string> KtlsCipherUnsupported(gnutls_protocol_t v, gnutls_cipher_algorithm_t c);
 
 // Whether this kernel offers the "tls" ULP, tested on a loopback TCP
 // connection. Returns nullopt when available, else the reason, e.g.
 // "kernel has no tls module: TCP_ULP returned ENOENT".
 std::optional<std::string> ProbeKtlsUlp();
 
+// Whether this kernel takes TLS_TX with `row`'s cipher: sets it, with
+// zeroed keys, on a loopback connection with the ULP. "yes", or "no (why)".
+std::string ProbeKernelCipher(const KernelCipher& row);
+
 // Installs TX and RX for the session on its fd. Returns nullopt on success,
 // or the reason nothing was installed. Both directions or neither: if the
 // kernel accepts TX and then refuses RX the connection can no longer be used
-// in any mode and this throws.
+// in any mode and this throws Error(kInternal).
 std::optional<std::string> InstallKtls(TlsSession& session);
 
 // /proc/net/tls_stat as name -> value (empty when the file is absent).
 std::map<std::string, uint64_t> ReadTlsStat();
 
-enum class KtlsPath { kByGnutls, kKeyInstall };
+enum class KtlsPath { kByLibrary, kKeyInstall };
 
 // KtlsChannel: the kernel holds the keys; plaintext goes to the fd.
 //
@@ -60,6 +60,7 @@ class KtlsChannel : public Channel {
     return kFeatureShutdown | kFeatureEncrypted | kFeatureZeroCopyWrite;
   }
   std::string describe() const override;
+  ChannelStats stats() const override;
   WriteResult writev(std::span<const iovec> iov, unsigned flags) override;
   ReadResult readv(std::span<const iovec> iov) override;
   void shutdown(ShutdownHow how) override;

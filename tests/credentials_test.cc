@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include "certs/generate.h"
+#include "certs/x509_issue.h"
 #include "tests/pki.h"
 
 namespace ktm {
@@ -20,6 +21,7 @@ void ExpectLoadError(const CredentialFiles& f, TlsRole role, std::initializer_li
     ADD_FAILURE() << "load succeeded";
   } catch (const Error& e) {
     for (const auto& n : needles) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
+    EXPECT_EQ(e.kind(), ErrorKind::kSecurity) << e.what();
   }
 }
 

@@ -17,7 +17,7 @@ using namespace testing;
 
 KtlsMode PolicyFromEnv() {
   const char* v = getenv("KTM_TEST_KTLS");
-  return v ? ParseKtlsMode(v) : KtlsMode::kAuto;
+  return v ? ParsePolicy(v, "KTM_KTLS") : KtlsMode::kAuto;
 }
 
 void ExpectPath(const TlsPathReport& r) {

@@ -12,10 +12,10 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
-#include "channel/uring_sender.h"
+#include "channel/zero_copy_sender.h"
 #include "ktls/ktls.h"
 #include "tests/tls_util.h"
-#include "tls/tls_channel.h"
+#include "tls/gnutls/gnutls_record_channel.h"
 
 namespace ktm {
 namespace {
@@ -115,9 +115,9 @@ TEST_F(KtlsVm, CloseNotifyBothWays) {
 TEST_F(KtlsVm, FatalAlertIsAnErrorNamingIt) {
   Connected c = Connect(kKtls, kUserspace);
   ASSERT_TRUE(c.client.ch && c.server.ch);
-  auto* peer = dynamic_cast<TlsChannel*>(c.server.ch.get());
+  auto* peer = dynamic_cast<GnutlsRecordChannel*>(c.server.ch.get());
   ASSERT_NE(peer, nullptr);
-  ASSERT_EQ(gnutls_alert_send(peer->session().get(), GNUTLS_AL_FATAL, GNUTLS_A_INTERNAL_ERROR), 0);
+  ASSERT_EQ(gnutls_alert_send(peer->session().native(), GNUTLS_AL_FATAL, GNUTLS_A_INTERNAL_ERROR), 0);
   char b[1];
   try {
     c.client.ch->read_all(b, 1);
@@ -135,8 +135,8 @@ TEST_F(KtlsVm, FatalAlertIsAnErrorNamingIt) {
 TEST_F(KtlsVm, PeerKeyUpdateIsAClearError) {
   Connected c = Connect(kKtls, kUserspace);
   ASSERT_TRUE(c.client.ch && c.server.ch);
-  auto* peer = dynamic_cast<TlsChannel*>(c.server.ch.get());
-  ASSERT_EQ(gnutls_session_key_update(peer->session().get(), 0), 0);
+  auto* peer = dynamic_cast<GnutlsRecordChannel*>(c.server.ch.get());
+  ASSERT_EQ(gnutls_session_key_update(peer->session().native(), 0), 0);
   c.server.ch->write_all("x", 1);
   char b[64];
   try {
@@ -145,7 +145,8 @@ TEST_F(KtlsVm, PeerKeyUpdateIsAClearError) {
     FAIL() << "KeyUpdate not detected";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("re-keyed"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("--ktls off"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("kTLS off"), std::string::npos) << e.what();
+    EXPECT_EQ(e.remedy(), Remedy::kKtlsOff);
   }
 }
 

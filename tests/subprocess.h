@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "channel/error.h"
+#include "base/error.h"
 
 namespace ktm::testing {
 
@@ -22,10 +22,10 @@ class Subprocess {
   explicit Subprocess(std::vector<std::string> argv) {
     char tmpl[] = "/tmp/ktm-peer-XXXXXX";
     out_fd_ = mkstemp(tmpl);
-    if (out_fd_ < 0) ThrowErrno(errno, "mkstemp");
+    if (out_fd_ < 0) ThrowErrno(ErrorKind::kInternal, errno, "mkstemp");
     unlink(tmpl);
     pid_ = fork();
-    if (pid_ < 0) ThrowErrno(errno, "fork");
+    if (pid_ < 0) ThrowErrno(ErrorKind::kInternal, errno, "fork");
     if (pid_ == 0) {
       dup2(out_fd_, 1);
       dup2(out_fd_, 2);

@@ -17,7 +17,8 @@
 #include <utility>
 #include <vector>
 
-#include "channel/error.h"
+#include "base/child.h"
+#include "base/error.h"
 #include "channel/socket_channel.h"
 #include "util/sha256.h"
 
@@ -34,7 +35,7 @@ inline Pair ConnectedPair(const std::string& listen_addr, const SocketOptions& c
   Listener l = Listener::Listen(listen_addr);
   Pair p;
   p.client = SocketChannel::Connect(l.address(), std::chrono::seconds(5), client_opts);
-  p.server = l.Accept(std::chrono::seconds(5), server_opts);
+  p.server = AcceptChannel(l, std::chrono::seconds(5), server_opts);
   return p;
 }
 
@@ -43,7 +44,7 @@ class Mapping {
  public:
   explicit Mapping(size_t len) : len_(len) {
     void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) ThrowErrno(errno, "mmap");
+    if (p == MAP_FAILED) ThrowErrno(ErrorKind::kInternal, errno, "mmap");
     p_ = static_cast<uint8_t*>(p);
   }
   ~Mapping() { munmap(p_, len_); }
@@ -98,33 +99,8 @@ inline bool DropIpcLock() {
   return syscall(SYS_capset, &hdr, data) == 0;
 }
 
-// Runs `fn` in a forked child (for rlimits and capabilities that must not
-// leak into the test process) and returns the string it produced.
-inline std::string RunInChild(const std::function<std::string()>& fn) {
-  int pipefd[2];
-  if (pipe(pipefd) != 0) ThrowErrno(errno, "pipe");
-  pid_t pid = fork();
-  if (pid < 0) ThrowErrno(errno, "fork");
-  if (pid == 0) {
-    close(pipefd[0]);
-    std::string out;
-    try {
-      out = fn();
-    } catch (const std::exception& e) {
-      out = std::string("EXCEPTION ") + e.what();
-    }
-    (void)!write(pipefd[1], out.data(), out.size());
-    _exit(0);
-  }
-  close(pipefd[1]);
-  std::string msg;
-  char b[512];
-  ssize_t n;
-  while ((n = read(pipefd[0], b, sizeof(b))) > 0) msg.append(b, n);
-  close(pipefd[0]);
-  waitpid(pid, nullptr, 0);
-  return msg;
-}
+// RunInChild lives in base/child.h (the CLI uses it too).
+using ::ktm::RunInChild;
 
 // A fresh directory, removed with its contents at the end.
 struct TempDir {

@@ -6,7 +6,7 @@
 
 #include "ktls/ktls.h"
 #include "tests/tls_util.h"
-#include "tls/tls_channel.h"
+#include "tls/gnutls/gnutls_record_channel.h"
 
 namespace ktm {
 namespace {
@@ -28,7 +28,7 @@ TEST(Tls, UserspaceTls13BothWaysIntact) {
   ASSERT_TRUE(s.ch) << s.error;
   EXPECT_EQ(c.report.kind, TlsPathKind::kUserspace);
   EXPECT_EQ(c.report.version, "TLS1.3");
-  ExpectContains(c.report.reason, "--ktls off");
+  ExpectContains(c.report.reason, "kTLS turned off by policy");
   EXPECT_FALSE(c.report.zero_copy);
   ExpectContains(c.report.zero_copy_reason, "reused ciphertext buffer");
   EXPECT_FALSE(c.ch->has_feature(kFeatureZeroCopyWrite));
@@ -37,10 +37,9 @@ TEST(Tls, UserspaceTls13BothWaysIntact) {
   EXPECT_EQ(s.report.peer, "tls-migrate-client");
   EXPECT_EQ(ExchangeBothWays(*c.ch, *s.ch, 64u << 20), "");
   // Records were corked into batches: far fewer uncorks than 16 KiB records.
-  auto* tc = dynamic_cast<TlsChannel*>(c.ch.get());
-  ASSERT_NE(tc, nullptr);
-  EXPECT_GT(tc->records_batched(), 0u);
-  EXPECT_LT(tc->records_batched(), (64u << 20) / (16u << 10));
+  ASSERT_NE(dynamic_cast<GnutlsRecordChannel*>(c.ch.get()), nullptr);
+  EXPECT_GT(c.ch->stats().records_batched, 0u);
+  EXPECT_LT(c.ch->stats().records_batched, (64u << 20) / (16u << 10));
 }
 
 TEST(Tls, Tls12AndEveryKtlsCipherNegotiate) {
@@ -92,7 +91,7 @@ TEST(Tls, RequireKtlsFailsWithReasonWhereKernelLacksIt) {
   EXPECT_FALSE(c.ch);
   ExpectContains(c.error, "kTLS was required but cannot be used");
   ExpectContains(c.error, "TCP_ULP returned ENOENT");
-  ExpectContains(c.error, "--ktls auto");
+  ExpectContains(c.error, "kTLS policy auto");
   fut.get();
 }
 
@@ -105,7 +104,9 @@ TEST(Tls, ZeroCopyRequireWithKtlsOffFailsBeforeHandshake) {
     EstablishTls(sock->release_fd(), ClientOptions(), KtlsMode::kOff, ZeroCopyMode::kRequire, nullptr);
     FAIL();
   } catch (const Error& e) {
-    ExpectContains(e.what(), "--zero-copy require cannot be met with --ktls off");
+    ExpectContains(e.what(), "zero copy cannot be required with kTLS off");
+    EXPECT_EQ(e.kind(), ErrorKind::kUsage);
+    EXPECT_EQ(e.remedy(), Remedy::kAllowKtls);
   }
 }
 

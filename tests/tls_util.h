@@ -61,7 +61,7 @@ inline std::future<TlsEnd> ServeOnce(Listener& l, TlsOptions opts, Policy pol = 
     try {
       SocketOptions so;
       so.zero_copy = ZeroCopyMode::kOff;
-      auto sock = l.Accept(std::chrono::seconds(10), so);
+      auto sock = AcceptChannel(l, std::chrono::seconds(10), so);
       if (keep_raw) end.raw_fd = dup(sock->fd());
       end.ch = EstablishTls(sock->release_fd(), opts, pol.ktls, pol.zc, &end.report);
     } catch (const std::exception& e) {

@@ -32,7 +32,7 @@ SecurityConfig Plain() {
 // with both ends in kernel TLS.
 KtlsMode KtlsFromEnv() {
   const char* v = getenv("KTM_TEST_KTLS");
-  return v ? ParseKtlsMode(v) : KtlsMode::kAuto;
+  return v ? ParsePolicy(v, "KTM_KTLS") : KtlsMode::kAuto;
 }
 
 SecurityConfig Tls(TlsRole role) {
@@ -121,9 +121,9 @@ TEST_P(Matrix, StaticImageArrivesIntact) {
   EXPECT_EQ(dir.Entries(), std::vector<std::string>{"image.bin"});  // no temp file left
   if (!tls) {
     for (auto& c : o.src.channels) {
-      ASSERT_TRUE(c.has_counters);
-      EXPECT_EQ(c.zc.released, c.zc.sends);  // flushed at the barrier
-      EXPECT_GT(c.zc.sends, 0u);
+      ASSERT_TRUE(c.stats.has_zero_copy_counters);
+      EXPECT_EQ(c.stats.zc.released, c.stats.zc.sends);  // flushed at the barrier
+      EXPECT_GT(c.stats.zc.sends, 0u);
     }
   }
 }

@@ -11,6 +11,7 @@
 #include <map>
 #include <thread>
 
+#include "channel/zero_copy_sender.h"
 #include "tests/test_util.h"
 #include "util/sha256.h"
 
@@ -66,14 +67,14 @@ void TransferAndCheck(bool registered, size_t size) {
   ASSERT_EQ(released.size(), c.sends);
   for (auto& [id, n] : released) EXPECT_EQ(n, 1) << "id " << id;
   if (registered) {
-    EXPECT_GE(p.client->uring_fixed_sends(), writes);  // the page part of each write
+    EXPECT_GE(p.client->stats().fixed_sends, writes);  // the page part of each write
   } else {
-    EXPECT_EQ(p.client->uring_fixed_sends(), 0u);
+    EXPECT_EQ(p.client->stats().fixed_sends, 0u);
   }
   std::printf("  io_uring%s: %llu sends, %llu released (%llu copied), %llu fixed-buffer sends\n",
               registered ? " + registered buffers" : "", (unsigned long long)c.sends,
               (unsigned long long)c.released, (unsigned long long)c.copied,
-              (unsigned long long)p.client->uring_fixed_sends());
+              (unsigned long long)p.client->stats().fixed_sends);
 }
 
 TEST(Uring, SendZc256MiBIntactWithExactAccounting) { TransferAndCheck(false, 256u << 20); }
@@ -196,7 +197,7 @@ TEST(Uring, RegistrationBeyondMemlockNamesTheLimit) {
   });
   EXPECT_NE(msg.find("ulimit -l"), std::string::npos) << msg;
   EXPECT_NE(msg.find("64 KiB"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("--backend sendmsg"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("sendmsg backend"), std::string::npos) << msg;
 }
 
 }  // namespace

@@ -1,66 +1,76 @@
-// A GnuTLS session that owns the socket fd.
+// A TLS session over a socket fd that the TLS library owns, behind a
+// backend-neutral interface.
 //
-// The fd is handed to GnuTLS with gnutls_transport_set_int(), never wrapped
-// in push/pull callbacks: that is what allows the session to be moved into
-// the kernel afterwards (ktls/), and what lets GnuTLS use kTLS itself where
-// it was built with it.
+// The fd is handed to the TLS library (never wrapped in push/pull
+// callbacks): that is what lets the session move into the kernel afterwards
+// (ktls/), and what lets a library with kTLS support engage it itself.
+//
+// After the handshake the session can become one of two channels:
+//   - kernel TLS (ktls/): ExportKernelKeys() gives the traffic keys and
+//     sequence numbers the kernel needs; the library does no more I/O;
+//   - userspace records: UserspaceChannel() wraps the session in the
+//     backend's record channel (the library encrypts; see its contract).
 #pragma once
 
-#include <chrono>
+#include <array>
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
-#include "certs/credentials.h"
-#include "certs/gnutls_util.h"
-#include "channel/unique_fd.h"
+#include "base/unique_fd.h"
+#include "channel/channel.h"
+#include "tls/tls_types.h"
 
 namespace ktm {
 
-// TLS 1.3 preferred, TLS 1.2 allowed, AEAD ciphers only (what kTLS can take).
-inline constexpr const char* kDefaultPriority =
-    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:"
-    "+CHACHA20-POLY1305";
+enum class TlsDirection { kTransmit, kReceive };
 
-struct TlsOptions {
-  TlsRole role = TlsRole::kClient;
-  std::shared_ptr<Credentials> creds;
-  // Client: the name (DNS or IP literal) the server certificate must hold.
-  std::string peer_name;
-  // Verify the peer's chain (to the CA), name, validity and revocation.
-  bool verify_peer = true;
-  // Server: insist on a client certificate.
-  bool require_client_cert = true;
-  std::string priority = kDefaultPriority;
-  std::chrono::milliseconds handshake_timeout{30000};
-  // Benchmark anchor only: drive GnuTLS through push/pull callbacks and send
-  // one record per 4 KiB page, as QEMU's TLS channel does today. Never kTLS.
-  bool qemu_style = false;
+// One direction's traffic state, as TLS defines it (not as the kernel lays
+// it out: the kernel cipher table in ktls/ does that).
+struct TrafficKeys {
+  std::vector<uint8_t> key;
+  // TLS 1.3, and ChaCha20-Poly1305 in TLS 1.2: the 12-byte static IV.
+  // TLS 1.2 AES-GCM/CCM: the 4-byte implicit nonce part (the salt).
+  std::vector<uint8_t> iv;
+  std::array<uint8_t, 8> rec_seq{};  // next record's sequence number, big-endian
 };
 
 class TlsSession {
  public:
-  // Runs the handshake on `fd` (blocking). On any failure throws an Error
-  // that says what was wrong (which name was expected and which the
-  // certificate holds, revoked, expired, untrusted, no client certificate,
-  // plaintext peer...); no application data has flowed by then.
-  static std::unique_ptr<TlsSession> Handshake(UniqueFd fd, const TlsOptions& opts);
+  virtual ~TlsSession() = default;
+  TlsSession(const TlsSession&) = delete;
+  TlsSession& operator=(const TlsSession&) = delete;
 
-  gnutls_session_t get() const { return session_.get(); }
-  int fd() const { return fd_.get(); }
-  // Takes the fd away (the session must no longer be used for I/O).
-  UniqueFd release_fd() { return std::move(fd_); }
-
-  gnutls_protocol_t version() const;
-  gnutls_cipher_algorithm_t cipher() const;
-  std::string version_name() const;
-  std::string cipher_name() const;
+  virtual TlsVersion version() const = 0;
+  virtual TlsCipher cipher() const = 0;
+  // Names as the library prints them (also for versions/ciphers kOther).
+  virtual std::string version_name() const = 0;
+  virtual std::string cipher_name() const = 0;
   // CN of the verified peer certificate ("" if none).
-  std::string peer_common_name() const;
+  virtual std::string peer_common_name() const = 0;
 
- private:
+  // The socket (still owned by the session).
+  virtual int fd() const = 0;
+  // Takes the fd away; the session must no longer be used for I/O.
+  virtual UniqueFd release_fd() = 0;
+
+  // True when the TLS library itself moved both directions into the kernel.
+  virtual bool library_enabled_ktls() const = 0;
+  // Bytes the library has already decrypted but nobody has read: a session
+  // holding any cannot move into the kernel without losing them.
+  virtual size_t buffered_plaintext() const = 0;
+  // The traffic state for one direction. Throws Error(kInternal) if the
+  // library cannot export it.
+  virtual TrafficKeys ExportKernelKeys(TlsDirection dir) const = 0;
+
+  // The backend's userspace record channel over `session`; `why` (why not
+  // kTLS) is reported by its describe().
+  static std::unique_ptr<Channel> UserspaceChannel(std::unique_ptr<TlsSession> session, std::string why);
+
+ protected:
   TlsSession() = default;
-  UniqueFd fd_;
-  GnutlsSession session_;
+  virtual std::unique_ptr<Channel> MakeRecordChannel(std::unique_ptr<TlsSession> self, std::string why) = 0;
 };
 
 }  // namespace ktm

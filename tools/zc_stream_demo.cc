@@ -13,7 +13,7 @@
 #include <thread>
 #include <vector>
 
-#include "channel/error.h"
+#include "base/error.h"
 #include "channel/socket_channel.h"
 #include "util/sha256.h"
 
@@ -42,7 +42,7 @@ RunResult Run(const uint8_t* image, size_t size, size_t chunk, ktm::ZeroCopyMode
   ktm::Sha256::Digest got{};
   uint64_t received = 0;
   std::thread rx([&] {
-    auto ch = l.Accept(std::chrono::seconds(10));
+    auto ch = AcceptChannel(l, std::chrono::seconds(10));
     std::vector<uint8_t> buf(1 << 20);
     ktm::Sha256 h;
     for (;;) {
@@ -79,7 +79,7 @@ int main(int argc, char** argv) {
   const size_t chunk = 1 << 20;
   try {
     void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) ktm::ThrowErrno(errno, "mmap image");
+    if (p == MAP_FAILED) ktm::ThrowErrno(ktm::ErrorKind::kLocalIo, errno, "mmap image");
     auto* image = static_cast<uint8_t*>(p);
     uint64_t x = 88172645463325252ull;
     for (size_t i = 0; i < size; i += 8) {

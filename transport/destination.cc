@@ -9,7 +9,9 @@
 #include <optional>
 #include <thread>
 
-#include "channel/error.h"
+#include "base/error.h"
+#include "base/unique_fd.h"
+#include "transport/first_failure.h"
 #include "transport/migration.h"
 #include "util/sha256.h"
 
@@ -32,7 +34,7 @@ class IterationBarrier {
     if (aborted_) return false;
     const uint64_t gen = generation_;
     if (arrived_ == 0) final_ = final;
-    if (final != final_) throw Error(EBADMSG, "invalid packet: channels disagree about the final iteration");
+    if (final != final_) throw Error(ErrorKind::kIntegrity, EBADMSG, "invalid packet: channels disagree about the final iteration");
     if (++arrived_ == n_) {
       arrived_ = 0;
       ++generation_;
@@ -68,14 +70,14 @@ class TempImage {
       : size_(size), padded_(padded), hook_(hook) {
     if (output.empty()) {
       void* p = mmap(nullptr, padded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-      if (p == MAP_FAILED) ThrowErrno(errno, "cannot allocate " + std::to_string(padded) + " bytes for the image");
+      if (p == MAP_FAILED) ThrowErrno(ErrorKind::kLocalIo, errno, "cannot allocate " + std::to_string(padded) + " bytes for the image");
       base_ = static_cast<uint8_t*>(p);
       return;
     }
     path_ = output + ".partial.XXXXXX";
     int fd = mkostemp(path_.data(), O_CLOEXEC);
     if (fd < 0) {
-      ThrowErrno(errno, "cannot create a temporary file beside " + output +
+      ThrowErrno(ErrorKind::kLocalIo, errno, "cannot create a temporary file beside " + output +
                             " (is the directory writable?)");
     }
     fd_.reset(fd);
@@ -83,13 +85,13 @@ class TempImage {
     if (ftruncate(fd, static_cast<off_t>(padded)) != 0) {
       int e = errno;
       Discard();
-      ThrowErrno(e, "cannot size " + path_ + " to " + std::to_string(padded) + " bytes");
+      ThrowErrno(ErrorKind::kLocalIo, e, "cannot size " + path_ + " to " + std::to_string(padded) + " bytes");
     }
     void* p = mmap(nullptr, padded, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED) {
       int e = errno;
       Discard();
-      ThrowErrno(e, "cannot map " + path_);
+      ThrowErrno(ErrorKind::kLocalIo, e, "cannot map " + path_);
     }
     base_ = static_cast<uint8_t*>(p);
   }
@@ -102,13 +104,13 @@ class TempImage {
   // Makes the file durable under its final name.
   void Commit(const std::string& output) {
     if (output.empty()) return;  // in memory: verified is all there is
-    if (msync(base_, padded_, MS_SYNC) != 0) ThrowErrno(errno, "msync " + path_);
+    if (msync(base_, padded_, MS_SYNC) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "msync " + path_);
     munmap(base_, padded_);
     base_ = nullptr;
-    if (ftruncate(fd_.get(), static_cast<off_t>(size_)) != 0) ThrowErrno(errno, "truncate " + path_);
+    if (ftruncate(fd_.get(), static_cast<off_t>(size_)) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "truncate " + path_);
     fchmod(fd_.get(), 0644);
-    if (fsync(fd_.get()) != 0) ThrowErrno(errno, "fsync " + path_);
-    if (rename(path_.c_str(), output.c_str()) != 0) ThrowErrno(errno, "rename to " + output);
+    if (fsync(fd_.get()) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "fsync " + path_);
+    if (rename(path_.c_str(), output.c_str()) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "rename to " + output);
     committed_ = true;
     if (hook_) hook_("");
     std::string dir = output.substr(0, output.find_last_of('/') == std::string::npos ? 0 : output.find_last_of('/'));
@@ -145,64 +147,81 @@ struct Receiver {
   std::optional<Sha256::Digest> end_digest;
 };
 
-void ReceiveChannelLoop(Receiver& r, const wire::Geometry& g, uint8_t* image, IterationBarrier& barrier,
-                        Progress* progress);
+// Channel reads of one receiver: every failure names the channel, and a
+// peer that disappears is named as such.
+class ChannelReader {
+ public:
+  ChannelReader(Channel& ch, int id) : ch_(ch), who_("channel " + std::to_string(id) + ": ") {}
+  const std::string& who() const { return who_; }
+
+  bool Read(void* buf, size_t len) {
+    try {
+      return ch_.read_all(buf, len);
+    } catch (const Error& e) {
+      throw Tagged(e);
+    }
+  }
+  bool ReadV(std::span<const iovec> iov) {
+    try {
+      return ch_.readv_all(iov);
+    } catch (const Error& e) {
+      throw Tagged(e);
+    }
+  }
+
+ private:
+  Error Tagged(const Error& e) const {
+    if (e.kind() == ErrorKind::kPeer) {
+      return Error(e.kind(), e.code(),
+                   who_ + "the source vanished mid-migration (" + e.what() +
+                       "); the image is incomplete and was discarded");
+    }
+    return e.WithContext(who_);
+  }
+  Channel& ch_;
+  std::string who_;
+};
 
 // Reads one channel until its end (EOF after the final SYNC, or END on
-// channel 0), applying pages into `image` with iteration barriers. A peer
-// that disappears is named as such, whichever read noticed it.
+// channel 0), applying pages into `image` with iteration barriers.
 void ReceiveChannel(Receiver& r, const wire::Geometry& g, uint8_t* image, IterationBarrier& barrier,
                     Progress* progress) {
-  try {
-    ReceiveChannelLoop(r, g, image, barrier, progress);
-  } catch (const Error& e) {
-    const int c = e.code();
-    if ((c == EPIPE || c == ECONNRESET) && std::string(e.what()).rfind("channel ", 0) != 0) {
-      throw Error(c, "channel " + std::to_string(r.id) + ": the source vanished mid-migration (" + e.what() +
-                         "); the image is incomplete and was discarded");
-    }
-    throw;
-  }
-}
-
-void ReceiveChannelLoop(Receiver& r, const wire::Geometry& g, uint8_t* image, IterationBarrier& barrier,
-                    Progress* progress) {
-  Channel& ch = *r.ch;
+  ChannelReader ch(*r.ch, r.id);
   std::vector<uint64_t> offsets(wire::kMaxPagesPerPacket);
   std::vector<iovec> iov;
   iov.reserve(wire::kMaxPagesPerPacket);
   uint64_t expect_packet = 0;
   uint32_t iteration = 0;
   bool final_done = false;
-  const std::string who = "channel " + std::to_string(r.id) + ": ";
+  const std::string& who = ch.who();
   for (;;) {
     uint8_t hdr[wire::kHeaderSize];
-    if (!ch.read_all(hdr, sizeof(hdr))) {
+    if (!ch.Read(hdr, sizeof(hdr))) {
       if (final_done && r.id != 0) return;
-      throw Error(EPIPE, who + "the source closed the stream before the final barrier (source killed?); "
+      throw Error(ErrorKind::kPeer, EPIPE, who + "the source closed the stream before the final barrier (source killed?); "
                                "the image is incomplete and was discarded");
     }
     wire::PacketHeader h = wire::DecodeHeader(hdr, g);
     if (h.packet_num != expect_packet) {
-      throw Error(EBADMSG, who + "invalid packet: number " + std::to_string(h.packet_num) + ", expected " +
+      throw Error(ErrorKind::kIntegrity, EBADMSG, who + "invalid packet: number " + std::to_string(h.packet_num) + ", expected " +
                                std::to_string(expect_packet));
     }
     ++expect_packet;
     switch (h.type) {
       case wire::kPages:
       case wire::kZero: {
-        if (final_done) throw Error(EBADMSG, who + "invalid packet: pages after the final barrier");
+        if (final_done) throw Error(ErrorKind::kIntegrity, EBADMSG, who + "invalid packet: pages after the final barrier");
         if (h.iteration != iteration) {
-          throw Error(EBADMSG, who + "invalid packet: pages of iteration " + std::to_string(h.iteration) +
+          throw Error(ErrorKind::kIntegrity, EBADMSG, who + "invalid packet: pages of iteration " + std::to_string(h.iteration) +
                                    " while receiving iteration " + std::to_string(iteration));
         }
-        if (!ch.read_all(offsets.data(), h.page_count * sizeof(uint64_t))) {
-          throw Error(EPIPE, who + "stream ended inside a packet");
+        if (!ch.Read(offsets.data(), h.page_count * sizeof(uint64_t))) {
+          throw Error(ErrorKind::kPeer, EPIPE, who + "stream ended inside a packet");
         }
         try {
           wire::ValidateOffsets(hdr, h, offsets.data(), g);
         } catch (const Error& e) {
-          throw Error(e.code(), who + e.what());
+          throw e.WithContext(who);
         }
         if (h.type == wire::kZero) {
           // A fresh file is already zero; later iterations must clear.
@@ -221,7 +240,7 @@ void ReceiveChannelLoop(Receiver& r, const wire::Geometry& g, uint8_t* image, It
               iov.push_back({p, g.page_size});
             }
           }
-          if (!ch.readv_all(iov)) throw Error(EPIPE, who + "stream ended inside a packet");
+          if (!ch.ReadV(iov)) throw Error(ErrorKind::kPeer, EPIPE, who + "stream ended inside a packet");
           r.data_bytes += uint64_t{h.page_count} * g.page_size;
           if (progress) progress->bytes += uint64_t{h.page_count} * g.page_size;
         }
@@ -231,7 +250,7 @@ void ReceiveChannelLoop(Receiver& r, const wire::Geometry& g, uint8_t* image, It
       }
       case wire::kSync: {
         if (final_done || h.iteration != iteration) {
-          throw Error(EBADMSG, who + "invalid packet: duplicate or out-of-order SYNC for iteration " +
+          throw Error(ErrorKind::kIntegrity, EBADMSG, who + "invalid packet: duplicate or out-of-order SYNC for iteration " +
                                    std::to_string(h.iteration) + " (expected " + std::to_string(iteration) + ")");
         }
         const bool final = h.flags & wire::kFlagFinal;
@@ -243,11 +262,11 @@ void ReceiveChannelLoop(Receiver& r, const wire::Geometry& g, uint8_t* image, It
       }
       case wire::kEnd: {
         if (r.id != 0 || !final_done) {
-          throw Error(EBADMSG, who + "invalid packet: END before the final barrier or on channel " +
+          throw Error(ErrorKind::kIntegrity, EBADMSG, who + "invalid packet: END before the final barrier or on channel " +
                                    std::to_string(r.id));
         }
         Sha256::Digest d;
-        if (!ch.read_all(d.data(), d.size())) throw Error(EPIPE, who + "stream ended inside END");
+        if (!ch.Read(d.data(), d.size())) throw Error(ErrorKind::kPeer, EPIPE, who + "stream ended inside END");
         r.end_digest = d;
         return;
       }
@@ -265,159 +284,188 @@ void SendU32Pair(Channel& ch, uint32_t magic, uint32_t status) {
   ch.write_all(buf, sizeof(buf));
 }
 
-}  // namespace
+// Best effort: the peer may already be gone, and the error that matters is
+// the one being reported.
+void TrySendU32Pair(Channel& ch, uint32_t magic, uint32_t status) {
+  try {
+    SendU32Pair(ch, magic, status);
+  } catch (const Error&) {
+  }
+}
 
-MigrationReport RunDestination(Listener& listener, const DestinationOptions& opts) {
+struct AcceptedSession {
+  wire::Hello first;
+  std::vector<OpenedChannel> by_id;  // indexed by channel id
+};
+
+// Phase 1: accept until every channel of one session has introduced itself.
+// Anything else (failed handshake, bad hello, foreign session, duplicate
+// channel id) is a stray: answered if possible, logged, and dropped; no page
+// is read from it.
+AcceptedSession AcceptSession(Listener& listener, const DestinationOptions& opts, Clock::time_point deadline) {
   auto log = [&](const std::string& s) {
     if (opts.log) opts.log(s);
   };
-  const auto t0 = Clock::now();
-  const auto deadline = t0 + opts.accept_timeout;
-
-  // Accept until every channel of one session has introduced itself.
-  // Anything else (failed handshake, bad hello, foreign session, duplicate
-  // channel id) is a stray: answered if possible, logged, and dropped; no
-  // page is read from it.
-  std::vector<OpenedChannel> by_id;  // indexed by channel id once the first hello arrives
+  AcceptedSession session;
   std::optional<wire::Hello> first;
   size_t accepted = 0;
   while (!first || accepted < first->channel_count) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) {
-      throw Error(ETIMEDOUT, first ? "only " + std::to_string(accepted) + " of " +
-                                         std::to_string(first->channel_count) +
-                                         " channels arrived before the accept timeout"
-                                   : "no migration arrived before the accept timeout");
+      throw Error(ErrorKind::kTimeout, ETIMEDOUT,
+                  first ? "only " + std::to_string(accepted) + " of " + std::to_string(first->channel_count) +
+                              " channels arrived before the accept timeout"
+                        : "no migration arrived before the accept timeout");
     }
-    std::unique_ptr<SocketChannel> sock;
+    UniqueFd fd;
     try {
-      sock = listener.Accept(left);
+      fd = listener.AcceptFd(left);
     } catch (const Error& e) {
-      if (e.code() == ETIMEDOUT) continue;  // the loop head reports what was missing
+      if (e.kind() == ErrorKind::kTimeout) continue;  // the loop head reports what was missing
       throw;
     }
-    const std::string peer = SockName(sock->fd(), true);
+    const std::string peer = SockName(fd.get(), true);
     OpenedChannel oc;
     try {
       SecurityConfig sec = opts.security;
       if (sec.tls) sec.tls_options.handshake_timeout = std::min(sec.tls_options.handshake_timeout, opts.hello_timeout);
-      oc = OpenServerChannel(std::move(sock), sec);
+      oc = OpenServerChannel(std::move(fd), sec);
     } catch (const Error& e) {
       log("rejected connection from " + peer + ": " + e.what());
       continue;
     }
     wire::Hello h;
-    uint32_t status = wire::kOk;
     try {
       uint8_t buf[wire::kHelloSize];
       if (!oc.channel->wait_readable(opts.hello_timeout)) {
-        throw Error(ETIMEDOUT, "sent no channel hello within " + std::to_string(opts.hello_timeout.count()) + " ms");
+        throw Error(ErrorKind::kTimeout, ETIMEDOUT,
+                    "sent no channel hello within " + std::to_string(opts.hello_timeout.count()) + " ms");
       }
-      if (!oc.channel->read_all(buf, sizeof(buf))) throw Error(EPIPE, "closed before its hello");
+      if (!oc.channel->read_all(buf, sizeof(buf))) throw Error(ErrorKind::kPeer, EPIPE, "closed before its hello");
       h = wire::DecodeHello(buf);
     } catch (const Error& e) {
       log("rejected connection from " + peer + ": " + e.what());
-      try {
-        SendU32Pair(*oc.channel, wire::kAckMagic, e.code() == EPROTO ? wire::kRejectedVersion : wire::kFailed);
-      } catch (const Error&) {
-      }
+      TrySendU32Pair(*oc.channel, wire::kAckMagic, e.code() == EPROTO ? wire::kRejectedVersion : wire::kFailed);
       continue;
     }
+    uint32_t status = wire::kOk;
     if (first) {
       if (h.session != first->session) status = wire::kRejectedSession;
       else if (h.channel_count != first->channel_count) status = wire::kRejectedChannel;
       else if (h.image_size != first->image_size || h.page_size != first->page_size) status = wire::kRejectedGeometry;
-      else if (by_id[h.channel_id].channel) status = wire::kRejectedChannel;
+      else if (session.by_id[h.channel_id].channel) status = wire::kRejectedChannel;
     }
     if (status != wire::kOk) {
       log("rejected channel " + std::to_string(h.channel_id) + " from " + peer + " (session " +
           wire::UuidString(h.session) + "): " + wire::StatusText(status));
-      try {
-        SendU32Pair(*oc.channel, wire::kAckMagic, status);
-      } catch (const Error&) {
-      }
+      TrySendU32Pair(*oc.channel, wire::kAckMagic, status);
       continue;
     }
     if (!first) {
       first = h;
-      by_id.resize(h.channel_count);
+      session.by_id.resize(h.channel_count);
     }
     SendU32Pair(*oc.channel, wire::kAckMagic, wire::kOk);
-    by_id[h.channel_id] = std::move(oc);
+    session.by_id[h.channel_id] = std::move(oc);
     ++accepted;
   }
+  session.first = *first;
+  return session;
+}
 
-  MigrationReport rep;
-  rep.session = wire::UuidString(first->session);
-  rep.image_size = first->image_size;
-  rep.page_size = first->page_size;
-  wire::Geometry g{first->image_size, first->page_size};
-  if (opts.progress) opts.progress->total_bytes = g.image_size;
-  TempImage image(opts.output, g.image_size, g.padded_size(), opts.temp_file_hook);
-
-  const size_t n = by_id.size();
+// Phase 2: one receiver thread per channel until the final barrier (and END
+// on channel 0). The first failure aborts every receiver and is thrown.
+std::vector<Receiver> ReceiveImage(AcceptedSession& session, const wire::Geometry& g, uint8_t* image,
+                                   Progress* progress) {
+  const size_t n = session.by_id.size();
   std::vector<Receiver> rx(n);
   IterationBarrier barrier(n);
-  std::optional<Error> failure;
-  std::mutex failure_mu;
+  FirstFailure failure;
   std::vector<std::thread> threads;
   for (size_t i = 0; i < n; ++i) {
     rx[i].id = static_cast<int>(i);
-    rx[i].ch = by_id[i].channel.get();
+    rx[i].ch = session.by_id[i].channel.get();
     threads.emplace_back([&, i] {
       try {
-        ReceiveChannel(rx[i], g, image.data(), barrier, opts.progress);
+        ReceiveChannel(rx[i], g, image, barrier, progress);
       } catch (const std::exception& e) {
-        std::lock_guard<std::mutex> l(failure_mu);
-        if (!failure) {
-          const auto* ke = dynamic_cast<const Error*>(&e);
-          failure = ke ? *ke : Error(EIO, e.what());
+        failure.Record(e, [&] {
           barrier.Abort();
           // Wake the other receivers out of their reads.
-          for (auto& c : by_id) {
+          for (auto& c : session.by_id) {
             try { c.channel->shutdown(ShutdownHow::kRead); } catch (...) {}
           }
-        }
+        });
       }
     });
   }
   for (auto& t : threads) t.join();
-  if (failure) throw *failure;  // TempImage's destructor removes the file
-  if (!rx[0].end_digest) throw Error(EPIPE, "the source never sent END; the image is incomplete");
-
-  // End-to-end check before the image may appear under its final name.
-  const Sha256::Digest got = image.Digest();
-  rep.digest = Sha256::Hex(got);
-  if (got != *rx[0].end_digest) {
-    try {
-      SendU32Pair(*by_id[0].channel, wire::kDoneMagic, wire::kDigestMismatch);
-    } catch (const Error&) {
-    }
-    throw Error(EBADMSG, "image digest mismatch: received " + rep.digest + ", source had " +
-                             Sha256::Hex(*rx[0].end_digest) + "; the image was discarded");
+  failure.ThrowIfFailed();  // the caller's TempImage removes the file
+  if (!rx[0].end_digest) {
+    throw Error(ErrorKind::kPeer, EPIPE, "the source never sent END; the image is incomplete and was discarded");
   }
-  image.Commit(opts.output);
-  SendU32Pair(*by_id[0].channel, wire::kDoneMagic, wire::kOk);
+  return rx;
+}
+
+// Phase 3: the end-to-end check before the image may appear under its final
+// name, the commit, and DONE to the source.
+std::string VerifyAndCommit(AcceptedSession& session, TempImage& image, const Sha256::Digest& expected,
+                            const std::string& output) {
+  Channel& ch0 = *session.by_id[0].channel;
+  const Sha256::Digest got = image.Digest();
+  const std::string digest = Sha256::Hex(got);
+  if (got != expected) {
+    TrySendU32Pair(ch0, wire::kDoneMagic, wire::kDigestMismatch);
+    throw Error(ErrorKind::kIntegrity, EBADMSG,
+                "image digest mismatch: received " + digest + ", source had " + Sha256::Hex(expected) +
+                    "; the image was discarded");
+  }
+  image.Commit(output);
+  SendU32Pair(ch0, wire::kDoneMagic, wire::kOk);
   // The source answers with close_notify; wait for it so its last read
   // never races our close.
   uint8_t tail;
   try {
-    by_id[0].channel->read_all(&tail, 1);
+    ch0.read_all(&tail, 1);
   } catch (const Error&) {
   }
+  return digest;
+}
 
-  rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  for (size_t i = 0; i < n; ++i) {
+// Phase 4: the report.
+MigrationReport BuildReport(const AcceptedSession& session, const std::vector<Receiver>& rx) {
+  MigrationReport rep;
+  rep.session = wire::UuidString(session.first.session);
+  rep.image_size = session.first.image_size;
+  rep.page_size = session.first.page_size;
+  for (size_t i = 0; i < rx.size(); ++i) {
     rep.pages += rx[i].pages;
     rep.zero_pages += rx[i].zero_pages;
     rep.data_bytes += rx[i].data_bytes;
     rep.iterations = std::max(rep.iterations, rx[i].iterations);
     ChannelReport cr;
-    cr.path = by_id[i].path;
-    cr.ktls = by_id[i].ktls;
-    cr.zero_copy = by_id[i].zero_copy;
+    cr.path = session.by_id[i].path;
+    cr.ktls = session.by_id[i].ktls;
+    cr.zero_copy = session.by_id[i].zero_copy;
+    cr.stats = session.by_id[i].channel->stats();
     rep.channels.push_back(cr);
   }
+  return rep;
+}
+
+}  // namespace
+
+MigrationReport RunDestination(Listener& listener, const DestinationOptions& opts) {
+  const auto t0 = Clock::now();
+  AcceptedSession session = AcceptSession(listener, opts, t0 + opts.accept_timeout);
+  const wire::Geometry g{session.first.image_size, session.first.page_size};
+  if (opts.progress) opts.progress->total_bytes = g.image_size;
+  TempImage image(opts.output, g.image_size, g.padded_size(), opts.temp_file_hook);
+  const std::vector<Receiver> rx = ReceiveImage(session, g, image.data(), opts.progress);
+  const std::string digest = VerifyAndCommit(session, image, *rx[0].end_digest, opts.output);
+  MigrationReport rep = BuildReport(session, rx);
+  rep.digest = digest;
+  rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return rep;
 }
 

@@ -1,19 +1,22 @@
-// Opening one migration channel: TCP, then TLS (with the kTLS/zero-copy
-// policy) or, with --no-tls, the plain socket channel with MSG_ZEROCOPY.
+// Opening one migration channel: a connected socket, then TLS (with the
+// kTLS/zero-copy policy) or, with TLS off, the plain socket channel with
+// MSG_ZEROCOPY.
 #pragma once
 
 #include <chrono>
 #include <memory>
 #include <string>
 
+#include "base/policy.h"
+#include "base/unique_fd.h"
 #include "channel/channel.h"
-#include "channel/socket_channel.h"
 #include "ktls/establish.h"
+#include "tls/tls_types.h"
 
 namespace ktm {
 
 struct SecurityConfig {
-  bool tls = true;
+  bool tls = true;         // false: plaintext (guest memory in the clear)
   TlsOptions tls_options;  // role, credentials, peer name, verification
   KtlsMode ktls = KtlsMode::kAuto;
   ZeroCopyMode zero_copy = ZeroCopyMode::kAuto;
@@ -27,11 +30,16 @@ struct OpenedChannel {
   std::string path;        // one line: which path and why
   bool ktls = false;
   bool zero_copy = false;
-  SocketChannel* socket = nullptr;  // set for plaintext channels (zero-copy counters)
 };
 
+// Connects to `address` and opens the channel as `sec` says. Throws Error.
 OpenedChannel OpenClientChannel(const std::string& address, const SecurityConfig& sec,
                                 std::chrono::milliseconds timeout);
-OpenedChannel OpenServerChannel(std::unique_ptr<SocketChannel> accepted, const SecurityConfig& sec);
+// Opens the channel on an accepted socket (the server side of TLS).
+OpenedChannel OpenServerChannel(UniqueFd accepted, const SecurityConfig& sec);
+
+// The path line of a plaintext channel (it may change after the first
+// writes, e.g. when a socket refuses io_uring SEND_ZC).
+std::string PlaintextPath(const Channel& ch);
 
 }  // namespace ktm

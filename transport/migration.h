@@ -19,8 +19,8 @@
 #include <string>
 #include <vector>
 
-#include "channel/socket_channel.h"
-#include "channel/zerocopy_tracker.h"
+#include "channel/address.h"
+#include "channel/channel.h"
 #include "transport/endpoint.h"
 #include "transport/page_source.h"
 #include "transport/protocol.h"
@@ -40,10 +40,7 @@ struct ChannelReport {
   std::string path;
   bool ktls = false;
   bool zero_copy = false;
-  bool has_counters = false;       // zero-copy counters below are meaningful
-  ZeroCopyCounters zc;
-  std::string backend;             // "sendmsg" / "io_uring" (plaintext channels)
-  uint64_t fixed_sends = 0;        // io_uring registered-buffer sends
+  ChannelStats stats;              // the channel's own counters (zero copy, batching, ...)
 };
 
 struct MigrationReport {
@@ -71,10 +68,15 @@ struct SourceOptions {
   // io_uring backend: pin the image once as registered buffers.
   bool register_buffers = false;
   Progress* progress = nullptr;
+  // Optional: wraps each opened channel before pages flow (e.g. the
+  // benchmark's QEMU-style anchor, which writes one record per page).
+  std::function<std::unique_ptr<Channel>(std::unique_ptr<Channel>)> wrap_channel;
 };
 
 // Runs the source side. Throws Error on any failure (the destination then
-// discards its temporary file).
+// discards its temporary file): kUsage for bad options, kPeer/kTimeout when
+// the destination vanishes, kSecurity for TLS and policy failures,
+// kIntegrity when the destination reports a digest mismatch.
 MigrationReport RunSource(PageSource& source, const SourceOptions& opts);
 
 struct DestinationOptions {

@@ -8,7 +8,7 @@
 #include <chrono>
 #include <cstring>
 
-#include "channel/error.h"
+#include "base/error.h"
 
 namespace ktm {
 
@@ -26,16 +26,16 @@ __attribute__((no_sanitize("thread"))) bool IsZeroPage(const uint8_t* p, size_t 
 
 std::unique_ptr<MappedImage> MappedImage::FromFile(const std::string& path, uint32_t page_size) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) ThrowErrno(errno, "cannot open input image " + path);
+  if (fd < 0) ThrowErrno(ErrorKind::kLocalIo, errno, "cannot open input image " + path);
   struct stat st{};
   if (fstat(fd, &st) != 0) {
     int e = errno;
     close(fd);
-    ThrowErrno(e, "stat " + path);
+    ThrowErrno(ErrorKind::kLocalIo, e, "stat " + path);
   }
   if (st.st_size == 0) {
     close(fd);
-    throw Error(EINVAL, "input image " + path + " is empty");
+    throw Error(ErrorKind::kLocalIo, EINVAL, "input image " + path + " is empty");
   }
   std::unique_ptr<MappedImage> m(new MappedImage());
   m->size_ = static_cast<uint64_t>(st.st_size);
@@ -46,20 +46,20 @@ std::unique_ptr<MappedImage> MappedImage::FromFile(const std::string& path, uint
   void* p = mmap(nullptr, m->map_len_, PROT_READ, MAP_PRIVATE, fd, 0);
   int e = errno;
   close(fd);
-  if (p == MAP_FAILED) ThrowErrno(e, "mmap " + path);
+  if (p == MAP_FAILED) ThrowErrno(ErrorKind::kLocalIo, e, "mmap " + path);
   m->base_ = static_cast<uint8_t*>(p);
   madvise(p, m->map_len_, MADV_SEQUENTIAL);
   return m;
 }
 
 std::unique_ptr<MappedImage> MappedImage::Anonymous(uint64_t size, uint32_t page_size) {
-  if (size == 0) throw Error(EINVAL, "image size must be > 0");
+  if (size == 0) throw Error(ErrorKind::kUsage, EINVAL, "image size must be > 0");
   std::unique_ptr<MappedImage> m(new MappedImage());
   m->size_ = size;
   m->page_size_ = page_size;
   m->map_len_ = (size + page_size - 1) / page_size * page_size;
   void* p = mmap(nullptr, m->map_len_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) ThrowErrno(errno, "mmap " + std::to_string(size) + " bytes for the image");
+  if (p == MAP_FAILED) ThrowErrno(ErrorKind::kLocalIo, errno, "mmap " + std::to_string(size) + " bytes for the image");
   m->base_ = static_cast<uint8_t*>(p);
   return m;
 }

@@ -4,7 +4,7 @@
 
 #include <cstring>
 
-#include "channel/error.h"
+#include "base/error.h"
 
 namespace ktm::wire {
 namespace {
@@ -36,7 +36,7 @@ struct Crc32cTable {
 };
 constexpr Crc32cTable kCrc;
 
-[[noreturn]] void Bad(const std::string& what) { throw Error(EBADMSG, "invalid packet: " + what); }
+[[noreturn]] void Bad(const std::string& what) { throw Error(ErrorKind::kIntegrity, EBADMSG, "invalid packet: " + what); }
 
 }  // namespace
 
@@ -74,9 +74,9 @@ void EncodeHello(const Hello& h, uint8_t out[kHelloSize]) {
 
 Hello DecodeHello(const uint8_t in[kHelloSize]) {
   if (Get64(in) != kHelloMagic) {
-    throw Error(EBADMSG, "not a tls-migrate channel hello (bad magic): is the peer a tls-migrate source?");
+    throw Error(ErrorKind::kIntegrity, EBADMSG, "not a tls-migrate channel hello (bad magic): is the peer a tls-migrate source?");
   }
-  if (Get32(in + 56) != Crc32c(0, in, 56)) throw Error(EBADMSG, "channel hello checksum mismatch");
+  if (Get32(in + 56) != Crc32c(0, in, 56)) throw Error(ErrorKind::kIntegrity, EBADMSG, "channel hello checksum mismatch");
   Hello h;
   h.version = Get16(in + 8);
   h.channel_id = Get16(in + 10);
@@ -85,18 +85,18 @@ Hello DecodeHello(const uint8_t in[kHelloSize]) {
   h.image_size = Get64(in + 32);
   h.page_size = Get32(in + 40);
   if (h.version != kVersion) {
-    throw Error(EPROTO, "channel hello has protocol version " + std::to_string(h.version) +
+    throw Error(ErrorKind::kIntegrity, EPROTO, "channel hello has protocol version " + std::to_string(h.version) +
                             "; this destination speaks " + std::to_string(kVersion));
   }
   if (h.channel_count == 0 || h.channel_count > kMaxChannels || h.channel_id >= h.channel_count) {
-    throw Error(EBADMSG, "channel hello has channel " + std::to_string(h.channel_id) + " of " +
+    throw Error(ErrorKind::kIntegrity, EBADMSG, "channel hello has channel " + std::to_string(h.channel_id) + " of " +
                              std::to_string(h.channel_count));
   }
   if (h.page_size < kMinPageSize || h.page_size > kMaxPageSize || (h.page_size & (h.page_size - 1))) {
-    throw Error(EBADMSG, "channel hello has page size " + std::to_string(h.page_size));
+    throw Error(ErrorKind::kIntegrity, EBADMSG, "channel hello has page size " + std::to_string(h.page_size));
   }
   if (h.image_size == 0 || h.image_size > (1ull << 46)) {
-    throw Error(EBADMSG, "channel hello has image size " + std::to_string(h.image_size));
+    throw Error(ErrorKind::kIntegrity, EBADMSG, "channel hello has image size " + std::to_string(h.image_size));
   }
   return h;
 }
@@ -180,7 +180,7 @@ void EncodeU32Pair(uint32_t magic, uint32_t status, uint8_t out[kAckSize]) {
 }
 
 uint32_t DecodeU32Pair(uint32_t magic, const uint8_t in[kAckSize], const char* what) {
-  if (Get32(in) != magic) throw Error(EBADMSG, std::string("bad ") + what + " from the peer");
+  if (Get32(in) != magic) throw Error(ErrorKind::kIntegrity, EBADMSG, std::string("bad ") + what + " from the peer");
   return Get32(in + 4);
 }
 
@@ -197,7 +197,7 @@ std::string UuidString(const Uuid& u) {
 
 Uuid RandomUuid() {
   Uuid u;
-  if (getrandom(u.data(), u.size(), 0) != static_cast<ssize_t>(u.size())) ThrowErrno(errno, "getrandom");
+  if (getrandom(u.data(), u.size(), 0) != static_cast<ssize_t>(u.size())) ThrowErrno(ErrorKind::kInternal, errno, "getrandom");
   u[6] = (u[6] & 0x0F) | 0x40;
   u[8] = (u[8] & 0x3F) | 0x80;
   return u;

@@ -1,7 +1,7 @@
 // Wire format of a migration. All integers little-endian, fixed layouts
 // encoded field by field (no struct punning), every field validated.
 //
-// Per channel, after TLS (or plain TCP with --no-tls):
+// Per channel, after TLS (or plain TCP with TLS off):
 //   source -> dest   Hello (64 bytes)
 //   dest   -> source HelloAck (8 bytes)
 //   source -> dest   Packet*   (header, offsets, page data)

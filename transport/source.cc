@@ -2,11 +2,11 @@
 
 #include <algorithm>
 #include <cstring>
-#include <mutex>
 #include <optional>
 #include <thread>
 
-#include "channel/error.h"
+#include "base/error.h"
+#include "transport/first_failure.h"
 #include "transport/migration.h"
 #include "util/sha256.h"
 
@@ -165,7 +165,9 @@ class ChannelSender {
 
 MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
   if (opts.channels < 1 || opts.channels > wire::kMaxChannels) {
-    throw Error(EINVAL, "--channels must be 1.." + std::to_string(wire::kMaxChannels));
+    throw Error(ErrorKind::kUsage, EINVAL,
+                "the channel count must be 1.." + std::to_string(wire::kMaxChannels) + ", not " +
+                    std::to_string(opts.channels));
   }
   MigrationReport rep;
   const wire::Uuid uuid = wire::RandomUuid();
@@ -191,11 +193,13 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
     chans.back().channel->write_all(buf, sizeof(buf));
     uint8_t ack[wire::kAckSize];
     if (!chans.back().channel->read_all(ack, sizeof(ack))) {
-      throw Error(ECONNRESET, "destination closed channel " + std::to_string(i) + " before acknowledging it");
+      throw Error(ErrorKind::kPeer, ECONNRESET,
+                  "destination closed channel " + std::to_string(i) + " before acknowledging it");
     }
     uint32_t st = wire::DecodeU32Pair(wire::kAckMagic, ack, "channel acknowledgement");
     if (st != wire::kOk) {
-      throw Error(EPROTO, "destination refused channel " + std::to_string(i) + ": " + wire::StatusText(st));
+      throw Error(ErrorKind::kSecurity, EPROTO,
+                  "destination refused channel " + std::to_string(i) + ": " + wire::StatusText(st));
     }
   }
 
@@ -203,28 +207,29 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
     const uint64_t padded = src.page_count() * src.page_size();
     for (auto& c : chans) {
       if (!c.channel->register_region(src.data(), padded)) {
-        throw Error(EINVAL, "--register-buffers needs --backend io_uring on plaintext channels (" + c.path + ")");
+        throw Error(ErrorKind::kUsage, EINVAL,
+                    "registering the image as buffers needs the io_uring backend on plaintext channels (" + c.path +
+                        ")",
+                    Remedy::kIoUringBackend);
       }
-      c.path = c.channel->describe();
-      if (!opts.security.tls) c.path = "plaintext (--no-tls), " + c.path;
+      c.path = PlaintextPath(*c.channel);
     }
   }
 
+  if (opts.wrap_channel) {
+    for (auto& c : chans) c.channel = opts.wrap_channel(std::move(c.channel));
+  }
   std::vector<std::unique_ptr<ChannelSender>> senders;
   for (auto& c : chans) senders.push_back(std::make_unique<ChannelSender>(*c.channel, src, opts.progress));
 
-  std::optional<Error> failure;
-  std::mutex failure_mu;
+  FirstFailure failure;
   auto fail_all = [&](const std::exception& e) {
-    std::lock_guard<std::mutex> g(failure_mu);
-    if (!failure) {
-      const auto* ke = dynamic_cast<const Error*>(&e);
-      failure = ke ? *ke : Error(EIO, e.what());
+    failure.Record(e, [&] {
       // Unblock the other senders.
       for (auto& c : chans) {
         try { c.channel->shutdown(ShutdownHow::kBoth); } catch (...) {}
       }
-    }
+    });
   };
 
   const auto transfer_start = Clock::now();
@@ -269,7 +274,7 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
       });
     }
     for (auto& t : threads) t.join();
-    if (failure) throw *failure;
+    failure.ThrowIfFailed();
     rep.iterations = iter + 1;
   }
 
@@ -283,10 +288,13 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
   for (size_t c = 1; c < chans.size(); ++c) chans[c].channel->shutdown(ShutdownHow::kWrite);
   uint8_t done[wire::kAckSize];
   if (!ch0.read_all(done, sizeof(done))) {
-    throw Error(ECONNRESET, "destination closed the connection before confirming the image");
+    throw Error(ErrorKind::kPeer, ECONNRESET, "destination closed the connection before confirming the image");
   }
   uint32_t st = wire::DecodeU32Pair(wire::kDoneMagic, done, "completion message");
-  if (st != wire::kOk) throw Error(EIO, std::string("destination did not commit the image: ") + wire::StatusText(st));
+  if (st != wire::kOk) {
+    throw Error(st == wire::kDigestMismatch ? ErrorKind::kIntegrity : ErrorKind::kPeer, EIO,
+                std::string("destination did not commit the image: ") + wire::StatusText(st));
+  }
   ch0.shutdown(ShutdownHow::kWrite);
 
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -298,13 +306,9 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
     cr.path = chans[c].path;
     cr.ktls = chans[c].ktls;
     cr.zero_copy = chans[c].zero_copy;
-    if (chans[c].socket) {
-      cr.has_counters = true;
-      cr.zc = chans[c].socket->zero_copy_counters();
-      cr.backend = ToString(chans[c].socket->backend());
-      cr.fixed_sends = chans[c].socket->uring_fixed_sends();
-      cr.path = "plaintext (--no-tls), " + chans[c].socket->describe();  // may have fallen back
-    }
+    cr.stats = chans[c].channel->stats();
+    // A plaintext channel's path may have changed (io_uring fallback).
+    if (!opts.security.tls) cr.path = PlaintextPath(*chans[c].channel);
     rep.channels.push_back(cr);
   }
   return rep;

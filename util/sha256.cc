@@ -7,14 +7,14 @@
 #include <thread>
 #include <vector>
 
-#include "channel/error.h"
+#include "base/error.h"
 
 namespace ktm {
 
 Sha256::Sha256() : ctx_(EVP_MD_CTX_new()) {
   if (!ctx_ || EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr) != 1) {
     EVP_MD_CTX_free(ctx_);
-    throw Error(ENOMEM, "OpenSSL could not set up SHA-256");
+    throw Error(ErrorKind::kInternal, ENOMEM, "OpenSSL could not set up SHA-256");
   }
 }
 

@@ -1,4 +1,4 @@
-// TlsChannel: userspace TLS records (GnuTLS) on an fd GnuTLS owns.
+// GnutlsRecordChannel: userspace TLS records (GnuTLS) on an fd GnuTLS owns.
 //
 // This is the fallback when the session cannot move into the kernel. GnuTLS
 // encrypts each record into its own buffer and reuses that buffer for the
@@ -16,20 +16,19 @@
 #include <string>
 
 #include "channel/channel.h"
-#include "tls/tls_session.h"
+#include "tls/gnutls/gnutls_session.h"
 
 namespace ktm {
 
-class TlsChannel : public Channel {
+class GnutlsRecordChannel : public Channel {
  public:
   // `why_userspace` is reported by describe() (e.g. why kTLS was not used).
-  // `per_page_records`: the QEMU-style anchor (one record per 4 KiB, no
-  // corking), for the benchmark only.
-  TlsChannel(std::unique_ptr<TlsSession> session, std::string why_userspace, bool per_page_records = false);
-  ~TlsChannel() override;
+  GnutlsRecordChannel(std::unique_ptr<GnutlsSession> session, std::string why_userspace);
+  ~GnutlsRecordChannel() override;
 
   unsigned features() const override { return kFeatureShutdown | kFeatureEncrypted; }
   std::string describe() const override;
+  ChannelStats stats() const override;
   WriteResult writev(std::span<const iovec> iov, unsigned flags) override;
   ReadResult readv(std::span<const iovec> iov) override;
   void shutdown(ShutdownHow how) override;
@@ -38,7 +37,7 @@ class TlsChannel : public Channel {
   bool blocking() const override { return blocking_; }
   bool wait_readable(std::chrono::milliseconds timeout) override;
 
-  TlsSession& session() { return *session_; }
+  GnutlsSession& session() { return *session_; }
   // Syscall-level batching visible to tests: records sent and uncorks done.
   uint64_t records_batched() const { return batches_; }
 
@@ -47,12 +46,11 @@ class TlsChannel : public Channel {
 
  private:
   [[noreturn]] void ThrowRecordError(ssize_t rc, const char* op);
-  std::unique_ptr<TlsSession> session_;
+  std::unique_ptr<GnutlsSession> session_;
   std::string why_userspace_;
   bool blocking_ = true;
   bool send_pending_ = false;  // a record is encrypted but not fully sent
   bool saw_close_notify_ = false;
-  bool per_page_records_ = false;
   uint64_t batches_ = 0;
 };
 

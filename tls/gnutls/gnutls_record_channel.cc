@@ -1,12 +1,11 @@
-#include "tls/tls_channel.h"
+#include "tls/gnutls/gnutls_record_channel.h"
 
-#include "channel/socket_channel.h"
-
-#include <fcntl.h>
-#include <poll.h>
 #include <sys/socket.h>
 
 #include <algorithm>
+
+#include "base/error.h"
+#include "base/fd_wait.h"
 
 namespace ktm {
 namespace {
@@ -15,48 +14,49 @@ namespace {
 constexpr size_t kCorkBatch = 256 << 10;
 }  // namespace
 
-TlsChannel::TlsChannel(std::unique_ptr<TlsSession> session, std::string why_userspace, bool per_page_records)
-    : session_(std::move(session)), why_userspace_(std::move(why_userspace)), per_page_records_(per_page_records) {
-  int fl = fcntl(session_->fd(), F_GETFL);
-  blocking_ = (fl & O_NONBLOCK) == 0;
+GnutlsRecordChannel::GnutlsRecordChannel(std::unique_ptr<GnutlsSession> session, std::string why_userspace)
+    : session_(std::move(session)), why_userspace_(std::move(why_userspace)) {
+  blocking_ = !IsNonBlocking(session_->fd());
 }
 
-TlsChannel::~TlsChannel() = default;
+GnutlsRecordChannel::~GnutlsRecordChannel() = default;
 
-std::string TlsChannel::describe() const {
-  if (per_page_records_) {
-    return session_->version_name() + " " + session_->cipher_name() +
-           ", QEMU-style userspace TLS (push/pull callbacks, one record per 4 KiB page)";
-  }
+std::string GnutlsRecordChannel::describe() const {
   return session_->version_name() + " " + session_->cipher_name() +
          ", userspace TLS (GnuTLS records; " + why_userspace_ +
          "); zero copy off: GnuTLS reuses its ciphertext buffer";
 }
 
-void TlsChannel::ThrowRecordError(ssize_t rc, const char* op) {
+ChannelStats GnutlsRecordChannel::stats() const {
+  ChannelStats st;
+  st.records_batched = batches_;
+  return st;
+}
+
+void GnutlsRecordChannel::ThrowRecordError(ssize_t rc, const char* op) {
   int r = static_cast<int>(rc);
   if (r == GNUTLS_E_PREMATURE_TERMINATION) {
-    throw Error(EPIPE, std::string("TLS stream truncated during ") + op +
+    throw Error(ErrorKind::kPeer, EPIPE, std::string("TLS stream truncated during ") + op +
                            ": the peer closed the connection without close_notify");
   }
   if (r == GNUTLS_E_FATAL_ALERT_RECEIVED || r == GNUTLS_E_WARNING_ALERT_RECEIVED) {
-    const char* a = gnutls_alert_get_name(gnutls_alert_get(session_->get()));
-    throw Error(ECONNABORTED, std::string("peer sent TLS alert '") + (a ? a : "?") + "' during " + op);
+    const char* a = gnutls_alert_get_name(gnutls_alert_get(session_->native()));
+    throw Error(ErrorKind::kPeer, ECONNABORTED, std::string("peer sent TLS alert '") + (a ? a : "?") + "' during " + op);
   }
   if (r == GNUTLS_E_DECRYPTION_FAILED || r == GNUTLS_E_UNEXPECTED_PACKET_LENGTH ||
       r == GNUTLS_E_UNEXPECTED_PACKET || r == GNUTLS_E_UNSUPPORTED_VERSION_PACKET) {
-    throw Error(EBADMSG, std::string("TLS record rejected during ") + op +
+    throw Error(ErrorKind::kIntegrity, EBADMSG, std::string("TLS record rejected during ") + op +
                              " (forged, corrupted or non-TLS data): " + gnutls_strerror(r));
   }
   if (r == GNUTLS_E_PUSH_ERROR || r == GNUTLS_E_PULL_ERROR) {
-    throw Error(ECONNRESET, std::string("TLS ") + op + " failed: the peer reset the connection");
+    throw Error(ErrorKind::kPeer, ECONNRESET, std::string("TLS ") + op + " failed: the peer reset the connection");
   }
-  throw Error(EPROTO, std::string("TLS ") + op + " failed: " + gnutls_strerror(r));
+  throw Error(ErrorKind::kInternal, EPROTO, std::string("TLS ") + op + " failed: " + gnutls_strerror(r));
 }
 
-WriteResult TlsChannel::writev(std::span<const iovec> iov, unsigned /*flags*/) {
-  if (session_->fd() < 0) throw Error(EBADF, "write on a closed channel");
-  gnutls_session_t s = session_->get();
+WriteResult GnutlsRecordChannel::writev(std::span<const iovec> iov, unsigned /*flags*/) {
+  if (session_->fd() < 0) throw Error(ErrorKind::kInternal, EBADF, "write on a closed channel");
+  gnutls_session_t s = session_->native();
   if (!blocking_) {
     // One record at a time so would_block can be reported exactly.
     const iovec* first = nullptr;
@@ -75,23 +75,6 @@ WriteResult TlsChannel::writev(std::span<const iovec> iov, unsigned /*flags*/) {
     return WriteResult{static_cast<size_t>(rc), false, {}};
   }
   size_t done = 0;
-  if (per_page_records_) {
-    // QEMU-style: every page its own record and its own push (send) call.
-    for (const auto& v : iov) {
-      const char* p = static_cast<const char*>(v.iov_base);
-      for (size_t left = v.iov_len; left > 0;) {
-        ssize_t rc;
-        do {
-          rc = gnutls_record_send(s, p, std::min<size_t>(left, 4096));
-        } while (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED);
-        if (rc < 0) ThrowRecordError(rc, "write");
-        p += rc;
-        left -= static_cast<size_t>(rc);
-        done += static_cast<size_t>(rc);
-      }
-    }
-    return WriteResult{done, false, {}};
-  }
   size_t corked = 0;
   gnutls_record_cork(s);
   auto uncork = [&] {
@@ -127,10 +110,10 @@ WriteResult TlsChannel::writev(std::span<const iovec> iov, unsigned /*flags*/) {
   return WriteResult{done, false, {}};
 }
 
-ReadResult TlsChannel::readv(std::span<const iovec> iov) {
-  if (session_->fd() < 0) throw Error(EBADF, "read on a closed channel");
+ReadResult GnutlsRecordChannel::readv(std::span<const iovec> iov) {
+  if (session_->fd() < 0) throw Error(ErrorKind::kInternal, EBADF, "read on a closed channel");
   if (saw_close_notify_) return {};
-  gnutls_session_t s = session_->get();
+  gnutls_session_t s = session_->native();
   size_t total = 0;
   for (const auto& v : iov) {
     size_t off = 0;
@@ -157,12 +140,12 @@ ReadResult TlsChannel::readv(std::span<const iovec> iov) {
   return ReadResult{total, false};
 }
 
-void TlsChannel::shutdown(ShutdownHow how) {
+void GnutlsRecordChannel::shutdown(ShutdownHow how) {
   if (session_->fd() < 0) return;
   if (how != ShutdownHow::kRead) {
     int rc;
     do {
-      rc = gnutls_bye(session_->get(), GNUTLS_SHUT_WR);  // sends close_notify
+      rc = gnutls_bye(session_->native(), GNUTLS_SHUT_WR);  // sends close_notify
     } while (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED);
     ::shutdown(session_->fd(), SHUT_WR);
   } else {
@@ -170,20 +153,19 @@ void TlsChannel::shutdown(ShutdownHow how) {
   }
 }
 
-bool TlsChannel::wait_readable(std::chrono::milliseconds timeout) {
-  if (gnutls_record_check_pending(session_->get()) > 0) return true;
+bool GnutlsRecordChannel::wait_readable(std::chrono::milliseconds timeout) {
+  if (gnutls_record_check_pending(session_->native()) > 0) return true;
   return WaitFdReadable(session_->fd(), timeout);
 }
 
-void TlsChannel::close() { session_->release_fd().reset(); }
+void GnutlsRecordChannel::close() { session_->release_fd().reset(); }
 
-void TlsChannel::set_blocking(bool blocking) {
-  int fl = fcntl(session_->fd(), F_GETFL);
-  fcntl(session_->fd(), F_SETFL, blocking ? (fl & ~O_NONBLOCK) : (fl | O_NONBLOCK));
+void GnutlsRecordChannel::set_blocking(bool blocking) {
+  SetNonBlocking(session_->fd(), !blocking, "a TLS channel");
   blocking_ = blocking;
 }
 
-void TlsChannel::wait_io(bool for_write) {
+void GnutlsRecordChannel::wait_io(bool for_write) {
   WaitFdReady(session_->fd(), for_write);
 }
 

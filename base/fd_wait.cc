@@ -1,0 +1,49 @@
+#include "base/fd_wait.h"
+
+#include <fcntl.h>
+#include <poll.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <string>
+
+#include "base/error.h"
+
+namespace ktm {
+
+int PollTimeoutMs(std::chrono::milliseconds t) {
+  return t.count() < 0 ? -1 : static_cast<int>(std::min<int64_t>(t.count(), INT32_MAX));
+}
+
+short PollFd(int fd, short events, std::chrono::milliseconds timeout) {
+  pollfd p{fd, events, 0};
+  const int ms = PollTimeoutMs(timeout);
+  for (;;) {
+    int rc = ::poll(&p, 1, ms);
+    if (rc < 0 && errno == EINTR) continue;
+    if (rc < 0) ThrowErrno(ErrorKind::kInternal, errno, "poll");
+    return rc == 0 ? 0 : p.revents;
+  }
+}
+
+void WaitFdReady(int fd, bool for_write) {
+  PollFd(fd, for_write ? POLLOUT : POLLIN, std::chrono::milliseconds(-1));
+}
+
+bool WaitFdReadable(int fd, std::chrono::milliseconds timeout) { return PollFd(fd, POLLIN, timeout) != 0; }
+
+void SetNonBlocking(int fd, bool nonblocking, const char* what) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0) ThrowErrno(ErrorKind::kInternal, errno, std::string("fcntl(F_GETFL) on ") + what);
+  fl = nonblocking ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK);
+  if (fcntl(fd, F_SETFL, fl) != 0) ThrowErrno(ErrorKind::kInternal, errno, std::string("fcntl(F_SETFL) on ") + what);
+}
+
+bool IsNonBlocking(int fd) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0) ThrowErrno(ErrorKind::kInternal, errno, "fcntl(F_GETFL)");
+  return (fl & O_NONBLOCK) != 0;
+}
+
+}  // namespace ktm

@@ -1,0 +1,216 @@
+#include "tls/gnutls/gnutls_session.h"
+
+#include <arpa/inet.h>
+#include <gnutls/socket.h>
+
+
+#include <cstring>
+
+#include "base/error.h"
+#include "certs/credentials_native.h"
+#include "tls/gnutls/gnutls_record_channel.h"
+
+namespace ktm {
+namespace {
+
+bool IsIpLiteral(const std::string& s) {
+  unsigned char buf[16];
+  return inet_pton(AF_INET, s.c_str(), buf) == 1 || inet_pton(AF_INET6, s.c_str(), buf) == 1;
+}
+
+X509Crt PeerCert(gnutls_session_t s) {
+  unsigned n = 0;
+  const gnutls_datum_t* certs = gnutls_certificate_get_peers(s, &n);
+  if (!certs || n == 0) return nullptr;
+  X509Crt crt = NewCrt();
+  if (gnutls_x509_crt_import(crt.get(), &certs[0], GNUTLS_X509_FMT_DER) < 0) return nullptr;
+  return crt;
+}
+
+std::string VerifyFailureMessage(gnutls_session_t s, const TlsOptions& o) {
+  unsigned status = gnutls_session_get_verify_cert_status(s);
+  const char* who = o.role == TlsRole::kClient ? "server" : "client";
+  OwnedDatum printed;
+  gnutls_certificate_verification_status_print(status, GNUTLS_CRT_X509, &printed.d, 0);
+  X509Crt peer = PeerCert(s);
+  std::string cn = peer ? CrtCommonName(peer.get()) : "";
+  std::string msg = std::string("the ") + who + "'s certificate" +
+                    (cn.empty() ? "" : " '" + cn + "'") + " was rejected: ";
+  if (status & GNUTLS_CERT_UNEXPECTED_OWNER) {
+    msg += "expected the name '" + o.peer_name + "' but the certificate holds " +
+           (peer ? CrtSubjectAltNames(peer.get()) : std::string("no names")) +
+           "; connect using one of those names or set the expected peer name to one of them";
+  } else if (status & GNUTLS_CERT_REVOKED) {
+    msg += "it is revoked by the CRL (" + (o.creds ? o.creds->files().crl : std::string()) + ")";
+  } else if (status & GNUTLS_CERT_EXPIRED) {
+    msg += "it has expired" +
+           (peer ? " (on " + FormatTime(gnutls_x509_crt_get_expiration_time(peer.get())) + ")" : "");
+  } else if (status & GNUTLS_CERT_NOT_ACTIVATED) {
+    msg += "it is not valid yet (check the clocks)";
+  } else if (status & (GNUTLS_CERT_SIGNER_NOT_FOUND | GNUTLS_CERT_SIGNER_NOT_CA)) {
+    msg += "it is not signed by a trusted CA (" + (o.creds ? o.creds->files().ca : std::string()) + ")";
+  } else {
+    msg += printed.str();
+  }
+  return msg;
+}
+
+Error HandshakeFailure(int rc, gnutls_session_t s, const TlsOptions& o) {
+  const char* peer = o.role == TlsRole::kClient ? "server" : "client";
+  const auto sec = [](std::string m, Remedy r = Remedy::kNone) {
+    return Error(ErrorKind::kSecurity, ECONNABORTED, std::move(m), r);
+  };
+  switch (rc) {
+    case GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR:
+    case GNUTLS_E_CERTIFICATE_ERROR: {
+      const bool name = (gnutls_session_get_verify_cert_status(s) & GNUTLS_CERT_UNEXPECTED_OWNER) != 0;
+      return sec("TLS handshake failed: " + VerifyFailureMessage(s, o), name ? Remedy::kPeerName : Remedy::kNone);
+    }
+    case GNUTLS_E_NO_CERTIFICATE_FOUND:
+    case GNUTLS_E_CERTIFICATE_REQUIRED:
+      return sec(std::string("TLS handshake failed: the ") + peer +
+                 " presented no certificate, but one is required (give it its own certificate, e.g. "
+                 "client-cert.pem/client-key.pem in its credentials directory)",
+                 Remedy::kCredentials);
+    case GNUTLS_E_FATAL_ALERT_RECEIVED: {
+      const char* alert = gnutls_alert_get_name(gnutls_alert_get(s));
+      return sec(std::string("TLS handshake failed: the ") + peer + " refused it with alert '" +
+                 (alert ? alert : "?") + "'" +
+                 (o.role == TlsRole::kClient ? " (the destination refused our certificate or our parameters; "
+                                               "its log says which)"
+                                             : " (see the client's log for why)"));
+    }
+    case GNUTLS_E_UNEXPECTED_PACKET_LENGTH:
+    case GNUTLS_E_UNSUPPORTED_VERSION_PACKET:
+    case GNUTLS_E_UNEXPECTED_PACKET:
+    case GNUTLS_E_DECRYPTION_FAILED:
+      return sec(std::string("TLS handshake failed: the ") + peer + " did not speak TLS (" + gnutls_strerror(rc) +
+                     "); is it running without TLS?",
+                 Remedy::kPeerUsesPlaintext);
+    case GNUTLS_E_PREMATURE_TERMINATION:
+    case GNUTLS_E_PUSH_ERROR:
+    case GNUTLS_E_PULL_ERROR:
+      return sec(std::string("TLS handshake failed: the ") + peer +
+                 " closed the connection during the handshake (it probably refused our certificate)");
+    case GNUTLS_E_TIMEDOUT:
+      return Error(ErrorKind::kTimeout, ETIMEDOUT,
+                   std::string("TLS handshake timed out: the ") + peer + " did not answer (is it speaking TLS?)");
+    case GNUTLS_E_NO_PRIORITIES_WERE_SET:
+    case GNUTLS_E_INSUFFICIENT_CREDENTIALS:
+    case GNUTLS_E_NO_CIPHER_SUITES:
+    case GNUTLS_E_UNKNOWN_CIPHER_SUITE:
+      return sec(std::string("TLS handshake failed: no protocol version/cipher in common with the ") + peer +
+                 " (" + gnutls_strerror(rc) + "; priority '" + o.priority + "')");
+    default:
+      return sec(std::string("TLS handshake failed: ") + gnutls_strerror(rc));
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<GnutlsSession> GnutlsSession::Handshake(UniqueFd fd, const TlsOptions& o) {
+  if (!o.creds) throw Error(ErrorKind::kUsage, EINVAL, "TLS needs credentials", Remedy::kCredentials);
+  if (o.role == TlsRole::kClient && o.verify_peer && o.peer_name.empty()) {
+    throw Error(ErrorKind::kUsage, EINVAL, "a TLS client needs the server's name to verify", Remedy::kPeerName);
+  }
+  std::unique_ptr<GnutlsSession> t(new GnutlsSession());
+  t->fd_ = std::move(fd);
+  gnutls_session_t s;
+  // GNUTLS_NO_SIGNAL: GnuTLS sends with MSG_NOSIGNAL, so a vanished peer is
+  // an error to report, never a SIGPIPE that kills the process.
+  unsigned flags = (o.role == TlsRole::kServer ? GNUTLS_SERVER : GNUTLS_CLIENT) | GNUTLS_NO_SIGNAL;
+  CheckGnutls(gnutls_init(&s, flags), "gnutls_init");
+  t->session_.reset(s);
+  const char* err_pos = nullptr;
+  int rc = gnutls_priority_set_direct(s, o.priority.c_str(), &err_pos);
+  if (rc < 0) {
+    throw Error(ErrorKind::kUsage, EINVAL, "bad TLS priority string '" + o.priority + "' near '" +
+                            (err_pos ? err_pos : "") + "': " + gnutls_strerror(rc));
+  }
+  CheckGnutls(gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, NativeOf(*o.creds).creds.get()), "set credentials");
+  if (o.role == TlsRole::kServer) {
+    gnutls_certificate_server_set_request(
+        s, o.require_client_cert ? GNUTLS_CERT_REQUIRE : GNUTLS_CERT_REQUEST);
+    if (o.verify_peer) gnutls_session_set_verify_cert(s, nullptr, 0);
+  } else {
+    if (!o.peer_name.empty() && !IsIpLiteral(o.peer_name)) {
+      gnutls_server_name_set(s, GNUTLS_NAME_DNS, o.peer_name.data(), o.peer_name.size());
+    }
+    // Chain, validity, revocation (CRL in the credentials) and the name,
+    // checked during the handshake so nothing flows if any fails.
+    if (o.verify_peer) gnutls_session_set_verify_cert(s, o.peer_name.c_str(), 0);
+  }
+  gnutls_transport_set_int(s, t->fd_.get());
+  gnutls_handshake_set_timeout(s, static_cast<unsigned>(o.handshake_timeout.count()));
+  do {
+    rc = gnutls_handshake(s);
+  } while (rc < 0 && gnutls_error_is_fatal(rc) == 0);
+  if (rc < 0) throw HandshakeFailure(rc, s, o);
+  if (o.role == TlsRole::kServer && o.verify_peer && o.require_client_cert &&
+      gnutls_certificate_get_peers(s, nullptr) == nullptr) {
+    throw Error(ErrorKind::kSecurity, ECONNABORTED,
+                "TLS handshake failed: the client presented no certificate, but one is required");
+  }
+  return t;
+}
+
+std::string GnutlsSession::LibraryVersion() { return std::string("GnuTLS ") + gnutls_check_version(nullptr); }
+
+TlsVersion GnutlsSession::version() const {
+  switch (gnutls_protocol_get_version(session_.get())) {
+    case GNUTLS_TLS1_2: return TlsVersion::kTls12;
+    case GNUTLS_TLS1_3: return TlsVersion::kTls13;
+    default: return TlsVersion::kOther;
+  }
+}
+
+TlsCipher GnutlsSession::cipher() const {
+  switch (gnutls_cipher_get(session_.get())) {
+    case GNUTLS_CIPHER_AES_128_GCM: return TlsCipher::kAes128Gcm;
+    case GNUTLS_CIPHER_AES_256_GCM: return TlsCipher::kAes256Gcm;
+    case GNUTLS_CIPHER_CHACHA20_POLY1305: return TlsCipher::kChacha20Poly1305;
+    case GNUTLS_CIPHER_AES_128_CCM: return TlsCipher::kAes128Ccm;
+    default: return TlsCipher::kOther;
+  }
+}
+
+std::string GnutlsSession::version_name() const {
+  const char* n = gnutls_protocol_get_name(gnutls_protocol_get_version(session_.get()));
+  return n ? n : "?";
+}
+
+std::string GnutlsSession::cipher_name() const {
+  const char* n = gnutls_cipher_get_name(gnutls_cipher_get(session_.get()));
+  return n ? n : "?";
+}
+
+std::string GnutlsSession::peer_common_name() const {
+  X509Crt c = PeerCert(session_.get());
+  return c ? CrtCommonName(c.get()) : "";
+}
+
+bool GnutlsSession::library_enabled_ktls() const {
+  return gnutls_transport_is_ktls_enabled(session_.get()) == GNUTLS_KTLS_DUPLEX;
+}
+
+size_t GnutlsSession::buffered_plaintext() const { return gnutls_record_check_pending(session_.get()); }
+
+TrafficKeys GnutlsSession::ExportKernelKeys(TlsDirection dir) const {
+  // gnutls_record_get_state() points into the session's own memory (valid
+  // while the session lives, never freed by us): copy out.
+  gnutls_datum_t mac{}, iv{}, key{};
+  TrafficKeys k;
+  CheckGnutls(gnutls_record_get_state(session_.get(), dir == TlsDirection::kReceive ? 1 : 0, &mac, &iv, &key,
+                                      k.rec_seq.data()),
+              "gnutls_record_get_state");
+  k.key.assign(key.data, key.data + key.size);
+  k.iv.assign(iv.data, iv.data + iv.size);
+  return k;
+}
+
+std::unique_ptr<Channel> GnutlsSession::MakeRecordChannel(std::unique_ptr<TlsSession> self, std::string why) {
+  std::unique_ptr<GnutlsSession> me(static_cast<GnutlsSession*>(self.release()));
+  return std::make_unique<GnutlsRecordChannel>(std::move(me), std::move(why));
+}
+
+}  // namespace ktm

@@ -1,0 +1,25 @@
+// The one entry to a TLS session: runs the handshake with the backend the
+// options name. Callers then decide the channel (ktls/EstablishTls).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "base/unique_fd.h"
+#include "tls/tls_session.h"
+#include "tls/tls_types.h"
+
+namespace ktm {
+
+// Runs the handshake on `fd` (blocking, bounded by opts.handshake_timeout)
+// with the backend opts.backend names. On any failure throws an Error that
+// says what was wrong (kSecurity: which name was expected and which the
+// certificate holds, revoked, expired, untrusted, no client certificate,
+// plaintext peer; kTimeout: no answer; kUsage: bad options); no application
+// data has flowed by then.
+std::unique_ptr<TlsSession> HandshakeTls(UniqueFd fd, const TlsOptions& opts);
+
+// "GnuTLS 3.7.9" for the backend, for reports and `tls-migrate probe`.
+std::string TlsLibraryVersion(TlsBackend backend);
+
+}  // namespace ktm
