@@ -161,24 +161,9 @@ class ChannelSender {
   uint64_t pages_ = 0, zero_pages_ = 0, data_bytes_ = 0;
 };
 
-}  // namespace
-
-MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
-  if (opts.channels < 1 || opts.channels > wire::kMaxChannels) {
-    throw Error(ErrorKind::kUsage, EINVAL,
-                "the channel count must be 1.." + std::to_string(wire::kMaxChannels) + ", not " +
-                    std::to_string(opts.channels));
-  }
-  MigrationReport rep;
-  const wire::Uuid uuid = wire::RandomUuid();
-  rep.session = wire::UuidString(uuid);
-  rep.image_size = src.size();
-  rep.page_size = src.page_size();
-  if (opts.progress) opts.progress->total_bytes = src.size();
-  const auto t0 = Clock::now();
-
-  // Connect and introduce every channel before any page moves, so a bad
-  // certificate or a refusing destination stops the migration up front.
+// Phase 1: connect and introduce every channel before any page moves, so a
+// bad certificate or a refusing destination stops the migration up front.
+std::vector<OpenedChannel> OpenChannels(const PageSource& src, const SourceOptions& opts, const wire::Uuid& uuid) {
   std::vector<OpenedChannel> chans;
   for (int i = 0; i < opts.channels; ++i) {
     chans.push_back(OpenClientChannel(opts.address, opts.security, opts.connect_timeout));
@@ -202,7 +187,6 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
                   "destination refused channel " + std::to_string(i) + ": " + wire::StatusText(st));
     }
   }
-
   if (opts.register_buffers) {
     const uint64_t padded = src.page_count() * src.page_size();
     for (auto& c : chans) {
@@ -215,13 +199,17 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
       c.path = PlaintextPath(*c.channel);
     }
   }
-
   if (opts.wrap_channel) {
     for (auto& c : chans) c.channel = opts.wrap_channel(std::move(c.channel));
   }
-  std::vector<std::unique_ptr<ChannelSender>> senders;
-  for (auto& c : chans) senders.push_back(std::make_unique<ChannelSender>(*c.channel, src, opts.progress));
+  return chans;
+}
 
+// Phase 2: precopy iterations until the dirty set converges (or the
+// iteration limit), then the source is frozen and the final pass runs. Each
+// iteration ends with a flush and SYNC on every channel.
+void StreamIterations(PageSource& src, const SourceOptions& opts, std::vector<OpenedChannel>& chans,
+                      std::vector<std::unique_ptr<ChannelSender>>& senders, MigrationReport& rep) {
   FirstFailure failure;
   auto fail_all = [&](const std::exception& e) {
     failure.Record(e, [&] {
@@ -231,8 +219,6 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
       }
     });
   };
-
-  const auto transfer_start = Clock::now();
   const uint64_t converge = opts.converge_pages ? opts.converge_pages
                                                 : std::max<uint64_t>(64, src.page_count() / 256);
   std::vector<uint64_t> dirty;
@@ -277,14 +263,14 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
     failure.ThrowIfFailed();
     rep.iterations = iter + 1;
   }
+}
 
-  rep.transfer_seconds = std::chrono::duration<double>(Clock::now() - transfer_start).count();
-  // Switch-over: the image is frozen; its digest is what the destination
-  // must hold.
+// Phase 3: switch-over. The image is frozen; its digest is what the
+// destination must hold. END on channel 0, then wait for DONE.
+std::string SwitchOver(const PageSource& src, std::vector<OpenedChannel>& chans, ChannelSender& sender0) {
   const Sha256::Digest digest = ImageDigest(src.data(), src.size());
-  rep.digest = Sha256::Hex(digest);
   Channel& ch0 = *chans[0].channel;
-  senders[0]->End(digest);
+  sender0.End(digest);
   for (size_t c = 1; c < chans.size(); ++c) chans[c].channel->shutdown(ShutdownHow::kWrite);
   uint8_t done[wire::kAckSize];
   if (!ch0.read_all(done, sizeof(done))) {
@@ -296,8 +282,12 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
                 std::string("destination did not commit the image: ") + wire::StatusText(st));
   }
   ch0.shutdown(ShutdownHow::kWrite);
+  return Sha256::Hex(digest);
+}
 
-  rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+// Phase 4: per-channel counters and paths.
+void AddChannelReports(const SourceOptions& opts, const std::vector<OpenedChannel>& chans,
+                       const std::vector<std::unique_ptr<ChannelSender>>& senders, MigrationReport& rep) {
   for (size_t c = 0; c < chans.size(); ++c) {
     rep.pages += senders[c]->pages();
     rep.zero_pages += senders[c]->zero_pages();
@@ -311,6 +301,34 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
     if (!opts.security.tls) cr.path = PlaintextPath(*chans[c].channel);
     rep.channels.push_back(cr);
   }
+}
+
+}  // namespace
+
+MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
+  if (opts.channels < 1 || opts.channels > wire::kMaxChannels) {
+    throw Error(ErrorKind::kUsage, EINVAL,
+                "the channel count must be 1.." + std::to_string(wire::kMaxChannels) + ", not " +
+                    std::to_string(opts.channels));
+  }
+  MigrationReport rep;
+  const wire::Uuid uuid = wire::RandomUuid();
+  rep.session = wire::UuidString(uuid);
+  rep.image_size = src.size();
+  rep.page_size = src.page_size();
+  if (opts.progress) opts.progress->total_bytes = src.size();
+  const auto t0 = Clock::now();
+
+  std::vector<OpenedChannel> chans = OpenChannels(src, opts, uuid);
+  std::vector<std::unique_ptr<ChannelSender>> senders;
+  for (auto& c : chans) senders.push_back(std::make_unique<ChannelSender>(*c.channel, src, opts.progress));
+
+  const auto transfer_start = Clock::now();
+  StreamIterations(src, opts, chans, senders, rep);
+  rep.transfer_seconds = std::chrono::duration<double>(Clock::now() - transfer_start).count();
+  rep.digest = SwitchOver(src, chans, *senders[0]);
+  rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  AddChannelReports(opts, chans, senders, rep);
   return rep;
 }
 
