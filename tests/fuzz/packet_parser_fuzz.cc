@@ -6,7 +6,7 @@
 #include <cstring>
 #include <vector>
 
-#include "channel/error.h"
+#include "base/error.h"
 #include "transport/protocol.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
