@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -32,6 +34,30 @@ void WaitFdReady(int fd, bool for_write) {
 }
 
 bool WaitFdReadable(int fd, std::chrono::milliseconds timeout) { return PollFd(fd, POLLIN, timeout) != 0; }
+
+Error IoTimeoutError(bool for_write, std::chrono::milliseconds timeout, const std::string& what) {
+  const auto ms = timeout.count();
+  const std::string t = ms % 1000 == 0 ? std::to_string(ms / 1000) + " s" : std::to_string(ms) + " ms";
+  return Error(ErrorKind::kTimeout, ETIMEDOUT,
+               "no progress for " + t + " while " + (for_write ? "writing to " : "reading from ") + what +
+                   " (the peer stopped reading or sending, or the path stopped forwarding)");
+}
+
+void WaitFdReadyOrThrow(int fd, bool for_write, std::chrono::milliseconds timeout, const std::string& what) {
+  if (PollFd(fd, for_write ? POLLOUT : POLLIN, timeout) == 0) throw IoTimeoutError(for_write, timeout, what);
+}
+
+void SetSocketTimeouts(int fd, std::chrono::milliseconds timeout) {
+  timeval tv{};
+  if (timeout.count() > 0) {
+    tv.tv_sec = timeout.count() / 1000;
+    tv.tv_usec = (timeout.count() % 1000) * 1000;
+  }
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0 ||
+      setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) != 0) {
+    ThrowErrno(ErrorKind::kInternal, errno, "setsockopt(SO_RCVTIMEO/SO_SNDTIMEO)");
+  }
+}
 
 void SetNonBlocking(int fd, bool nonblocking, const char* what) {
   int fl = fcntl(fd, F_GETFL);

@@ -3,6 +3,9 @@
 #pragma once
 
 #include <chrono>
+#include <string>
+
+#include "base/error.h"
 
 namespace ktm {
 
@@ -20,6 +23,19 @@ bool WaitFdReadable(int fd, std::chrono::milliseconds timeout);
 
 // Milliseconds for poll(2): negative -> -1 (forever), clamped to INT32_MAX.
 int PollTimeoutMs(std::chrono::milliseconds t);
+
+// Waits up to `timeout` (negative: forever) for `fd` to be readable or
+// writable; on timeout throws Error(kTimeout): "no progress for N s while
+// <reading from|writing to> <what>".
+void WaitFdReadyOrThrow(int fd, bool for_write, std::chrono::milliseconds timeout, const std::string& what);
+
+// The timeout error itself, for callers that detect the timeout otherwise
+// (a blocking syscall returning EAGAIN after SO_RCVTIMEO/SO_SNDTIMEO).
+Error IoTimeoutError(bool for_write, std::chrono::milliseconds timeout, const std::string& what);
+
+// Sets SO_RCVTIMEO and SO_SNDTIMEO (negative: none) so blocking socket
+// calls return EAGAIN after `timeout` without progress.
+void SetSocketTimeouts(int fd, std::chrono::milliseconds timeout);
 
 // Sets or clears O_NONBLOCK, checking both fcntl calls. Throws
 // Error(kInternal) naming `what` on failure.

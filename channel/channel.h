@@ -181,14 +181,25 @@ class Channel {
   // flush() first if the pages matter. Idempotent.
   virtual void close() = 0;
 
+  // Bounds every wait of the blocking methods (read, write, flush, and the
+  // *_all helpers): when no byte moves (and no zero-copy completion arrives)
+  // for `timeout`, the call throws Error(kTimeout) saying what it waited
+  // for. Negative: wait forever (the default). Channels apply it to their
+  // socket too (SO_RCVTIMEO/SO_SNDTIMEO), so a blocking syscall cannot
+  // outlive it.
+  virtual void set_io_timeout(std::chrono::milliseconds timeout) { io_timeout_ = timeout; }
+  std::chrono::milliseconds io_timeout() const { return io_timeout_; }
+
   // Switches O_NONBLOCK semantics for the partial methods.
   virtual void set_blocking(bool blocking) = 0;
   virtual bool blocking() const = 0;
 
  protected:
-  // Waits until the channel is readable (or writable). Used by the *_all
-  // helpers in non-blocking mode.
+  // Waits until the channel is readable (or writable), at most io_timeout()
+  // (then Error(kTimeout)). Used by the *_all helpers in non-blocking mode.
   virtual void wait_io(bool for_write) = 0;
+
+  std::chrono::milliseconds io_timeout_{-1};
 };
 
 }  // namespace ktm

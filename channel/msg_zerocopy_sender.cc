@@ -20,7 +20,8 @@ class MsgZeroCopySender final : public ZeroCopySender {
  public:
   MsgZeroCopySender(int fd, ZeroCopyTracker& tracker) : fd_(fd), tracker_(tracker) {}
 
-  ssize_t Send(std::span<const iovec> iov, bool blocking) override {
+  // The socket's SO_SNDTIMEO bounds a blocking sendmsg (SocketChannel sets it).
+  ssize_t Send(std::span<const iovec> iov, bool blocking, std::chrono::milliseconds /*timeout*/) override {
     msghdr msg{};
     msg.msg_iov = const_cast<iovec*>(iov.data());
     msg.msg_iovlen = iov.size();

@@ -121,6 +121,17 @@ void SocketChannel::ThrowPending() {
   }
 }
 
+void SocketChannel::set_io_timeout(std::chrono::milliseconds timeout) {
+  CheckOpen("set_io_timeout");
+  SetSocketTimeouts(fd_.get(), timeout);
+  io_timeout_ = timeout;
+}
+
+void SocketChannel::OnBlockingEagain(bool for_write) {
+  if (io_timeout_.count() >= 0) throw IoTimeoutError(for_write, io_timeout_, peer_);
+  wait_io(for_write);
+}
+
 void SocketChannel::ThrowIoError(int err, const char* op) const {
   std::string what = std::string(op) + " on " + peer_;
   if (err == EPIPE || err == ECONNRESET) {
@@ -149,7 +160,7 @@ std::optional<WriteResult> SocketChannel::WriteZeroCopy(std::span<const iovec> i
   bool retried = false;
   for (;;) {
     const uint64_t first = tracker_.next_id();
-    const ssize_t n = sender_->Send(iov, blocking_);
+    const ssize_t n = sender_->Send(iov, blocking_, io_timeout_);
     if (auto e = sender_->TakeError(); e && !pending_error_) pending_error_ = std::move(e);
     const ZeroCopyIds ids{first, tracker_.next_id()};
     if (n >= 0) return WriteResult{static_cast<size_t>(n), false, ids};
@@ -157,9 +168,10 @@ std::optional<WriteResult> SocketChannel::WriteZeroCopy(std::span<const iovec> i
     if (e == EINTR) continue;
     if (e == EAGAIN) {
       if (!blocking_) return WriteResult{0, true, ids};
-      wait_io(/*for_write=*/true);
+      OnBlockingEagain(/*for_write=*/true);
       continue;
     }
+    if (e == ETIMEDOUT) throw IoTimeoutError(true, io_timeout_, peer_);
     if (e == EOPNOTSUPP && sender_->backend() == SendBackend::kIoUring) {
       sender_refused_ = true;
       backend_reason_ = std::string("io_uring SEND_ZC refused by this ") + (family_ == AF_UNIX ? "UNIX" : "TCP") +
@@ -203,7 +215,7 @@ WriteResult SocketChannel::writev(std::span<const iovec> iov, unsigned flags) {
     if (e == EINTR) continue;
     if (e == EAGAIN || e == EWOULDBLOCK) {
       if (!blocking_) return WriteResult{0, true, {}};
-      wait_io(/*for_write=*/true);
+      OnBlockingEagain(/*for_write=*/true);
       continue;
     }
     ThrowIoError(e, "write");
@@ -224,7 +236,7 @@ ReadResult SocketChannel::readv(std::span<const iovec> iov) {
     if (e == EINTR) continue;
     if (e == EAGAIN || e == EWOULDBLOCK) {
       if (!blocking_) return ReadResult{0, true};
-      wait_io(false);
+      OnBlockingEagain(/*for_write=*/false);
       continue;
     }
     ThrowIoError(e, "read");
@@ -236,11 +248,25 @@ FlushResult SocketChannel::Reap(bool block) {
   const uint64_t before = tracker_.counters().released;
   if (sender_) {
     sender_->Reap(/*wait=*/false, kReapSlice);
+    // A flush waits for completions, and they stop when the peer stops
+    // reading: bounded by the io timeout, counted from the last release.
+    auto last_progress = std::chrono::steady_clock::now();
+    uint64_t seen = tracker_.counters().released;
     while (block && !tracker_.all_released()) {
-      sender_->Reap(/*wait=*/true, kReapSlice);
+      sender_->Reap(/*wait=*/true, io_timeout_.count() >= 0 ? std::min(kReapSlice, io_timeout_) : kReapSlice);
       if (auto e = sender_->TakeError()) {
         if (!pending_error_) pending_error_ = std::move(e);
         break;
+      }
+      const auto now = std::chrono::steady_clock::now();
+      if (tracker_.counters().released != seen) {
+        seen = tracker_.counters().released;
+        last_progress = now;
+      } else if (io_timeout_.count() >= 0 && now - last_progress >= io_timeout_) {
+        throw Error(ErrorKind::kTimeout, ETIMEDOUT,
+                    "zero-copy flush on " + peer_ + ": " + std::to_string(tracker_.counters().outstanding()) +
+                        " sends still pinned after " + std::to_string(io_timeout_.count()) +
+                        " ms without a completion (the peer stopped reading, or the path stopped forwarding)");
       }
     }
     if (auto e = sender_->TakeError(); e && !pending_error_) pending_error_ = std::move(e);
@@ -264,9 +290,16 @@ FlushResult SocketChannel::try_flush() {
 
 void SocketChannel::wait_released(ZeroCopyIds ids) {
   CheckOpen("wait");
+  const auto start = std::chrono::steady_clock::now();
   while (!tracker_.IsReleased(ids)) {
     Reap(/*block=*/false);
     if (!tracker_.IsReleased(ids) && sender_) sender_->Reap(/*wait=*/true, kReapSlice);
+    if (io_timeout_.count() >= 0 && std::chrono::steady_clock::now() - start >= io_timeout_ &&
+        !tracker_.IsReleased(ids)) {
+      throw Error(ErrorKind::kTimeout, ETIMEDOUT,
+                  "zero-copy writes on " + peer_ + " not released after " + std::to_string(io_timeout_.count()) +
+                      " ms");
+    }
   }
 }
 
@@ -300,7 +333,7 @@ bool SocketChannel::wait_readable(std::chrono::milliseconds timeout) {
 
 void SocketChannel::wait_io(bool for_write) {
   CheckOpen("wait");
-  WaitFdReady(fd_.get(), for_write);
+  WaitFdReadyOrThrow(fd_.get(), for_write, io_timeout_, peer_);
 }
 
 }  // namespace ktm

@@ -76,6 +76,7 @@ class SocketChannel : public Channel {
   void set_blocking(bool blocking) override;
   bool blocking() const override { return blocking_; }
   bool wait_readable(std::chrono::milliseconds timeout) override;
+  void set_io_timeout(std::chrono::milliseconds timeout) override;
 
   // Blocks until the given ids are released (or throws on error).
   void wait_released(ZeroCopyIds ids);
@@ -106,6 +107,9 @@ class SocketChannel : public Channel {
   void ThrowPending();
   void CheckOpen(const char* op) const;
   [[noreturn]] void ThrowIoError(int err, const char* op) const;
+  // EAGAIN from a blocking call: the socket timeout expired (or, without
+  // one, wait and retry).
+  void OnBlockingEagain(bool for_write);
   std::string EnobufsMessage() const;
   // Zero-copy send through the sender; nullopt when the socket refused zero
   // copy (then the caller copies, now and from then on).

@@ -14,6 +14,8 @@
 namespace ktm {
 namespace {
 constexpr size_t kMaxFixedBuffer = 1ull << 30;  // kernel limit per registered buffer
+// user_data of our own cancel requests (write ids never get this large).
+constexpr uint64_t kCancelUserData = ~0ull;
 }
 
 std::optional<std::string> ProbeSendZc(int fd) {
@@ -108,8 +110,9 @@ void UringSender::Handle(io_uring_cqe* cqe, const NotifyFn& notify, unsigned* fi
   }
 }
 
-ssize_t UringSender::Send(std::span<const iovec> iov, int msg_flags, const std::function<uint64_t()>& next_id,
-                          const NotifyFn& notify, std::vector<uint64_t>& ids_without_notif) {
+ssize_t UringSender::Send(std::span<const iovec> iov, int msg_flags, std::chrono::milliseconds timeout,
+                          const std::function<uint64_t()>& next_id, const NotifyFn& notify,
+                          std::vector<uint64_t>& ids_without_notif) {
   results_.clear();
   req_ids_.clear();
   const unsigned zc_flags = IORING_SEND_ZC_REPORT_USAGE;
@@ -163,14 +166,35 @@ ssize_t UringSender::Send(std::span<const iovec> iov, int msg_flags, const std::
   int rc = io_uring_submit(&ring_);
   if (rc < 0) return rc;
   unsigned firsts = 0;
+  bool timed_out = false;
   while (firsts < req_ids_.size()) {
     io_uring_cqe* cqe = nullptr;
-    rc = io_uring_wait_cqe(&ring_, &cqe);
+    if (timeout.count() >= 0 && !timed_out) {
+      __kernel_timespec ts{};
+      ts.tv_sec = timeout.count() / 1000;
+      ts.tv_nsec = (timeout.count() % 1000) * 1000000;
+      rc = io_uring_wait_cqe_timeout(&ring_, &cqe, &ts);
+    } else {
+      rc = io_uring_wait_cqe(&ring_, &cqe);
+    }
     if (rc == -EINTR) continue;
+    if (rc == -ETIME) {
+      // No progress within the timeout (a stalled peer): cancel what is
+      // still queued on the socket; the requests then complete with
+      // -ECANCELED and their pages are handed back.
+      io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+      if (!sqe) return -EBUSY;
+      io_uring_prep_cancel_fd(sqe, fd_, IORING_ASYNC_CANCEL_ALL);
+      io_uring_sqe_set_data64(sqe, kCancelUserData);
+      io_uring_submit(&ring_);
+      timed_out = true;
+      continue;
+    }
     if (rc < 0) return rc;
-    Handle(cqe, notify, &firsts, ids_without_notif);
+    if (cqe->user_data != kCancelUserData) Handle(cqe, notify, &firsts, ids_without_notif);
     io_uring_cqe_seen(&ring_, cqe);
   }
+  if (timed_out) return -ETIMEDOUT;
   // In-order sum up to the first failure or short send.
   ssize_t total = 0;
   for (size_t i = 0; i < results_.size(); ++i) {
@@ -199,11 +223,11 @@ void UringSender::Reap(std::chrono::milliseconds wait, const NotifyFn& notify) {
     } while (rc == -EINTR);
     if (rc == -ETIME) return;
     if (rc < 0) ThrowErrno(ErrorKind::kInternal, -rc, "io_uring_wait_cqe");
-    Handle(cqe, notify, &firsts, none);
+    if (cqe->user_data != kCancelUserData) Handle(cqe, notify, &firsts, none);
     io_uring_cqe_seen(&ring_, cqe);
   }
   while (io_uring_peek_cqe(&ring_, &cqe) == 0) {
-    Handle(cqe, notify, &firsts, none);
+    if (cqe->user_data != kCancelUserData) Handle(cqe, notify, &firsts, none);
     io_uring_cqe_seen(&ring_, cqe);
   }
 }
@@ -231,10 +255,10 @@ class UringZeroCopySender final : public ZeroCopySender {
     }
   }
 
-  ssize_t Send(std::span<const iovec> iov, bool blocking) override {
+  ssize_t Send(std::span<const iovec> iov, bool blocking, std::chrono::milliseconds timeout) override {
     unnotified_.clear();
     // Blocking: MSG_WAITALL lets io_uring finish short sends itself (fewer ids).
-    ssize_t n = ring_.Send(iov, blocking ? MSG_WAITALL : MSG_DONTWAIT, next_id_, notify_, unnotified_);
+    ssize_t n = ring_.Send(iov, blocking ? MSG_WAITALL : MSG_DONTWAIT, timeout, next_id_, notify_, unnotified_);
     // Requests that ended without a notification pinned nothing.
     for (uint64_t id : unnotified_) Release(id, /*copied=*/true);
     return n;

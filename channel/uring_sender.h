@@ -65,8 +65,12 @@ class UringSender {
   // call); otherwise one SENDMSG_ZC.
   // `ids_without_notif` receives ids whose request ended without a
   // notification (nothing stayed pinned).
-  ssize_t Send(std::span<const iovec> iov, int msg_flags, const std::function<uint64_t()>& next_id,
-               const NotifyFn& notify, std::vector<uint64_t>& ids_without_notif);
+  // `timeout` (negative: none) bounds the wait for the requests' first
+  // CQEs; past it the socket's requests are cancelled and -ETIMEDOUT
+  // returned.
+  ssize_t Send(std::span<const iovec> iov, int msg_flags, std::chrono::milliseconds timeout,
+               const std::function<uint64_t()>& next_id, const NotifyFn& notify,
+               std::vector<uint64_t>& ids_without_notif);
 
   // Processes notifications already in the CQ; first waits up to `wait`
   // for one (0: no wait, negative: forever).

@@ -37,7 +37,9 @@ class ZeroCopySender {
   // -ENOBUFS/-ENOMEM (could not pin or notify: reap and retry), -EOPNOTSUPP
   // (this socket refuses zero copy: send by copy from now on), other errors.
   // Every kernel request that may pin pages got an id from the tracker.
-  virtual ssize_t Send(std::span<const iovec> iov, bool blocking) = 0;
+  // Blocking sends give up after `timeout` without progress (-ETIMEDOUT or
+  // -EAGAIN; negative: never).
+  virtual ssize_t Send(std::span<const iovec> iov, bool blocking, std::chrono::milliseconds timeout) = 0;
 
   // Applies completions that are already available. With `wait` it first
   // waits (up to `max_wait`) for at least one to arrive.

@@ -96,6 +96,9 @@ destination's image must equal the source memory at that moment.
   --max-iterations K    precopy iterations before forcing the final pass (default 30)
   --register-buffers    with --backend io_uring: pin the image once as registered buffers
   --timeout SEC         connect timeout (default 10)
+  --io-timeout SEC      no progress on a channel for SEC seconds ends the migration
+                        (exit 1; default 30, 0 = wait forever). The wait for the
+                        destination's confirmation adds 1 s per 64 MiB of image.
 )";
 
 const char* kRecvHelp = R"(Usage: tls-migrate recv --listen HOST:PORT --output FILE [options]
@@ -109,6 +112,16 @@ migration are rejected and logged; no page is read from them.
   --listen HOST:PORT    address to listen on (IPv6: [ADDR]:PORT)
   --output FILE         where the image goes
   --timeout SEC         how long to wait for all channels (default 60)
+  --io-timeout SEC      after the channels are accepted: no progress on a channel for
+                        SEC seconds ends the migration (exit 1; default 30, 0 = forever)
+  --max-size N          largest image accepted (e.g. 64G); default: what the output's
+                        filesystem has free. Larger: exit 5 before any page moves
+  --max-pending N       connections in TLS handshake/hello at once (default 32); each
+                        has its own deadline, beyond N the oldest is dropped (logged)
+
+The output's directory is checked before listening; the image's space is
+reserved (fallocate) before the first page is accepted, so a full disk is
+exit 5 with a sentence, never a crash.
 )";
 
 const char* kCertsHelp = R"(Usage: tls-migrate certs generate --out DIR --hostname NAME [--ip ADDR]... [options]
@@ -246,15 +259,33 @@ std::unique_ptr<PageSource> MakeSource(const Args& a) {
     img->FillMixed(30, 42);
   }
   if (a.flag("live")) {
-    if (a.has("input")) {
-      // A file is mapped read-only; live mode needs memory it can change.
-      auto mem = MappedImage::Anonymous(img->size());
-      std::memcpy(mem->mutable_data(), img->data(), img->size());
-      img = std::move(mem);
-    }
+    // A file is read into memory (a snapshot), which the live writer may change.
     return std::make_unique<LiveImage>(std::move(img), ParseSize(a.get("dirty-rate", "64M"), "--dirty-rate"));
   }
   return img;
+}
+
+// --io-timeout SEC (0 = wait forever).
+std::chrono::milliseconds IoTimeout(const Args& a) {
+  const uint64_t secs = a.number("io-timeout", 30, 0, 86400);
+  return secs == 0 ? std::chrono::milliseconds(-1) : std::chrono::milliseconds(secs * 1000);
+}
+
+// Local files are checked before any connection, so a typo costs nothing.
+void CheckJsonPath(const Args& a) {
+  if (!a.has("json") || a.get("json") == "-") return;
+  const std::string path = a.get("json");
+  struct stat st{};
+  if (stat(path.c_str(), &st) == 0) {
+    if (S_ISDIR(st.st_mode)) throw Error(ErrorKind::kLocalIo, EISDIR, "--json " + path + " is a directory");
+    if (access(path.c_str(), W_OK) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "--json " + path + " is not writable");
+    return;
+  }
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  if (access(dir.c_str(), W_OK) != 0) {
+    ThrowErrno(ErrorKind::kLocalIo, errno, "--json " + path + ": cannot create files in " + dir);
+  }
 }
 
 SourceOptions MakeSourceOptions(const Args& a, const std::string& connect) {
@@ -263,12 +294,15 @@ SourceOptions MakeSourceOptions(const Args& a, const std::string& connect) {
   o.channels = static_cast<int>(a.number("channels", 4, 1, 64));
   o.max_iterations = static_cast<uint32_t>(a.number("max-iterations", 30, 1, UINT32_MAX));
   o.connect_timeout = std::chrono::seconds(a.number("timeout", 10, 1, 86400));
+  o.io_timeout = IoTimeout(a);
   o.security = BuildSecurity(a, TlsRole::kClient, HostOf(connect));
   return o;
 }
 
 int CmdSend(int argc, char** argv) {
-  Args a(argc, argv, 2, Join({"connect", "input", "size", "channels", "dirty-rate", "max-iterations", "timeout"}, kSecValue),
+  Args a(argc, argv, 2,
+         Join({"connect", "input", "size", "channels", "dirty-rate", "max-iterations", "timeout", "io-timeout"},
+              kSecValue),
          Join({"live", "register-buffers"}, kSecBool));
   if (a.flag("help")) {
     std::printf("%s%s", kSendHelp, kSecurityHelp);
@@ -277,6 +311,7 @@ int CmdSend(int argc, char** argv) {
   if (!a.has("connect")) throw Error(ErrorKind::kUsage, EINVAL, "send needs --connect HOST:PORT (see --help)");
   SourceOptions o = MakeSourceOptions(a, a.get("connect"));
   o.register_buffers = a.flag("register-buffers");
+  CheckJsonPath(a);
   auto src = MakeSource(a);
   Progress progress;
   o.progress = &progress;
@@ -304,6 +339,9 @@ DestinationOptions MakeDestOptions(const Args& a) {
   DestinationOptions o;
   o.output = a.get("output");
   o.accept_timeout = std::chrono::seconds(a.number("timeout", 60, 1, 86400));
+  o.io_timeout = IoTimeout(a);
+  o.max_size = a.has("max-size") ? ParseSize(a.get("max-size"), "--max-size") : 0;
+  o.max_pending = a.number("max-pending", 32, 1, 4096);
   o.security = BuildSecurity(a, TlsRole::kServer, "");
   o.log = [](const std::string& s) { std::fprintf(stderr, "tls-migrate recv: %s\n", s.c_str()); };
   o.temp_file_hook = [](const std::string& p) {
@@ -313,7 +351,8 @@ DestinationOptions MakeDestOptions(const Args& a) {
 }
 
 int CmdRecv(int argc, char** argv) {
-  Args a(argc, argv, 2, Join({"listen", "output", "timeout"}, kSecValue), kSecBool);
+  Args a(argc, argv, 2, Join({"listen", "output", "timeout", "io-timeout", "max-size", "max-pending"}, kSecValue),
+         kSecBool);
   if (a.flag("help")) {
     std::printf("%s%s", kRecvHelp, kSecurityHelp);
     return 0;
@@ -322,6 +361,8 @@ int CmdRecv(int argc, char** argv) {
     throw Error(ErrorKind::kUsage, EINVAL, "recv needs --listen HOST:PORT and --output FILE");
   }
   DestinationOptions o = MakeDestOptions(a);
+  CheckOutputPath(o.output);
+  CheckJsonPath(a);
   signal(SIGINT, OnFatalSignal);
   signal(SIGTERM, OnFatalSignal);
   Listener l = Listener::Listen(a.get("listen"));

@@ -47,6 +47,10 @@ class PerPageChannel final : public Channel {
     if (!blocking) throw Error(ErrorKind::kUsage, EINVAL, "the QEMU-style anchor runs blocking only");
   }
   bool blocking() const override { return true; }
+  void set_io_timeout(std::chrono::milliseconds timeout) override {
+    Channel::set_io_timeout(timeout);
+    inner_->set_io_timeout(timeout);
+  }
 
  protected:
   // Blocking below: the *_all helpers never see would_block from here.

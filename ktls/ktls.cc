@@ -161,7 +161,7 @@ WriteResult KtlsChannel::writev(std::span<const iovec> iov, unsigned /*flags*/) 
     if (e == EINTR) continue;
     if (e == EAGAIN) {
       if (!blocking_) return WriteResult{0, true, {}};
-      wait_io(true);
+      OnBlockingEagain(true);
       continue;
     }
     if (e == EPIPE || e == ECONNRESET) {
@@ -186,7 +186,7 @@ size_t KtlsChannel::RecvRecord(std::span<const iovec> iov, unsigned char* type) 
       if (e == EINTR) continue;
       if (e == EAGAIN) {
         if (!blocking_) return SIZE_MAX;
-        wait_io(false);
+        OnBlockingEagain(false);
         continue;
       }
       if (e == EBADMSG) {
@@ -209,8 +209,8 @@ size_t KtlsChannel::RecvRecord(std::span<const iovec> iov, unsigned char* type) 
 bool KtlsChannel::HandleControlRecord(unsigned char type, const uint8_t* p, size_t n) {
   if (type == kRecordAlert) {
     if (n >= 2 && p[1] == kAlertCloseNotify) return true;
-    throw Error(ErrorKind::kPeer, ECONNABORTED,
-                "peer sent TLS alert " + (n >= 2 ? TlsAlertName(p[1]) : std::string("(malformed)")));
+    if (n < 2) throw Error(ErrorKind::kIntegrity, EPROTO, "malformed TLS alert record from the peer");
+    throw AlertReceivedError(p[1], "a kTLS read");
   }
   if (type == kRecordHandshake) {
     // A record may carry several handshake messages: type(1) length(3) body.
@@ -338,7 +338,18 @@ void KtlsChannel::set_blocking(bool blocking) {
 }
 
 void KtlsChannel::wait_io(bool for_write) {
-  WaitFdReady(fd_.get(), for_write);
+  WaitFdReadyOrThrow(fd_.get(), for_write, io_timeout_, "the kTLS peer");
+}
+
+void KtlsChannel::set_io_timeout(std::chrono::milliseconds timeout) {
+  SetSocketTimeouts(fd_.get(), timeout);
+  io_timeout_ = timeout;
+}
+
+void KtlsChannel::OnBlockingEagain(bool for_write) {
+  // A blocking socket says EAGAIN only when SO_RCVTIMEO/SO_SNDTIMEO expired.
+  if (io_timeout_.count() >= 0) throw IoTimeoutError(for_write, io_timeout_, "the kTLS peer");
+  wait_io(for_write);
 }
 
 }  // namespace ktm

@@ -68,6 +68,7 @@ class KtlsChannel : public Channel {
   void set_blocking(bool blocking) override;
   bool blocking() const override { return blocking_; }
   bool wait_readable(std::chrono::milliseconds timeout) override;
+  void set_io_timeout(std::chrono::milliseconds timeout) override;
 
   KtlsPath path() const { return path_; }
   int fd() const { return fd_.get(); }
@@ -95,6 +96,8 @@ class KtlsChannel : public Channel {
   // One recvmsg. Returns bytes and the record type, or SIZE_MAX when a
   // non-blocking read would block.
   size_t RecvRecord(std::span<const iovec> iov, unsigned char* type);
+  // EAGAIN in blocking mode: the socket timeout expired.
+  void OnBlockingEagain(bool for_write);
   // Handles a non-data record held in [p, p+n). Returns true for EOF.
   bool HandleControlRecord(unsigned char type, const uint8_t* p, size_t n);
 };

@@ -57,4 +57,15 @@ std::string TlsAlertName(uint8_t d) {
   return std::string(n ? n : "unknown") + " (" + std::to_string(d) + ")";
 }
 
+Error AlertReceivedError(uint8_t d, const std::string& during) {
+  switch (d) {
+    case 40: case 42: case 43: case 44: case 45: case 46: case 48: case 49: case 116:
+      return Error(ErrorKind::kSecurity, ECONNABORTED,
+                   "the peer refused our certificate: it sent TLS alert " + TlsAlertName(d) + " during " + during +
+                       " (its log says why; check that it trusts our CA and that our certificate is valid)");
+    default:
+      return Error(ErrorKind::kPeer, ECONNABORTED, "peer sent TLS alert " + TlsAlertName(d) + " during " + during);
+  }
+}
+
 }  // namespace ktm

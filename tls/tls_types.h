@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "base/error.h"
 #include "certs/credentials.h"
 
 namespace ktm {
@@ -46,5 +47,11 @@ struct TlsOptions {
 inline constexpr uint8_t kAlertCloseNotify = 0;
 // "handshake_failure (40)" style name; "unknown (N)" for others.
 std::string TlsAlertName(uint8_t description);
+
+// The error for a fatal alert received after the handshake: an alert about
+// certificates (bad/unknown/revoked/expired certificate, unknown CA, access
+// denied, certificate required, handshake failure) means the peer refused
+// our certificate: Error(kSecurity) saying so; any other is Error(kPeer).
+Error AlertReceivedError(uint8_t description, const std::string& during);
 
 }  // namespace ktm

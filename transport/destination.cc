@@ -1,15 +1,21 @@
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <condition_variable>
 #include <cstring>
+#include <list>
 #include <mutex>
 #include <optional>
 #include <thread>
 
 #include "base/error.h"
+#include "base/fd_wait.h"
 #include "base/unique_fd.h"
 #include "transport/first_failure.h"
 #include "transport/migration.h"
@@ -61,6 +67,37 @@ class IterationBarrier {
   bool aborted_ = false;
 };
 
+std::string DirOf(const std::string& output) {
+  const size_t slash = output.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : output.substr(0, slash);
+}
+
+// Bytes an unprivileged writer may still use on the filesystem of `output`.
+uint64_t FreeBytes(const std::string& output) {
+  struct statvfs v{};
+  if (statvfs(DirOf(output).c_str(), &v) != 0) return 0;
+  return static_cast<uint64_t>(v.f_bavail) * v.f_frsize;
+}
+
+std::string Mib(uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
+
+// Refuses an image that cannot be stored before any page is accepted.
+void CheckImageFits(const std::string& output, uint64_t size, uint64_t padded, uint64_t max_size) {
+  if (max_size && size > max_size) {
+    throw Error(ErrorKind::kLocalIo, EFBIG,
+                "the source's image (" + std::to_string(size) + " bytes) exceeds the destination's size limit (" +
+                    std::to_string(max_size) + " bytes)");
+  }
+  if (output.empty()) return;
+  const uint64_t free = FreeBytes(output);
+  if (padded > free) {
+    throw Error(ErrorKind::kLocalIo, ENOSPC,
+                "not enough space for the image: needs " + Mib(padded) + ", " + Mib(free) + " free on " +
+                    DirOf(output));
+  }
+}
+
 // The image being received: a temporary file beside the target, mapped
 // shared. Removed on destruction unless committed.
 class TempImage {
@@ -82,10 +119,16 @@ class TempImage {
     }
     fd_.reset(fd);
     if (hook_) hook_(path_);
-    if (ftruncate(fd, static_cast<off_t>(padded)) != 0) {
-      int e = errno;
+    // Reserve every block now: a page written into a shared mapping of a
+    // sparse file on a full filesystem would be SIGBUS, not an error.
+    if (int rc = posix_fallocate(fd, 0, static_cast<off_t>(padded)); rc != 0) {
       Discard();
-      ThrowErrno(ErrorKind::kLocalIo, e, "cannot size " + path_ + " to " + std::to_string(padded) + " bytes");
+      if (rc == ENOSPC) {
+        throw Error(ErrorKind::kLocalIo, ENOSPC,
+                    "not enough space for the image beside " + output + ": needs " + std::to_string(padded) +
+                        " bytes, " + std::to_string(FreeBytes(output)) + " free");
+      }
+      ThrowErrno(ErrorKind::kLocalIo, rc, "cannot reserve " + std::to_string(padded) + " bytes for " + path_);
     }
     void* p = mmap(nullptr, padded, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED) {
@@ -142,6 +185,7 @@ class TempImage {
 struct Receiver {
   int id = 0;
   Channel* ch = nullptr;
+  std::string peer;
   uint64_t pages = 0, zero_pages = 0, data_bytes = 0;
   uint32_t iterations = 0;
   std::optional<Sha256::Digest> end_digest;
@@ -151,8 +195,11 @@ struct Receiver {
 // peer that disappears is named as such.
 class ChannelReader {
  public:
-  ChannelReader(Channel& ch, int id) : ch_(ch), who_("channel " + std::to_string(id) + ": ") {}
+  ChannelReader(Channel& ch, int id, const std::string& peer)
+      : ch_(ch), who_("channel " + std::to_string(id) + " (from " + peer + "): ") {}
   const std::string& who() const { return who_; }
+  // What the channel was doing, for timeouts ("receiving iteration 2").
+  void set_phase(std::string phase) { phase_ = std::move(phase); }
 
   bool Read(void* buf, size_t len) {
     try {
@@ -171,6 +218,7 @@ class ChannelReader {
 
  private:
   Error Tagged(const Error& e) const {
+    if (e.kind() == ErrorKind::kTimeout) return e.WithContext(who_ + phase_ + ": ");
     if (e.kind() == ErrorKind::kPeer) {
       return Error(e.kind(), e.code(),
                    who_ + "the source vanished mid-migration (" + e.what() +
@@ -180,13 +228,14 @@ class ChannelReader {
   }
   Channel& ch_;
   std::string who_;
+  std::string phase_ = "receiving iteration 0";
 };
 
 // Reads one channel until its end (EOF after the final SYNC, or END on
 // channel 0), applying pages into `image` with iteration barriers.
 void ReceiveChannel(Receiver& r, const wire::Geometry& g, uint8_t* image, IterationBarrier& barrier,
                     Progress* progress) {
-  ChannelReader ch(*r.ch, r.id);
+  ChannelReader ch(*r.ch, r.id, r.peer);
   std::vector<uint64_t> offsets(wire::kMaxPagesPerPacket);
   std::vector<iovec> iov;
   iov.reserve(wire::kMaxPagesPerPacket);
@@ -256,6 +305,7 @@ void ReceiveChannel(Receiver& r, const wire::Geometry& g, uint8_t* image, Iterat
         const bool final = h.flags & wire::kFlagFinal;
         if (!barrier.ArriveAndWait(final)) return;  // another channel failed
         r.iterations = ++iteration;
+        ch.set_phase(final ? "waiting for the end of the stream" : "receiving iteration " + std::to_string(iteration));
         if (progress && r.id == 0) progress->iteration = iteration;
         final_done = final;
         break;
@@ -298,10 +348,131 @@ struct AcceptedSession {
   std::vector<OpenedChannel> by_id;  // indexed by channel id
 };
 
+// One connection between accept and its hello: the TLS handshake and the
+// hello read run on its own thread, so a silent or slow peer delays nobody.
+struct PendingConn {
+  std::string peer;
+  UniqueFd abort_fd;  // a dup of the socket: shutdown() on it cuts the handshake short
+  std::thread thread;
+  bool dropped = false;  // cut short to make room (set by the accept loop)
+  // Written by the thread before it sets `done` (under the set's mutex).
+  bool done = false;
+  OpenedChannel oc;
+  wire::Hello hello;
+  std::optional<Error> error;
+};
+
+// The connections in progress, and the eventfd their threads ring when done.
+class PendingSet {
+ public:
+  PendingSet() : wake_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+    if (!wake_) ThrowErrno(ErrorKind::kInternal, errno, "eventfd");
+  }
+  ~PendingSet() {
+    // Whatever is still in progress is cut short and joined: nothing
+    // outlives the accept phase.
+    for (auto& p : conns_) {
+      ::shutdown(p->abort_fd.get(), SHUT_RDWR);
+      if (p->thread.joinable()) p->thread.join();
+    }
+  }
+
+  int wake_fd() const { return wake_.get(); }
+  size_t size() const { return conns_.size(); }
+
+  // Peers of the connections still in progress.
+  std::vector<std::string> Peers() const {
+    std::vector<std::string> out;
+    for (const auto& p : conns_) out.push_back(p->peer);
+    return out;
+  }
+
+  void Start(UniqueFd fd, const DestinationOptions& opts) {
+    auto p = std::make_unique<PendingConn>();
+    p->peer = SockName(fd.get(), true);
+    p->abort_fd.reset(fcntl(fd.get(), F_DUPFD_CLOEXEC, 0));
+    PendingConn* raw = p.get();
+    conns_.push_back(std::move(p));
+    raw->thread = std::thread([this, raw, &opts, fd = std::move(fd)]() mutable { Run(*raw, std::move(fd), opts); });
+  }
+
+  // Cuts the oldest pending connection short (it then finishes as a failure).
+  std::string DropOldest() {
+    for (auto& p : conns_) {
+      if (!p->dropped) {
+        p->dropped = true;
+        ::shutdown(p->abort_fd.get(), SHUT_RDWR);
+        return p->peer;
+      }
+    }
+    return "";
+  }
+
+  // Moves the finished connections out (their threads joined).
+  std::vector<std::unique_ptr<PendingConn>> TakeDone() {
+    uint64_t v;
+    while (read(wake_.get(), &v, sizeof(v)) > 0) {
+    }
+    std::vector<std::unique_ptr<PendingConn>> out;
+    std::lock_guard<std::mutex> l(mu_);
+    for (auto it = conns_.begin(); it != conns_.end();) {
+      if ((*it)->done) {
+        (*it)->thread.join();
+        out.push_back(std::move(*it));
+        it = conns_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    return out;
+  }
+
+ private:
+  void Run(PendingConn& p, UniqueFd fd, const DestinationOptions& opts) {
+    OpenedChannel oc;
+    wire::Hello h;
+    std::optional<Error> err;
+    try {
+      const auto hello_deadline = Clock::now() + 2 * opts.hello_timeout;
+      SecurityConfig sec = opts.security;
+      if (sec.tls) sec.tls_options.handshake_timeout = std::min(sec.tls_options.handshake_timeout, opts.hello_timeout);
+      oc = OpenServerChannel(std::move(fd), sec);
+      oc.channel->set_io_timeout(opts.io_timeout);
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(hello_deadline - Clock::now());
+      if (left.count() <= 0 || !oc.channel->wait_readable(std::min(left, opts.hello_timeout))) {
+        throw Error(ErrorKind::kTimeout, ETIMEDOUT,
+                    "sent no channel hello within " + std::to_string(opts.hello_timeout.count()) + " ms");
+      }
+      uint8_t buf[wire::kHelloSize];
+      if (!oc.channel->read_all(buf, sizeof(buf))) throw Error(ErrorKind::kPeer, EPIPE, "closed before its hello");
+      h = wire::DecodeHello(buf);
+    } catch (const Error& e) {
+      err = e;
+    } catch (const std::exception& e) {
+      err = Error(ErrorKind::kInternal, EIO, e.what());
+    }
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      p.oc = std::move(oc);
+      p.hello = h;
+      p.error = std::move(err);
+      p.done = true;
+    }
+    const uint64_t one = 1;
+    (void)!write(wake_.get(), &one, sizeof(one));
+  }
+
+  UniqueFd wake_;
+  std::mutex mu_;
+  std::list<std::unique_ptr<PendingConn>> conns_;
+};
+
 // Phase 1: accept until every channel of one session has introduced itself.
-// Anything else (failed handshake, bad hello, foreign session, duplicate
-// channel id) is a stray: answered if possible, logged, and dropped; no page
-// is read from it.
+// Connections progress concurrently (handshake and hello each on their own
+// thread, each with its own deadline), so strays cannot stall the real
+// source. Anything else (failed handshake, bad hello, foreign session,
+// duplicate channel id) is a stray: answered if possible, logged, and
+// dropped; no page is read from it.
 AcceptedSession AcceptSession(Listener& listener, const DestinationOptions& opts, Clock::time_point deadline) {
   auto log = [&](const std::string& s) {
     if (opts.log) opts.log(s);
@@ -309,45 +480,24 @@ AcceptedSession AcceptSession(Listener& listener, const DestinationOptions& opts
   AcceptedSession session;
   std::optional<wire::Hello> first;
   size_t accepted = 0;
-  while (!first || accepted < first->channel_count) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-    if (left.count() <= 0) {
-      throw Error(ErrorKind::kTimeout, ETIMEDOUT,
-                  first ? "only " + std::to_string(accepted) + " of " + std::to_string(first->channel_count) +
-                              " channels arrived before the accept timeout"
-                        : "no migration arrived before the accept timeout");
-    }
-    UniqueFd fd;
-    try {
-      fd = listener.AcceptFd(left);
-    } catch (const Error& e) {
-      if (e.kind() == ErrorKind::kTimeout) continue;  // the loop head reports what was missing
-      throw;
-    }
-    const std::string peer = SockName(fd.get(), true);
-    OpenedChannel oc;
-    try {
-      SecurityConfig sec = opts.security;
-      if (sec.tls) sec.tls_options.handshake_timeout = std::min(sec.tls_options.handshake_timeout, opts.hello_timeout);
-      oc = OpenServerChannel(std::move(fd), sec);
-    } catch (const Error& e) {
-      log("rejected connection from " + peer + ": " + e.what());
-      continue;
-    }
-    wire::Hello h;
-    try {
-      uint8_t buf[wire::kHelloSize];
-      if (!oc.channel->wait_readable(opts.hello_timeout)) {
-        throw Error(ErrorKind::kTimeout, ETIMEDOUT,
-                    "sent no channel hello within " + std::to_string(opts.hello_timeout.count()) + " ms");
+  PendingSet pending;
+  const size_t max_pending = std::max<size_t>(1, opts.max_pending);
+  // Validates one finished connection; returns true if it joined the session.
+  auto settle = [&](PendingConn& p) {
+    if (p.error) {
+      log("rejected connection from " + p.peer + ": " +
+          (p.dropped ? std::string("dropped: more than ") + std::to_string(max_pending) +
+                           " connections were pending authentication (oldest first)"
+                     : std::string(p.error->what())));
+      if (p.oc.channel && !p.dropped) {
+        const uint32_t st = p.error->code() == EPROTO                      ? wire::kRejectedVersion
+                            : p.error->kind() == ErrorKind::kIntegrity ? wire::kInvalidHello
+                                                                       : wire::kFailed;
+        TrySendU32Pair(*p.oc.channel, wire::kAckMagic, st);
       }
-      if (!oc.channel->read_all(buf, sizeof(buf))) throw Error(ErrorKind::kPeer, EPIPE, "closed before its hello");
-      h = wire::DecodeHello(buf);
-    } catch (const Error& e) {
-      log("rejected connection from " + peer + ": " + e.what());
-      TrySendU32Pair(*oc.channel, wire::kAckMagic, e.code() == EPROTO ? wire::kRejectedVersion : wire::kFailed);
-      continue;
+      return;
     }
+    const wire::Hello& h = p.hello;
     uint32_t status = wire::kOk;
     if (first) {
       if (h.session != first->session) status = wire::kRejectedSession;
@@ -356,21 +506,71 @@ AcceptedSession AcceptSession(Listener& listener, const DestinationOptions& opts
       else if (session.by_id[h.channel_id].channel) status = wire::kRejectedChannel;
     }
     if (status != wire::kOk) {
-      log("rejected channel " + std::to_string(h.channel_id) + " from " + peer + " (session " +
+      log("rejected channel " + std::to_string(h.channel_id) + " from " + p.peer + " (session " +
           wire::UuidString(h.session) + "): " + wire::StatusText(status));
-      TrySendU32Pair(*oc.channel, wire::kAckMagic, status);
-      continue;
+      TrySendU32Pair(*p.oc.channel, wire::kAckMagic, status);
+      return;
     }
     if (!first) {
+      // The first valid hello fixes the session: refuse an image that
+      // cannot be stored before a single page moves.
+      try {
+        const wire::Geometry g{h.image_size, h.page_size};
+        CheckImageFits(opts.output, h.image_size, g.padded_size(), opts.max_size);
+      } catch (const Error&) {
+        TrySendU32Pair(*p.oc.channel, wire::kAckMagic, wire::kNoSpace);
+        throw;
+      }
       first = h;
       session.by_id.resize(h.channel_count);
     }
-    SendU32Pair(*oc.channel, wire::kAckMagic, wire::kOk);
-    session.by_id[h.channel_id] = std::move(oc);
+    SendU32Pair(*p.oc.channel, wire::kAckMagic, wire::kOk);
+    session.by_id[h.channel_id] = std::move(p.oc);
     ++accepted;
+  };
+
+  while (!first || accepted < first->channel_count) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    if (left.count() <= 0) {
+      throw Error(ErrorKind::kTimeout, ETIMEDOUT,
+                  first ? "only " + std::to_string(accepted) + " of " + std::to_string(first->channel_count) +
+                              " channels arrived before the accept timeout"
+                        : "no migration arrived before the accept timeout");
+    }
+    pollfd fds[2] = {{listener.fd(), POLLIN, 0}, {pending.wake_fd(), POLLIN, 0}};
+    int rc = poll(fds, 2, PollTimeoutMs(left));
+    if (rc < 0 && errno != EINTR) ThrowErrno(ErrorKind::kInternal, errno, "poll");
+    for (auto& p : pending.TakeDone()) {
+      settle(*p);
+      if (first && accepted == first->channel_count) break;
+    }
+    if (first && accepted == first->channel_count) break;
+    if (rc > 0 && (fds[0].revents & POLLIN)) {
+      int fd = accept4(listener.fd(), nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN) continue;
+        if (errno == EMFILE || errno == ENFILE) {
+          // Out of descriptors: make room rather than spin.
+          log("too many open files while accepting; dropping the oldest pending connection (" +
+              pending.DropOldest() + ")");
+          continue;
+        }
+        ThrowErrno(ErrorKind::kInternal, errno, "accept on " + listener.address());
+      }
+      if (pending.size() >= max_pending) {
+        const std::string peer = pending.DropOldest();
+        log("more than " + std::to_string(max_pending) +
+            " connections pending authentication: dropping the oldest (" + peer + ")");
+      }
+      pending.Start(UniqueFd(fd), opts);
+    }
+  }
+  for (const std::string& peer : pending.Peers()) {
+    log("closed connection from " + peer + ": still pending authentication when the migration's channels were "
+        "complete");
   }
   session.first = *first;
-  return session;
+  return session;  // ~PendingSet cuts the rest short and joins them
 }
 
 // Phase 2: one receiver thread per channel until the final barrier (and END
@@ -385,6 +585,7 @@ std::vector<Receiver> ReceiveImage(AcceptedSession& session, const wire::Geometr
   for (size_t i = 0; i < n; ++i) {
     rx[i].id = static_cast<int>(i);
     rx[i].ch = session.by_id[i].channel.get();
+    rx[i].peer = session.by_id[i].peer;
     threads.emplace_back([&, i] {
       try {
         ReceiveChannel(rx[i], g, image, barrier, progress);
@@ -420,7 +621,12 @@ std::string VerifyAndCommit(AcceptedSession& session, TempImage& image, const Sh
                 "image digest mismatch: received " + digest + ", source had " + Sha256::Hex(expected) +
                     "; the image was discarded");
   }
-  image.Commit(output);
+  try {
+    image.Commit(output);
+  } catch (const Error&) {
+    TrySendU32Pair(ch0, wire::kDoneMagic, wire::kCommitFailed);
+    throw;
+  }
   SendU32Pair(ch0, wire::kDoneMagic, wire::kOk);
   // The source answers with close_notify; wait for it so its last read
   // never races our close.
@@ -455,7 +661,26 @@ MigrationReport BuildReport(const AcceptedSession& session, const std::vector<Re
 
 }  // namespace
 
+void CheckOutputPath(const std::string& output) {
+  if (output.empty()) return;
+  struct stat st{};
+  if (stat(output.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+    throw Error(ErrorKind::kLocalIo, EISDIR, "output " + output + " is a directory; give a file name");
+  }
+  const std::string dir = DirOf(output);
+  if (stat(dir.c_str(), &st) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "output directory " + dir);
+  if (!S_ISDIR(st.st_mode)) throw Error(ErrorKind::kLocalIo, ENOTDIR, "output directory " + dir + " is not a directory");
+  // The very name the temporary file will have: catches a read-only or
+  // full directory and a name too long before anyone connects.
+  std::string probe = output + ".partial.XXXXXX";
+  const int fd = mkostemp(probe.data(), O_CLOEXEC);
+  if (fd < 0) ThrowErrno(ErrorKind::kLocalIo, errno, "cannot create the temporary file beside " + output);
+  close(fd);
+  unlink(probe.c_str());
+}
+
 MigrationReport RunDestination(Listener& listener, const DestinationOptions& opts) {
+  CheckOutputPath(opts.output);
   const auto t0 = Clock::now();
   AcceptedSession session = AcceptSession(listener, opts, t0 + opts.accept_timeout);
   const wire::Geometry g{session.first.image_size, session.first.page_size};

@@ -18,6 +18,7 @@ SocketOptions SocketOptionsFor(const SecurityConfig& sec) {
 
 OpenedChannel Finish(UniqueFd fd, const SecurityConfig& sec) {
   OpenedChannel o;
+  o.peer = SockName(fd.get(), /*peer=*/true);
   if (!sec.tls) {
     auto sock = std::make_unique<SocketChannel>(std::move(fd), SocketOptionsFor(sec));
     o.zero_copy = sock->zero_copy_available();

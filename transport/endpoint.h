@@ -28,6 +28,7 @@ struct SecurityConfig {
 struct OpenedChannel {
   std::unique_ptr<Channel> channel;
   std::string path;        // one line: which path and why
+  std::string peer;        // the peer's address, for messages
   bool ktls = false;
   bool zero_copy = false;
 };
@@ -37,6 +38,9 @@ OpenedChannel OpenClientChannel(const std::string& address, const SecurityConfig
                                 std::chrono::milliseconds timeout);
 // Opens the channel on an accepted socket (the server side of TLS).
 OpenedChannel OpenServerChannel(UniqueFd accepted, const SecurityConfig& sec);
+
+// Sets the channel's io timeout (Channel::set_io_timeout) right after it is
+// opened, before the first byte of the migration protocol.
 
 // The path line of a plaintext channel (it may change after the first
 // writes, e.g. when a socket refuses io_uring SEND_ZC).

@@ -65,6 +65,12 @@ struct SourceOptions {
   uint32_t max_iterations = 30;    // live: iterations before forcing the final pass
   uint64_t converge_pages = 0;     // live: final pass once dirty <= this (0: 1/256 of the image, >= 64)
   std::chrono::milliseconds connect_timeout{10000};
+  // Every read, write, flush and the wait for the destination's answers:
+  // no progress on a channel for this long ends the migration with
+  // Error(kTimeout) naming the channel, the peer and the phase. Negative:
+  // wait forever. The wait for DONE adds time for the destination's digest
+  // and commit of the whole image: io_timeout plus one second per 64 MiB.
+  std::chrono::milliseconds io_timeout{30000};
   // io_uring backend: pin the image once as registered buffers.
   bool register_buffers = false;
   Progress* progress = nullptr;
@@ -88,12 +94,27 @@ struct DestinationOptions {
   // after the handshake) is a stray and is dropped, so a silent peer cannot
   // stall the accept loop.
   std::chrono::milliseconds hello_timeout{10000};
+  // After the session's channels are accepted: no progress on a channel for
+  // this long ends the migration (Error(kTimeout)). Negative: forever.
+  std::chrono::milliseconds io_timeout{30000};
+  // Largest image accepted (bytes); 0 = what the output filesystem can hold.
+  // A larger hello ends the migration with Error(kLocalIo) before any page.
+  uint64_t max_size = 0;
+  // Connections in their TLS handshake or hello at once. Each progresses on
+  // its own (a silent one cannot delay the others); beyond this many, the
+  // oldest pending one is dropped and logged.
+  size_t max_pending = 32;
   Progress* progress = nullptr;
   std::function<void(const std::string&)> log;  // notices (rejected strays, ...)
   // Called with the temporary file's path once created, "" when it is gone
   // (lets the CLI remove it on SIGINT/SIGTERM).
   std::function<void(const std::string&)> temp_file_hook;
 };
+
+// Checks that `output` can be written before anything is accepted: its
+// directory exists and takes new files, the name is not too long, the output
+// is not a directory. Throws Error(kLocalIo) saying which. "" (in memory) passes.
+void CheckOutputPath(const std::string& output);
 
 // Accepts the channels of one migration on `listener` and writes the image.
 // The file appears under `output` only after the final barrier and the

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <algorithm>
 #include <cstring>
 
 #include "base/error.h"
@@ -25,31 +26,46 @@ __attribute__((no_sanitize("thread"))) bool IsZeroPage(const uint8_t* p, size_t 
 }
 
 std::unique_ptr<MappedImage> MappedImage::FromFile(const std::string& path, uint32_t page_size) {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) ThrowErrno(ErrorKind::kLocalIo, errno, "cannot open input image " + path);
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) ThrowErrno(ErrorKind::kLocalIo, errno, "cannot open input image " + path);
   struct stat st{};
-  if (fstat(fd, &st) != 0) {
-    int e = errno;
-    close(fd);
-    ThrowErrno(ErrorKind::kLocalIo, e, "stat " + path);
+  if (fstat(fd.get(), &st) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "stat " + path);
+  if (S_ISDIR(st.st_mode)) throw Error(ErrorKind::kLocalIo, EISDIR, "input image " + path + " is a directory");
+  if (!S_ISREG(st.st_mode)) {
+    throw Error(ErrorKind::kLocalIo, EINVAL,
+                "input image " + path + " is not a regular file (a pipe or device has no fixed size to migrate)");
   }
-  if (st.st_size == 0) {
-    close(fd);
-    throw Error(ErrorKind::kLocalIo, EINVAL, "input image " + path + " is empty");
+  if (st.st_size == 0) throw Error(ErrorKind::kLocalIo, EINVAL, "input image " + path + " is empty");
+  std::unique_ptr<MappedImage> m = Anonymous(static_cast<uint64_t>(st.st_size), page_size);
+  // A snapshot with pread, not a file mapping: a file that shrinks under a
+  // mapping turns the next access into SIGBUS; here it is a short read.
+  for (uint64_t off = 0; off < m->size_;) {
+    ssize_t n = pread(fd.get(), m->base_ + off, std::min<uint64_t>(m->size_ - off, 8u << 20), static_cast<off_t>(off));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) ThrowErrno(ErrorKind::kLocalIo, errno, "read " + path);
+    if (n == 0) {
+      throw Error(ErrorKind::kLocalIo, EIO,
+                  "input " + path + " changed size during the migration (shrank to " + std::to_string(off) +
+                      " of " + std::to_string(m->size_) + " bytes while it was read)");
+    }
+    off += static_cast<uint64_t>(n);
   }
-  std::unique_ptr<MappedImage> m(new MappedImage());
-  m->size_ = static_cast<uint64_t>(st.st_size);
-  m->page_size_ = page_size;
-  m->map_len_ = (m->size_ + page_size - 1) / page_size * page_size;
-  // The tail of the last page reads as zeros past EOF, so whole pages can
-  // always be sent.
-  void* p = mmap(nullptr, m->map_len_, PROT_READ, MAP_PRIVATE, fd, 0);
-  int e = errno;
-  close(fd);
-  if (p == MAP_FAILED) ThrowErrno(ErrorKind::kLocalIo, e, "mmap " + path);
-  m->base_ = static_cast<uint8_t*>(p);
-  madvise(p, m->map_len_, MADV_SEQUENTIAL);
+  m->path_ = path;
+  m->file_ = std::move(fd);
+  m->file_stat_ = st;
   return m;
+}
+
+void MappedImage::Validate() const {
+  if (!file_) return;
+  struct stat now{};
+  if (fstat(file_.get(), &now) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "stat " + path_);
+  if (now.st_size != file_stat_.st_size) {
+    throw Error(ErrorKind::kLocalIo, EIO,
+                "input " + path_ + " changed size during the migration (" + std::to_string(file_stat_.st_size) +
+                    " -> " + std::to_string(now.st_size) + " bytes); the image sent is the file as it was when "
+                    "the migration started, so it is not confirmed");
+  }
 }
 
 std::unique_ptr<MappedImage> MappedImage::Anonymous(uint64_t size, uint32_t page_size) {

@@ -7,12 +7,16 @@
 // meanwhile are simply reported dirty again and re-sent in a later iteration.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "base/unique_fd.h"
 
 namespace ktm {
 
@@ -34,12 +38,21 @@ class PageSource {
   // Whether pages may change while the migration runs (precopy iterates
   // only then; a static image goes in one pass).
   virtual bool live() const { return false; }
+
+  // Called after the final pass, before the image's digest is sent: throws
+  // Error if the source can no longer vouch for the image it sent (e.g. the
+  // file it was read from changed size meanwhile).
+  virtual void Validate() const {}
 };
 
 // An immutable image: a file mapped read-only, or anonymous memory filled by
 // the caller. Reports every page once.
 class MappedImage : public PageSource {
  public:
+  // Reads a regular file into anonymous memory (a snapshot: the file may
+  // change or shrink afterwards without any fault on our side). Throws
+  // Error(kLocalIo) naming the file when it is missing, not a regular file,
+  // empty, or shrinks while it is read.
   static std::unique_ptr<MappedImage> FromFile(const std::string& path, uint32_t page_size = 4096);
   // Anonymous memory of `size` bytes (rounded up to pages), zero-filled.
   static std::unique_ptr<MappedImage> Anonymous(uint64_t size, uint32_t page_size = 4096);
@@ -50,6 +63,9 @@ class MappedImage : public PageSource {
   uint64_t size() const override { return size_; }
   uint32_t page_size() const override { return page_size_; }
   void CollectDirty(std::vector<uint64_t>& pages) override;
+  // For a snapshot of a file: throws Error(kLocalIo) when the file no longer
+  // has the size (or modification time) it had when it was read.
+  void Validate() const override;
 
   // Fills like a guest's memory: `zero_percent` of pages all-zero, the rest
   // pseudo-random (deterministic in `seed`).
@@ -62,6 +78,10 @@ class MappedImage : public PageSource {
   uint64_t map_len_ = 0;
   uint32_t page_size_ = 4096;
   bool reported_ = false;
+  // Set for FromFile: the file, kept open, and what it looked like when read.
+  std::string path_;
+  UniqueFd file_;
+  struct stat file_stat_{};
 };
 
 // A live image: a writer thread keeps modifying random pages at a chosen
@@ -80,6 +100,7 @@ class LiveImage : public PageSource {
   void CollectDirty(std::vector<uint64_t>& pages) override;
   void Freeze() override;
   bool live() const override { return true; }
+  void Validate() const override { image_->Validate(); }
   uint64_t pages_written() const { return pages_written_.load(); }
 
  private:

@@ -49,6 +49,9 @@ const char* StatusText(uint32_t s) {
     case kRejectedGeometry: return "image or page size mismatch";
     case kDigestMismatch: return "destination image digest does not match the source";
     case kFailed: return "destination failed";
+    case kNoSpace: return "the image does not fit at the destination (its size limit or free space)";
+    case kInvalidHello: return "the destination could not parse our channel hello (corrupted in transit?)";
+    case kCommitFailed: return "the destination could not write the image to disk";
   }
   return "unknown status";
 }

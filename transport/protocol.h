@@ -72,6 +72,9 @@ enum Status : uint32_t {
   kRejectedGeometry = 4,  // image/page size
   kDigestMismatch = 5,
   kFailed = 6,
+  kNoSpace = 7,        // image larger than the destination's limit or free space
+  kInvalidHello = 8,   // the hello did not parse (corrupted in transit, or not a source)
+  kCommitFailed = 9,   // DONE: the destination could not make the image durable
 };
 const char* StatusText(uint32_t s);
 

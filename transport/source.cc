@@ -161,12 +161,33 @@ class ChannelSender {
   uint64_t pages_ = 0, zero_pages_ = 0, data_bytes_ = 0;
 };
 
+// The kind of failure a destination status stands for, so both ends exit
+// with the same code.
+ErrorKind KindOfStatus(uint32_t st) {
+  switch (st) {
+    case wire::kNoSpace:
+    case wire::kCommitFailed:
+      return ErrorKind::kLocalIo;
+    case wire::kDigestMismatch:
+    case wire::kInvalidHello:
+      return ErrorKind::kIntegrity;
+    case wire::kRejectedVersion:
+    case wire::kRejectedSession:
+    case wire::kRejectedChannel:
+    case wire::kRejectedGeometry:
+      return ErrorKind::kSecurity;
+    default:
+      return ErrorKind::kPeer;
+  }
+}
+
 // Phase 1: connect and introduce every channel before any page moves, so a
 // bad certificate or a refusing destination stops the migration up front.
 std::vector<OpenedChannel> OpenChannels(const PageSource& src, const SourceOptions& opts, const wire::Uuid& uuid) {
   std::vector<OpenedChannel> chans;
   for (int i = 0; i < opts.channels; ++i) {
     chans.push_back(OpenClientChannel(opts.address, opts.security, opts.connect_timeout));
+    chans.back().channel->set_io_timeout(opts.io_timeout);
     wire::Hello h;
     h.channel_id = static_cast<uint16_t>(i);
     h.channel_count = static_cast<uint16_t>(opts.channels);
@@ -183,7 +204,7 @@ std::vector<OpenedChannel> OpenChannels(const PageSource& src, const SourceOptio
     }
     uint32_t st = wire::DecodeU32Pair(wire::kAckMagic, ack, "channel acknowledgement");
     if (st != wire::kOk) {
-      throw Error(ErrorKind::kSecurity, EPROTO,
+      throw Error(KindOfStatus(st), EPROTO,
                   "destination refused channel " + std::to_string(i) + ": " + wire::StatusText(st));
     }
   }
@@ -254,6 +275,9 @@ void StreamIterations(PageSource& src, const SourceOptions& opts, std::vector<Op
         try {
           senders[c]->SendPages(dirty.data() + lo, hi - lo, iter);
           senders[c]->Sync(iter, final);
+        } catch (const Error& e) {
+          fail_all(e.WithContext("channel " + std::to_string(c) + " (to " + chans[c].peer + "), " +
+                                 (final ? "final pass" : "iteration " + std::to_string(iter)) + ": "));
         } catch (const std::exception& e) {
           fail_all(e);
         }
@@ -267,19 +291,29 @@ void StreamIterations(PageSource& src, const SourceOptions& opts, std::vector<Op
 
 // Phase 3: switch-over. The image is frozen; its digest is what the
 // destination must hold. END on channel 0, then wait for DONE.
-std::string SwitchOver(const PageSource& src, std::vector<OpenedChannel>& chans, ChannelSender& sender0) {
+std::string SwitchOver(const PageSource& src, const SourceOptions& opts, std::vector<OpenedChannel>& chans,
+                       ChannelSender& sender0) {
+  src.Validate();
   const Sha256::Digest digest = ImageDigest(src.data(), src.size());
   Channel& ch0 = *chans[0].channel;
   sender0.End(digest);
   for (size_t c = 1; c < chans.size(); ++c) chans[c].channel->shutdown(ShutdownHow::kWrite);
+  // DONE comes after the destination has digested and committed the whole
+  // image: give it that time on top of the io timeout.
+  if (opts.io_timeout.count() >= 0) {
+    ch0.set_io_timeout(opts.io_timeout + std::chrono::seconds(src.size() / (64u << 20)));
+  }
   uint8_t done[wire::kAckSize];
-  if (!ch0.read_all(done, sizeof(done))) {
-    throw Error(ErrorKind::kPeer, ECONNRESET, "destination closed the connection before confirming the image");
+  try {
+    if (!ch0.read_all(done, sizeof(done))) {
+      throw Error(ErrorKind::kPeer, ECONNRESET, "destination closed the connection before confirming the image");
+    }
+  } catch (const Error& e) {
+    throw e.WithContext("channel 0 (to " + chans[0].peer + "), waiting for the destination to confirm the image: ");
   }
   uint32_t st = wire::DecodeU32Pair(wire::kDoneMagic, done, "completion message");
   if (st != wire::kOk) {
-    throw Error(st == wire::kDigestMismatch ? ErrorKind::kIntegrity : ErrorKind::kPeer, EIO,
-                std::string("destination did not commit the image: ") + wire::StatusText(st));
+    throw Error(KindOfStatus(st), EIO, std::string("destination did not commit the image: ") + wire::StatusText(st));
   }
   ch0.shutdown(ShutdownHow::kWrite);
   return Sha256::Hex(digest);
@@ -326,7 +360,7 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
   const auto transfer_start = Clock::now();
   StreamIterations(src, opts, chans, senders, rep);
   rep.transfer_seconds = std::chrono::duration<double>(Clock::now() - transfer_start).count();
-  rep.digest = SwitchOver(src, chans, *senders[0]);
+  rep.digest = SwitchOver(src, opts, chans, *senders[0]);
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   AddChannelReports(opts, chans, senders, rep);
   return rep;

@@ -33,6 +33,11 @@ ChannelStats GnutlsRecordChannel::stats() const {
   return st;
 }
 
+bool GnutlsRecordChannel::PeerClosed() const {
+  char c;
+  return ::recv(session_->fd(), &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
 void GnutlsRecordChannel::ThrowRecordError(ssize_t rc, const char* op) {
   int r = static_cast<int>(rc);
   if (r == GNUTLS_E_PREMATURE_TERMINATION) {
@@ -40,8 +45,13 @@ void GnutlsRecordChannel::ThrowRecordError(ssize_t rc, const char* op) {
                            ": the peer closed the connection without close_notify");
   }
   if (r == GNUTLS_E_FATAL_ALERT_RECEIVED || r == GNUTLS_E_WARNING_ALERT_RECEIVED) {
-    const char* a = gnutls_alert_get_name(gnutls_alert_get(session_->native()));
-    throw Error(ErrorKind::kPeer, ECONNABORTED, std::string("peer sent TLS alert '") + (a ? a : "?") + "' during " + op);
+    throw AlertReceivedError(static_cast<uint8_t>(gnutls_alert_get(session_->native())), op);
+  }
+  if (r == GNUTLS_E_UNEXPECTED_PACKET_LENGTH && PeerClosed()) {
+    // GnuTLS says this when the stream ends inside a record: a cut, not a
+    // forgery.
+    throw Error(ErrorKind::kPeer, EPIPE, std::string("TLS stream truncated in the middle of a record during ") + op +
+                                             ": the peer or the path closed the connection");
   }
   if (r == GNUTLS_E_DECRYPTION_FAILED || r == GNUTLS_E_UNEXPECTED_PACKET_LENGTH ||
       r == GNUTLS_E_UNEXPECTED_PACKET || r == GNUTLS_E_UNSUPPORTED_VERSION_PACKET) {
@@ -78,10 +88,18 @@ WriteResult GnutlsRecordChannel::writev(std::span<const iovec> iov, unsigned /*f
   size_t corked = 0;
   gnutls_record_cork(s);
   auto uncork = [&] {
+    // Not GNUTLS_RECORD_WAIT: that retries EAGAIN internally forever; the
+    // socket timeout must surface as an error instead.
     int rc;
-    do {
-      rc = gnutls_record_uncork(s, GNUTLS_RECORD_WAIT);
-    } while (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED);
+    for (;;) {
+      rc = gnutls_record_uncork(s, 0);
+      if (rc == GNUTLS_E_INTERRUPTED) continue;
+      if (rc == GNUTLS_E_AGAIN) {
+        OnBlockingAgain(/*for_write=*/true);
+        continue;
+      }
+      break;
+    }
     if (rc < 0) ThrowRecordError(rc, "write");
     ++batches_;
     corked = 0;
@@ -92,9 +110,15 @@ WriteResult GnutlsRecordChannel::writev(std::span<const iovec> iov, unsigned /*f
     while (left > 0) {
       size_t n = std::min(left, kCorkBatch - corked);
       ssize_t rc;
-      do {
+      for (;;) {
         rc = gnutls_record_send(s, p, n);
-      } while (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED);
+        if (rc == GNUTLS_E_INTERRUPTED) continue;
+        if (rc == GNUTLS_E_AGAIN) {
+          OnBlockingAgain(/*for_write=*/true);
+          continue;
+        }
+        break;
+      }
       if (rc < 0) ThrowRecordError(rc, "write");
       p += rc;
       left -= static_cast<size_t>(rc);
@@ -125,7 +149,7 @@ ReadResult GnutlsRecordChannel::readv(std::span<const iovec> iov) {
       if (rc == GNUTLS_E_AGAIN) {
         if (total > 0) return ReadResult{total, false};
         if (!blocking_) return ReadResult{0, true};
-        wait_io(false);
+        OnBlockingAgain(/*for_write=*/false);
         continue;
       }
       if (rc == 0) {
@@ -144,9 +168,10 @@ void GnutlsRecordChannel::shutdown(ShutdownHow how) {
   if (session_->fd() < 0) return;
   if (how != ShutdownHow::kRead) {
     int rc;
+    // Best effort: a stalled peer gets one try bounded by the socket timeout.
     do {
       rc = gnutls_bye(session_->native(), GNUTLS_SHUT_WR);  // sends close_notify
-    } while (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED);
+    } while (rc == GNUTLS_E_INTERRUPTED);
     ::shutdown(session_->fd(), SHUT_WR);
   } else {
     ::shutdown(session_->fd(), SHUT_RD);
@@ -166,7 +191,18 @@ void GnutlsRecordChannel::set_blocking(bool blocking) {
 }
 
 void GnutlsRecordChannel::wait_io(bool for_write) {
-  WaitFdReady(session_->fd(), for_write);
+  WaitFdReadyOrThrow(session_->fd(), for_write, io_timeout_, "the TLS peer");
+}
+
+void GnutlsRecordChannel::set_io_timeout(std::chrono::milliseconds timeout) {
+  SetSocketTimeouts(session_->fd(), timeout);
+  io_timeout_ = timeout;
+}
+
+void GnutlsRecordChannel::OnBlockingAgain(bool for_write) {
+  // A blocking socket says EAGAIN only when SO_RCVTIMEO/SO_SNDTIMEO expired.
+  if (io_timeout_.count() >= 0) throw IoTimeoutError(for_write, io_timeout_, "the TLS peer");
+  wait_io(for_write);
 }
 
 }  // namespace ktm

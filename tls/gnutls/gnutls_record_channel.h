@@ -36,6 +36,7 @@ class GnutlsRecordChannel : public Channel {
   void set_blocking(bool blocking) override;
   bool blocking() const override { return blocking_; }
   bool wait_readable(std::chrono::milliseconds timeout) override;
+  void set_io_timeout(std::chrono::milliseconds timeout) override;
 
   GnutlsSession& session() { return *session_; }
   // Syscall-level batching visible to tests: records sent and uncorks done.
@@ -46,6 +47,10 @@ class GnutlsRecordChannel : public Channel {
 
  private:
   [[noreturn]] void ThrowRecordError(ssize_t rc, const char* op);
+  // Whether the socket is at end of stream (nothing left, peer closed).
+  bool PeerClosed() const;
+  // GNUTLS_E_AGAIN in blocking mode: the socket timeout expired.
+  void OnBlockingAgain(bool for_write);
   std::unique_ptr<GnutlsSession> session_;
   std::string why_userspace_;
   bool blocking_ = true;
