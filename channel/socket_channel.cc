@@ -258,6 +258,11 @@ FlushResult SocketChannel::Reap(bool block) {
         if (!pending_error_) pending_error_ = std::move(e);
         break;
       }
+      if (shut_down_.load(std::memory_order_relaxed)) {
+        throw Error(ErrorKind::kPeer, ESHUTDOWN,
+                    "zero-copy flush on " + peer_ + " abandoned: the channel was shut down (the migration is "
+                    "failing elsewhere)");
+      }
       const auto now = std::chrono::steady_clock::now();
       if (tracker_.counters().released != seen) {
         seen = tracker_.counters().released;
@@ -308,6 +313,7 @@ void SocketChannel::set_release_callback(ReleaseCallback cb) { tracker_.set_rele
 void SocketChannel::shutdown(ShutdownHow how) {
   CheckOpen("shutdown");
   int h = how == ShutdownHow::kRead ? SHUT_RD : how == ShutdownHow::kWrite ? SHUT_WR : SHUT_RDWR;
+  if (how != ShutdownHow::kRead) shut_down_.store(true, std::memory_order_relaxed);
   if (::shutdown(fd_.get(), h) != 0 && errno != ENOTCONN) ThrowErrno(ErrorKind::kInternal, errno, "shutdown");
 }
 

@@ -19,6 +19,7 @@
 // thrown by the next writev/flush, never dropped.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <optional>
@@ -127,6 +128,9 @@ class SocketChannel : public Channel {
   std::string peer_;
   std::unique_ptr<ZeroCopySender> sender_;
   bool sender_refused_ = false;  // the socket refused the sender's sends (EOPNOTSUPP)
+  // Set by shutdown() (possibly from another thread, to unblock a writer):
+  // a flush then stops waiting for completions that may never come.
+  std::atomic<bool> shut_down_{false};
   std::string backend_reason_;
 };
 

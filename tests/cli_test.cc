@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tests/cli_util.h"
 #include "tests/subprocess.h"
 #include "tests/test_util.h"
 #include "util/sha256.h"
@@ -22,28 +23,12 @@ namespace {
 using testing::Subprocess;
 using namespace std::chrono_literals;
 
-std::string Cli() {
-  const char* srcdir = getenv("TEST_SRCDIR");
-  std::string base = srcdir ? std::string(srcdir) + "/ktls_migrate" : ".";
-  return base + "/cli/tls-migrate";
-}
-
 using Dir = testing::TempDir;
-
-int RunCli(std::vector<std::string> args, std::string* out = nullptr, std::chrono::seconds timeout = 60s) {
-  args.insert(args.begin(), Cli());
-  Subprocess p(args);
-  int rc = p.Wait(timeout);
-  if (out) *out = p.output();
-  return rc;
-}
+using testing::Cli;
+using testing::GenerateCerts;
+using testing::RunCli;
 
 int FreePort() { return testing::FreePort(); }
-
-void GenerateCerts(const std::string& dir, const std::string& host, const std::string& ip) {
-  std::string out;
-  ASSERT_EQ(RunCli({"certs", "generate", "--out", dir, "--hostname", host, "--ip", ip}, &out), 0) << out;
-}
 
 TEST(Cli, HelpAndUsageErrors) {
   std::string out;
@@ -163,7 +148,7 @@ struct LongTransfer {
   std::unique_ptr<Subprocess> recv, send;
   LongTransfer() {
     recv = std::make_unique<Subprocess>(std::vector<std::string>{
-        Cli(), "recv", "--listen", "127.0.0.1:" + port, "--output", d.path + "/out.img", "--no-tls", "--timeout", "20"});
+        Cli(), "recv", "--listen", "127.0.0.1:" + port, "--output", d.path + "/out.img", "--no-tls", "--timeout", "300"});
     EXPECT_TRUE(recv->WaitFor("listening on", 10s));
     send = std::make_unique<Subprocess>(std::vector<std::string>{
         Cli(), "send", "--connect", "127.0.0.1:" + port, "--size", "1G", "--no-tls", "--live",

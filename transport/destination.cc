@@ -250,7 +250,12 @@ void ReceiveChannel(Receiver& r, const wire::Geometry& g, uint8_t* image, Iterat
       throw Error(ErrorKind::kPeer, EPIPE, who + "the source closed the stream before the final barrier (source killed?); "
                                "the image is incomplete and was discarded");
     }
-    wire::PacketHeader h = wire::DecodeHeader(hdr, g);
+    wire::PacketHeader h;
+    try {
+      h = wire::DecodeHeader(hdr, g);
+    } catch (const Error& e) {
+      throw e.WithContext(who);
+    }
     if (h.packet_num != expect_packet) {
       throw Error(ErrorKind::kIntegrity, EBADMSG, who + "invalid packet: number " + std::to_string(h.packet_num) + ", expected " +
                                std::to_string(expect_packet));
@@ -686,7 +691,24 @@ MigrationReport RunDestination(Listener& listener, const DestinationOptions& opt
   const wire::Geometry g{session.first.image_size, session.first.page_size};
   if (opts.progress) opts.progress->total_bytes = g.image_size;
   TempImage image(opts.output, g.image_size, g.padded_size(), opts.temp_file_hook);
-  const std::vector<Receiver> rx = ReceiveImage(session, g, image.data(), opts.progress);
+  std::vector<Receiver> rx;
+  try {
+    rx = ReceiveImage(session, g, image.data(), opts.progress);
+  } catch (const Error& e) {
+    // Best effort: tell the source why, so both ends report the same kind
+    // of failure (it reads this after its own writes fail).
+    const uint32_t st = e.kind() == ErrorKind::kIntegrity ? wire::kRefusedData
+                        : e.kind() == ErrorKind::kLocalIo ? wire::kCommitFailed
+                        : e.kind() == ErrorKind::kTimeout ? wire::kTimedOut
+                                                          : wire::kFailed;
+    if (st != wire::kFailed) {
+      // On every channel: the one that failed may not carry it (a TLS
+      // session is dead after a forged record), and the source reads
+      // whichever still can.
+      for (auto& c : session.by_id) TrySendU32Pair(*c.channel, wire::kDoneMagic, st);
+    }
+    throw;
+  }
   const std::string digest = VerifyAndCommit(session, image, *rx[0].end_digest, opts.output);
   MigrationReport rep = BuildReport(session, rx);
   rep.digest = digest;

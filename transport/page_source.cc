@@ -26,7 +26,9 @@ __attribute__((no_sanitize("thread"))) bool IsZeroPage(const uint8_t* p, size_t 
 }
 
 std::unique_ptr<MappedImage> MappedImage::FromFile(const std::string& path, uint32_t page_size) {
-  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused
+  // below); regular files ignore the flag.
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   if (!fd) ThrowErrno(ErrorKind::kLocalIo, errno, "cannot open input image " + path);
   struct stat st{};
   if (fstat(fd.get(), &st) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "stat " + path);

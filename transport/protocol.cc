@@ -52,6 +52,8 @@ const char* StatusText(uint32_t s) {
     case kNoSpace: return "the image does not fit at the destination (its size limit or free space)";
     case kInvalidHello: return "the destination could not parse our channel hello (corrupted in transit?)";
     case kCommitFailed: return "the destination could not write the image to disk";
+    case kRefusedData: return "the destination refused our data as invalid or forged (see its log)";
+    case kTimedOut: return "a channel made no progress at the destination within its io timeout";
   }
   return "unknown status";
 }

@@ -75,6 +75,8 @@ enum Status : uint32_t {
   kNoSpace = 7,        // image larger than the destination's limit or free space
   kInvalidHello = 8,   // the hello did not parse (corrupted in transit, or not a source)
   kCommitFailed = 9,   // DONE: the destination could not make the image durable
+  kRefusedData = 10,   // DONE, sent early: the destination refused our data (invalid or forged)
+  kTimedOut = 11,      // DONE, sent early: a channel made no progress within the io timeout
 };
 const char* StatusText(uint32_t s);
 

@@ -170,7 +170,10 @@ ErrorKind KindOfStatus(uint32_t st) {
       return ErrorKind::kLocalIo;
     case wire::kDigestMismatch:
     case wire::kInvalidHello:
+    case wire::kRefusedData:
       return ErrorKind::kIntegrity;
+    case wire::kTimedOut:
+      return ErrorKind::kTimeout;
     case wire::kRejectedVersion:
     case wire::kRejectedSession:
     case wire::kRejectedChannel:
@@ -178,6 +181,29 @@ ErrorKind KindOfStatus(uint32_t st) {
       return ErrorKind::kSecurity;
     default:
       return ErrorKind::kPeer;
+  }
+}
+
+// Our writes failed because the destination went away. If it said why
+// first (an early DONE with a status, sent on every channel), report that,
+// so both ends exit with the same kind; otherwise return and let `cause`
+// stand. The destination wrote it before closing, so it is already here.
+void ThrowDestinationVerdict(std::vector<OpenedChannel>& chans, const Error& cause) {
+  for (auto& c : chans) {
+    uint32_t st = wire::kOk;
+    try {
+      c.channel->set_io_timeout(std::chrono::milliseconds(500));
+      if (!c.channel->wait_readable(std::chrono::milliseconds(500))) continue;
+      uint8_t done[wire::kAckSize];
+      if (!c.channel->read_all(done, sizeof(done))) continue;
+      st = wire::DecodeU32Pair(wire::kDoneMagic, done, "completion message");
+    } catch (const Error&) {
+      continue;  // this channel cannot tell; try the next
+    }
+    if (st == wire::kOk) continue;
+    throw Error(KindOfStatus(st), EIO,
+                std::string("the destination stopped the migration: ") + wire::StatusText(st) + " (here: " +
+                    cause.what() + ")");
   }
 }
 
@@ -358,7 +384,12 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
   for (auto& c : chans) senders.push_back(std::make_unique<ChannelSender>(*c.channel, src, opts.progress));
 
   const auto transfer_start = Clock::now();
-  StreamIterations(src, opts, chans, senders, rep);
+  try {
+    StreamIterations(src, opts, chans, senders, rep);
+  } catch (const Error& e) {
+    if (e.kind() == ErrorKind::kPeer) ThrowDestinationVerdict(chans, e);
+    throw;
+  }
   rep.transfer_seconds = std::chrono::duration<double>(Clock::now() - transfer_start).count();
   rep.digest = SwitchOver(src, opts, chans, *senders[0]);
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();

@@ -35,7 +35,8 @@ ChannelStats GnutlsRecordChannel::stats() const {
 
 bool GnutlsRecordChannel::PeerClosed() const {
   char c;
-  return ::recv(session_->fd(), &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+  const ssize_t n = ::recv(session_->fd(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE || errno == ENOTCONN));
 }
 
 void GnutlsRecordChannel::ThrowRecordError(ssize_t rc, const char* op) {
@@ -200,7 +201,16 @@ void GnutlsRecordChannel::set_io_timeout(std::chrono::milliseconds timeout) {
 }
 
 void GnutlsRecordChannel::OnBlockingAgain(bool for_write) {
-  // A blocking socket says EAGAIN only when SO_RCVTIMEO/SO_SNDTIMEO expired.
+  // GnuTLS 3.7 also answers GNUTLS_E_AGAIN when the stream ends inside a
+  // record (recv returned 0 mid-record), and after the peer reset: a cut,
+  // not a stall.
+  if (PeerClosed()) {
+    throw Error(ErrorKind::kPeer, EPIPE,
+                for_write ? std::string("TLS write failed: the peer closed or reset the connection")
+                          : std::string("TLS stream truncated in the middle of a record: the peer or the path "
+                                        "closed the connection"));
+  }
+  // Otherwise a blocking socket says EAGAIN only when SO_RCVTIMEO/SO_SNDTIMEO expired.
   if (io_timeout_.count() >= 0) throw IoTimeoutError(for_write, io_timeout_, "the TLS peer");
   wait_io(for_write);
 }

@@ -1,12 +1,15 @@
 #include "tls/gnutls/gnutls_session.h"
 
 #include <arpa/inet.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <gnutls/socket.h>
 
 
 #include <cstring>
 
 #include "base/error.h"
+#include "base/fd_wait.h"
 #include "certs/credentials_native.h"
 #include "tls/gnutls/gnutls_record_channel.h"
 
@@ -106,6 +109,24 @@ Error HandshakeFailure(int rc, gnutls_session_t s, const TlsOptions& o) {
   }
 }
 
+// After a failed handshake: send the peer the alert that says why (GnuTLS
+// leaves that to the application), then close gently: stop writing and read
+// what the peer still sends for a moment. Closing with unread input would
+// make the kernel answer with RST, and an RST can destroy the alert before
+// the peer reads it: the peer would see "reset" instead of "certificate
+// refused".
+void TellPeerAndLinger(gnutls_session_t s, int fd, int rc) {
+  gnutls_alert_send_appropriate(s, rc);
+  ::shutdown(fd, SHUT_WR);
+  char buf[4096];
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0 || PollFd(fd, POLLIN, left) == 0) break;
+    if (::recv(fd, buf, sizeof(buf), MSG_DONTWAIT) <= 0) break;
+  }
+}
+
 }  // namespace
 
 std::unique_ptr<GnutlsSession> GnutlsSession::Handshake(UniqueFd fd, const TlsOptions& o) {
@@ -145,7 +166,11 @@ std::unique_ptr<GnutlsSession> GnutlsSession::Handshake(UniqueFd fd, const TlsOp
   do {
     rc = gnutls_handshake(s);
   } while (rc < 0 && gnutls_error_is_fatal(rc) == 0);
-  if (rc < 0) throw HandshakeFailure(rc, s, o);
+  if (rc < 0) {
+    const Error failure = HandshakeFailure(rc, s, o);
+    TellPeerAndLinger(s, t->fd_.get(), rc);
+    throw failure;
+  }
   if (o.role == TlsRole::kServer && o.verify_peer && o.require_client_cert &&
       gnutls_certificate_get_peers(s, nullptr) == nullptr) {
     throw Error(ErrorKind::kSecurity, ECONNABORTED,

@@ -1,0 +1,415 @@
+// Faults and hostile peers, through the real binaries: a fault-injection
+// relay (tools/fault_relay) between send and recv flips, drops, stalls and
+// duplicates bytes; small tmpfs mounts fill up; inputs shrink; strays and
+// forged hellos arrive. Every case asserts both ends' exit codes, the
+// message, a bounded time and the files left behind. Waits are for events
+// (a line printed, a process exiting), never for a guessed time.
+//
+// KTM_TEST_KTLS=require (the kTLS VM harness) runs the TLS cases with both
+// ends in kernel TLS.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "tests/cli_util.h"
+#include "transport/protocol.h"
+#include "util/sha256.h"
+
+namespace ktm {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::Cli;
+using testing::Relay;
+using testing::RunCli;
+using testing::Subprocess;
+using Dir = testing::TempDir;
+using Clock = std::chrono::steady_clock;
+
+bool KtlsRequired() {
+  const char* v = getenv("KTM_TEST_KTLS");
+  return v && std::string(v) == "require";
+}
+
+bool Has(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
+
+// Certificates for localhost, made once per test binary.
+const std::string& Pki() {
+  static const std::string dir = [] {
+    static Dir d("ktm-fault-pki");
+    testing::GenerateCerts(d.path + "/pki", "localhost", "127.0.0.1");
+    return d.path + "/pki";
+  }();
+  return dir;
+}
+
+std::vector<std::string> Security(bool tls) {
+  if (!tls) return {"--no-tls"};
+  std::vector<std::string> a = {"--tls-creds", Pki(), "--tls-hostname", "localhost"};
+  if (KtlsRequired()) a.insert(a.end(), {"--ktls", "require"});
+  return a;
+}
+
+std::vector<std::string> Cat(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+// The port in a "... listening on 127.0.0.1:PORT" line.
+std::string PortFrom(const std::string& out) {
+  const auto at = out.find("listening on ");
+  if (at == std::string::npos) return "";
+  const auto colon = out.find_last_of(':', out.find('\n', at));
+  return out.substr(colon + 1, out.find_first_not_of("0123456789", colon + 1) - colon - 1);
+}
+
+// recv <- relay <- send, with the relay's faults.
+struct Path {
+  Dir d;
+  bool tls;
+  std::unique_ptr<Subprocess> recv, relay, send;
+  std::string out() const { return d.path + "/out.img"; }
+
+  Path(bool tls, const std::vector<std::string>& faults, const std::vector<std::string>& recv_extra = {},
+       const std::string& resume_file = "")
+      : tls(tls) {
+    recv = std::make_unique<Subprocess>(Cat(Cat({Cli(), "recv", "--listen", "127.0.0.1:0", "--output", out(),
+                                                 "--timeout", "120"},
+                                                Security(tls)),
+                                            recv_extra));
+    EXPECT_TRUE(recv->WaitFor("listening on", 30s)) << recv->output();
+    std::vector<std::string> r = {Relay(), "--listen", "127.0.0.1:0", "--connect", "127.0.0.1:" + PortFrom(recv->output())};
+    for (const auto& f : faults) r.insert(r.end(), {"--fault", f});
+    if (!resume_file.empty()) r.insert(r.end(), {"--resume-file", resume_file});
+    relay = std::make_unique<Subprocess>(r);
+    EXPECT_TRUE(relay->WaitFor("listening on", 30s)) << relay->output();
+  }
+
+  void Send(const std::vector<std::string>& extra) {
+    send = std::make_unique<Subprocess>(
+        Cat(Cat({Cli(), "send", "--connect", "127.0.0.1:" + PortFrom(relay->output()), "--quiet"}, Security(tls)),
+            extra));
+  }
+
+  std::string Outputs() { return "--- recv:\n" + recv->output() + "--- send:\n" + send->output() + "--- relay:\n" + relay->output(); }
+
+  // No final file, and no temporary one either.
+  void ExpectNothingLeft() { EXPECT_TRUE(d.Entries().empty()) << "left: " << d.Entries()[0]; }
+};
+
+class RelayFaults : public ::testing::TestWithParam<bool> {};  // param: TLS
+
+// A path that stops forwarding mid-stream: both ends hit their io timeout,
+// exit 1, and say which channel, which peer and what they were doing.
+TEST_P(RelayFaults, StalledPathTimesOutOnBothEnds) {
+  Path p(GetParam(), {"stall:up:0:2M"}, {"--io-timeout", "3"});
+  p.Send({"--size", "64M", "--channels", "2", "--io-timeout", "3"});
+  ASSERT_TRUE(p.relay->WaitFor("stall up conn 0", 60s)) << p.Outputs();
+  const auto t0 = Clock::now();
+  const int send_rc = p.send->Wait(60s), recv_rc = p.recv->Wait(60s);
+  EXPECT_LT(Clock::now() - t0, 40s) << "the io timeout did not bound the stall";
+  EXPECT_EQ(recv_rc, 1) << p.Outputs();
+  EXPECT_EQ(send_rc, 1) << p.Outputs();
+  EXPECT_TRUE(Has(p.recv->output(), "no progress for 3 s")) << p.Outputs();
+  EXPECT_TRUE(Has(p.recv->output(), "channel 0")) << p.Outputs();
+  EXPECT_TRUE(Has(p.send->output(), "no progress") || Has(p.send->output(), "without a completion") ||
+              Has(p.send->output(), "closed or reset") || Has(p.send->output(), "vanished"))
+      << p.Outputs();
+  p.ExpectNothingLeft();
+}
+
+// A connection cut in the middle of a TLS record (or of a packet) is a
+// truncation: exit 1 on both ends, never "forged".
+TEST_P(RelayFaults, CutMidStreamIsTruncationNotForgery) {
+  Path p(GetParam(), {"drop:up:0:1048581"});
+  p.Send({"--size", "32M", "--channels", "2"});
+  const int send_rc = p.send->Wait(60s), recv_rc = p.recv->Wait(60s);
+  EXPECT_TRUE(Has(p.relay->output(), "drop up conn 0")) << p.Outputs();
+  EXPECT_EQ(recv_rc, 1) << p.Outputs();
+  EXPECT_EQ(send_rc, 1) << p.Outputs();
+  EXPECT_FALSE(Has(p.recv->output(), "forged")) << p.Outputs();
+  EXPECT_TRUE(Has(p.recv->output(), "truncated") || Has(p.recv->output(), "vanished") ||
+              Has(p.recv->output(), "closed the stream"))
+      << p.Outputs();
+  p.ExpectNothingLeft();
+}
+
+// One flipped byte: over TLS the record fails authentication; in plaintext
+// the end-to-end digest catches it. The destination exits 4 and tells the
+// source why (an early DONE on every channel), so the source exits 4 too.
+TEST_P(RelayFaults, FlippedByteIsRefusedAsIntegrity) {
+  Path p(GetParam(), {"flip:up:1:1M"});
+  p.Send({"--size", "32M", "--channels", "2"});
+  const int send_rc = p.send->Wait(60s), recv_rc = p.recv->Wait(60s);
+  EXPECT_TRUE(Has(p.relay->output(), "flip up conn 1")) << p.Outputs();
+  EXPECT_EQ(recv_rc, 4) << p.Outputs();
+  EXPECT_EQ(send_rc, 4) << p.Outputs();
+  if (GetParam()) {
+    EXPECT_TRUE(Has(p.recv->output(), "forged") || Has(p.recv->output(), "authentication")) << p.Outputs();
+  } else {
+    EXPECT_TRUE(Has(p.recv->output(), "digest mismatch")) << p.Outputs();
+  }
+  p.ExpectNothingLeft();
+}
+
+// A duplicated 4 KiB: over TLS a replayed record fails authentication; in
+// plaintext the packets no longer line up. Refused: 4 on both ends.
+TEST_P(RelayFaults, DuplicatedBytesAreRefused) {
+  Path p(GetParam(), {"dup:up:1:512K"});
+  p.Send({"--size", "32M", "--channels", "2"});
+  const int send_rc = p.send->Wait(60s), recv_rc = p.recv->Wait(60s);
+  EXPECT_TRUE(Has(p.relay->output(), "dup up conn 1")) << p.Outputs();
+  EXPECT_EQ(recv_rc, 4) << p.Outputs();
+  EXPECT_EQ(send_rc, 4) << p.Outputs();
+  p.ExpectNothingLeft();
+}
+
+// The input shrinks while it is being sent: the source has read a snapshot
+// (no SIGBUS), notices at switch-over and exits 5 naming the file; the
+// destination sees the source go away before the end and keeps nothing.
+TEST_P(RelayFaults, InputShrinkingDuringTheMigrationIsExit5) {
+  Dir in;
+  const std::string input = in.path + "/guest.img", resume = in.path + "/go";
+  {
+    std::ofstream f(input, std::ios::binary);
+    std::vector<char> chunk(1 << 20);
+    for (size_t i = 0; i < chunk.size(); ++i) chunk[i] = static_cast<char>(i * 7 + 1);
+    for (int i = 0; i < 32; ++i) f.write(chunk.data(), chunk.size());
+  }
+  Path p(GetParam(), {"stall:up:0:1M"}, {}, resume);
+  p.Send({"--input", input, "--channels", "1"});
+  ASSERT_TRUE(p.relay->WaitFor("stall up conn 0", 60s)) << p.Outputs();
+  ASSERT_EQ(truncate(input.c_str(), 1 << 20), 0);
+  std::ofstream(resume).put('1');
+  const int send_rc = p.send->Wait(60s), recv_rc = p.recv->Wait(60s);
+  EXPECT_EQ(send_rc, 5) << p.Outputs();
+  EXPECT_TRUE(Has(p.send->output(), "changed size during the migration")) << p.Outputs();
+  EXPECT_EQ(recv_rc, 1) << p.Outputs();
+  p.ExpectNothingLeft();
+}
+
+INSTANTIATE_TEST_SUITE_P(PlainAndTls, RelayFaults, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "Tls" : "Plain"; });
+
+// Only DONE is lost (plaintext: the 8 bytes after the 8-byte ack): the
+// destination has committed and exits 0; the source cannot confirm and says
+// so within its io timeout (plus 1 s per 64 MiB for the destination's
+// commit), exit 1. It never waits forever.
+TEST(RelayFaultsPlain, LostDoneIsBoundedAndSaysTheImageIsUnconfirmed) {
+  Path p(false, {"stall:down:0:8"}, {"--io-timeout", "3"});
+  p.Send({"--size", "16M", "--channels", "1", "--io-timeout", "3"});
+  const auto t0 = Clock::now();
+  const int send_rc = p.send->Wait(60s), recv_rc = p.recv->Wait(60s);
+  EXPECT_LT(Clock::now() - t0, 40s);
+  EXPECT_EQ(recv_rc, 0) << p.Outputs();
+  EXPECT_EQ(send_rc, 1) << p.Outputs();
+  EXPECT_TRUE(Has(p.send->output(), "waiting for the destination to confirm the image")) << p.Outputs();
+  EXPECT_TRUE(p.d.Has("out.img"));
+}
+
+// The destination's disk is too small: refused before a page moves, exit 5
+// on both ends, nothing left on the small filesystem.
+TEST(DiskFull, ImageLargerThanTheFilesystemIsExit5OnBothEnds) {
+  Dir d;
+  const std::string small = d.path + "/small";
+  ASSERT_EQ(mkdir(small.c_str(), 0755), 0);
+  ASSERT_EQ(mount("tmpfs", small.c_str(), "tmpfs", 0, "size=16m"), 0) << "tests expect root: " << strerror(errno);
+  struct Unmount {
+    std::string p;
+    ~Unmount() { umount2(p.c_str(), MNT_DETACH); }
+  } unmount{small};
+  for (bool tls : {false, true}) {
+    Subprocess recv(Cat({Cli(), "recv", "--listen", "127.0.0.1:0", "--output", small + "/out.img", "--timeout", "60"},
+                        Security(tls)));
+    ASSERT_TRUE(recv.WaitFor("listening on", 30s)) << recv.output();
+    std::string out;
+    const int send_rc = RunCli(
+        Cat({"send", "--connect", "127.0.0.1:" + PortFrom(recv.output()), "--size", "64M", "--quiet"}, Security(tls)),
+        &out);
+    EXPECT_EQ(recv.Wait(30s), 5) << recv.output();
+    EXPECT_TRUE(Has(recv.output(), "not enough space for the image: needs 64 MiB")) << recv.output();
+    EXPECT_EQ(send_rc, 5) << out;
+    EXPECT_TRUE(Has(out, "does not fit at the destination")) << out;
+    DIR* dir = opendir(small.c_str());
+    int entries = 0;
+    while (dirent* e = readdir(dir)) entries += e->d_name[0] != '.';
+    closedir(dir);
+    EXPECT_EQ(entries, 0) << "tls=" << tls;
+  }
+}
+
+TEST(DiskFull, MaxSizeRefusesALargerImage) {
+  Dir d;
+  Subprocess recv({Cli(), "recv", "--listen", "127.0.0.1:0", "--output", d.path + "/out.img", "--no-tls",
+                   "--max-size", "1M", "--timeout", "60"});
+  ASSERT_TRUE(recv.WaitFor("listening on", 30s)) << recv.output();
+  std::string out;
+  EXPECT_EQ(RunCli({"send", "--connect", "127.0.0.1:" + PortFrom(recv.output()), "--size", "4M", "--no-tls", "--quiet"},
+                   &out),
+            5)
+      << out;
+  EXPECT_EQ(recv.Wait(30s), 5) << recv.output();
+  EXPECT_TRUE(Has(recv.output(), "exceeds the destination's size limit")) << recv.output();
+  EXPECT_TRUE(d.Entries().empty());
+}
+
+// One forged hello (no TLS: anyone can connect) announcing a 64 TiB image,
+// then silence: refused at once with exit 5; no 64 TiB sparse file, no hang.
+TEST(Hostile, ForgedHugeHelloIsRefusedWithoutCreatingAFile) {
+  Dir d;
+  Subprocess recv({Cli(), "recv", "--listen", "127.0.0.1:0", "--output", d.path + "/out.img", "--no-tls", "--timeout",
+                   "60"});
+  ASSERT_TRUE(recv.WaitFor("listening on", 30s)) << recv.output();
+  auto sock = SocketChannel::Connect("127.0.0.1:" + PortFrom(recv.output()), 5s);
+  wire::Hello h;
+  h.channel_id = 0;
+  h.channel_count = 1;
+  h.session = wire::RandomUuid();
+  h.image_size = 64ull << 40;
+  h.page_size = 4096;
+  uint8_t buf[wire::kHelloSize];
+  wire::EncodeHello(h, buf);
+  sock->write_all(buf, sizeof(buf));
+  const auto t0 = Clock::now();
+  EXPECT_EQ(recv.Wait(30s), 5) << recv.output();
+  EXPECT_LT(Clock::now() - t0, 20s);
+  EXPECT_TRUE(Has(recv.output(), "not enough space for the image")) << recv.output();
+  EXPECT_TRUE(d.Entries().empty()) << d.Entries()[0];
+}
+
+// Idle connections and half-sent TLS handshakes ahead of the real source do
+// not delay it: each pending connection progresses on its own.
+TEST(Hostile, IdleAndHalfHandshakenStraysDoNotDelayTheRealSource) {
+  Dir d;
+  Subprocess recv(Cat({Cli(), "recv", "--listen", "127.0.0.1:0", "--output", d.path + "/out.img", "--timeout", "120"},
+                      Security(true)));
+  ASSERT_TRUE(recv.WaitFor("listening on", 30s)) << recv.output();
+  const std::string addr = "127.0.0.1:" + PortFrom(recv.output());
+  std::vector<std::unique_ptr<SocketChannel>> strays;
+  for (int i = 0; i < 60; ++i) {
+    strays.push_back(SocketChannel::Connect(addr, 5s));
+    // Every other one starts a TLS record header and stops.
+    if (i % 2) strays.back()->write_all("\x16\x03\x01\x02\x00", 5);
+  }
+  const auto t0 = Clock::now();
+  std::string out;
+  EXPECT_EQ(RunCli(Cat({"send", "--connect", addr, "--size", "8M", "--quiet", "--channels", "2"}, Security(true)), &out), 0)
+      << out;
+  EXPECT_EQ(recv.Wait(30s), 0) << recv.output();
+  EXPECT_LT(Clock::now() - t0, 25s) << "strays delayed the migration (hello timeout is 10 s each)";
+  EXPECT_TRUE(d.Has("out.img"));
+}
+
+// The destination refuses the source's client certificate: the source says
+// so and exits 3 (not "reset", not 1).
+TEST(Hostile, DestinationRefusingOurCertificateIsExit3) {
+  Dir d;
+  testing::GenerateCerts(d.path + "/other", "localhost", "127.0.0.1");
+  // The source trusts both CAs (so it accepts the destination), but its own
+  // certificate comes from the CA the destination does not know.
+  {
+    std::ifstream a(Pki() + "/ca-cert.pem"), b(d.path + "/other/ca-cert.pem");
+    std::ofstream both(d.path + "/both-cas.pem");
+    both << a.rdbuf() << b.rdbuf();
+  }
+  Subprocess recv({Cli(), "recv", "--listen", "127.0.0.1:0", "--output", d.path + "/out.img", "--tls-creds", Pki(),
+                   "--timeout", "10"});
+  ASSERT_TRUE(recv.WaitFor("listening on", 30s)) << recv.output();
+  std::string out;
+  // Trusts the destination's CA, but presents a certificate from another CA.
+  const int rc = RunCli({"send", "--connect", "127.0.0.1:" + PortFrom(recv.output()), "--size", "1M", "--quiet",
+                         "--tls-ca", d.path + "/both-cas.pem", "--tls-cert", d.path + "/other/client-cert.pem",
+                         "--tls-key", d.path + "/other/client-key.pem", "--tls-hostname", "localhost",
+                         "--channels", "1"},
+                        &out);
+  EXPECT_EQ(rc, 3) << out;
+  EXPECT_TRUE(Has(out, "refused our certificate")) << out;
+  EXPECT_EQ(recv.Wait(30s), 1) << recv.output();  // no migration arrived: accept timeout
+  EXPECT_TRUE(Has(recv.output(), "rejected connection")) << recv.output();
+  EXPECT_FALSE(d.Has("out.img"));
+}
+
+// Usage errors name the flag and the accepted form (exit 2); certificate
+// files that do not parse are security errors naming the file (exit 3);
+// inputs and outputs that cannot work are found before any connection
+// (exit 5).
+TEST(Usage, BadNumbersNameTheFlag) {
+  std::string out;
+  for (const auto& [flag, value] : std::vector<std::pair<std::string, std::string>>{
+           {"--channels", "abc"}, {"--timeout", "x"}, {"--max-iterations", "-1"}, {"--io-timeout", "1e3"}}) {
+    EXPECT_EQ(RunCli({"send", "--connect", "127.0.0.1:1", "--size", "1M", "--no-tls", flag, value}, &out), 2) << flag;
+    EXPECT_TRUE(Has(out, "bad " + flag + " '" + value + "': expected a whole number")) << out;
+  }
+  EXPECT_EQ(RunCli({"recv", "--listen", "127.0.0.1:0", "--output", "/tmp/x", "--no-tls", "--channels", "4"}, &out), 2);
+  EXPECT_TRUE(Has(out, "unknown option --channels")) << out;
+  EXPECT_EQ(RunCli({"recv", "--listen", "127.0.0.1:0", "--output", "/tmp/x", "--no-tls", "--max-size", "lots"}, &out), 2);
+  EXPECT_TRUE(Has(out, "bad --max-size 'lots'")) << out;
+}
+
+TEST(Usage, UnparsableOrEmptyPemIsExit3NamingTheFile) {
+  Dir d;
+  const std::string empty = d.path + "/empty.pem", junk = d.path + "/junk.pem";
+  std::ofstream(empty).flush();
+  std::ofstream(junk) << "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n";
+  for (const std::string& f : {empty, junk}) {
+    std::string out;
+    EXPECT_EQ(RunCli({"send", "--connect", "127.0.0.1:1", "--size", "1M", "--tls-ca", f}, &out), 3) << out;
+    EXPECT_TRUE(Has(out, f)) << out;
+  }
+}
+
+TEST(Usage, InputThatIsNotARegularFileIsExit5) {
+  Dir d;
+  const std::string fifo = d.path + "/fifo";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  for (const auto& [input, says] : std::vector<std::pair<std::string, std::string>>{
+           {d.path, "is a directory"}, {fifo, "not a regular file"}, {"/dev/zero", "not a regular file"}}) {
+    std::string out;
+    EXPECT_EQ(RunCli({"send", "--connect", "127.0.0.1:1", "--input", input, "--no-tls"}, &out), 5) << input;
+    EXPECT_TRUE(Has(out, says)) << out;
+  }
+}
+
+TEST(Usage, OutputProblemsAreFoundBeforeListening) {
+  Dir d;
+  const std::string ro = d.path + "/ro";
+  ASSERT_EQ(mkdir(ro.c_str(), 0755), 0);
+  ASSERT_EQ(mount("tmpfs", ro.c_str(), "tmpfs", MS_RDONLY, "size=1m"), 0) << strerror(errno);
+  struct Unmount {
+    std::string p;
+    ~Unmount() { umount2(p.c_str(), MNT_DETACH); }
+  } unmount{ro};
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {d.path + "/missing/out.img", "output directory"},
+      {d.path, "is a directory"},
+      {ro + "/out.img", "Read-only file system"},
+      {d.path + "/" + std::string(300, 'x'), "File name too long"},
+  };
+  for (const auto& [output, says] : cases) {
+    std::string out;
+    EXPECT_EQ(RunCli({"recv", "--listen", "127.0.0.1:0", "--output", output, "--no-tls"}, &out, 20s), 5) << output;
+    EXPECT_TRUE(Has(out, says)) << out;
+    EXPECT_FALSE(Has(out, "listening on")) << out;
+  }
+  std::string out;
+  EXPECT_EQ(RunCli({"recv", "--listen", "127.0.0.1:0", "--output", d.path + "/o.img", "--no-tls", "--json",
+                    d.path + "/missing/r.json"},
+                   &out, 20s),
+            5);
+  EXPECT_TRUE(Has(out, "--json")) << out;
+  EXPECT_FALSE(Has(out, "listening on")) << out;
+}
+
+}  // namespace
+}  // namespace ktm
