@@ -218,6 +218,39 @@ TEST(RelayFaultsPlain, LostDoneIsBoundedAndSaysTheImageIsUnconfirmed) {
   EXPECT_TRUE(p.d.Has("out.img"));
 }
 
+// A hello corrupted in transit (plaintext: the relay flips a byte of it):
+// the destination cannot tell it from a stray, answers "invalid hello" and
+// keeps waiting; the source reports the corruption as integrity (4).
+TEST(RelayFaultsPlain, CorruptedHelloIsIntegrityAtTheSource) {
+  Path p(false, {"flip:up:0:20"});
+  p.Send({"--size", "4M", "--channels", "1"});
+  EXPECT_EQ(p.send->Wait(60s), 4) << p.Outputs();
+  EXPECT_TRUE(Has(p.send->output(), "could not parse our channel hello")) << p.Outputs();
+  EXPECT_TRUE(p.recv->WaitFor("rejected connection", 30s)) << p.Outputs();
+  p.recv->Signal(SIGTERM);
+  p.recv->Wait(30s);
+  p.ExpectNothingLeft();
+}
+
+// The destination killed mid-stream over TLS: the source reports the peer
+// gone (exit 1) and never dies of SIGPIPE (141).
+TEST(Hostile, DestinationKilledOverTlsIsExit1NotSigpipe) {
+  Path p(true, {});
+  p.Send({"--size", "1G", "--live", "--dirty-rate", "256M", "--max-iterations", "1000000"});
+  // Streaming has begun once the destination made its temporary file.
+  bool streaming = false;
+  for (int i = 0; i < 6000 && !streaming; ++i) {
+    for (const auto& e : p.d.Entries()) streaming |= e.find(".partial.") != std::string::npos;
+    if (!streaming) std::this_thread::sleep_for(10ms);
+  }
+  ASSERT_TRUE(streaming) << p.Outputs();
+  p.recv->Signal(SIGKILL);
+  p.recv->Wait(30s);
+  const int rc = p.send->Wait(60s);
+  EXPECT_EQ(rc, 1) << p.Outputs();
+  EXPECT_NE(rc, 128 + SIGPIPE);
+}
+
 // The destination's disk is too small: refused before a page moves, exit 5
 // on both ends, nothing left on the small filesystem.
 TEST(DiskFull, ImageLargerThanTheFilesystemIsExit5OnBothEnds) {

@@ -391,7 +391,12 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
     throw;
   }
   rep.transfer_seconds = std::chrono::duration<double>(Clock::now() - transfer_start).count();
-  rep.digest = SwitchOver(src, opts, chans, *senders[0]);
+  try {
+    rep.digest = SwitchOver(src, opts, chans, *senders[0]);
+  } catch (const Error& e) {
+    if (e.kind() == ErrorKind::kPeer) ThrowDestinationVerdict(chans, e);
+    throw;
+  }
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   AddChannelReports(opts, chans, senders, rep);
   return rep;

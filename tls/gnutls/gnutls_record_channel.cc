@@ -92,11 +92,12 @@ WriteResult GnutlsRecordChannel::writev(std::span<const iovec> iov, unsigned /*f
     // Not GNUTLS_RECORD_WAIT: that retries EAGAIN internally forever; the
     // socket timeout must surface as an error instead.
     int rc;
+    AgainGuard again(*this, /*for_write=*/true);
     for (;;) {
       rc = gnutls_record_uncork(s, 0);
       if (rc == GNUTLS_E_INTERRUPTED) continue;
       if (rc == GNUTLS_E_AGAIN) {
-        OnBlockingAgain(/*for_write=*/true);
+        again.OnAgain();
         continue;
       }
       break;
@@ -111,11 +112,12 @@ WriteResult GnutlsRecordChannel::writev(std::span<const iovec> iov, unsigned /*f
     while (left > 0) {
       size_t n = std::min(left, kCorkBatch - corked);
       ssize_t rc;
+      AgainGuard again(*this, /*for_write=*/true);
       for (;;) {
         rc = gnutls_record_send(s, p, n);
         if (rc == GNUTLS_E_INTERRUPTED) continue;
         if (rc == GNUTLS_E_AGAIN) {
-          OnBlockingAgain(/*for_write=*/true);
+          again.OnAgain();
           continue;
         }
         break;
@@ -140,6 +142,7 @@ ReadResult GnutlsRecordChannel::readv(std::span<const iovec> iov) {
   if (saw_close_notify_) return {};
   gnutls_session_t s = session_->native();
   size_t total = 0;
+  AgainGuard again(*this, /*for_write=*/false);
   for (const auto& v : iov) {
     size_t off = 0;
     while (off < v.iov_len) {
@@ -150,7 +153,7 @@ ReadResult GnutlsRecordChannel::readv(std::span<const iovec> iov) {
       if (rc == GNUTLS_E_AGAIN) {
         if (total > 0) return ReadResult{total, false};
         if (!blocking_) return ReadResult{0, true};
-        OnBlockingAgain(/*for_write=*/false);
+        again.OnAgain();
         continue;
       }
       if (rc == 0) {
@@ -200,19 +203,29 @@ void GnutlsRecordChannel::set_io_timeout(std::chrono::milliseconds timeout) {
   io_timeout_ = timeout;
 }
 
-void GnutlsRecordChannel::OnBlockingAgain(bool for_write) {
-  // GnuTLS 3.7 also answers GNUTLS_E_AGAIN when the stream ends inside a
-  // record (recv returned 0 mid-record), and after the peer reset: a cut,
-  // not a stall.
-  if (PeerClosed()) {
+void GnutlsRecordChannel::AgainGuard::OnAgain() {
+  // GNUTLS_E_AGAIN on a blocking socket means the socket timeout expired.
+  // But GnuTLS 3.7 also answers it when the stream ends inside a record
+  // (recv returned 0 mid-record) and, now and then, right after the peer
+  // reset: a cut, not a stall. Only time that really passed is a timeout.
+  if (ch_.PeerClosed()) {
     throw Error(ErrorKind::kPeer, EPIPE,
-                for_write ? std::string("TLS write failed: the peer closed or reset the connection")
-                          : std::string("TLS stream truncated in the middle of a record: the peer or the path "
-                                        "closed the connection"));
+                for_write_ ? std::string("TLS write failed: the peer closed or reset the connection")
+                           : std::string("TLS stream truncated in the middle of a record: the peer or the path "
+                                         "closed the connection"));
   }
-  // Otherwise a blocking socket says EAGAIN only when SO_RCVTIMEO/SO_SNDTIMEO expired.
-  if (io_timeout_.count() >= 0) throw IoTimeoutError(for_write, io_timeout_, "the TLS peer");
-  wait_io(for_write);
+  const auto timeout = ch_.io_timeout_;
+  const auto elapsed = std::chrono::steady_clock::now() - start_;
+  if (timeout.count() >= 0 && elapsed >= timeout) throw IoTimeoutError(for_write_, timeout, "the TLS peer");
+  if (++fast_agains_ > 1000) {
+    throw Error(ErrorKind::kPeer, EIO,
+                std::string("TLS ") + (for_write_ ? "write" : "read") +
+                    " keeps answering 'try again' on a blocking socket: the connection is broken");
+  }
+  // Not a timeout yet: wait for the socket, at most for what is left.
+  const auto left = timeout.count() < 0 ? timeout
+                                        : std::chrono::duration_cast<std::chrono::milliseconds>(timeout - elapsed);
+  WaitFdReadyOrThrow(ch_.session_->fd(), for_write_, left, "the TLS peer");
 }
 
 }  // namespace ktm

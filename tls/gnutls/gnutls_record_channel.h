@@ -49,8 +49,20 @@ class GnutlsRecordChannel : public Channel {
   [[noreturn]] void ThrowRecordError(ssize_t rc, const char* op);
   // Whether the socket is at end of stream (nothing left, peer closed).
   bool PeerClosed() const;
-  // GNUTLS_E_AGAIN in blocking mode: the socket timeout expired.
-  void OnBlockingAgain(bool for_write);
+  // GNUTLS_E_AGAIN in blocking mode, within one read or write call: tells a
+  // real timeout (time passed) from a cut connection.
+  class AgainGuard {
+   public:
+    AgainGuard(GnutlsRecordChannel& ch, bool for_write)
+        : ch_(ch), for_write_(for_write), start_(std::chrono::steady_clock::now()) {}
+    void OnAgain();
+
+   private:
+    GnutlsRecordChannel& ch_;
+    bool for_write_;
+    std::chrono::steady_clock::time_point start_;
+    int fast_agains_ = 0;
+  };
   std::unique_ptr<GnutlsSession> session_;
   std::string why_userspace_;
   bool blocking_ = true;
