@@ -174,7 +174,12 @@ class Channel {
   // error is there). Counts data a TLS layer has already decrypted.
   virtual bool wait_readable(std::chrono::milliseconds timeout) = 0;
 
-  // Half-closes the stream. For TLS channels kWrite sends close_notify.
+  // kWrite: orderly half-close (TLS channels send close_notify first, which
+  // may block up to the io timeout on a peer that does not read).
+  // kRead: stop reading (a blocked reader returns end of stream).
+  // kBoth: abort: both directions shut at once, nothing more is sent (no
+  // close_notify), and every thread blocked on the channel wakes up with an
+  // error or end of stream. Safe to call from another thread for that.
   virtual void shutdown(ShutdownHow how) = 0;
 
   // Releases the fd. Pending zero-copy writes are not waited for: call

@@ -302,7 +302,11 @@ ReadResult KtlsChannel::readv(std::span<const iovec> iov) {
 
 void KtlsChannel::shutdown(ShutdownHow how) {
   if (!fd_) return;
-  if (how != ShutdownHow::kRead && !sent_close_notify_) {
+  if (how == ShutdownHow::kBoth) {
+    ::shutdown(fd_.get(), SHUT_RDWR);  // abort: no close_notify (see Channel::shutdown)
+    return;
+  }
+  if (how == ShutdownHow::kWrite && !sent_close_notify_) {
     // close_notify is an alert record: level warning (1), description 0.
     unsigned char alert[2] = {1, kAlertCloseNotify};
     iovec v{alert, sizeof(alert)};

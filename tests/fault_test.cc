@@ -104,6 +104,16 @@ struct Path {
 
   std::string Outputs() { return "--- recv:\n" + recv->output() + "--- send:\n" + send->output() + "--- relay:\n" + relay->output(); }
 
+  // Waits for both ends; each must be done within `limit` of this call.
+  std::pair<int, int> WaitBoth(std::chrono::seconds limit = 20s) {
+    const auto t0 = Clock::now();
+    const int send_rc = send->Wait(60s);
+    EXPECT_LT(Clock::now() - t0, limit) << "send took too long\n" << Outputs();
+    const int recv_rc = recv->Wait(60s);
+    EXPECT_LT(Clock::now() - t0, limit) << "recv took too long\n" << Outputs();
+    return {send_rc, recv_rc};
+  }
+
   // No final file, and no temporary one either.
   void ExpectNothingLeft() { EXPECT_TRUE(d.Entries().empty()) << "left: " << d.Entries()[0]; }
 };
@@ -134,7 +144,7 @@ TEST_P(RelayFaults, StalledPathTimesOutOnBothEnds) {
 TEST_P(RelayFaults, CutMidStreamIsTruncationNotForgery) {
   Path p(GetParam(), {"drop:up:0:1048581"});
   p.Send({"--size", "32M", "--channels", "2"});
-  const int send_rc = p.send->Wait(60s), recv_rc = p.recv->Wait(60s);
+  const auto [send_rc, recv_rc] = p.WaitBoth();
   EXPECT_TRUE(Has(p.relay->output(), "drop up conn 0")) << p.Outputs();
   EXPECT_EQ(recv_rc, 1) << p.Outputs();
   EXPECT_EQ(send_rc, 1) << p.Outputs();
@@ -151,7 +161,7 @@ TEST_P(RelayFaults, CutMidStreamIsTruncationNotForgery) {
 TEST_P(RelayFaults, FlippedByteIsRefusedAsIntegrity) {
   Path p(GetParam(), {"flip:up:1:1M"});
   p.Send({"--size", "32M", "--channels", "2"});
-  const int send_rc = p.send->Wait(60s), recv_rc = p.recv->Wait(60s);
+  const auto [send_rc, recv_rc] = p.WaitBoth();
   EXPECT_TRUE(Has(p.relay->output(), "flip up conn 1")) << p.Outputs();
   EXPECT_EQ(recv_rc, 4) << p.Outputs();
   EXPECT_EQ(send_rc, 4) << p.Outputs();
@@ -168,7 +178,7 @@ TEST_P(RelayFaults, FlippedByteIsRefusedAsIntegrity) {
 TEST_P(RelayFaults, DuplicatedBytesAreRefused) {
   Path p(GetParam(), {"dup:up:1:512K"});
   p.Send({"--size", "32M", "--channels", "2"});
-  const int send_rc = p.send->Wait(60s), recv_rc = p.recv->Wait(60s);
+  const auto [send_rc, recv_rc] = p.WaitBoth();
   EXPECT_TRUE(Has(p.relay->output(), "dup up conn 1")) << p.Outputs();
   EXPECT_EQ(recv_rc, 4) << p.Outputs();
   EXPECT_EQ(send_rc, 4) << p.Outputs();

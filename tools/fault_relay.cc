@@ -103,17 +103,19 @@ bool WriteAll(int fd, const char* p, size_t n) {
 }
 
 // One relayed connection: when the second direction has finished, both
-// sockets are shut down completely (a side still writing then gets a reset,
-// as it would from a dead host); the first to finish only half-closes, so
-// what is in flight the other way (a final status) still arrives.
+// sockets are closed (a side still writing then gets a reset, as it would
+// from a dead host: closing with unread input sends RST, where shutdown
+// would leave the writer facing a zero window); the first to finish only
+// half-closes, so what is in flight the other way (a final status) still
+// arrives.
 struct Conn {
   int down_fd, up_fd;
   std::atomic<int> finished{0};
   std::atomic<bool> dropped{false};
   void Finished() {
     if (finished.fetch_add(1) == 1) {
-      shutdown(down_fd, SHUT_RDWR);
-      shutdown(up_fd, SHUT_RDWR);
+      close(down_fd);
+      close(up_fd);
     }
   }
 };

@@ -170,7 +170,13 @@ ReadResult GnutlsRecordChannel::readv(std::span<const iovec> iov) {
 
 void GnutlsRecordChannel::shutdown(ShutdownHow how) {
   if (session_->fd() < 0) return;
-  if (how != ShutdownHow::kRead) {
+  if (how == ShutdownHow::kBoth) {
+    // Abort: no close_notify (it could block on a full buffer, and another
+    // thread may be inside GnuTLS right now); wake everyone blocked.
+    ::shutdown(session_->fd(), SHUT_RDWR);
+    return;
+  }
+  if (how == ShutdownHow::kWrite) {
     int rc;
     // Best effort: a stalled peer gets one try bounded by the socket timeout.
     do {
