@@ -24,9 +24,11 @@ fi
 KERNEL=/boot/vmlinuz-$KVER
 MODDIR=/lib/modules/$KVER/kernel
 
-bazel build //tests:ktls_vm_test //tests:interop_test //tests:transport_test //cli:tls-migrate >&2
+bazel build //tests:ktls_vm_test //tests:interop_test //tests:transport_test //tests:fault_test //cli:tls-migrate \
+  //tools:fault_relay >&2
 BIN=$(realpath bazel-bin/tests)
 CLI=$(realpath bazel-bin/cli/tls-migrate)
+RELAY=$(realpath bazel-bin/tools/fault_relay)
 # The guest mounts its own tmpfs on /tmp, hiding the host's: binaries there
 # would be invisible inside. (The checkout itself may live anywhere.)
 case "$BIN" in /tmp/*)
@@ -38,6 +40,9 @@ RUNS=(
   "ktls_vm_test||$BIN/ktls_vm_test"
   "interop_ktls_test|KTM_TEST_KTLS=require|$BIN/interop_test"
   "transport_ktls_test|KTM_TEST_KTLS=require|$BIN/transport_test --gtest_filter=PlainAndTls/*:Transport.*"
+  # The relay fault cases with both ends in kernel TLS (EBADMSG, cuts
+  # mid-record, writes to a dead peer, stalls hitting the io timeout).
+  "fault_ktls_test|KTM_TEST_KTLS=require KTM_CLI=$CLI KTM_RELAY=$RELAY|$BIN/fault_test --gtest_filter=*RelayFaults.*/Tls:Hostile.DestinationKilledOverTls*:Hostile.IdleAndHalf*"
 )
 
 WORK=$(mktemp -d /tmp/ktm-vm-XXXXXX)

@@ -246,7 +246,7 @@ TEST(RelayFaultsPlain, CorruptedHelloIsIntegrityAtTheSource) {
 // gone (exit 1) and never dies of SIGPIPE (141).
 TEST(Hostile, DestinationKilledOverTlsIsExit1NotSigpipe) {
   Path p(true, {});
-  p.Send({"--size", "1G", "--live", "--dirty-rate", "256M", "--max-iterations", "1000000"});
+  p.Send({"--size", "256M", "--live", "--dirty-rate", "512M", "--max-iterations", "1000000"});
   // Streaming has begun once the destination made its temporary file.
   bool streaming = false;
   for (int i = 0; i < 6000 && !streaming; ++i) {

@@ -14,6 +14,17 @@ namespace {
 constexpr size_t kCorkBatch = 256 << 10;
 }  // namespace
 
+template <typename Op>
+ssize_t GnutlsRecordChannel::RetryWrite(const Op& op) {
+  AgainGuard again(*this, /*for_write=*/true);
+  for (;;) {
+    const ssize_t rc = op();
+    if (rc == GNUTLS_E_INTERRUPTED) continue;
+    if (rc != GNUTLS_E_AGAIN) return rc;
+    again.OnAgain();
+  }
+}
+
 GnutlsRecordChannel::GnutlsRecordChannel(std::unique_ptr<GnutlsSession> session, std::string why_userspace)
     : session_(std::move(session)), why_userspace_(std::move(why_userspace)) {
   blocking_ = !IsNonBlocking(session_->fd());
@@ -91,17 +102,7 @@ WriteResult GnutlsRecordChannel::writev(std::span<const iovec> iov, unsigned /*f
   auto uncork = [&] {
     // Not GNUTLS_RECORD_WAIT: that retries EAGAIN internally forever; the
     // socket timeout must surface as an error instead.
-    int rc;
-    AgainGuard again(*this, /*for_write=*/true);
-    for (;;) {
-      rc = gnutls_record_uncork(s, 0);
-      if (rc == GNUTLS_E_INTERRUPTED) continue;
-      if (rc == GNUTLS_E_AGAIN) {
-        again.OnAgain();
-        continue;
-      }
-      break;
-    }
+    const ssize_t rc = RetryWrite([&] { return gnutls_record_uncork(s, 0); });
     if (rc < 0) ThrowRecordError(rc, "write");
     ++batches_;
     corked = 0;
@@ -111,17 +112,7 @@ WriteResult GnutlsRecordChannel::writev(std::span<const iovec> iov, unsigned /*f
     size_t left = v.iov_len;
     while (left > 0) {
       size_t n = std::min(left, kCorkBatch - corked);
-      ssize_t rc;
-      AgainGuard again(*this, /*for_write=*/true);
-      for (;;) {
-        rc = gnutls_record_send(s, p, n);
-        if (rc == GNUTLS_E_INTERRUPTED) continue;
-        if (rc == GNUTLS_E_AGAIN) {
-          again.OnAgain();
-          continue;
-        }
-        break;
-      }
+      const ssize_t rc = RetryWrite([&] { return gnutls_record_send(s, p, n); });
       if (rc < 0) ThrowRecordError(rc, "write");
       p += rc;
       left -= static_cast<size_t>(rc);

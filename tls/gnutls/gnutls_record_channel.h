@@ -49,6 +49,10 @@ class GnutlsRecordChannel : public Channel {
   [[noreturn]] void ThrowRecordError(ssize_t rc, const char* op);
   // Whether the socket is at end of stream (nothing left, peer closed).
   bool PeerClosed() const;
+  // Runs a blocking GnuTLS write operation until it stops saying "again"
+  // (interrupted, or AgainGuard decides). Returns its final result.
+  template <typename Op>
+  ssize_t RetryWrite(const Op& op);
   // GNUTLS_E_AGAIN in blocking mode, within one read or write call: tells a
   // real timeout (time passed) from a cut connection.
   class AgainGuard {
