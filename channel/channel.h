@@ -123,6 +123,14 @@ class Channel {
   // Counters for reports and tests (see ChannelStats).
   virtual ChannelStats stats() const { return {}; }
 
+  // An fd that carries this channel's plaintext when read and written
+  // directly (so splice(2) can move it without a userspace copy): the
+  // socket of a plain or kernel-TLS channel, -1 when the bytes must pass
+  // through readv/writev (userspace TLS). Reads from it may fail with EINVAL
+  // or EIO when a kernel-TLS control record (alert, session ticket) is next:
+  // readv() then consumes that record. The channel keeps owning the fd.
+  virtual int splice_fd() const { return -1; }
+
   // Partial write of the iovec. Blocking mode: blocks until at least one
   // byte is accepted. Non-blocking mode: returns would_block if none was.
   // Buffer ownership: see the file comment (zc ids pin the pages).

@@ -63,6 +63,7 @@ class SocketChannel : public Channel {
   unsigned features() const override;
   std::string describe() const override;
   ChannelStats stats() const override;
+  int splice_fd() const override { return fd_.get(); }
   WriteResult writev(std::span<const iovec> iov, unsigned flags) override;
   ReadResult readv(std::span<const iovec> iov) override;
   FlushResult flush() override;

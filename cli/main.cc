@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <mutex>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -32,6 +33,7 @@
 #include "ktls/ktls.h"
 #include "tls/handshake.h"
 #include "transport/migration.h"
+#include "transport/tunnel.h"
 #include "util/sha256.h"
 
 namespace ktm::cli {
@@ -47,6 +49,8 @@ Usage:
   tls-migrate probe
   tls-migrate demo  [--size N] [--channels N] [--live] [--no-tls] [--json FILE]
   tls-migrate bench [--size N] [--channels 1,4] [--json FILE] [--png FILE]
+  tls-migrate tunnel --listen ADDR --connect HOST:PORT [certificate flags]      (source side)
+  tls-migrate tunnel --tls-listen HOST:PORT --forward ADDR [certificate flags]  (destination side)
 
 Run 'tls-migrate COMMAND --help' for the options of each command.
 
@@ -141,6 +145,36 @@ const char* kProbeHelp = R"(Usage: tls-migrate probe
 
 Reports what this host supports (kernel TLS and its ciphers, MSG_ZEROCOPY,
 io_uring SEND_ZC, locked-memory and optmem limits) and what each mode would do.
+)";
+
+const char* kTunnelHelp = R"(Usage:
+  tls-migrate tunnel --listen unix:PATH|HOST:PORT --connect HOST:PORT [options]       (source side)
+  tls-migrate tunnel --tls-listen HOST:PORT --forward unix:PATH|HOST:PORT [options]   (destination side)
+
+Encrypts an unmodified migration tool's connections (QEMU, or anything that
+migrates over TCP or UNIX sockets) with kernel TLS where the kernel has it.
+The source side accepts the tool's plaintext connections on --listen and
+opens one TLS connection per accepted connection to the destination side,
+which forwards each authenticated connection to --forward. The destination
+side connects to its target strictly in the order the source side accepted
+(QEMU takes its first connection as the main stream and the rest as multifd
+channels), each connect complete before the next. Both directions flow; a
+half-close and a reset propagate. With kTLS the bytes move with splice(2),
+no userspace copy; otherwise userspace TLS with large records.
+
+  --listen ADDR         source side: where the tool connects (plaintext, local)
+  --connect HOST:PORT   source side: the destination side's --tls-listen
+  --tls-listen HOST:PORT  destination side: where the source side connects
+  --forward ADDR        destination side: the tool's incoming address
+  --max-connections N   exit after N connections have ended (default: run until SIGINT/SIGTERM)
+  --io-timeout SEC      a write that makes no progress for SEC seconds aborts its
+                        connection (default 30; reads may idle: a return path is quiet)
+  --timeout SEC         connect timeout (default 10)
+
+Per connection it prints the path (kTLS or userspace TLS and why), the data
+path (splice or records), bytes each way and time; at exit a summary (and
+--json). Exit codes as for send/recv; 0 after SIGINT/SIGTERM or
+--max-connections, 1 if any connection failed.
 )";
 
 const char* kDemoHelp = R"(Usage: tls-migrate demo [options]
@@ -383,6 +417,76 @@ int CmdRecv(int argc, char** argv) {
   return 0;
 }
 
+std::atomic<bool> g_stop{false};
+void OnStopSignal(int) { g_stop = true; }
+
+int CmdTunnel(int argc, char** argv) {
+  Args a(argc, argv, 2,
+         Join({"listen", "connect", "tls-listen", "forward", "max-connections", "io-timeout", "timeout"}, kSecValue),
+         kSecBool);
+  if (a.flag("help")) {
+    std::printf("%s%s", kTunnelHelp, kSecurityHelp);
+    return 0;
+  }
+  const bool source = a.has("listen") && a.has("connect");
+  const bool dest = a.has("tls-listen") && a.has("forward");
+  if (source == dest) {
+    throw Error(ErrorKind::kUsage, EINVAL,
+                "tunnel needs either --listen ADDR --connect HOST:PORT (source side) or --tls-listen HOST:PORT "
+                "--forward ADDR (destination side); see --help");
+  }
+  CheckJsonPath(a);
+  TunnelOptions o;
+  o.listen = source ? a.get("listen") : a.get("tls-listen");
+  o.target = source ? a.get("connect") : a.get("forward");
+  o.security = BuildSecurity(a, source ? TlsRole::kClient : TlsRole::kServer, source ? HostOf(o.target) : "");
+  o.io_timeout = IoTimeout(a);
+  o.connect_timeout = std::chrono::seconds(a.number("timeout", 10, 1, 86400));
+  o.max_connections = a.number("max-connections", 0, 0, UINT32_MAX);
+  o.stop = &g_stop;
+  const bool quiet = a.flag("quiet");
+  static std::mutex print_mu;
+  o.log = [quiet](const std::string& s) {
+    if (quiet && s.find("rejected") == std::string::npos && s.find("cannot") == std::string::npos) return;
+    std::lock_guard<std::mutex> l(print_mu);
+    std::fprintf(stderr, "tls-migrate %s\n", s.c_str());
+  };
+  o.on_conn_done = [](const TunnelConnReport& r) {
+    std::lock_guard<std::mutex> l(print_mu);
+    std::fprintf(stderr, "tls-migrate tunnel: connection %llu %s: %s; %s; up %s, down %s in %.2f s\n",
+                 (unsigned long long)r.seq, r.error.empty() ? "done" : ("FAILED (" + r.error + ")").c_str(),
+                 r.path.c_str(), r.data_path.c_str(), Human(double(r.bytes_up)).c_str(),
+                 Human(double(r.bytes_down)).c_str(), r.seconds);
+  };
+  signal(SIGINT, OnStopSignal);
+  signal(SIGTERM, OnStopSignal);
+  const TunnelReport rep = source ? RunTunnelSource(o) : RunTunnelDestination(o);
+  {
+    std::lock_guard<std::mutex> l(print_mu);
+    std::fprintf(stderr, "tls-migrate tunnel: %llu connection(s) ended, %llu failed; up %s, down %s\n",
+                 (unsigned long long)rep.connections, (unsigned long long)rep.failed,
+                 Human(double(rep.bytes_up)).c_str(), Human(double(rep.bytes_down)).c_str());
+  }
+  if (a.has("json")) {
+    nlohmann::json conns = nlohmann::json::array();
+    for (const auto& c : rep.conns) {
+      conns.push_back({{"seq", c.seq}, {"peer", c.peer}, {"path", c.path}, {"data_path", c.data_path},
+                       {"bytes_up", c.bytes_up}, {"bytes_down", c.bytes_down}, {"seconds", c.seconds},
+                       {"error", c.error}, {"ktls", c.path.find("kTLS (") != std::string::npos}});
+    }
+    WriteJsonFile(a.get("json"), {{"role", source ? "tunnel-source" : "tunnel-destination"},
+                                  {"connections", rep.connections},
+                                  {"failed", rep.failed},
+                                  {"bytes_up", rep.bytes_up},
+                                  {"bytes_down", rep.bytes_down},
+                                  {"conns", conns}});
+  }
+  std::fflush(stdout);
+  std::fflush(stderr);
+  // Connections still open at a stop request end with the process.
+  _exit(rep.failed ? kExitFailed : kExitOk);
+}
+
 int CmdCerts(int argc, char** argv) {
   if (argc < 3 || std::string(argv[2]) == "--help") {
     std::printf("%s", kCertsHelp);
@@ -547,7 +651,7 @@ int main(int argc, char** argv) {
   const std::string cmd = argv[1];
   std::map<std::string, std::function<int(int, char**)>> cmds = {
       {"send", CmdSend}, {"recv", CmdRecv}, {"certs", CmdCerts}, {"probe", CmdProbe}, {"demo", CmdDemo},
-      {"bench", CmdBench}};
+      {"bench", CmdBench}, {"tunnel", CmdTunnel}};
   auto it = cmds.find(cmd);
   if (it == cmds.end()) {
     std::fprintf(stderr, "tls-migrate: unknown command '%s'\n%s", cmd.c_str(), kMainHelp);

@@ -61,6 +61,7 @@ class KtlsChannel : public Channel {
   }
   std::string describe() const override;
   ChannelStats stats() const override;
+  int splice_fd() const override { return fd_.get(); }
   WriteResult writev(std::span<const iovec> iov, unsigned flags) override;
   ReadResult readv(std::span<const iovec> iov) override;
   void shutdown(ShutdownHow how) override;

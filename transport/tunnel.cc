@@ -1,0 +1,479 @@
+#include "transport/tunnel.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <cstring>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "base/error.h"
+#include "base/fd_wait.h"
+#include "base/unique_fd.h"
+#include "channel/address.h"
+#include "transport/protocol.h"
+
+namespace ktm {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The tunnel header, the first bytes on every tunnel connection (inside
+// TLS, so authenticated): magic "KTMTUNL1", version, CRC-32C of the rest,
+// the source tunnel's session UUID and the connection's sequence number in
+// the order the source side accepted it.
+constexpr size_t kTunnelHeaderSize = 40;
+constexpr uint64_t kTunnelMagic = 0x314C4E55544D544Bull;  // "KTMTUNL1"
+constexpr uint16_t kTunnelVersion = 1;
+
+struct TunnelHeader {
+  wire::Uuid session{};
+  uint64_t seq = 0;
+};
+
+void Put64(uint8_t* p, uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+uint64_t Get64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+void EncodeTunnelHeader(const TunnelHeader& h, uint8_t out[kTunnelHeaderSize]) {
+  std::memset(out, 0, kTunnelHeaderSize);
+  Put64(out, kTunnelMagic);
+  out[8] = kTunnelVersion & 0xff;
+  out[9] = kTunnelVersion >> 8;
+  std::memcpy(out + 16, h.session.data(), 16);
+  Put64(out + 32, h.seq);
+  const uint32_t crc = wire::Crc32c(0, out + 16, 24);
+  for (int i = 0; i < 4; ++i) out[12 + i] = static_cast<uint8_t>(crc >> (8 * i));
+}
+
+TunnelHeader DecodeTunnelHeader(const uint8_t in[kTunnelHeaderSize]) {
+  if (Get64(in) != kTunnelMagic) {
+    throw Error(ErrorKind::kIntegrity, EBADMSG, "not a tls-migrate tunnel connection (bad magic)");
+  }
+  const uint16_t version = static_cast<uint16_t>(in[8] | (in[9] << 8));
+  if (version != kTunnelVersion) {
+    throw Error(ErrorKind::kIntegrity, EPROTO, "tunnel protocol version " + std::to_string(version) + " not supported");
+  }
+  const uint32_t crc = in[12] | (in[13] << 8) | (in[14] << 16) | (uint32_t{in[15]} << 24);
+  if (crc != wire::Crc32c(0, in + 16, 24)) throw Error(ErrorKind::kIntegrity, EBADMSG, "tunnel header checksum mismatch");
+  TunnelHeader h;
+  std::memcpy(h.session.data(), in + 16, 16);
+  h.seq = Get64(in + 32);
+  return h;
+}
+
+// Writes all of [p, p+n) to a plain socket (MSG_NOSIGNAL: a vanished peer
+// is an error, not SIGPIPE).
+void SendAll(int fd, const uint8_t* p, size_t n, const char* what) {
+  while (n > 0) {
+    ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) ThrowErrno(SocketErrorKind(errno), errno, what);
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+
+// A pipe for splice(2), 1 MiB so one splice carries many full 16 KiB
+// records (each splice into a kTLS socket ends its records).
+class Pipe {
+ public:
+  Pipe() {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) ThrowErrno(ErrorKind::kInternal, errno, "pipe");
+    r_.reset(fds[0]);
+    w_.reset(fds[1]);
+    (void)fcntl(w_.get(), F_SETPIPE_SZ, 1 << 20);  // best effort: the default 64 KiB also works
+  }
+  int r() const { return r_.get(); }
+  int w() const { return w_.get(); }
+
+ private:
+  UniqueFd r_, w_;
+};
+
+constexpr size_t kChunk = 1 << 20;
+
+ssize_t SpliceRetry(int in, int out, size_t len, unsigned flags) {
+  for (;;) {
+    ssize_t n = splice(in, nullptr, out, nullptr, len, flags);
+    if (n < 0 && errno == EINTR) continue;
+    return n < 0 ? -errno : n;
+  }
+}
+
+// Moves everything in the pipe to `out`.
+void DrainPipe(Pipe& pipe, size_t n, int out, const char* what) {
+  while (n > 0) {
+    const ssize_t m = SpliceRetry(pipe.r(), out, n, SPLICE_F_MOVE | SPLICE_F_MORE);
+    if (m == -EAGAIN) throw Error(ErrorKind::kTimeout, ETIMEDOUT, std::string("no progress writing ") + what);
+    if (m < 0) ThrowErrno(SocketErrorKind(static_cast<int>(-m)), static_cast<int>(-m), std::string("splice to ") + what);
+    n -= static_cast<size_t>(m);
+  }
+}
+
+// local plaintext socket -> channel, until local EOF. Returns bytes moved.
+uint64_t PumpToChannel(int local, Channel& ch, std::atomic<uint64_t>& bytes) {
+  const int out = ch.splice_fd();
+  if (out >= 0) {
+    Pipe pipe;
+    for (;;) {
+      const ssize_t n = SpliceRetry(local, pipe.w(), kChunk, SPLICE_F_MOVE | SPLICE_F_MORE);
+      if (n == 0) return bytes.load();
+      if (n < 0) ThrowErrno(SocketErrorKind(static_cast<int>(-n)), static_cast<int>(-n), "splice from the local connection");
+      DrainPipe(pipe, static_cast<size_t>(n), out, "the tunnel peer");
+      bytes += static_cast<uint64_t>(n);
+    }
+  }
+  std::vector<uint8_t> buf(256 << 10);
+  for (;;) {
+    ssize_t n = ::recv(local, buf.data(), buf.size(), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) ThrowErrno(SocketErrorKind(errno), errno, "read from the local connection");
+    if (n == 0) return bytes.load();
+    ch.write_all(buf.data(), static_cast<size_t>(n), 0);
+    bytes += static_cast<uint64_t>(n);
+  }
+}
+
+// channel -> local plaintext socket, until the channel's clean end of
+// stream (close_notify). Returns bytes moved.
+uint64_t PumpFromChannel(Channel& ch, int local, std::atomic<uint64_t>& bytes) {
+  const int in = ch.splice_fd();
+  std::vector<uint8_t> buf;
+  auto via_channel = [&]() -> bool {  // one read through the channel; false at EOF
+    buf.resize(64 << 10);
+    iovec v{buf.data(), buf.size()};
+    ReadResult r = ch.readv(std::span<const iovec>(&v, 1));
+    if (r.eof()) return false;
+    SendAll(local, buf.data(), r.bytes, "write to the local connection");
+    bytes += r.bytes;
+    return true;
+  };
+  if (in >= 0) {
+    Pipe pipe;
+    const bool encrypted = ch.has_feature(kFeatureEncrypted);
+    for (;;) {
+      const ssize_t n = SpliceRetry(in, pipe.w(), kChunk, SPLICE_F_MOVE);
+      if (n > 0) {
+        DrainPipe(pipe, static_cast<size_t>(n), local, "the local connection");
+        bytes += static_cast<uint64_t>(n);
+        continue;
+      }
+      if (n == 0) {
+        if (!encrypted) return bytes.load();
+        throw Error(ErrorKind::kPeer, EPIPE, "TLS stream truncated: the tunnel peer closed without close_notify");
+      }
+      // kTLS: a control record (close_notify, alert, session ticket) is next;
+      // the channel reads and handles it, then splicing goes on.
+      if (encrypted && (n == -EINVAL || n == -EIO)) {
+        if (!via_channel()) return bytes.load();
+        continue;
+      }
+      ThrowErrno(SocketErrorKind(static_cast<int>(-n)), static_cast<int>(-n), "splice from the tunnel peer");
+    }
+  }
+  while (via_channel()) {
+  }
+  return bytes.load();
+}
+
+// Runs one tunnel connection: both directions until both ended. `up` is
+// local->channel on the source side, channel->local on the destination side.
+TunnelConnReport RunConnection(UniqueFd local, OpenedChannel tls, uint64_t seq, bool source_side,
+                               std::chrono::milliseconds io_timeout) {
+  TunnelConnReport rep;
+  rep.seq = seq;
+  rep.peer = tls.peer;
+  rep.path = tls.path;
+  Channel& ch = *tls.channel;
+  rep.data_path = ch.splice_fd() >= 0 ? (ch.has_feature(kFeatureEncrypted) ? "splice (kTLS: the kernel encrypts, no userspace copy)"
+                                                                           : "splice (plaintext)")
+                                      : "userspace TLS records (256 KiB corked batches)";
+  // Writes may not stall forever; reads may idle (a return path is quiet).
+  if (io_timeout.count() > 0) {
+    timeval tv{static_cast<time_t>(io_timeout.count() / 1000), static_cast<suseconds_t>((io_timeout.count() % 1000) * 1000)};
+    (void)setsockopt(local.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    if (ch.splice_fd() >= 0) (void)setsockopt(ch.splice_fd(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  }
+  const auto t0 = Clock::now();
+  std::atomic<uint64_t> to_ch{0}, from_ch{0};
+  std::mutex err_mu;
+  std::string error;
+  std::atomic<bool> aborted{false};
+  auto abort_both = [&](const std::string& why) {
+    {
+      std::lock_guard<std::mutex> l(err_mu);
+      if (error.empty()) error = why;
+    }
+    aborted = true;
+    ::shutdown(local.get(), SHUT_RDWR);
+    try {
+      ch.shutdown(ShutdownHow::kBoth);
+    } catch (...) {
+    }
+  };
+  std::thread reader([&] {
+    try {
+      PumpFromChannel(ch, local.get(), from_ch);
+      ::shutdown(local.get(), SHUT_WR);  // close_notify -> half-close
+    } catch (const std::exception& e) {
+      if (!aborted) abort_both(std::string("from the tunnel peer: ") + e.what());
+    }
+  });
+  try {
+    PumpToChannel(local.get(), ch, to_ch);
+    ch.shutdown(ShutdownHow::kWrite);  // local EOF -> close_notify + SHUT_WR
+  } catch (const std::exception& e) {
+    if (!aborted) abort_both(std::string("to the tunnel peer: ") + e.what());
+  }
+  reader.join();
+  rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  rep.bytes_up = source_side ? to_ch.load() : from_ch.load();
+  rep.bytes_down = source_side ? from_ch.load() : to_ch.load();
+  rep.error = error;
+  return rep;
+}
+
+// Connection threads and their results; the accept loops own one.
+class ConnSet {
+ public:
+  explicit ConnSet(const TunnelOptions& opts) : opts_(opts) {}
+  ~ConnSet() { JoinAll(); }
+
+  void Start(std::function<TunnelConnReport()> run) {
+    std::lock_guard<std::mutex> l(mu_);
+    ++running_;
+    threads_.emplace_back([this, run = std::move(run)] {
+      TunnelConnReport r;
+      try {
+        r = run();
+      } catch (const std::exception& e) {
+        r.error = e.what();
+      }
+      if (opts_.on_conn_done) opts_.on_conn_done(r);
+      std::lock_guard<std::mutex> g(mu_);
+      report_.connections++;
+      report_.failed += r.error.empty() ? 0 : 1;
+      report_.bytes_up += r.bytes_up;
+      report_.bytes_down += r.bytes_down;
+      report_.conns.push_back(r);
+      --running_;
+    });
+  }
+
+  uint64_t finished() {
+    std::lock_guard<std::mutex> l(mu_);
+    return report_.connections;
+  }
+
+  // Waits for the running connections, or (stop requested) leaves them to
+  // end with the process and reports the finished ones.
+  TunnelReport Finish(bool abandon_running) {
+    if (abandon_running) {
+      std::lock_guard<std::mutex> l(mu_);
+      for (auto& t : threads_) t.detach();
+      threads_.clear();
+      return report_;
+    }
+    JoinAll();
+    std::lock_guard<std::mutex> l(mu_);
+    return report_;
+  }
+
+ private:
+  void JoinAll() {
+    std::list<std::thread> ts;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      ts.swap(threads_);
+    }
+    for (auto& t : ts) t.join();
+  }
+  const TunnelOptions& opts_;
+  std::mutex mu_;
+  std::list<std::thread> threads_;
+  size_t running_ = 0;
+  TunnelReport report_;
+};
+
+bool Stopping(const TunnelOptions& o, ConnSet& conns) {
+  if (o.stop && o.stop->load()) return true;
+  return o.max_connections && conns.finished() >= o.max_connections;
+}
+
+void Log(const TunnelOptions& o, const std::string& s) {
+  if (o.log) o.log(s);
+}
+
+// Waits for a connection on `l` in slices, so a stop request is seen.
+std::optional<UniqueFd> AcceptOrStop(Listener& l, const TunnelOptions& o, ConnSet& conns) {
+  while (!Stopping(o, conns)) {
+    if (PollFd(l.fd(), POLLIN, std::chrono::milliseconds(100)) == 0) continue;
+    int fd = accept4(l.fd(), nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd >= 0) return UniqueFd(fd);
+    if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN) continue;
+    ThrowErrno(ErrorKind::kInternal, errno, "accept on " + l.address());
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+TunnelReport RunTunnelSource(const TunnelOptions& opts) {
+  Listener l = Listener::Listen(opts.listen);
+  Log(opts, "tunnel: listening on " + l.address() + " (plaintext, local), forwarding over " +
+                (opts.security.tls ? "TLS" : "PLAINTEXT") + " to " + opts.target);
+  const wire::Uuid session = wire::RandomUuid();
+  ConnSet conns(opts);
+  for (uint64_t seq = 0;; ++seq) {
+    std::optional<UniqueFd> local = AcceptOrStop(l, opts, conns);
+    if (!local) break;
+    const std::string from = SockName(local->get(), true);
+    Log(opts, "tunnel: connection " + std::to_string(seq) + " from " + from);
+    auto fd = std::make_shared<UniqueFd>(std::move(*local));
+    conns.Start([&opts, fd, seq, session]() -> TunnelConnReport {
+      OpenedChannel tls = OpenClientChannel(opts.target, opts.security, opts.connect_timeout);
+      uint8_t hdr[kTunnelHeaderSize];
+      EncodeTunnelHeader({session, seq}, hdr);
+      tls.channel->write_all(hdr, sizeof(hdr));
+      return RunConnection(std::move(*fd), std::move(tls), seq, /*source_side=*/true, opts.io_timeout);
+    });
+  }
+  return conns.Finish(opts.stop && opts.stop->load());
+}
+
+TunnelReport RunTunnelDestination(const TunnelOptions& opts) {
+  Listener l = Listener::Listen(opts.listen);
+  Log(opts, "tunnel: listening on " + l.address() + " for " + (opts.security.tls ? "TLS" : "PLAINTEXT") +
+                " tunnel connections, forwarding to " + opts.target);
+  ConnSet conns(opts);
+
+  // Pending: handshake + header, each on its own thread with its own deadline.
+  struct Ready {
+    OpenedChannel tls;
+    TunnelHeader hdr;
+    Clock::time_point at;
+  };
+  std::mutex mu;
+  std::condition_variable cv;
+  std::map<std::pair<wire::Uuid, uint64_t>, Ready> ready;
+  std::list<std::thread> pending;
+  std::atomic<size_t> pending_count{0};
+  UniqueFd wake(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!wake) ThrowErrno(ErrorKind::kInternal, errno, "eventfd");
+  std::map<wire::Uuid, uint64_t> next_seq;
+
+  auto start_pending = [&](UniqueFd fd) {
+    const std::string peer = SockName(fd.get(), true);
+    ++pending_count;
+    pending.emplace_back([&, peer, fd = std::make_shared<UniqueFd>(std::move(fd))] {
+      try {
+        SecurityConfig sec = opts.security;
+        if (sec.tls) sec.tls_options.handshake_timeout = std::min(sec.tls_options.handshake_timeout, opts.hello_timeout);
+        OpenedChannel tls = OpenServerChannel(std::move(*fd), sec);
+        if (!tls.channel->wait_readable(opts.hello_timeout)) {
+          throw Error(ErrorKind::kTimeout, ETIMEDOUT, "sent no tunnel header within " +
+                                                          std::to_string(opts.hello_timeout.count()) + " ms");
+        }
+        uint8_t buf[kTunnelHeaderSize];
+        tls.channel->set_io_timeout(opts.hello_timeout);
+        if (!tls.channel->read_all(buf, sizeof(buf))) throw Error(ErrorKind::kPeer, EPIPE, "closed before its header");
+        tls.channel->set_io_timeout(std::chrono::milliseconds(-1));  // tunnel reads may idle
+        TunnelHeader h = DecodeTunnelHeader(buf);
+        std::lock_guard<std::mutex> g(mu);
+        ready[{h.session, h.seq}] = Ready{std::move(tls), h, Clock::now()};
+      } catch (const std::exception& e) {
+        Log(opts, "tunnel: rejected connection from " + peer + ": " + e.what());
+      }
+      --pending_count;
+      const uint64_t one = 1;
+      (void)!write(wake.get(), &one, sizeof(one));
+    });
+  };
+
+  // Forwards every ready connection whose turn it is, strictly in the
+  // source's order; a gap older than order_timeout is skipped (logged).
+  auto forward_ready = [&] {
+    for (;;) {
+      std::optional<Ready> go;
+      {
+        std::lock_guard<std::mutex> g(mu);
+        for (auto it = ready.begin(); it != ready.end(); ++it) {
+          uint64_t& next = next_seq[it->first.first];
+          if (it->first.second == next) {
+            go = std::move(it->second);
+            ready.erase(it);
+            ++next;
+            break;
+          }
+          if (it->first.second > next && Clock::now() - it->second.at > opts.order_timeout) {
+            Log(opts, "tunnel: connection " + std::to_string(next) + " of session " + wire::UuidString(it->first.first) +
+                          " never arrived; forwarding " + std::to_string(it->first.second) + " and later ones");
+            next = it->first.second;
+            go = std::move(it->second);
+            ready.erase(it);
+            ++next;
+            break;
+          }
+        }
+      }
+      if (!go) return;
+      // The target connect completes before the next one starts: that is
+      // what keeps QEMU's main channel first.
+      UniqueFd target;
+      try {
+        target = ConnectStream(opts.target, opts.connect_timeout);
+      } catch (const Error& e) {
+        Log(opts, std::string("tunnel: cannot forward connection ") + std::to_string(go->hdr.seq) + ": " + e.what());
+        go->tls.channel->shutdown(ShutdownHow::kBoth);
+        continue;
+      }
+      Log(opts, "tunnel: connection " + std::to_string(go->hdr.seq) + " from " + go->tls.peer + " -> " + opts.target);
+      auto state = std::make_shared<Ready>(std::move(*go));
+      auto tfd = std::make_shared<UniqueFd>(std::move(target));
+      conns.Start([state, tfd, &opts]() {
+        return RunConnection(std::move(*tfd), std::move(state->tls), state->hdr.seq, /*source_side=*/false,
+                             opts.io_timeout);
+      });
+    }
+  };
+
+  while (!Stopping(opts, conns)) {
+    pollfd fds[2] = {{l.fd(), POLLIN, 0}, {wake.get(), POLLIN, 0}};
+    int rc = poll(fds, 2, 100);
+    if (rc < 0 && errno != EINTR) ThrowErrno(ErrorKind::kInternal, errno, "poll");
+    uint64_t v;
+    while (read(wake.get(), &v, sizeof(v)) > 0) {
+    }
+    forward_ready();
+    if (rc > 0 && (fds[0].revents & POLLIN)) {
+      int fd = accept4(l.fd(), nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) continue;
+      if (pending_count.load() >= opts.max_pending) {
+        Log(opts, "tunnel: more than " + std::to_string(opts.max_pending) +
+                      " connections pending authentication: refusing " + SockName(fd, true));
+        ::close(fd);
+        continue;
+      }
+      start_pending(UniqueFd(fd));
+    }
+  }
+  for (auto& t : pending) t.join();
+  return conns.Finish(opts.stop && opts.stop->load());
+}
+
+}  // namespace ktm

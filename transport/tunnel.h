@@ -1,0 +1,90 @@
+// The tunnel: unmodified migration tools (QEMU, anything that migrates over
+// a TCP or UNIX socket) get encrypted transport without a change of theirs.
+//
+//   tool (source) --plaintext--> RunTunnelSource ==TLS/kTLS==> RunTunnelDestination --plaintext--> tool (destination)
+//
+// Every local connection accepted by the source side becomes one TLS
+// connection; the destination side forwards each authenticated one to its
+// local target. Order is part of the contract: QEMU's destination takes the
+// first connection it accepts as the main stream and the following ones as
+// multifd channels, but TLS handshakes finish in any order. So the source
+// numbers connections in the order it accepted them (a 40-byte tunnel header,
+// inside TLS, so authenticated) and the destination connects to its target
+// strictly in that order, each connect complete before the next.
+//
+// Both directions flow (QEMU has a return path). A half-close propagates:
+// local EOF -> TLS close_notify -> shutdown(SHUT_WR) on the far side. A reset
+// or error on one side aborts the matching connection on the other.
+//
+// Data path: with kTLS, plaintext moves with splice(2) socket -> pipe ->
+// socket in both directions: the kernel encrypts and decrypts, no userspace
+// copy (a non-data TLS record on the receive side, e.g. a session ticket, is
+// consumed through the channel and splicing goes on). Without kTLS, userspace
+// TLS with large corked records (256 KiB batches), never a record per small
+// write.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "transport/endpoint.h"
+
+namespace ktm {
+
+struct TunnelConnReport {
+  uint64_t seq = 0;
+  std::string peer;        // the TLS peer
+  std::string path;        // TLS path and why (as for migrations)
+  std::string data_path;   // "splice (kTLS)", "userspace TLS records", ...
+  uint64_t bytes_up = 0;   // source side -> destination side (plaintext bytes)
+  uint64_t bytes_down = 0; // destination side -> source side
+  double seconds = 0;
+  std::string error;       // "" when both directions ended cleanly
+};
+
+struct TunnelReport {
+  uint64_t connections = 0;
+  uint64_t failed = 0;
+  uint64_t bytes_up = 0, bytes_down = 0;
+  std::vector<TunnelConnReport> conns;
+};
+
+struct TunnelOptions {
+  // Source side: local plaintext listen address; destination side: the
+  // TLS listen address.
+  std::string listen;
+  // Source side: the destination tunnel (HOST:PORT); destination side: the
+  // local target to forward to (HOST:PORT or unix:PATH).
+  std::string target;
+  SecurityConfig security;
+  std::chrono::milliseconds connect_timeout{10000};
+  // Handshake plus tunnel header, per pending connection (destination side).
+  std::chrono::milliseconds hello_timeout{10000};
+  // A write that makes no progress for this long aborts that connection
+  // (reads may idle: a migration's return path is quiet for long stretches).
+  std::chrono::milliseconds io_timeout{30000};
+  size_t max_pending = 32;
+  // Destination side: how long to wait for a missing earlier connection
+  // before forwarding the later ones anyway (logged).
+  std::chrono::milliseconds order_timeout{10000};
+  std::function<void(const std::string&)> log;
+  // Called when a connection has ended (both directions).
+  std::function<void(const TunnelConnReport&)> on_conn_done;
+  // Set to stop: the listener closes; connections still running are left
+  // to end with the process (the caller is about to exit).
+  const std::atomic<bool>* stop = nullptr;
+  // Stop by itself after this many connections have ended (0 = never).
+  uint64_t max_connections = 0;
+};
+
+// Run until `stop` is set or max_connections have ended. Throw Error only for
+// setup failures (listen, credentials); per-connection failures are
+// reported through on_conn_done and counted.
+TunnelReport RunTunnelSource(const TunnelOptions& opts);
+TunnelReport RunTunnelDestination(const TunnelOptions& opts);
+
+}  // namespace ktm
