@@ -1,5 +1,5 @@
 # Quick start: `make demo`, `make test`. Both install what they need first.
-.PHONY: deps build demo demo-ktls bench bench-ktls test test-asan test-tsan test-ktls clean
+.PHONY: deps build demo demo-ktls demo-qemu bench bench-ktls bench-qemu test test-asan test-tsan test-ktls test-qemu clean
 
 deps:
 	@bash scripts/install-deps.sh
@@ -21,10 +21,23 @@ test: deps
 	bash scripts/run-tests.sh
 
 test-asan: deps
-	KTM_TEST_CONFIGS=asan+ubsan KTM_SKIP_VM=1 KTM_SKIP_FUZZ=1 bash scripts/run-tests.sh
+	KTM_TEST_CONFIGS=asan+ubsan KTM_SKIP_VM=1 KTM_SKIP_FUZZ=1 KTM_SKIP_QEMU=1 bash scripts/run-tests.sh
 
 test-tsan: deps
-	KTM_TEST_CONFIGS=tsan KTM_SKIP_VM=1 KTM_SKIP_FUZZ=1 bash scripts/run-tests.sh
+	KTM_TEST_CONFIGS=tsan KTM_SKIP_VM=1 KTM_SKIP_FUZZ=1 KTM_SKIP_QEMU=1 bash scripts/run-tests.sh
+
+# Real QEMU live migrations through `tls-migrate tunnel` (also part of make test).
+test-qemu: deps
+	KTM_TEST_CONFIGS=none KTM_SKIP_FUZZ=1 KTM_SKIP_VM=1 bash scripts/run-tests.sh
+
+# One real QEMU live migration through the tunnel, with a short summary.
+demo-qemu: deps
+	bash scripts/run-qemu-tests.sh --gtest_filter=QemuTunnel.LiveMigrationMultifdOff
+
+# QEMU migrations side by side: plain UNIX, QEMU's own TLS, our tunnel, a
+# socat OpenSSL tunnel; with and without multifd; medians of 3.
+bench-qemu: deps
+	KTM_QEMU_BENCH=1 bash scripts/run-qemu-tests.sh --gtest_filter=QemuBench.*
 
 # Every mode side by side (see README: Benchmark).
 bench: deps
@@ -38,7 +51,7 @@ bench-ktls: deps
 
 # kTLS tests only, in a VM running Debian's kernel (CONFIG_TLS=m).
 test-ktls: deps
-	KTM_TEST_CONFIGS=none KTM_SKIP_FUZZ=1 bash scripts/run-tests.sh
+	KTM_TEST_CONFIGS=none KTM_SKIP_FUZZ=1 KTM_SKIP_QEMU=1 bash scripts/run-tests.sh
 
 clean:
 	bazel clean

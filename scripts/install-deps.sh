@@ -13,7 +13,7 @@ PKGS=(
   nlohmann-json3-dev
   clang libclang-rt-14-dev
   qemu-system-x86 linux-image-amd64 busybox-static cpio kmod
-  iproute2 procps libcap2-bin iperf3 gnuplot-nox
+  iproute2 procps libcap2-bin iperf3 gnuplot-nox socat
 )
 
 missing=()

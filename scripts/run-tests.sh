@@ -102,6 +102,11 @@ if [ "${KTM_SKIP_VM:-0}" != 1 ]; then
   run_external "kTLS VM" KTM_VM_XML_DIR bash scripts/run-vm-tests.sh
 fi
 
+# Real QEMU live migrations through `tls-migrate tunnel` (about 5 minutes).
+if [ "${KTM_SKIP_QEMU:-0}" != 1 ]; then
+  run_external "QEMU" KTM_QEMU_XML_DIR bash scripts/run-qemu-tests.sh
+fi
+
 echo
 for s in "${summary[@]}"; do echo "  $s"; done
 echo "$total_pass passed, $total_fail failed"

@@ -24,7 +24,7 @@ fi
 KERNEL=/boot/vmlinuz-$KVER
 MODDIR=/lib/modules/$KVER/kernel
 
-bazel build //tests:ktls_vm_test //tests:interop_test //tests:transport_test //tests:fault_test //cli:tls-migrate \
+bazel build //tests:ktls_vm_test //tests:interop_test //tests:transport_test //tests:fault_test //tests:tunnel_test //cli:tls-migrate \
   //tools:fault_relay >&2
 BIN=$(realpath bazel-bin/tests)
 CLI=$(realpath bazel-bin/cli/tls-migrate)
@@ -43,6 +43,8 @@ RUNS=(
   # The relay fault cases with both ends in kernel TLS (EBADMSG, cuts
   # mid-record, writes to a dead peer, stalls hitting the io timeout).
   "fault_ktls_test|KTM_TEST_KTLS=require KTM_CLI=$CLI KTM_RELAY=$RELAY|$BIN/fault_test --gtest_filter=*RelayFaults.*/Tls:Hostile.DestinationKilledOverTls*:Hostile.IdleAndHalf*"
+  # The tunnel with both ends in kernel TLS: the splice path, byte-exact.
+  "tunnel_ktls_test|KTM_TEST_KTLS=require KTM_CLI=$CLI KTM_RELAY=$RELAY|$BIN/tunnel_test"
 )
 
 WORK=$(mktemp -d /tmp/ktm-vm-XXXXXX)

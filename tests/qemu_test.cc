@@ -17,7 +17,9 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <algorithm>
 #include <fstream>
+#include <sstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -345,6 +347,187 @@ TEST(QemuTunnel, SourceTunnelKilledFailsTheMigration) {
   const json m = WaitMigration(*src, 60s);
   EXPECT_EQ(m.value("status", ""), "failed") << m.dump(1);
   EXPECT_LT(Clock::now() - t0, 30s);
+}
+
+
+// ---------------------------------------------------------------------------
+// make bench-qemu (KTM_QEMU_BENCH=1): the same guest migrated (a) plain over
+// UNIX, (b) with QEMU's built-in TLS (tls-creds-x509), (c) through our
+// tunnel, (d) through a socat OpenSSL tunnel; without and with multifd (4);
+// three runs each, medians printed: QEMU's total-time, downtime and
+// transferred bytes, and the CPU seconds of the tunnel processes.
+
+double ProcessCpuSeconds(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string s((std::istreambuf_iterator<char>(f)), {});
+  const auto rp = s.rfind(')');
+  if (rp == std::string::npos) return 0;
+  std::istringstream in(s.substr(rp + 2));
+  std::string tok;
+  std::vector<std::string> fields;
+  while (in >> tok) fields.push_back(tok);
+  // after ")": state(0) ... utime(11) stime(12) cutime(13) cstime(14)
+  if (fields.size() < 15) return 0;
+  const double hz = static_cast<double>(sysconf(_SC_CLK_TCK));
+  return (std::stod(fields[11]) + std::stod(fields[12]) + std::stod(fields[13]) + std::stod(fields[14])) / hz;
+}
+
+struct BenchRun {
+  bool ok = false;
+  double total_ms = 0, downtime_ms = 0, mib = 0, tunnel_cpu = 0;
+  std::string why;
+};
+
+BenchRun BenchOnce(const std::string& mode, int multifd) {
+  testing::TempDir dir("ktm-qbench");
+  BenchRun r;
+  const std::string pki = Pki();
+  std::vector<std::string> extra_src, extra_dst;
+  if (mode == "qemu-tls") {
+    extra_dst = {"-object", "tls-creds-x509,id=tls0,dir=" + pki + ",endpoint=server,verify-peer=on"};
+    extra_src = {"-object", "tls-creds-x509,id=tls0,dir=" + pki + ",endpoint=client,verify-peer=on"};
+  }
+  auto start = [&](const std::string& name, bool incoming, const std::vector<std::string>& extra) {
+    auto g = std::make_unique<Guest>();
+    g->name = name;
+    g->dir = dir.path;
+    std::vector<std::string> args = {"qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1",
+                                     "-display", "none", "-vga", "none", "-nic", "none", "-monitor", "none", "-serial",
+                                     "file:" + g->serial(), "-qmp", "unix:" + g->qmp_path() + ",server=on,wait=off",
+                                     "-kernel", Env("KTM_QEMU_KERNEL"), "-initrd", Env("KTM_QEMU_INITRD"), "-append",
+                                     "console=ttyS0 quiet panic=-1 ktm_fill=800"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    if (incoming) args.insert(args.end(), {"-incoming", "defer", "-S"});
+    g->proc = std::make_unique<Subprocess>(args);
+    g->qmp = std::make_unique<Qmp>(g->qmp_path());
+    return g;
+  };
+  auto dst = start("dst", true, extra_dst);
+  auto src = start("src", false, extra_src);
+  if (!WaitForFileText(src->serial(), "KTM-GUEST: TICK 1", 240s)) {
+    r.why = "guest did not boot";
+    return r;
+  }
+  const std::string incoming = dir.path + "/dst-mig.sock", outgoing = dir.path + "/src-mig.sock";
+  std::unique_ptr<Subprocess> t_src, t_dst;
+  std::string dst_uri = "unix:" + incoming, src_uri = "unix:" + incoming;
+  const int port = testing::FreePort();
+  if (mode == "tunnel") {
+    t_dst = std::make_unique<Subprocess>(std::vector<std::string>{testing::Cli(), "tunnel", "--tls-listen",
+                                                                  "127.0.0.1:" + std::to_string(port), "--forward",
+                                                                  "unix:" + incoming, "--tls-creds", pki, "--quiet"});
+    t_dst->WaitFor("listening on", 30s);
+    t_src = std::make_unique<Subprocess>(std::vector<std::string>{
+        testing::Cli(), "tunnel", "--listen", "unix:" + outgoing, "--connect", "127.0.0.1:" + std::to_string(port),
+        "--tls-creds", pki, "--tls-hostname", "localhost", "--quiet"});
+    t_src->WaitFor("listening on", 30s);
+    src_uri = "unix:" + outgoing;
+  } else if (mode == "socat") {
+    t_dst = std::make_unique<Subprocess>(std::vector<std::string>{
+        "socat", "OPENSSL-LISTEN:" + std::to_string(port) + ",bind=127.0.0.1,reuseaddr,fork,cert=" + pki +
+                     "/server-cert.pem,key=" + pki + "/server-key.pem,cafile=" + pki + "/ca-cert.pem,verify=1",
+        "UNIX-CONNECT:" + incoming});
+    t_src = std::make_unique<Subprocess>(std::vector<std::string>{
+        "socat", "UNIX-LISTEN:" + outgoing + ",fork",
+        "OPENSSL:127.0.0.1:" + std::to_string(port) + ",cert=" + pki + "/client-cert.pem,key=" + pki +
+            "/client-key.pem,cafile=" + pki + "/ca-cert.pem,commonname=localhost"});
+    // socat prints nothing when ready: wait for the socket file and port.
+    for (int i = 0; i < 300 && access(outgoing.c_str(), F_OK) != 0; ++i) std::this_thread::sleep_for(10ms);
+    src_uri = "unix:" + outgoing;
+  } else if (mode == "qemu-tls") {
+    dst_uri = "tcp:127.0.0.1:" + std::to_string(port);
+    src_uri = dst_uri;
+    for (Guest* g : {src.get(), dst.get()}) g->qmp->Execute("migrate-set-parameters", {{"tls-creds", "tls0"}});
+    src->qmp->Execute("migrate-set-parameters", {{"tls-hostname", "localhost"}});
+  }
+  if (multifd) {
+    EnableMultifd(*src, multifd);
+    EnableMultifd(*dst, multifd);
+  }
+  src->qmp->Execute("migrate-set-parameters", {{"max-bandwidth", 10ll << 30}, {"downtime-limit", 300}});
+  dst->qmp->Execute("migrate-incoming", {{"uri", dst_uri}});
+  src->qmp->Execute("migrate", {{"uri", src_uri}});
+  const json m = WaitMigration(*src, 300s);
+  if (m.value("status", "") != "completed") {
+    r.why = "status " + m.value("status", std::string("?")) + " " + m.value("error-desc", std::string());
+    return r;
+  }
+  r.ok = true;
+  r.total_ms = m.value("total-time", 0.0);
+  r.downtime_ms = m.value("downtime", 0.0);
+  r.mib = m.contains("ram") ? m["ram"].value("transferred", 0.0) / (1 << 20) : 0;
+  for (auto* t : {t_src.get(), t_dst.get()}) {
+    if (t) r.tunnel_cpu += ProcessCpuSeconds(t->pid());
+  }
+  return r;
+}
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+TEST(QemuBench, SideBySide) {
+  if (Env("KTM_QEMU_BENCH") != "1") GTEST_SKIP() << "make bench-qemu runs this";
+  const int runs = Env("KTM_QEMU_BENCH_RUNS").empty() ? 3 : std::stoi(Env("KTM_QEMU_BENCH_RUNS"));
+  struct Row {
+    std::string mode;
+    int multifd;
+    std::vector<double> total, down, mib, cpu;
+    std::string fail;
+  };
+  std::vector<Row> rows;
+  for (int multifd : {0, 4}) {
+    for (const std::string mode : {"plain", "qemu-tls", "tunnel", "socat"}) {
+      Row row{mode, multifd, {}, {}, {}, {}, ""};
+      for (int i = 0; i < runs; ++i) {
+        BenchRun b = BenchOnce(mode, multifd);
+        std::fprintf(stderr, "  %-8s multifd %d run %d: %s\n", mode.c_str(), multifd, i + 1,
+                     b.ok ? (std::to_string(b.total_ms) + " ms").c_str() : b.why.c_str());
+        if (!b.ok) {
+          row.fail = b.why;
+          continue;
+        }
+        row.total.push_back(b.total_ms);
+        row.down.push_back(b.downtime_ms);
+        row.mib.push_back(b.mib);
+        row.cpu.push_back(b.tunnel_cpu);
+      }
+      rows.push_back(row);
+    }
+  }
+  std::printf("\nQEMU 7.2 live migration, 1 GiB guest (800 MiB random, dirtying 4 MiB/s), TCG, medians of %d runs\n", runs);
+  std::printf("%-10s %7s %10s %9s %9s %11s %10s  %s\n", "mode", "multifd", "total ms", "downtime", "MiB", "tunnel CPU", "CPU s/GiB",
+              "runs ok");
+  for (const auto& r : rows) {
+    const double cpu_per_gib = Median(r.mib) > 0 ? Median(r.cpu) / (Median(r.mib) / 1024) : 0;
+    std::printf("%-10s %7d %10.0f %9.0f %9.0f %11.2f %10.2f  %zu/%d%s\n", r.mode.c_str(), r.multifd, Median(r.total),
+                Median(r.down), Median(r.mib), Median(r.cpu), cpu_per_gib, r.total.size(), runs,
+                r.fail.empty() ? "" : ("  (failed: " + r.fail + ")").c_str());
+  }
+  auto med = [&](const std::string& mode, int mf) -> const Row* {
+    for (const auto& r : rows) {
+      if (r.mode == mode && r.multifd == mf && !r.total.empty()) return &r;
+    }
+    return nullptr;
+  };
+  std::printf("\nTargets (this run):\n");
+  for (int mf : {0, 4}) {
+    const Row *a = med("plain", mf), *b = med("qemu-tls", mf), *c = med("tunnel", mf), *d = med("socat", mf);
+    if (a && c) {
+      std::printf("  multifd %d: tunnel / plain total-time = %.2fx (target <= 1.15x): %s\n", mf,
+                  Median(c->total) / Median(a->total), Median(c->total) <= 1.15 * Median(a->total) ? "met" : "NOT met");
+    }
+    if (b && c) {
+      std::printf("  multifd %d: tunnel faster than QEMU's TLS (%.0f vs %.0f ms): %s\n", mf, Median(c->total),
+                  Median(b->total), Median(c->total) < Median(b->total) ? "met" : "NOT met");
+    }
+    if (c && d) {
+      const double cc = Median(c->cpu) / (Median(c->mib) / 1024), dc = Median(d->cpu) / (Median(d->mib) / 1024);
+      std::printf("  multifd %d: tunnel CPU/GiB %.2f vs socat %.2f: %s\n", mf, cc, dc, cc < dc ? "met" : "NOT met");
+    }
+  }
 }
 
 }  // namespace

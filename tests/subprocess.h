@@ -66,6 +66,7 @@ class Subprocess {
   void Signal(int sig) {
     if (pid_ > 0) kill(pid_, sig);
   }
+  pid_t pid() const { return pid_; }
 
   // Waits for exit; returns the exit code, 128+signal if killed, or -1 on
   // timeout (the child is then killed).
