@@ -483,7 +483,7 @@ int CmdTunnel(int argc, char** argv) {
   }
   std::fflush(stdout);
   std::fflush(stderr);
-  // Connections still open at a stop request end with the process.
+  // Connections still open at a stop request were aborted (not failures).
   _exit(rep.failed ? kExitFailed : kExitOk);
 }
 

@@ -31,8 +31,10 @@ count_xml() {
 import sys, os, xml.etree.ElementTree as ET
 root = sys.argv[1]
 p = f = 0
+import re
+# run_N_of_M/ directories are left by manual --runs_per_test runs: stale here.
 xmls = [os.path.join(d, fn) for d, _, files in os.walk(root, followlinks=True)
-        for fn in files if fn.endswith(".xml")]
+        for fn in files if fn.endswith(".xml") and not re.search(r"/run_[0-9]+_of_[0-9]+", d)]
 for path in xmls:
     try:
         t = ET.parse(path).getroot()

@@ -107,6 +107,9 @@ class Pipe {
 
 constexpr size_t kChunk = 1 << 20;
 
+// The reason given to connections aborted by a stop request: not a failure.
+constexpr const char* kStopping = "aborted: the tunnel is stopping";
+
 ssize_t SpliceRetry(int in, int out, size_t len, unsigned flags) {
   for (;;) {
     ssize_t n = splice(in, nullptr, out, nullptr, len, flags);
@@ -118,7 +121,10 @@ ssize_t SpliceRetry(int in, int out, size_t len, unsigned flags) {
 // Moves everything in the pipe to `out`.
 void DrainPipe(Pipe& pipe, size_t n, int out, const char* what) {
   while (n > 0) {
-    const ssize_t m = SpliceRetry(pipe.r(), out, n, SPLICE_F_MOVE | SPLICE_F_MORE);
+    // No SPLICE_F_MORE: a kTLS socket may then hold a short record open
+    // waiting for more, and an interactive stream (a 1-byte request) would
+    // stall. Large splices fill whole records anyway.
+    const ssize_t m = SpliceRetry(pipe.r(), out, n, SPLICE_F_MOVE);
     if (m == -EAGAIN) throw Error(ErrorKind::kTimeout, ETIMEDOUT, std::string("no progress writing ") + what);
     if (m < 0) ThrowErrno(SocketErrorKind(static_cast<int>(-m)), static_cast<int>(-m), std::string("splice to ") + what);
     n -= static_cast<size_t>(m);
@@ -131,7 +137,7 @@ uint64_t PumpToChannel(int local, Channel& ch, std::atomic<uint64_t>& bytes) {
   if (out >= 0) {
     Pipe pipe;
     for (;;) {
-      const ssize_t n = SpliceRetry(local, pipe.w(), kChunk, SPLICE_F_MOVE | SPLICE_F_MORE);
+      const ssize_t n = SpliceRetry(local, pipe.w(), kChunk, SPLICE_F_MOVE);
       if (n == 0) return bytes.load();
       if (n < 0) ThrowErrno(SocketErrorKind(static_cast<int>(-n)), static_cast<int>(-n), "splice from the local connection");
       DrainPipe(pipe, static_cast<size_t>(n), out, "the tunnel peer");
@@ -191,10 +197,84 @@ uint64_t PumpFromChannel(Channel& ch, int local, std::atomic<uint64_t>& bytes) {
   return bytes.load();
 }
 
+// Connection threads and their results; the accept loops own one.
+class ConnSet {
+ public:
+  explicit ConnSet(const TunnelOptions& opts) : opts_(opts) {}
+  ~ConnSet() { JoinAll(); }
+
+  void Start(std::function<TunnelConnReport()> run) {
+    std::lock_guard<std::mutex> l(mu_);
+    ++running_;
+    threads_.emplace_back([this, run = std::move(run)] {
+      TunnelConnReport r;
+      try {
+        r = run();
+      } catch (const std::exception& e) {
+        r.error = e.what();
+      }
+      if (opts_.on_conn_done) opts_.on_conn_done(r);
+      std::lock_guard<std::mutex> g(mu_);
+      report_.connections++;
+      report_.failed += (r.error.empty() || r.error == kStopping) ? 0 : 1;
+      report_.bytes_up += r.bytes_up;
+      report_.bytes_down += r.bytes_down;
+      report_.conns.push_back(r);
+      --running_;
+    });
+  }
+
+  uint64_t finished() {
+    std::lock_guard<std::mutex> l(mu_);
+    return report_.connections;
+  }
+
+  // A running connection registers how to abort it (both sockets shut), so
+  // a stop request can end it; it unregisters before its state goes away.
+  uint64_t Register(std::function<void()> abort) {
+    std::lock_guard<std::mutex> l(mu_);
+    aborts_[next_abort_id_] = std::move(abort);
+    return next_abort_id_++;
+  }
+  void Unregister(uint64_t id) {
+    std::lock_guard<std::mutex> l(mu_);
+    aborts_.erase(id);
+  }
+
+  // Waits for the running connections; with `abort_running` (a stop
+  // request) they are aborted first. Returns the report of all of them.
+  TunnelReport Finish(bool abort_running) {
+    if (abort_running) {
+      std::lock_guard<std::mutex> l(mu_);
+      for (auto& [id, abort] : aborts_) abort();
+    }
+    JoinAll();
+    std::lock_guard<std::mutex> l(mu_);
+    return report_;
+  }
+
+ private:
+  void JoinAll() {
+    std::list<std::thread> ts;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      ts.swap(threads_);
+    }
+    for (auto& t : ts) t.join();
+  }
+  const TunnelOptions& opts_;
+  std::mutex mu_;
+  std::list<std::thread> threads_;
+  size_t running_ = 0;
+  TunnelReport report_;
+  std::map<uint64_t, std::function<void()>> aborts_;
+  uint64_t next_abort_id_ = 0;
+};
+
 // Runs one tunnel connection: both directions until both ended. `up` is
 // local->channel on the source side, channel->local on the destination side.
 TunnelConnReport RunConnection(UniqueFd local, OpenedChannel tls, uint64_t seq, bool source_side,
-                               std::chrono::milliseconds io_timeout) {
+                               std::chrono::milliseconds io_timeout, ConnSet& set) {
   TunnelConnReport rep;
   rep.seq = seq;
   rep.peer = tls.peer;
@@ -226,6 +306,7 @@ TunnelConnReport RunConnection(UniqueFd local, OpenedChannel tls, uint64_t seq, 
     } catch (...) {
     }
   };
+  const uint64_t abort_id = set.Register([&] { abort_both(kStopping); });
   std::thread reader([&] {
     try {
       PumpFromChannel(ch, local.get(), from_ch);
@@ -241,74 +322,13 @@ TunnelConnReport RunConnection(UniqueFd local, OpenedChannel tls, uint64_t seq, 
     if (!aborted) abort_both(std::string("to the tunnel peer: ") + e.what());
   }
   reader.join();
+  set.Unregister(abort_id);
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   rep.bytes_up = source_side ? to_ch.load() : from_ch.load();
   rep.bytes_down = source_side ? from_ch.load() : to_ch.load();
   rep.error = error;
   return rep;
 }
-
-// Connection threads and their results; the accept loops own one.
-class ConnSet {
- public:
-  explicit ConnSet(const TunnelOptions& opts) : opts_(opts) {}
-  ~ConnSet() { JoinAll(); }
-
-  void Start(std::function<TunnelConnReport()> run) {
-    std::lock_guard<std::mutex> l(mu_);
-    ++running_;
-    threads_.emplace_back([this, run = std::move(run)] {
-      TunnelConnReport r;
-      try {
-        r = run();
-      } catch (const std::exception& e) {
-        r.error = e.what();
-      }
-      if (opts_.on_conn_done) opts_.on_conn_done(r);
-      std::lock_guard<std::mutex> g(mu_);
-      report_.connections++;
-      report_.failed += r.error.empty() ? 0 : 1;
-      report_.bytes_up += r.bytes_up;
-      report_.bytes_down += r.bytes_down;
-      report_.conns.push_back(r);
-      --running_;
-    });
-  }
-
-  uint64_t finished() {
-    std::lock_guard<std::mutex> l(mu_);
-    return report_.connections;
-  }
-
-  // Waits for the running connections, or (stop requested) leaves them to
-  // end with the process and reports the finished ones.
-  TunnelReport Finish(bool abandon_running) {
-    if (abandon_running) {
-      std::lock_guard<std::mutex> l(mu_);
-      for (auto& t : threads_) t.detach();
-      threads_.clear();
-      return report_;
-    }
-    JoinAll();
-    std::lock_guard<std::mutex> l(mu_);
-    return report_;
-  }
-
- private:
-  void JoinAll() {
-    std::list<std::thread> ts;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      ts.swap(threads_);
-    }
-    for (auto& t : ts) t.join();
-  }
-  const TunnelOptions& opts_;
-  std::mutex mu_;
-  std::list<std::thread> threads_;
-  size_t running_ = 0;
-  TunnelReport report_;
-};
 
 bool Stopping(const TunnelOptions& o, ConnSet& conns) {
   if (o.stop && o.stop->load()) return true;
@@ -345,12 +365,12 @@ TunnelReport RunTunnelSource(const TunnelOptions& opts) {
     const std::string from = SockName(local->get(), true);
     Log(opts, "tunnel: connection " + std::to_string(seq) + " from " + from);
     auto fd = std::make_shared<UniqueFd>(std::move(*local));
-    conns.Start([&opts, fd, seq, session]() -> TunnelConnReport {
+    conns.Start([&opts, &conns, fd, seq, session]() -> TunnelConnReport {
       OpenedChannel tls = OpenClientChannel(opts.target, opts.security, opts.connect_timeout);
       uint8_t hdr[kTunnelHeaderSize];
       EncodeTunnelHeader({session, seq}, hdr);
       tls.channel->write_all(hdr, sizeof(hdr));
-      return RunConnection(std::move(*fd), std::move(tls), seq, /*source_side=*/true, opts.io_timeout);
+      return RunConnection(std::move(*fd), std::move(tls), seq, /*source_side=*/true, opts.io_timeout, conns);
     });
   }
   return conns.Finish(opts.stop && opts.stop->load());
@@ -445,9 +465,9 @@ TunnelReport RunTunnelDestination(const TunnelOptions& opts) {
       Log(opts, "tunnel: connection " + std::to_string(go->hdr.seq) + " from " + go->tls.peer + " -> " + opts.target);
       auto state = std::make_shared<Ready>(std::move(*go));
       auto tfd = std::make_shared<UniqueFd>(std::move(target));
-      conns.Start([state, tfd, &opts]() {
+      conns.Start([state, tfd, &opts, &conns]() {
         return RunConnection(std::move(*tfd), std::move(state->tls), state->hdr.seq, /*source_side=*/false,
-                             opts.io_timeout);
+                             opts.io_timeout, conns);
       });
     }
   };

@@ -74,8 +74,8 @@ struct TunnelOptions {
   std::function<void(const std::string&)> log;
   // Called when a connection has ended (both directions).
   std::function<void(const TunnelConnReport&)> on_conn_done;
-  // Set to stop: the listener closes; connections still running are left
-  // to end with the process (the caller is about to exit).
+  // Set to stop: the listener closes and connections still running are
+  // aborted (both sockets shut) and joined.
   const std::atomic<bool>* stop = nullptr;
   // Stop by itself after this many connections have ended (0 = never).
   uint64_t max_connections = 0;
