@@ -129,7 +129,13 @@ class Channel {
   // through readv/writev (userspace TLS). Reads from it may fail with EINVAL
   // or EIO when a kernel-TLS control record (alert, session ticket) is next:
   // readv() then consumes that record. The channel keeps owning the fd.
+  // Before reading from it, take what pending_read() says the channel
+  // already holds with readv(): those bytes are no longer in the socket.
   virtual int splice_fd() const { return -1; }
+
+  // Plaintext the channel has already taken from the socket and not yet
+  // returned (a kTLS record read into its scratch buffer, GnuTLS records).
+  virtual size_t pending_read() const { return 0; }
 
   // Partial write of the iovec. Blocking mode: blocks until at least one
   // byte is accepted. Non-blocking mode: returns would_block if none was.

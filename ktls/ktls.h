@@ -62,6 +62,7 @@ class KtlsChannel : public Channel {
   std::string describe() const override;
   ChannelStats stats() const override;
   int splice_fd() const override { return fd_.get(); }
+  size_t pending_read() const override { return pending_end_ - pending_off_; }
   WriteResult writev(std::span<const iovec> iov, unsigned flags) override;
   ReadResult readv(std::span<const iovec> iov) override;
   void shutdown(ShutdownHow how) override;

@@ -170,6 +170,11 @@ uint64_t PumpFromChannel(Channel& ch, int local, std::atomic<uint64_t>& bytes) {
     return true;
   };
   if (in >= 0) {
+    // What the channel already holds (e.g. bytes that arrived in the same
+    // kTLS record read as the tunnel header) goes first, then the socket.
+    while (ch.pending_read() > 0) {
+      if (!via_channel()) return bytes.load();
+    }
     Pipe pipe;
     const bool encrypted = ch.has_feature(kFeatureEncrypted);
     for (;;) {
