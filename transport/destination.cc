@@ -596,6 +596,20 @@ std::vector<Receiver> ReceiveImage(AcceptedSession& session, const wire::Geometr
         ReceiveChannel(rx[i], g, image, barrier, progress);
       } catch (const std::exception& e) {
         failure.Record(e, [&] {
+          // Tell the source why before anything else: once the other
+          // receivers are woken below their TLS sessions are dead and could
+          // carry nothing. On every channel: the failing one may not carry
+          // it (a TLS session is dead after a forged record); the source
+          // reads whichever still can, so both ends exit with the same code.
+          const auto* ke = dynamic_cast<const Error*>(&e);
+          const ErrorKind kind = ke ? ke->kind() : ErrorKind::kInternal;
+          const uint32_t st = kind == ErrorKind::kIntegrity ? wire::kRefusedData
+                              : kind == ErrorKind::kLocalIo ? wire::kCommitFailed
+                              : kind == ErrorKind::kTimeout ? wire::kTimedOut
+                                                            : wire::kFailed;
+          if (st != wire::kFailed) {
+            for (auto& c : session.by_id) TrySendU32Pair(*c.channel, wire::kDoneMagic, st);
+          }
           barrier.Abort();
           // Wake the other receivers out of their reads.
           for (auto& c : session.by_id) {
@@ -691,24 +705,7 @@ MigrationReport RunDestination(Listener& listener, const DestinationOptions& opt
   const wire::Geometry g{session.first.image_size, session.first.page_size};
   if (opts.progress) opts.progress->total_bytes = g.image_size;
   TempImage image(opts.output, g.image_size, g.padded_size(), opts.temp_file_hook);
-  std::vector<Receiver> rx;
-  try {
-    rx = ReceiveImage(session, g, image.data(), opts.progress);
-  } catch (const Error& e) {
-    // Best effort: tell the source why, so both ends report the same kind
-    // of failure (it reads this after its own writes fail).
-    const uint32_t st = e.kind() == ErrorKind::kIntegrity ? wire::kRefusedData
-                        : e.kind() == ErrorKind::kLocalIo ? wire::kCommitFailed
-                        : e.kind() == ErrorKind::kTimeout ? wire::kTimedOut
-                                                          : wire::kFailed;
-    if (st != wire::kFailed) {
-      // On every channel: the one that failed may not carry it (a TLS
-      // session is dead after a forged record), and the source reads
-      // whichever still can.
-      for (auto& c : session.by_id) TrySendU32Pair(*c.channel, wire::kDoneMagic, st);
-    }
-    throw;
-  }
+  const std::vector<Receiver> rx = ReceiveImage(session, g, image.data(), opts.progress);
   const std::string digest = VerifyAndCommit(session, image, *rx[0].end_digest, opts.output);
   MigrationReport rep = BuildReport(session, rx);
   rep.digest = digest;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <mutex>
 #include <optional>
 #include <thread>
 
@@ -188,22 +189,29 @@ ErrorKind KindOfStatus(uint32_t st) {
 // first (an early DONE with a status, sent on every channel), report that,
 // so both ends exit with the same kind; otherwise return and let `cause`
 // stand. The destination wrote it before closing, so it is already here.
+// An early DONE status waiting on `ch` (within `wait`), or kOk.
+uint32_t PeekVerdict(Channel& ch, std::chrono::milliseconds wait) {
+  try {
+    if (!ch.wait_readable(wait)) return wire::kOk;
+    uint8_t done[wire::kAckSize];
+    if (!ch.read_all(done, sizeof(done))) return wire::kOk;
+    return wire::DecodeU32Pair(wire::kDoneMagic, done, "completion message");
+  } catch (const Error&) {
+    return wire::kOk;  // this channel cannot tell
+  }
+}
+
+Error VerdictError(uint32_t st, const Error& cause) {
+  return Error(KindOfStatus(st), EIO,
+               std::string("the destination stopped the migration: ") + wire::StatusText(st) + " (here: " +
+                   cause.what() + ")");
+}
+
 void ThrowDestinationVerdict(std::vector<OpenedChannel>& chans, const Error& cause) {
   for (auto& c : chans) {
-    uint32_t st = wire::kOk;
-    try {
-      c.channel->set_io_timeout(std::chrono::milliseconds(500));
-      if (!c.channel->wait_readable(std::chrono::milliseconds(500))) continue;
-      uint8_t done[wire::kAckSize];
-      if (!c.channel->read_all(done, sizeof(done))) continue;
-      st = wire::DecodeU32Pair(wire::kDoneMagic, done, "completion message");
-    } catch (const Error&) {
-      continue;  // this channel cannot tell; try the next
-    }
-    if (st == wire::kOk) continue;
-    throw Error(KindOfStatus(st), EIO,
-                std::string("the destination stopped the migration: ") + wire::StatusText(st) + " (here: " +
-                    cause.what() + ")");
+    c.channel->set_io_timeout(std::chrono::milliseconds(500));
+    const uint32_t st = PeekVerdict(*c.channel, std::chrono::milliseconds(500));
+    if (st != wire::kOk) throw VerdictError(st, cause);
   }
 }
 
@@ -258,8 +266,27 @@ std::vector<OpenedChannel> OpenChannels(const PageSource& src, const SourceOptio
 void StreamIterations(PageSource& src, const SourceOptions& opts, std::vector<OpenedChannel>& chans,
                       std::vector<std::unique_ptr<ChannelSender>>& senders, MigrationReport& rep) {
   FirstFailure failure;
-  auto fail_all = [&](const std::exception& e) {
-    failure.Record(e, [&] {
+  std::mutex verdict_mu;
+  bool verdict_probed = false;
+  auto fail_all = [&](const std::exception& e, size_t failing) {
+    // The peer went away: if the destination said why first, that is the
+    // error (so both ends agree). Probe the other channels now, before the
+    // abort below makes their writers fail and the TLS library discard
+    // their sessions. One prober at a time: a session takes one reader.
+    const auto* ke = dynamic_cast<const Error*>(&e);
+    std::optional<Error> verdict;
+    if (ke && ke->kind() == ErrorKind::kPeer) {
+      std::lock_guard<std::mutex> g(verdict_mu);
+      if (!verdict_probed) {
+        verdict_probed = true;
+        for (size_t c = 0; c < chans.size() && !verdict; ++c) {
+          if (c == failing) continue;
+          const uint32_t st = PeekVerdict(*chans[c].channel, std::chrono::milliseconds(200));
+          if (st != wire::kOk) verdict = VerdictError(st, *ke);
+        }
+      }
+    }
+    failure.Record(verdict ? static_cast<const std::exception&>(*verdict) : e, [&] {
       // Unblock the other senders.
       for (auto& c : chans) {
         try { c.channel->shutdown(ShutdownHow::kBoth); } catch (...) {}
@@ -303,9 +330,10 @@ void StreamIterations(PageSource& src, const SourceOptions& opts, std::vector<Op
           senders[c]->Sync(iter, final);
         } catch (const Error& e) {
           fail_all(e.WithContext("channel " + std::to_string(c) + " (to " + chans[c].peer + "), " +
-                                 (final ? "final pass" : "iteration " + std::to_string(iter)) + ": "));
+                                 (final ? "final pass" : "iteration " + std::to_string(iter)) + ": "),
+                   c);
         } catch (const std::exception& e) {
-          fail_all(e);
+          fail_all(e, c);
         }
       });
     }
