@@ -40,4 +40,31 @@ inline void GenerateCerts(const std::string& dir, const std::string& host, const
   ASSERT_EQ(RunCli({"certs", "generate", "--out", dir, "--hostname", host, "--ip", ip}, &out), 0) << out;
 }
 
+inline bool Has(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
+
+// KTM_TEST_KTLS=require (the kTLS VM harness): TLS cases need kernel TLS.
+inline bool KtlsRequired() {
+  const char* v = getenv("KTM_TEST_KTLS");
+  return v && std::string(v) == "require";
+}
+
+// A creds dir for localhost, made once per test binary under `prefix`.
+inline const std::string& SharedPki(const char* prefix) {
+  static const std::string dir = [prefix] {
+    static TempDir d(prefix);
+    GenerateCerts(d.path + "/pki", "localhost", "127.0.0.1");
+    return d.path + "/pki";
+  }();
+  return dir;
+}
+
+// The port in the first "... listening on HOST:PORT" line of `out`.
+inline std::string ListeningPort(const std::string& out) {
+  const auto at = out.find("listening on ");
+  if (at == std::string::npos) return "";
+  const auto end = out.find_first_of(" \n", at + 13);
+  const auto colon = out.rfind(':', end == std::string::npos ? out.size() : end);
+  return out.substr(colon + 1, out.find_first_not_of("0123456789", colon + 1) - colon - 1);
+}
+
 }  // namespace ktm::testing

@@ -37,22 +37,10 @@ using testing::Subprocess;
 using Dir = testing::TempDir;
 using Clock = std::chrono::steady_clock;
 
-bool KtlsRequired() {
-  const char* v = getenv("KTM_TEST_KTLS");
-  return v && std::string(v) == "require";
-}
+using testing::Has;
+using testing::KtlsRequired;
 
-bool Has(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
-
-// Certificates for localhost, made once per test binary.
-const std::string& Pki() {
-  static const std::string dir = [] {
-    static Dir d("ktm-fault-pki");
-    testing::GenerateCerts(d.path + "/pki", "localhost", "127.0.0.1");
-    return d.path + "/pki";
-  }();
-  return dir;
-}
+const std::string& Pki() { return testing::SharedPki("ktm-fault-pki"); }
 
 std::vector<std::string> Security(bool tls) {
   if (!tls) return {"--no-tls"};
@@ -66,13 +54,7 @@ std::vector<std::string> Cat(std::vector<std::string> a, const std::vector<std::
   return a;
 }
 
-// The port in a "... listening on 127.0.0.1:PORT" line.
-std::string PortFrom(const std::string& out) {
-  const auto at = out.find("listening on ");
-  if (at == std::string::npos) return "";
-  const auto colon = out.find_last_of(':', out.find('\n', at));
-  return out.substr(colon + 1, out.find_first_not_of("0123456789", colon + 1) - colon - 1);
-}
+std::string PortFrom(const std::string& out) { return testing::ListeningPort(out); }
 
 // recv <- relay <- send, with the relay's faults.
 struct Path {

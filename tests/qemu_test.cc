@@ -47,7 +47,7 @@ std::string Env(const char* name) {
   return v ? v : "";
 }
 
-bool Has(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
+using testing::Has;
 
 std::string ReadFileText(const std::string& path) {
   std::ifstream f(path);
@@ -151,14 +151,7 @@ std::string FileSha256(const std::string& path) {
   return Sha256::Hex(h.Final());
 }
 
-const std::string& Pki() {
-  static const std::string dir = [] {
-    static testing::TempDir d("ktm-qemu-pki");
-    testing::GenerateCerts(d.path + "/pki", "localhost", "127.0.0.1");
-    return d.path + "/pki";
-  }();
-  return dir;
-}
+const std::string& Pki() { return testing::SharedPki("ktm-qemu-pki"); }
 
 struct Tunnels {
   std::unique_ptr<Subprocess> dst, src, relay;
@@ -169,12 +162,7 @@ struct Tunnels {
   }
 };
 
-std::string PortFrom(const std::string& out) {
-  const auto at = out.find("listening on ");
-  if (at == std::string::npos) return "";
-  const auto colon = out.find_last_of(':', out.find(' ', at + 13) == std::string::npos ? out.size() : out.find(' ', at + 13));
-  return out.substr(colon + 1, out.find_first_not_of("0123456789", colon + 1) - colon - 1);
-}
+std::string PortFrom(const std::string& out) { return testing::ListeningPort(out); }
 
 // dst tunnel -> QEMU's incoming socket; src tunnel on a UNIX socket for the
 // source QEMU; optionally a fault relay between them.
@@ -191,8 +179,7 @@ Tunnels StartTunnels(const std::string& dir, const std::string& incoming_sock, c
     if (!resume.empty()) r.insert(r.end(), {"--resume-file", resume});
     t.relay = std::make_unique<Subprocess>(r);
     EXPECT_TRUE(t.relay->WaitFor("listening on", 30s)) << t.relay->output();
-    const std::string out = t.relay->output();
-    port = out.substr(out.rfind(':') + 1, out.find_first_not_of("0123456789", out.rfind(':') + 1) - out.rfind(':') - 1);
+    port = PortFrom(t.relay->output());
   }
   t.src_sock = dir + "/src-mig.sock";
   t.src = std::make_unique<Subprocess>(std::vector<std::string>{

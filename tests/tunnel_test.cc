@@ -26,31 +26,16 @@ namespace {
 using namespace std::chrono_literals;
 using testing::Subprocess;
 
-bool KtlsRequired() {
-  const char* v = getenv("KTM_TEST_KTLS");
-  return v && std::string(v) == "require";
-}
+using testing::Has;
+using testing::KtlsRequired;
 
-bool Has(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
-
-const std::string& Pki() {
-  static const std::string dir = [] {
-    static testing::TempDir d("ktm-tunnel-pki");
-    testing::GenerateCerts(d.path + "/pki", "localhost", "127.0.0.1");
-    return d.path + "/pki";
-  }();
-  return dir;
-}
+const std::string& Pki() { return testing::SharedPki("ktm-tunnel-pki"); }
 
 std::vector<std::string> Ktls() {
   return KtlsRequired() ? std::vector<std::string>{"--ktls", "require"} : std::vector<std::string>{};
 }
 
-std::string PortOf(const std::string& out) {
-  const auto at = out.find("listening on ");
-  const auto colon = out.find(':', at);
-  return out.substr(colon + 1, out.find_first_not_of("0123456789", colon + 1) - colon - 1);
-}
+std::string PortOf(const std::string& out) { return testing::ListeningPort(out); }
 
 void SendAllFd(int fd, const uint8_t* p, size_t n) {
   while (n) {
