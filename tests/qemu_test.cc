@@ -125,7 +125,8 @@ struct Guest {
   std::string qmp_path() const { return dir + "/" + name + ".qmp"; }
 };
 
-std::unique_ptr<Guest> StartQemu(const std::string& dir, const std::string& name, bool incoming, int fill_mib) {
+std::unique_ptr<Guest> StartQemu(const std::string& dir, const std::string& name, bool incoming, int fill_mib,
+                                 const std::vector<std::string>& extra = {}) {
   auto g = std::make_unique<Guest>();
   g->name = name;
   g->dir = dir;
@@ -134,6 +135,7 @@ std::unique_ptr<Guest> StartQemu(const std::string& dir, const std::string& name
                                    "-serial", "file:" + g->serial(), "-qmp", "unix:" + g->qmp_path() + ",server=on,wait=off",
                                    "-kernel", Env("KTM_QEMU_KERNEL"), "-initrd", Env("KTM_QEMU_INITRD"), "-append",
                                    "console=ttyS0 quiet panic=-1 ktm_fill=" + std::to_string(fill_mib)};
+  args.insert(args.end(), extra.begin(), extra.end());
   if (incoming) args.insert(args.end(), {"-incoming", "defer", "-S"});
   g->proc = std::make_unique<Subprocess>(args);
   g->qmp = std::make_unique<Qmp>(g->qmp_path());
@@ -374,23 +376,8 @@ BenchRun BenchOnce(const std::string& mode, int multifd) {
     extra_dst = {"-object", "tls-creds-x509,id=tls0,dir=" + pki + ",endpoint=server,verify-peer=on"};
     extra_src = {"-object", "tls-creds-x509,id=tls0,dir=" + pki + ",endpoint=client,verify-peer=on"};
   }
-  auto start = [&](const std::string& name, bool incoming, const std::vector<std::string>& extra) {
-    auto g = std::make_unique<Guest>();
-    g->name = name;
-    g->dir = dir.path;
-    std::vector<std::string> args = {"qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1",
-                                     "-display", "none", "-vga", "none", "-nic", "none", "-monitor", "none", "-serial",
-                                     "file:" + g->serial(), "-qmp", "unix:" + g->qmp_path() + ",server=on,wait=off",
-                                     "-kernel", Env("KTM_QEMU_KERNEL"), "-initrd", Env("KTM_QEMU_INITRD"), "-append",
-                                     "console=ttyS0 quiet panic=-1 ktm_fill=800"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    if (incoming) args.insert(args.end(), {"-incoming", "defer", "-S"});
-    g->proc = std::make_unique<Subprocess>(args);
-    g->qmp = std::make_unique<Qmp>(g->qmp_path());
-    return g;
-  };
-  auto dst = start("dst", true, extra_dst);
-  auto src = start("src", false, extra_src);
+  auto dst = StartQemu(dir.path, "dst", true, 800, extra_dst);
+  auto src = StartQemu(dir.path, "src", false, 800, extra_src);
   if (!WaitForFileText(src->serial(), "KTM-GUEST: TICK 1", 240s)) {
     r.why = "guest did not boot";
     return r;
