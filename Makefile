@@ -37,7 +37,7 @@ demo-qemu: deps
 # QEMU migrations side by side: plain UNIX, QEMU's own TLS, our tunnel, a
 # socat OpenSSL tunnel; with and without multifd; medians of 3.
 bench-qemu: deps
-	KTM_QEMU_BENCH=1 bash scripts/run-qemu-tests.sh --gtest_filter=QemuBench.*
+	KTM_QEMU_BENCH=1 KTM_BAZEL_FLAGS="-c opt" bash scripts/run-qemu-tests.sh --gtest_filter=QemuBench.*
 
 # Every mode side by side (see README: Benchmark).
 bench: deps

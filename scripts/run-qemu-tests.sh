@@ -11,7 +11,8 @@ if [ -z "$KERNEL" ] || ! command -v qemu-system-x86_64 >/dev/null; then
   echo "run-qemu-tests: needs qemu-system-x86 and linux-image-amd64 (scripts/install-deps.sh installs them)" >&2
   exit 1
 fi
-bazel build //tests:qemu_test //cli:tls-migrate //tools:fault_relay >&2
+# KTM_BAZEL_FLAGS: e.g. "-c opt" for make bench-qemu (timings of an optimised tunnel).
+bazel build ${KTM_BAZEL_FLAGS:-} //tests:qemu_test //cli:tls-migrate //tools:fault_relay >&2
 WORK=$(mktemp -d /tmp/ktm-qemu-XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 bash scripts/make-qemu-guest.sh "$WORK/guest.cpio.gz"

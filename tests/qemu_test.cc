@@ -18,7 +18,9 @@
 #include <chrono>
 #include <cstdlib>
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <memory>
 #include <string>
@@ -346,7 +348,8 @@ TEST(QemuTunnel, SourceTunnelKilledFailsTheMigration) {
 // three runs each, medians printed: QEMU's total-time, downtime and
 // transferred bytes, and the CPU seconds of the tunnel processes.
 
-double ProcessCpuSeconds(pid_t pid) {
+// utime+stime of a process plus what its reaped children used, in seconds.
+double OwnCpuSeconds(pid_t pid, pid_t* ppid = nullptr) {
   std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
   std::string s((std::istreambuf_iterator<char>(f)), {});
   const auto rp = s.rfind(')');
@@ -355,11 +358,42 @@ double ProcessCpuSeconds(pid_t pid) {
   std::string tok;
   std::vector<std::string> fields;
   while (in >> tok) fields.push_back(tok);
-  // after ")": state(0) ... utime(11) stime(12) cutime(13) cstime(14)
+  // after ")": state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
   if (fields.size() < 15) return 0;
+  if (ppid) *ppid = static_cast<pid_t>(std::stol(fields[1]));
   const double hz = static_cast<double>(sysconf(_SC_CLK_TCK));
   return (std::stod(fields[11]) + std::stod(fields[12]) + std::stod(fields[13]) + std::stod(fields[14])) / hz;
 }
+
+// CPU seconds of a process tree: socat forks one child per connection, and
+// the children still alive when the migration completes have not been
+// reaped into the parent's cutime yet, so they are counted one by one.
+double TreeCpuSeconds(pid_t root) {
+  std::map<pid_t, std::pair<pid_t, double>> procs;  // pid -> (ppid, cpu)
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = e.path().filename();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    pid_t ppid = 0;
+    const pid_t pid = static_cast<pid_t>(std::stol(name));
+    const double cpu = OwnCpuSeconds(pid, &ppid);
+    procs[pid] = {ppid, cpu};
+  }
+  double total = 0;
+  for (const auto& [pid, v] : procs) {
+    for (pid_t p = pid; p > 1;) {
+      if (p == root) {
+        total += v.second;
+        break;
+      }
+      const auto it = procs.find(p);
+      if (it == procs.end()) break;
+      p = it->second.first;
+    }
+  }
+  return total;
+}
+
+int g_bench_runs = 0;
 
 struct BenchRun {
   bool ok = false;
@@ -367,33 +401,32 @@ struct BenchRun {
   std::string why;
 };
 
-BenchRun BenchOnce(const std::string& mode, int multifd) {
-  testing::TempDir dir("ktm-qbench");
+// The source guest boots once (filling 800 MiB of random memory under TCG
+// takes minutes) and serves every run: after a completed migration it is
+// in "postmigrate" and `cont` resumes it; it has no disks, so nothing was
+// handed over that it cannot take back. Each run gets a fresh destination.
+BenchRun BenchOnce(Guest& src, const std::string& dir, const std::string& mode, int multifd) {
   BenchRun r;
   const std::string pki = Pki();
-  std::vector<std::string> extra_src, extra_dst;
+  const std::string run_dir = dir + "/run" + std::to_string(++g_bench_runs);
+  mkdir(run_dir.c_str(), 0700);
+  std::vector<std::string> extra_dst;
   if (mode == "qemu-tls") {
     extra_dst = {"-object", "tls-creds-x509,id=tls0,dir=" + pki + ",endpoint=server,verify-peer=on"};
-    extra_src = {"-object", "tls-creds-x509,id=tls0,dir=" + pki + ",endpoint=client,verify-peer=on"};
   }
-  auto dst = StartQemu(dir.path, "dst", true, 800, extra_dst);
-  auto src = StartQemu(dir.path, "src", false, 800, extra_src);
-  if (!WaitForFileText(src->serial(), "KTM-GUEST: TICK 1", 240s)) {
-    r.why = "guest did not boot";
-    return r;
-  }
-  const std::string incoming = dir.path + "/dst-mig.sock", outgoing = dir.path + "/src-mig.sock";
+  auto dst = StartQemu(run_dir, "dst", true, 800, extra_dst);
+  const std::string incoming = run_dir + "/dst-mig.sock", outgoing = run_dir + "/src-mig.sock";
   std::unique_ptr<Subprocess> t_src, t_dst;
   std::string dst_uri = "unix:" + incoming, src_uri = "unix:" + incoming;
   const int port = testing::FreePort();
   if (mode == "tunnel") {
     t_dst = std::make_unique<Subprocess>(std::vector<std::string>{testing::Cli(), "tunnel", "--tls-listen",
                                                                   "127.0.0.1:" + std::to_string(port), "--forward",
-                                                                  "unix:" + incoming, "--tls-creds", pki, "--quiet"});
+                                                                  "unix:" + incoming, "--tls-creds", pki});
     t_dst->WaitFor("listening on", 30s);
     t_src = std::make_unique<Subprocess>(std::vector<std::string>{
         testing::Cli(), "tunnel", "--listen", "unix:" + outgoing, "--connect", "127.0.0.1:" + std::to_string(port),
-        "--tls-creds", pki, "--tls-hostname", "localhost", "--quiet"});
+        "--tls-creds", pki, "--tls-hostname", "localhost"});
     t_src->WaitFor("listening on", 30s);
     src_uri = "unix:" + outgoing;
   } else if (mode == "socat") {
@@ -405,34 +438,61 @@ BenchRun BenchOnce(const std::string& mode, int multifd) {
         "socat", "UNIX-LISTEN:" + outgoing + ",fork",
         "OPENSSL:127.0.0.1:" + std::to_string(port) + ",cert=" + pki + "/client-cert.pem,key=" + pki +
             "/client-key.pem,cafile=" + pki + "/ca-cert.pem,commonname=localhost"});
-    // socat prints nothing when ready: wait for the socket file and port.
-    for (int i = 0; i < 300 && access(outgoing.c_str(), F_OK) != 0; ++i) std::this_thread::sleep_for(10ms);
+    // socat prints nothing when ready: wait for its socket file and port.
+    const auto ready_by = Clock::now() + 30s;
+    while ((access(outgoing.c_str(), F_OK) != 0 || !testing::TcpListening(port)) && Clock::now() < ready_by) {
+      std::this_thread::sleep_for(10ms);
+    }
     src_uri = "unix:" + outgoing;
   } else if (mode == "qemu-tls") {
     dst_uri = "tcp:127.0.0.1:" + std::to_string(port);
     src_uri = dst_uri;
-    for (Guest* g : {src.get(), dst.get()}) g->qmp->Execute("migrate-set-parameters", {{"tls-creds", "tls0"}});
-    src->qmp->Execute("migrate-set-parameters", {{"tls-hostname", "localhost"}});
   }
-  if (multifd) {
-    EnableMultifd(*src, multifd);
-    EnableMultifd(*dst, multifd);
+  // QEMU's TLS only in its own mode; the source's object exists throughout.
+  src.qmp->Execute("migrate-set-parameters", {{"tls-creds", mode == "qemu-tls" ? "tls0" : ""},
+                                             {"tls-hostname", mode == "qemu-tls" ? "localhost" : ""}});
+  if (mode == "qemu-tls") dst->qmp->Execute("migrate-set-parameters", {{"tls-creds", "tls0"}});
+  for (Guest* g : {&src, dst.get()}) {
+    g->qmp->Execute("migrate-set-capabilities", {{"capabilities", {{{"capability", "multifd"}, {"state", multifd > 0}}}}});
+    if (multifd) g->qmp->Execute("migrate-set-parameters", {{"multifd-channels", multifd}});
   }
-  src->qmp->Execute("migrate-set-parameters", {{"max-bandwidth", 10ll << 30}, {"downtime-limit", 300}});
+  src.qmp->Execute("migrate-set-parameters", {{"max-bandwidth", 10ll << 30}, {"downtime-limit", 300}});
   dst->qmp->Execute("migrate-incoming", {{"uri", dst_uri}});
-  src->qmp->Execute("migrate", {{"uri", src_uri}});
-  const json m = WaitMigration(*src, 300s);
+  src.qmp->Execute("migrate", {{"uri", src_uri}});
+  const json m = WaitMigration(src, 300s);
+  for (auto* t : {t_src.get(), t_dst.get()}) {
+    if (t) r.tunnel_cpu += TreeCpuSeconds(t->pid());
+  }
   if (m.value("status", "") != "completed") {
     r.why = "status " + m.value("status", std::string("?")) + " " + m.value("error-desc", std::string());
-    return r;
+    // Keep what every process said: a failed run must be explainable later.
+    const std::string log = "/tmp/ktm-qbench-" + mode + "-mf" + std::to_string(multifd) + "-" +
+                            std::to_string(getpid()) + "-" + std::to_string(g_bench_runs) + ".log";
+    std::ofstream out(log);
+    out << "query-migrate: " << m.dump(1) << "\n";
+    for (Guest* g : {&src, dst.get()}) {
+      siginfo_t si{};  // WNOWAIT: look without reaping (the Subprocess reaps)
+      const bool exited = waitid(P_PID, static_cast<id_t>(g->proc->pid()), &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+                          si.si_pid == g->proc->pid();
+      out << "== QEMU " << g->name << (exited ? " (exited)" : " (running)") << " ==\n" << g->proc->output()
+          << "\n-- serial --\n" << ReadFileText(g->serial()) << "\n";
+    }
+    if (t_src) out << "== tunnel/socat source side ==\n" << t_src->output() << "\n";
+    if (t_dst) out << "== tunnel/socat destination side ==\n" << t_dst->output() << "\n";
+    r.why += " (log: " + log + ")";
+    if (m.value("status", "") == "active") src.qmp->Execute("migrate_cancel");
+  } else {
+    r.ok = true;
+    r.total_ms = m.value("total-time", 0.0);
+    r.downtime_ms = m.value("downtime", 0.0);
+    r.mib = m.contains("ram") ? m["ram"].value("transferred", 0.0) / (1 << 20) : 0;
   }
-  r.ok = true;
-  r.total_ms = m.value("total-time", 0.0);
-  r.downtime_ms = m.value("downtime", 0.0);
-  r.mib = m.contains("ram") ? m["ram"].value("transferred", 0.0) / (1 << 20) : 0;
-  for (auto* t : {t_src.get(), t_dst.get()}) {
-    if (t) r.tunnel_cpu += ProcessCpuSeconds(t->pid());
-  }
+  // Take the source back for the next run, and wait until it runs again.
+  const auto ticks_before = ReadFileText(src.serial()).size();
+  WaitMigration(src, 60s);
+  src.qmp->Execute("cont");
+  const auto back_by = Clock::now() + 60s;
+  while (ReadFileText(src.serial()).size() == ticks_before && Clock::now() < back_by) std::this_thread::sleep_for(50ms);
   return r;
 }
 
@@ -452,11 +512,20 @@ TEST(QemuBench, SideBySide) {
     std::string fail;
   };
   std::vector<Row> rows;
+  testing::TempDir dir("ktm-qbench");
+  auto src = StartQemu(dir.path, "src", false, 800,
+                       {"-object", "tls-creds-x509,id=tls0,dir=" + Pki() + ",endpoint=client,verify-peer=on"});
+  ASSERT_TRUE(WaitForFileText(src->serial(), "KTM-GUEST: TICK 1", 240s)) << ReadFileText(src->serial());
   for (int multifd : {0, 4}) {
     for (const std::string mode : {"plain", "qemu-tls", "tunnel", "socat"}) {
       Row row{mode, multifd, {}, {}, {}, {}, ""};
       for (int i = 0; i < runs; ++i) {
-        BenchRun b = BenchOnce(mode, multifd);
+        BenchRun b;
+        try {
+          b = BenchOnce(*src, dir.path, mode, multifd);
+        } catch (const std::exception& e) {
+          b.why = e.what();  // e.g. a QEMU exited and its QMP socket closed
+        }
         std::fprintf(stderr, "  %-8s multifd %d run %d: %s\n", mode.c_str(), multifd, i + 1,
                      b.ok ? (std::to_string(b.total_ms) + " ms").c_str() : b.why.c_str());
         if (!b.ok) {
