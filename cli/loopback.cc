@@ -70,10 +70,19 @@ LoopbackResult RunOnLoopback(const LoopbackConfig& cfg) {
   LoopbackResult res;
   std::optional<Error> src_error;
   try {
-    std::unique_ptr<MappedImage> img = MappedImage::Anonymous(cfg.size);
-    img->FillMixed(cfg.zero_percent, 7);
+    const auto t0 = std::chrono::steady_clock::now();
+    std::unique_ptr<MappedImage> img;
     std::unique_ptr<PageSource> src;
-    if (cfg.live) {
+    if (cfg.make_source) {
+      src = cfg.make_source();
+    } else if (!cfg.input.empty()) {
+      img = MappedImage::FromFile(cfg.input);
+    } else {
+      img = MappedImage::Anonymous(cfg.size);
+      img->FillMixed(cfg.zero_percent, 7);
+    }
+    if (src) {
+    } else if (cfg.live) {
       src = std::make_unique<LiveImage>(std::move(img), cfg.dirty_rate);
     } else {
       src = std::move(img);
@@ -82,6 +91,8 @@ LoopbackResult RunOnLoopback(const LoopbackConfig& cfg) {
     o.address = l.address();
     o.channels = cfg.channels;
     o.max_iterations = cfg.max_iterations;
+    o.max_downtime = cfg.max_downtime;
+    o.digest = cfg.digest;
     o.register_buffers = cfg.register_buffers;
     o.security = MakeSecurity(cfg, TlsRole::kClient);
     o.wrap_channel = cfg.wrap_source_channel;
@@ -91,6 +102,7 @@ LoopbackResult RunOnLoopback(const LoopbackConfig& cfg) {
     SideCpu after = SelfCpu();
     res.source_cpu = {after.user - before.user, after.sys - before.sys};
     res.source_peak_rss_kb = PeakRssKb();
+    res.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   } catch (const Error& e) {
     src_error = e;
   }

@@ -26,11 +26,17 @@ struct LoopbackConfig {
   bool live = false;
   uint64_t dirty_rate = 64u << 20;
   uint32_t max_iterations = 30;
+  std::chrono::milliseconds max_downtime{0};
+  DigestAlgorithm digest = DigestAlgorithm::kXxh3;
+  std::string input;               // image file to send ("" = generated memory of `size`)
+  // Optional: builds the source image instead (the bench's final-dirty-set source).
+  std::function<std::unique_ptr<PageSource>()> make_source;
   std::string output;              // "" = destination keeps the image in memory
   bool progress = false;
 };
 
 struct LoopbackResult {
+  double wall_seconds = 0;         // source side: from the image in memory to DONE
   MigrationReport source;
   SideCpu source_cpu;              // during RunSource only
   nlohmann::json destination;      // the child's ReportJson

@@ -98,6 +98,13 @@ destination's image must equal the source memory at that moment.
   --live                keep modifying the memory during the migration
   --dirty-rate R        bytes per second the live writer dirties (default 64M)
   --max-iterations K    precopy iterations before forcing the final pass (default 30)
+  --max-downtime MS     with --live: start the final pass once the dirty pages can
+                        be sent within MS ms at the last iteration's page rate
+                        (like QEMU's downtime-limit; default: when <= 1/256 of the
+                        image is dirty). The summary prints expected vs actual.
+  --digest ALG          end-to-end image digest: xxh3 (default, XXH3-128, fast) or
+                        sha256 (cryptographic); kept page by page while pages move,
+                        so the switch-over does not rehash the image
   --register-buffers    with --backend io_uring: pin the image once as registered buffers
   --timeout SEC         connect timeout (default 10)
   --io-timeout SEC      no progress on a channel for SEC seconds ends the migration
@@ -189,6 +196,8 @@ the CPU time of each side.
   --channels N          channels (default 4)
   --live                modify the memory during the migration
   --dirty-rate R        live writer rate (default 64M)
+  --max-downtime MS     with --live: final pass once the rest fits in MS ms
+  --digest ALG          xxh3 (default) or sha256
   --no-tls              plaintext instead of TLS
   --ktls MODE, --zero-copy MODE, --json FILE
 )";
@@ -327,6 +336,8 @@ SourceOptions MakeSourceOptions(const Args& a, const std::string& connect) {
   o.address = connect;
   o.channels = static_cast<int>(a.number("channels", 4, 1, 64));
   o.max_iterations = static_cast<uint32_t>(a.number("max-iterations", 30, 1, UINT32_MAX));
+  o.max_downtime = std::chrono::milliseconds(a.number("max-downtime", 0, 0, 86400000));
+  o.digest = ParseDigestAlgorithm(a.get("digest", "xxh3"));
   o.connect_timeout = std::chrono::seconds(a.number("timeout", 10, 1, 86400));
   o.io_timeout = IoTimeout(a);
   o.security = BuildSecurity(a, TlsRole::kClient, HostOf(connect));
@@ -335,7 +346,8 @@ SourceOptions MakeSourceOptions(const Args& a, const std::string& connect) {
 
 int CmdSend(int argc, char** argv) {
   Args a(argc, argv, 2,
-         Join({"connect", "input", "size", "channels", "dirty-rate", "max-iterations", "timeout", "io-timeout"},
+         Join({"connect", "input", "size", "channels", "dirty-rate", "max-iterations", "max-downtime", "digest",
+               "timeout", "io-timeout"},
               kSecValue),
          Join({"live", "register-buffers"}, kSecBool));
   if (a.flag("help")) {
@@ -571,7 +583,8 @@ int CmdProbe(int argc, char** argv) {
 
 int CmdDemo(int argc, char** argv) {
   Args a(argc, argv, 2,
-         {"size", "channels", "dirty-rate", "ktls", "zero-copy", "json", "max-iterations", "backend"},
+         {"size", "channels", "dirty-rate", "ktls", "zero-copy", "json", "max-iterations", "max-downtime", "digest",
+          "backend"},
          {"live", "no-tls", "help", "quiet", "register-buffers"});
   if (a.flag("help")) {
     std::printf("%s", kDemoHelp);
@@ -591,6 +604,8 @@ int CmdDemo(int argc, char** argv) {
   cfg.live = a.flag("live");
   cfg.dirty_rate = ParseSize(a.get("dirty-rate", "64M"), "--dirty-rate");
   cfg.max_iterations = static_cast<uint32_t>(a.number("max-iterations", 30, 1, UINT32_MAX));
+  cfg.max_downtime = std::chrono::milliseconds(a.number("max-downtime", 0, 0, 86400000));
+  cfg.digest = ParseDigestAlgorithm(a.get("digest", "xxh3"));
   cfg.output = dir + "/received.img";
   if (cfg.tls) {
     GenerateOptions g;
@@ -612,7 +627,7 @@ int CmdDemo(int argc, char** argv) {
   // Verify independently: digest the file that appeared under the final name.
   auto file = MappedImage::FromFile(cfg.output);
   const uint64_t fsize = file->size();
-  const std::string file_digest = Sha256::Hex(ImageDigest(file->data(), fsize));
+  const std::string file_digest = DigestHex(cfg.digest, ImageDigestOf(cfg.digest, file->data(), fsize, file->page_size()));
   file.reset();
   const MigrationReport& r = res.source;
   const bool ok = res.verified && fsize == r.image_size && file_digest == r.digest;

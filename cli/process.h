@@ -9,6 +9,14 @@
 
 namespace ktm::cli {
 
+// Whether a local TCP socket listens on `port` (/proc/net/tcp{,6}): waits for
+// helpers that print nothing when ready (socat, iperf3 -1) without
+// connecting to them.
+bool TcpPortListening(int port);
+
+// A loopback TCP port that was free a moment ago.
+int FreeTcpPort();
+
 // Whether `name` is an executable file in $PATH.
 bool ProgramInPath(const std::string& name);
 

@@ -33,8 +33,21 @@ nlohmann::json ReportJson(const char* role, const MigrationReport& r, const Side
       {"transfer_seconds", r.transfer_seconds},
       {"throughput_gbps", r.seconds > 0 ? r.data_bytes / r.seconds / 1e9 : 0},
       {"image_digest", r.digest},
+      {"digest_algorithm", std::string(DigestName(r.digest_algorithm))},
       {"dirty_per_iteration", r.dirty_per_iteration},
   };
+  nlohmann::json phases = nlohmann::json::array();
+  for (const auto& p : r.phases) {
+    phases.push_back({{"name", p.name}, {"wall_s", p.wall_seconds}, {"cpu_user_s", p.cpu_user_seconds},
+                      {"cpu_sys_s", p.cpu_sys_seconds}});
+  }
+  j["phases"] = std::move(phases);
+  if (r.downtime.measured) {
+    const DowntimeReport& d = r.downtime;
+    j["downtime"] = {{"total_s", d.total_seconds},         {"expected_final_pages_s", d.expected_seconds},
+                     {"final_pages", d.final_pages},       {"final_pages_s", d.final_pages_seconds},
+                     {"digest_s", d.digest_seconds},       {"confirm_s", d.confirm_seconds}};
+  }
   if (cpu) {
     j["cpu_user_s"] = cpu->user;
     j["cpu_sys_s"] = cpu->sys;
@@ -86,7 +99,22 @@ void PrintReport(const char* role, const MigrationReport& r, const SideCpu* cpu)
     std::printf("  %s of page data in %.2f s", Human(double(r.data_bytes)).c_str(), r.seconds);
   }
   if (cpu) std::printf(", CPU %.2f s user + %.2f s sys", cpu->user, cpu->sys);
-  std::printf("\n  image digest (SHA-256 tree) %s\n", r.digest.c_str());
+  std::printf("\n  image digest (%s, per page) %s\n", r.digest_algorithm == DigestAlgorithm::kSha256 ? "SHA-256" : "XXH3-128",
+              r.digest.c_str());
+  if (!r.phases.empty()) {
+    std::printf("  phases (wall / CPU user+sys):");
+    for (const auto& p : r.phases) {
+      std::printf(" %s %.3f s / %.2f+%.2f s;", p.name.c_str(), p.wall_seconds, p.cpu_user_seconds, p.cpu_sys_seconds);
+    }
+    std::printf("\n");
+  }
+  if (r.downtime.measured) {
+    const DowntimeReport& d = r.downtime;
+    std::printf("  downtime %.1f ms (freeze -> DONE): final %llu pages %.1f ms (expected %.1f ms), digest %.1f ms, "
+                "destination verify+commit %.1f ms\n",
+                d.total_seconds * 1e3, (unsigned long long)d.final_pages, d.final_pages_seconds * 1e3,
+                d.expected_seconds * 1e3, d.digest_seconds * 1e3, d.confirm_seconds * 1e3);
+  }
   if (r.dirty_per_iteration.size() > 1) {
     std::printf("  pages per iteration:");
     for (auto d : r.dirty_per_iteration) std::printf(" %llu", (unsigned long long)d);

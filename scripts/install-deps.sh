@@ -10,7 +10,7 @@ PKGS=(
   libssl-dev openssl
   liburing-dev
   libgtest-dev libgmock-dev
-  nlohmann-json3-dev
+  nlohmann-json3-dev libxxhash-dev
   clang libclang-rt-14-dev
   qemu-system-x86 linux-image-amd64 busybox-static cpio kmod
   iproute2 procps libcap2-bin iperf3 gnuplot-nox socat

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/cli_util.h"
+#include "util/image_digest.h"
 #include "tests/subprocess.h"
 #include "tests/test_util.h"
 #include "util/sha256.h"
@@ -84,7 +85,9 @@ TEST(Cli, FileMigrationWithCertificatesAndJson) {
   EXPECT_TRUE(sa == sb);
   std::ifstream js(d.path + "/send.json");
   const nlohmann::json j = nlohmann::json::parse(js);
-  EXPECT_EQ(j.at("image_digest"), Sha256::Hex(ImageDigest(reinterpret_cast<const uint8_t*>(sa.data()), sa.size())))
+  EXPECT_EQ(j.at("image_digest"), DigestHex(DigestAlgorithm::kXxh3, ImageDigestOf(DigestAlgorithm::kXxh3,
+                                                                                reinterpret_cast<const uint8_t*>(sa.data()),
+                                                                                sa.size(), 4096)))
       << j.dump(1);
   ASSERT_EQ(j.at("channels").size(), 3u);
   EXPECT_EQ(j.at("channels")[0].at("id"), 0);
@@ -114,7 +117,7 @@ TEST(Cli, BenchRunsEveryModeAndWritesJsonAndChart) {
   Dir d;
   std::string out;
   ASSERT_EQ(RunCli({"bench", "--size", "16M", "--channels", "1", "--json", d.path + "/b.json", "--png",
-                    d.path + "/b.png"},
+                    d.path + "/b.png", "--output-dir", d.path, "--downtime-size", "64M", "--runs", "1"},
                    &out, 300s),
             0)
       << out;
@@ -139,6 +142,66 @@ TEST(Cli, BenchRunsEveryModeAndWritesJsonAndChart) {
   EXPECT_TRUE(ktls.at("ran").get<bool>() || !ktls.value("why_not", std::string()).empty());
   EXPECT_NE(out.find("x QEMU"), std::string::npos) << out;
   EXPECT_TRUE(d.Has("b.png"));
+  // The sections: the floor and each TLS row's ratio to it, the file rows,
+  // the durable file migration against socat, the downtime split.
+  EXPECT_GT(j.at("floor").value("aes_gcm_encrypt_s_per_gib", 0.0), 0.0) << j.dump(1);
+  EXPECT_GT(j.at("floor").value("memcpy_s_per_gib", 0.0), 0.0);
+  ASSERT_FALSE(j.at("floor_ratios").empty());
+  EXPECT_GT(j.at("floor_ratios")[0].value("src_ratio", 0.0), 0.0);
+  bool file_row = false;
+  for (const auto& r : j.at("results")) {
+    if (r.value("to_file", false) && r.value("ran", false) && r.value("gbytes_per_s", 0.0) > 0) file_row = true;
+  }
+  EXPECT_TRUE(file_row) << j.dump(1);
+  EXPECT_GT(j.at("file_vs_socat").value("tls_migrate_s", 0.0), 0.0);
+  EXPECT_TRUE(j.at("file_vs_socat").at("socat_sync_s").is_number()) << j.at("file_vs_socat").dump();
+  for (const char* c : {"dirty-64M", "final-1pct", "final-1pct-file"}) {
+    const nlohmann::json& dt = j.at("downtime").at(c);
+    EXPECT_GT(dt.value("total_s", 0.0), 0.0) << c;
+    EXPECT_GE(dt.value("total_s", 0.0), dt.value("final_pages_s", 0.0)) << c;
+  }
+  // 1% of 64 MiB of 4 KiB pages, less the few the random picks repeat.
+  EXPECT_NEAR(j.at("downtime").at("final-1pct").value("final_pages", 0.0), 163, 3);
+  for (const char* s : {"Floor (measured now", "socat + sync", "Downtime (freeze -> DONE)", "-> file"}) {
+    EXPECT_NE(out.find(s), std::string::npos) << s;
+  }
+  // Nothing left in the output directory but what the test made.
+  for (const auto& e : d.Entries()) EXPECT_EQ(e.find("tls-migrate-bench"), std::string::npos) << e;
+}
+
+// A live migration with the digest and downtime options: the summary and
+// the JSON say which digest ran, the phases, and the downtime split.
+TEST(Cli, LiveMigrationReportsDowntimePhasesAndDigest) {
+  Dir d;
+  const std::string port = std::to_string(FreePort());
+  Subprocess recv({Cli(), "recv", "--listen", "127.0.0.1:" + port, "--output", d.path + "/out.img", "--no-tls",
+                   "--json", d.path + "/recv.json", "--timeout", "30"});
+  ASSERT_TRUE(recv.WaitFor("listening on", 10s)) << recv.output();
+  std::string out;
+  ASSERT_EQ(RunCli({"send", "--connect", "127.0.0.1:" + port, "--size", "64M", "--no-tls", "--live", "--dirty-rate",
+                    "32M", "--max-downtime", "30", "--digest", "sha256", "--json", d.path + "/send.json"},
+                   &out),
+            0)
+      << out;
+  ASSERT_EQ(recv.Wait(30s), 0) << recv.output();
+  std::ifstream sj(d.path + "/send.json"), rj(d.path + "/recv.json");
+  const nlohmann::json s = nlohmann::json::parse(sj), r = nlohmann::json::parse(rj);
+  EXPECT_EQ(s.at("digest_algorithm"), "sha256");
+  EXPECT_EQ(r.at("digest_algorithm"), "sha256");
+  EXPECT_EQ(s.at("image_digest"), r.at("image_digest"));
+  EXPECT_EQ(s.at("image_digest").get<std::string>().size(), 64u);
+  const nlohmann::json& dt = s.at("downtime");
+  EXPECT_GT(dt.value("total_s", 0.0), 0.0) << dt.dump();
+  EXPECT_GT(dt.value("expected_final_pages_s", 0.0), 0.0) << dt.dump();
+  std::string phases;
+  for (const auto& p : r.at("phases")) phases += p.at("name").get<std::string>() + ",";
+  EXPECT_EQ(phases, "setup,transfer,verify,commit,");
+  EXPECT_NE(recv.output().find("phases (wall / CPU"), std::string::npos) << recv.output();
+  EXPECT_NE(out.find("downtime"), std::string::npos) << out;
+  EXPECT_NE(out.find("(expected"), std::string::npos) << out;
+  // A digest nobody knows is a usage error before anything connects.
+  EXPECT_EQ(RunCli({"send", "--connect", "127.0.0.1:" + port, "--size", "1M", "--no-tls", "--digest", "md5"}, &out), 2);
+  EXPECT_NE(out.find("xxh3 or sha256"), std::string::npos) << out;
 }
 
 // A transfer long enough to interrupt: 1 GiB, plaintext.
@@ -254,7 +317,7 @@ TEST_F(TwoHosts, TlsMigrationAcrossRateLimitedVeth) {
   EXPECT_GT(mbit, 50.0);
   // Integrity: the digest the destination verified is in its own output.
   const std::string digest = nlohmann::json::parse(json).at("image_digest");
-  ASSERT_EQ(digest.size(), 64u);
+  ASSERT_EQ(digest.size(), 32u);  // XXH3-128, the default
   EXPECT_NE(recv.output().find(digest), std::string::npos);
   EXPECT_TRUE(d.Has("out.img"));
 }

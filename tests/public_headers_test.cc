@@ -35,7 +35,7 @@ const std::vector<std::string> kNeutralHeaders = {
     "channel/zerocopy_tracker.h", "certs/credentials.h", "certs/generate.h",      "tls/tls_types.h",
     "tls/tls_session.h",     "tls/handshake.h",        "ktls/cipher_table.h",     "ktls/establish.h",
     "ktls/ktls.h",           "transport/endpoint.h",   "transport/migration.h",   "transport/page_source.h",
-    "transport/protocol.h",
+    "transport/protocol.h",  "transport/phase_clock.h", "util/image_digest.h",
 };
 
 TEST(PublicHeaders, NoTlsLibraryOrLiburingHeaderInTheNeutralLayers) {

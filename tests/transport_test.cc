@@ -3,6 +3,8 @@
 // destination's refusals (forged packets, strays, resets, wrong
 // certificates), each leaving no file behind.
 #include <gtest/gtest.h>
+
+#include <functional>
 #include <sys/socket.h>
 
 #include <future>
@@ -17,10 +19,12 @@ namespace {
 
 using namespace testing;
 
-Sha256::Digest FileDigest(const std::string& path, uint64_t* size) {
+// The transport's image digest (default XXH3-128, per page) of a file, in hex.
+std::string FileDigest(const std::string& path, uint64_t* size,
+                       DigestAlgorithm alg = DigestAlgorithm::kXxh3) {
   std::string data = ReadFile(path);
   *size = data.size();
-  return ImageDigest(reinterpret_cast<const uint8_t*>(data.data()), data.size());
+  return DigestHex(alg, ImageDigestOf(alg, reinterpret_cast<const uint8_t*>(data.data()), data.size(), 4096));
 }
 
 SecurityConfig Plain() {
@@ -52,7 +56,8 @@ struct Outcome {
 };
 
 Outcome Migrate(PageSource& src, int channels, SecurityConfig src_sec, SecurityConfig dst_sec,
-                const std::string& output, std::chrono::milliseconds accept_timeout = std::chrono::seconds(20)) {
+                const std::string& output, std::chrono::milliseconds accept_timeout = std::chrono::seconds(20),
+                const std::function<void(SourceOptions&)>& tweak = nullptr) {
   Listener l = Listener::Listen("127.0.0.1:0");
   Outcome o;
   auto dst = std::async(std::launch::async, [&] {
@@ -75,6 +80,7 @@ Outcome Migrate(PageSource& src, int channels, SecurityConfig src_sec, SecurityC
   // On loopback a live image converges in ~5 iterations; under emulation
   // (the VM) it may not, and the cap forces the final pass.
   s.max_iterations = 12;
+  if (tweak) tweak(s);
   try {
     o.src = RunSource(src, s);
   } catch (const std::exception& e) {
@@ -95,11 +101,13 @@ void ExpectIntact(const Outcome& o, const PageSource& src, const std::string& ou
   ASSERT_EQ(o.src_error, "");
   ASSERT_EQ(o.dst_error, "");
   uint64_t size = 0;
-  Sha256::Digest got = FileDigest(output, &size);
+  const std::string got = FileDigest(output, &size, o.src.digest_algorithm);
   EXPECT_EQ(size, src.size());
-  EXPECT_EQ(Sha256::Hex(got), o.src.digest);
+  EXPECT_EQ(got, o.src.digest);
   EXPECT_EQ(o.dst.digest, o.src.digest);
-  EXPECT_EQ(Sha256::Hex(ImageDigest(src.data(), src.size())), o.src.digest);
+  EXPECT_EQ(DigestHex(o.src.digest_algorithm,
+                      ImageDigestOf(o.src.digest_algorithm, src.data(), src.size(), src.page_size())),
+            o.src.digest);
 }
 
 class Matrix : public ::testing::TestWithParam<std::tuple<bool, int>> {};
@@ -158,6 +166,44 @@ TEST(Transport, LiveImageConvergesAndDestinationEqualsSourceAtSwitchOver) {
   }
 }
 
+// Downtime is measured from the freeze to DONE and split; --max-downtime
+// decides the final pass from the measured page rate; the digest named in
+// the hello (here SHA-256) is the one both ends keep.
+TEST(Transport, LiveDowntimeIsReportedAndTheDigestIsTheSourcesChoice) {
+  testing::TempDir dir;
+  auto img = MappedImage::Anonymous(32u << 20);
+  img->FillMixed(20, 8);
+  LiveImage live(std::move(img), 64u << 20);
+  const std::string out = dir.path + "/live.bin";
+  Outcome o = Migrate(live, 2, Plain(), Plain(), out, std::chrono::seconds(20), [](SourceOptions& s) {
+    s.digest = DigestAlgorithm::kSha256;
+    s.max_downtime = std::chrono::milliseconds(20);
+  });
+  ExpectIntact(o, live, out);
+  EXPECT_EQ(o.src.digest_algorithm, DigestAlgorithm::kSha256);
+  EXPECT_EQ(o.dst.digest_algorithm, DigestAlgorithm::kSha256);
+  EXPECT_EQ(o.src.digest.size(), 64u);
+  const DowntimeReport& d = o.src.downtime;
+  ASSERT_TRUE(d.measured);
+  EXPECT_GE(o.src.iterations, 2u);
+  EXPECT_EQ(d.final_pages, o.src.dirty_per_iteration.back());
+  EXPECT_GT(d.expected_seconds, 0.0);  // a rate was measured before the final pass
+  EXPECT_GT(d.total_seconds, 0.0);
+  EXPECT_NEAR(d.total_seconds, d.final_pages_seconds + d.digest_seconds + d.confirm_seconds, 1e-3);
+  // Converged by the downtime rule, not the iteration cap.
+  if (o.src.iterations < 12) {
+    EXPECT_LE(d.expected_seconds, 0.020 + 1e-9);
+  }
+  auto names = [](const std::vector<PhaseTime>& ph) {
+    std::string s;
+    for (const auto& p : ph) s += p.name + ",";
+    return s;
+  };
+  EXPECT_EQ(names(o.src.phases), "setup,transfer,switch-over,");
+  EXPECT_EQ(names(o.dst.phases), "setup,transfer,verify,commit,");
+  for (const auto& p : o.src.phases) EXPECT_GE(p.wall_seconds, 0.0) << p.name;
+}
+
 TEST(Transport, FileInput) {
   testing::TempDir dir;
   const std::string in = dir.path + "/in.bin";
@@ -214,7 +260,7 @@ struct RawSource {
   }
 
   // Sends END with `digest` (the image digest the destination must match).
-  void SendEnd(const Sha256::Digest& digest) {
+  void SendEnd(const ImageHash& digest) {
     wire::PacketHeader h;
     h.type = wire::kEnd;
     h.packet_num = packet_num++;
@@ -374,7 +420,7 @@ TEST(Forged, ForeignSessionHelloIsRejectedAndMigrationContinues) {
   ch1.ch->shutdown(ShutdownHow::kWrite);
   // END carries the image digest of 8 KiB of zeros.
   std::string zeros(8192, '\0');
-  ch0.SendEnd(ImageDigest(reinterpret_cast<const uint8_t*>(zeros.data()), zeros.size()));
+  ch0.SendEnd(ImageDigestOf(DigestAlgorithm::kXxh3, reinterpret_cast<const uint8_t*>(zeros.data()), zeros.size(), 4096));
   uint8_t done[wire::kAckSize];
   ASSERT_TRUE(ch0.ch->read_all(done, sizeof(done)));
   EXPECT_EQ(wire::DecodeU32Pair(wire::kDoneMagic, done, "done"), wire::kOk);
@@ -423,7 +469,7 @@ TEST(Forged, SilentStrayDoesNotDelayTheRealSource) {
   ASSERT_EQ(logs.size(), 1u);
   EXPECT_NE(logs[0].find("still pending authentication"), std::string::npos) << logs[0];
   uint64_t size = 0;
-  EXPECT_EQ(Sha256::Hex(FileDigest(dir.path + "/after-stray.bin", &size)), r.digest);
+  EXPECT_EQ(FileDigest(dir.path + "/after-stray.bin", &size), r.digest);
 }
 
 // A hundred idle connections queued before the real source (TLS on, so
@@ -466,7 +512,7 @@ TEST(Forged, HundredIdleStraysCannotStallTheAcceptLoop) {
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(25)) << "strays stalled the accept loop";
   EXPECT_EQ(err, "");
   uint64_t size = 0;
-  EXPECT_EQ(Sha256::Hex(FileDigest(dir.path + "/after-strays.bin", &size)), r.digest);
+  EXPECT_EQ(FileDigest(dir.path + "/after-strays.bin", &size), r.digest);
   size_t dropped = 0;
   for (const auto& line : logs) dropped += line.find("dropping the oldest") != std::string::npos;
   EXPECT_GE(dropped, 80u) << "expected the oldest pending strays to be dropped";
@@ -477,7 +523,7 @@ TEST(Forged, DigestMismatchDiscardsTheImage) {
       [](RawSource& s) {
         s.Send(wire::kZero, 0, {0});
         s.Send(wire::kSync, 0, {}, wire::kFlagFinal);
-        Sha256::Digest wrong{};
+        ImageHash wrong{};
         wrong[0] = 1;
         s.SendEnd(wrong);
         uint8_t done[8];

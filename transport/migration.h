@@ -7,9 +7,10 @@
 // successor) and sends SYNC; the destination applies iteration i+1 only
 // after SYNC(i) has arrived on every channel. So an older copy of a page can
 // never overwrite a newer one. The last iteration's SYNC is FINAL; then
-// channel 0 carries END with the SHA-256 of the image at switch-over, the
-// destination verifies its file against it, renames the temporary file to
-// the final name, and answers DONE.
+// channel 0 carries END with the digest of the image at switch-over (kept
+// page by page while pages move, util/image_digest.h), the destination
+// compares it with the digest of what it received, makes the file durable
+// under its final name, and answers DONE.
 #pragma once
 
 #include <atomic>
@@ -24,6 +25,7 @@
 #include "transport/endpoint.h"
 #include "transport/page_source.h"
 #include "transport/protocol.h"
+#include "util/image_digest.h"
 
 namespace ktm {
 
@@ -43,6 +45,27 @@ struct ChannelReport {
   ChannelStats stats;              // the channel's own counters (zero copy, batching, ...)
 };
 
+// Wall time and CPU of one phase. CPU is the whole process's (getrusage
+// RUSAGE_SELF): exact when one side runs per process, as in the CLI.
+struct PhaseTime {
+  std::string name;  // source: setup, transfer, switch-over; destination: setup, transfer, verify, commit
+  double wall_seconds = 0;
+  double cpu_user_seconds = 0;
+  double cpu_sys_seconds = 0;
+};
+
+// The source's downtime: from Freeze() (the guest stops) until DONE (the
+// destination holds the verified, durable image).
+struct DowntimeReport {
+  bool measured = false;
+  uint64_t final_pages = 0;           // pages sent after the freeze
+  double expected_seconds = 0;        // final pages at the last iteration's page rate
+  double final_pages_seconds = 0;     // freeze -> final barrier sent
+  double digest_seconds = 0;          // final barrier -> END sent (validation + image digest)
+  double confirm_seconds = 0;         // END -> DONE (the destination's verify and commit)
+  double total_seconds = 0;
+};
+
 struct MigrationReport {
   std::string session;             // UUID
   uint64_t image_size = 0;
@@ -53,7 +76,10 @@ struct MigrationReport {
   uint64_t zero_pages = 0;         // of which sent as offsets only
   uint64_t data_bytes = 0;         // page payload bytes
   double seconds = 0;
-  std::string digest;              // SHA-256 hex of the image
+  std::string digest;              // image digest (hex), util/image_digest.h
+  DigestAlgorithm digest_algorithm = DigestAlgorithm::kXxh3;
+  std::vector<PhaseTime> phases;
+  DowntimeReport downtime;         // source only
   std::vector<ChannelReport> channels;
   std::vector<uint64_t> dirty_per_iteration;
 };
@@ -64,6 +90,14 @@ struct SourceOptions {
   SecurityConfig security;
   uint32_t max_iterations = 30;    // live: iterations before forcing the final pass
   uint64_t converge_pages = 0;     // live: final pass once dirty <= this (0: 1/256 of the image, >= 64)
+  // Live: when > 0, the final pass starts once the dirty pages can be sent
+  // within this time at the page rate measured in the previous iteration
+  // (QEMU's downtime-limit); replaces converge_pages. max_iterations still
+  // bounds the number of passes.
+  std::chrono::milliseconds max_downtime{0};
+  // Integrity digest of the image (carried in the hello; the destination
+  // uses the source's choice).
+  DigestAlgorithm digest = DigestAlgorithm::kXxh3;
   std::chrono::milliseconds connect_timeout{10000};
   // Every read, write, flush and the wait for the destination's answers:
   // no progress on a channel for this long ends the migration with

@@ -71,6 +71,7 @@ void EncodeHello(const Hello& h, uint8_t out[kHelloSize]) {
   Put16(out + 8, h.version);
   Put16(out + 10, h.channel_id);
   Put16(out + 12, h.channel_count);
+  Put16(out + 14, h.digest);
   std::memcpy(out + 16, h.session.data(), 16);
   Put64(out + 32, h.image_size);
   Put32(out + 40, h.page_size);
@@ -86,12 +87,16 @@ Hello DecodeHello(const uint8_t in[kHelloSize]) {
   h.version = Get16(in + 8);
   h.channel_id = Get16(in + 10);
   h.channel_count = Get16(in + 12);
+  h.digest = Get16(in + 14);
   std::memcpy(h.session.data(), in + 16, 16);
   h.image_size = Get64(in + 32);
   h.page_size = Get32(in + 40);
   if (h.version != kVersion) {
     throw Error(ErrorKind::kIntegrity, EPROTO, "channel hello has protocol version " + std::to_string(h.version) +
                             "; this destination speaks " + std::to_string(kVersion));
+  }
+  if (h.digest != 1 && h.digest != 2) {
+    throw Error(ErrorKind::kIntegrity, EBADMSG, "channel hello names unknown digest algorithm " + std::to_string(h.digest));
   }
   if (h.channel_count == 0 || h.channel_count > kMaxChannels || h.channel_id >= h.channel_count) {
     throw Error(ErrorKind::kIntegrity, EBADMSG, "channel hello has channel " + std::to_string(h.channel_id) + " of " +

@@ -13,7 +13,7 @@
 //   SYNC:  no offsets; closes `iteration` on this channel (flag FINAL on
 //          the last one)
 //   END:   channel 0 only, after the final barrier: the 32-byte image digest
-//          (util/sha256.h ImageDigest) of the image at switch-over
+//          (util/image_digest.h, the hello's algorithm) at switch-over
 #pragma once
 
 #include <array>
@@ -23,7 +23,8 @@
 
 namespace ktm::wire {
 
-inline constexpr uint16_t kVersion = 1;
+// 2: the hello names the image digest algorithm; END carries that digest.
+inline constexpr uint16_t kVersion = 2;
 inline constexpr uint64_t kHelloMagic = 0x4F4C4C45484D544Bull;  // "KTMHELLO"
 inline constexpr uint32_t kPacketMagic = 0x504D544B;            // "KTMP"
 inline constexpr uint32_t kAckMagic = 0x414D544B;               // "KTMA"
@@ -50,6 +51,7 @@ struct Hello {
   Uuid session{};
   uint64_t image_size = 0;
   uint32_t page_size = 0;
+  uint16_t digest = 1;  // DigestAlgorithm (util/image_digest.h): 1 xxh3, 2 sha256
 };
 
 struct PacketHeader {

@@ -9,7 +9,8 @@
 #include "base/error.h"
 #include "transport/first_failure.h"
 #include "transport/migration.h"
-#include "util/sha256.h"
+#include "transport/phase_clock.h"
+#include "util/image_digest.h"
 
 namespace ktm {
 namespace {
@@ -25,8 +26,8 @@ constexpr size_t kHeaderSlots = 64;
 // sized once.
 class ChannelSender {
  public:
-  ChannelSender(Channel& ch, const PageSource& src, Progress* progress)
-      : ch_(ch), src_(src), progress_(progress), slots_(kHeaderSlots) {
+  ChannelSender(Channel& ch, const PageSource& src, PageDigests& digests, Progress* progress)
+      : ch_(ch), src_(src), digests_(digests), progress_(progress), slots_(kHeaderSlots) {
     for (auto& s : slots_) s.buf.resize(wire::kHeaderSize + sizeof(uint64_t) * wire::kMaxPagesPerPacket);
     iov_.reserve(kDataPagesPerPacket + 1);
     data_.reserve(kDataPagesPerPacket);
@@ -38,10 +39,15 @@ class ChannelSender {
     const uint32_t ps = src_.page_size();
     for (size_t i = 0; i < n; ++i) {
       const uint8_t* p = src_.data() + pages[i] * ps;
+      // Each page is hashed as it goes out (it is in cache now, and the
+      // TLS library reads it next): the image digest at switch-over then
+      // only hashes the page digests.
       if (IsZeroPage(p, ps)) {
+        digests_.SetZero(pages[i]);
         zero_.push_back(pages[i] * ps);
         if (zero_.size() == wire::kMaxPagesPerPacket) FlushZero();
       } else {
+        digests_.Update(pages[i], p);
         data_.push_back(pages[i] * ps);
         if (data_.size() == kDataPagesPerPacket) FlushData();
       }
@@ -60,7 +66,7 @@ class ChannelSender {
     SendControl(h, nullptr, 0);
   }
 
-  void End(const Sha256::Digest& digest) {
+  void End(const ImageHash& digest) {
     wire::PacketHeader h;
     h.type = wire::kEnd;
     h.iteration = iteration_;
@@ -152,6 +158,7 @@ class ChannelSender {
 
   Channel& ch_;
   const PageSource& src_;
+  PageDigests& digests_;
   Progress* progress_;
   std::vector<Slot> slots_;
   size_t next_slot_ = 0;
@@ -228,6 +235,7 @@ std::vector<OpenedChannel> OpenChannels(const PageSource& src, const SourceOptio
     h.session = uuid;
     h.image_size = src.size();
     h.page_size = src.page_size();
+    h.digest = static_cast<uint16_t>(opts.digest);
     uint8_t buf[wire::kHelloSize];
     wire::EncodeHello(h, buf);
     chans.back().channel->write_all(buf, sizeof(buf));
@@ -263,8 +271,14 @@ std::vector<OpenedChannel> OpenChannels(const PageSource& src, const SourceOptio
 // Phase 2: precopy iterations until the dirty set converges (or the
 // iteration limit), then the source is frozen and the final pass runs. Each
 // iteration ends with a flush and SYNC on every channel.
+// Timestamps of the switch-over, for the downtime report.
+struct SwitchTimes {
+  Clock::time_point freeze, final_sent, end_sent, done;
+};
+
 void StreamIterations(PageSource& src, const SourceOptions& opts, std::vector<OpenedChannel>& chans,
-                      std::vector<std::unique_ptr<ChannelSender>>& senders, MigrationReport& rep) {
+                      std::vector<std::unique_ptr<ChannelSender>>& senders, MigrationReport& rep, PhaseClock& phases,
+                      SwitchTimes& times) {
   FirstFailure failure;
   std::mutex verdict_mu;
   bool verdict_probed = false;
@@ -295,6 +309,23 @@ void StreamIterations(PageSource& src, const SourceOptions& opts, std::vector<Op
   };
   const uint64_t converge = opts.converge_pages ? opts.converge_pages
                                                 : std::max<uint64_t>(64, src.page_count() / 256);
+  // Pages per second of the previous iteration: what the final pass is
+  // expected to achieve (QEMU estimates its downtime the same way).
+  double page_rate = 0;
+  auto expected_seconds = [&](size_t pages) { return page_rate > 0 ? pages / page_rate : 0.0; };
+  auto converged = [&](size_t pages) {
+    if (opts.max_downtime.count() > 0) {
+      return page_rate > 0 && expected_seconds(pages) * 1000 <= static_cast<double>(opts.max_downtime.count());
+    }
+    return pages <= converge;
+  };
+  auto freeze = [&] {
+    // A static image "freezes" before its only pass: that pass is the
+    // transfer, and switch-over starts after it (RunSource).
+    if (src.live()) phases.Begin("switch-over");
+    times.freeze = Clock::now();
+    src.Freeze();
+  };
   std::vector<uint64_t> dirty;
   dirty.reserve(src.page_count());
   bool final = false;
@@ -302,22 +333,28 @@ void StreamIterations(PageSource& src, const SourceOptions& opts, std::vector<Op
     dirty.clear();
     src.CollectDirty(dirty);
     // Converged, or out of iterations: stop the guest and send the rest.
-    if (iter > 0 && (dirty.size() <= converge || iter + 1 >= opts.max_iterations)) {
-      src.Freeze();
+    if (iter > 0 && (converged(dirty.size()) || iter + 1 >= opts.max_iterations)) {
+      freeze();
       src.CollectDirty(dirty);
       std::sort(dirty.begin(), dirty.end());
       dirty.erase(std::unique(dirty.begin(), dirty.end()), dirty.end());
       final = true;
     }
     if (iter == 0 && (!src.live() || opts.max_iterations <= 1)) {
-      src.Freeze();
+      freeze();
       final = true;
+    }
+    if (final) {
+      rep.downtime.measured = src.live();
+      rep.downtime.final_pages = dirty.size();
+      rep.downtime.expected_seconds = expected_seconds(dirty.size());
     }
     rep.dirty_per_iteration.push_back(dirty.size());
     if (opts.progress) {
       opts.progress->iteration = iter;
       opts.progress->dirty_pages = dirty.size();
     }
+    const auto iter_start = Clock::now();
     // Contiguous shares: neighbouring pages stay on one channel, so their
     // iovecs merge.
     const size_t n = chans.size();
@@ -340,20 +377,28 @@ void StreamIterations(PageSource& src, const SourceOptions& opts, std::vector<Op
     for (auto& t : threads) t.join();
     failure.ThrowIfFailed();
     rep.iterations = iter + 1;
+    const double secs = std::chrono::duration<double>(Clock::now() - iter_start).count();
+    // A tiny iteration measures latency, not bandwidth: keep the last
+    // rate taken over a meaningful amount of work.
+    if (secs > 0.005 && dirty.size() >= 256) page_rate = dirty.size() / secs;
   }
+  times.final_sent = Clock::now();
 }
 
-// Phase 3: switch-over. The image is frozen; its digest is what the
+// Phase 3: switch-over. The image is frozen and every page is out; its
+// digest (over the page digests kept while sending) is what the
 // destination must hold. END on channel 0, then wait for DONE.
 std::string SwitchOver(const PageSource& src, const SourceOptions& opts, std::vector<OpenedChannel>& chans,
-                       ChannelSender& sender0) {
+                       ChannelSender& sender0, const PageDigests& digests, SwitchTimes& times) {
   src.Validate();
-  const Sha256::Digest digest = ImageDigest(src.data(), src.size());
+  const ImageHash digest = digests.Final();
   Channel& ch0 = *chans[0].channel;
   sender0.End(digest);
+  times.end_sent = Clock::now();
   for (size_t c = 1; c < chans.size(); ++c) chans[c].channel->shutdown(ShutdownHow::kWrite);
-  // DONE comes after the destination has digested and committed the whole
-  // image: give it that time on top of the io timeout.
+  // DONE comes after the destination has verified and committed the image
+  // (its fsync is proportional to the image): give it that time on top of
+  // the io timeout.
   if (opts.io_timeout.count() >= 0) {
     ch0.set_io_timeout(opts.io_timeout + std::chrono::seconds(src.size() / (64u << 20)));
   }
@@ -365,12 +410,21 @@ std::string SwitchOver(const PageSource& src, const SourceOptions& opts, std::ve
   } catch (const Error& e) {
     throw e.WithContext("channel 0 (to " + chans[0].peer + "), waiting for the destination to confirm the image: ");
   }
+  times.done = Clock::now();
   uint32_t st = wire::DecodeU32Pair(wire::kDoneMagic, done, "completion message");
   if (st != wire::kOk) {
     throw Error(KindOfStatus(st), EIO, std::string("destination did not commit the image: ") + wire::StatusText(st));
   }
   ch0.shutdown(ShutdownHow::kWrite);
-  return Sha256::Hex(digest);
+  return DigestHex(opts.digest, digest);
+}
+
+void FillDowntime(const SwitchTimes& t, DowntimeReport& d) {
+  auto secs = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
+  d.final_pages_seconds = secs(t.freeze, t.final_sent);
+  d.digest_seconds = secs(t.final_sent, t.end_sent);
+  d.confirm_seconds = secs(t.end_sent, t.done);
+  d.total_seconds = secs(t.freeze, t.done);
 }
 
 // Phase 4: per-channel counters and paths.
@@ -405,26 +459,37 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
   rep.image_size = src.size();
   rep.page_size = src.page_size();
   if (opts.progress) opts.progress->total_bytes = src.size();
+  rep.digest_algorithm = opts.digest;
   const auto t0 = Clock::now();
+  PhaseClock phases;
+  phases.Begin("setup");
 
   std::vector<OpenedChannel> chans = OpenChannels(src, opts, uuid);
+  PageDigests digests(opts.digest, src.size(), src.page_size());
   std::vector<std::unique_ptr<ChannelSender>> senders;
-  for (auto& c : chans) senders.push_back(std::make_unique<ChannelSender>(*c.channel, src, opts.progress));
+  for (auto& c : chans) {
+    senders.push_back(std::make_unique<ChannelSender>(*c.channel, src, digests, opts.progress));
+  }
 
+  phases.Begin("transfer");
   const auto transfer_start = Clock::now();
+  SwitchTimes times;
   try {
-    StreamIterations(src, opts, chans, senders, rep);
+    StreamIterations(src, opts, chans, senders, rep, phases, times);
   } catch (const Error& e) {
     if (e.kind() == ErrorKind::kPeer) ThrowDestinationVerdict(chans, e);
     throw;
   }
   rep.transfer_seconds = std::chrono::duration<double>(Clock::now() - transfer_start).count();
+  if (!src.live()) phases.Begin("switch-over");
   try {
-    rep.digest = SwitchOver(src, opts, chans, *senders[0]);
+    rep.digest = SwitchOver(src, opts, chans, *senders[0], digests, times);
   } catch (const Error& e) {
     if (e.kind() == ErrorKind::kPeer) ThrowDestinationVerdict(chans, e);
     throw;
   }
+  FillDowntime(times, rep.downtime);
+  rep.phases = phases.Take();
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   AddChannelReports(opts, chans, senders, rep);
   return rep;
