@@ -1,5 +1,5 @@
 # Quick start: `make demo`, `make test`. Both install what they need first.
-.PHONY: deps build demo demo-ktls demo-qemu bench bench-ktls bench-qemu test test-asan test-tsan test-ktls test-qemu clean
+.PHONY: deps build demo demo-ktls demo-qemu bench bench-ktls bench-qemu test test-asan test-tsan test-ktls test-qemu test-package install deb example clean
 
 deps:
 	@bash scripts/install-deps.sh
@@ -21,14 +21,35 @@ test: deps
 	bash scripts/run-tests.sh
 
 test-asan: deps
-	KTM_TEST_CONFIGS=asan+ubsan KTM_SKIP_VM=1 KTM_SKIP_FUZZ=1 KTM_SKIP_QEMU=1 bash scripts/run-tests.sh
+	KTM_TEST_CONFIGS=asan+ubsan KTM_SKIP_VM=1 KTM_SKIP_FUZZ=1 KTM_SKIP_QEMU=1 KTM_SKIP_PKG=1 bash scripts/run-tests.sh
 
 test-tsan: deps
-	KTM_TEST_CONFIGS=tsan KTM_SKIP_VM=1 KTM_SKIP_FUZZ=1 KTM_SKIP_QEMU=1 bash scripts/run-tests.sh
+	KTM_TEST_CONFIGS=tsan KTM_SKIP_VM=1 KTM_SKIP_FUZZ=1 KTM_SKIP_QEMU=1 KTM_SKIP_PKG=1 bash scripts/run-tests.sh
+
+# The installed library, the C example with pkg-config, the .deb (part of make test).
+test-package: deps
+	KTM_TEST_CONFIGS=none KTM_SKIP_FUZZ=1 KTM_SKIP_VM=1 KTM_SKIP_QEMU=1 bash scripts/run-tests.sh
+
+# Library (libktlsmigrate.so.0 + .a), headers, ktls-migrate.pc, the CLI and
+# its man page: make install PREFIX=/usr/local DESTDIR=/tmp/stage
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+install: deps
+	PREFIX=$(PREFIX) LIBDIR=$(LIBDIR) DESTDIR=$(DESTDIR) bash scripts/install.sh
+
+# A Debian 12 package: apt-get install ./ktls-migrate_*.deb
+deb: deps
+	bash scripts/make-deb.sh
+
+# The C example against an installed library (make install or the .deb):
+# plain cc and pkg-config, nothing from this build system.
+example:
+	cc -std=c99 -O2 -Wall examples/migrate_self.c $$(pkg-config --cflags --libs ktls-migrate) -lpthread -o examples/migrate_self
+	./examples/migrate_self
 
 # Real QEMU live migrations through `tls-migrate tunnel` (also part of make test).
 test-qemu: deps
-	KTM_TEST_CONFIGS=none KTM_SKIP_FUZZ=1 KTM_SKIP_VM=1 bash scripts/run-tests.sh
+	KTM_TEST_CONFIGS=none KTM_SKIP_FUZZ=1 KTM_SKIP_VM=1 KTM_SKIP_PKG=1 bash scripts/run-tests.sh
 
 # One real QEMU live migration through the tunnel, with a short summary.
 demo-qemu: deps
@@ -51,7 +72,7 @@ bench-ktls: deps
 
 # kTLS tests only, in a VM running Debian's kernel (CONFIG_TLS=m).
 test-ktls: deps
-	KTM_TEST_CONFIGS=none KTM_SKIP_FUZZ=1 KTM_SKIP_QEMU=1 bash scripts/run-tests.sh
+	KTM_TEST_CONFIGS=none KTM_SKIP_FUZZ=1 KTM_SKIP_QEMU=1 KTM_SKIP_PKG=1 bash scripts/run-tests.sh
 
 clean:
 	bazel clean

@@ -21,6 +21,7 @@
 
 #include "base/error.h"
 #include "base/proc.h"
+#include "base/version.h"
 #include "certs/generate.h"
 #include "channel/socket_channel.h"
 #include "channel/zero_copy_sender.h"
@@ -662,6 +663,10 @@ int main(int argc, char** argv) {
       std::string(argv[1]) == "help") {
     std::printf("%s", kMainHelp);
     return argc < 2 ? kExitUsage : 0;
+  }
+  if (std::string(argv[1]) == "--version" || std::string(argv[1]) == "version") {
+    std::printf("tls-migrate %s\n", KTM_VERSION_STRING);
+    return 0;
   }
   const std::string cmd = argv[1];
   std::map<std::string, std::function<int(int, char**)>> cmds = {

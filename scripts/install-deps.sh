@@ -14,6 +14,7 @@ PKGS=(
   clang libclang-rt-14-dev
   qemu-system-x86 linux-image-amd64 busybox-static cpio kmod
   iproute2 procps libcap2-bin iperf3 gnuplot-nox socat
+  help2man lintian pkg-config
 )
 
 missing=()

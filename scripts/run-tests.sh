@@ -104,6 +104,12 @@ if [ "${KTM_SKIP_VM:-0}" != 1 ]; then
   run_external "kTLS VM" KTM_VM_XML_DIR bash scripts/run-vm-tests.sh
 fi
 
+# The library as a package: staged make install, the C example built with
+# pkg-config alone (TLS, plaintext, ASan), exported symbols, the .deb.
+if [ "${KTM_SKIP_PKG:-0}" != 1 ]; then
+  run_external "package" KTM_PKG_XML_DIR bash scripts/run-package-tests.sh
+fi
+
 # Real QEMU live migrations through `tls-migrate tunnel` (about 5 minutes).
 if [ "${KTM_SKIP_QEMU:-0}" != 1 ]; then
   run_external "QEMU" KTM_QEMU_XML_DIR bash scripts/run-qemu-tests.sh

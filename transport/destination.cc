@@ -108,8 +108,19 @@ void CheckImageFits(const std::string& output, uint64_t size, uint64_t padded, u
 class TempImage {
  public:
   TempImage(const std::string& output, uint64_t size, uint64_t padded,
-            const std::function<void(const std::string&)>& hook)
+            const std::function<void(const std::string&)>& hook, uint8_t* memory = nullptr,
+            uint64_t memory_size = 0)
       : size_(size), padded_(padded), hook_(hook) {
+    if (output.empty() && memory) {
+      if (memory_size < padded) {
+        throw Error(ErrorKind::kLocalIo, ENOSPC,
+                    "the caller's buffer (" + std::to_string(memory_size) + " bytes) cannot hold the image (" +
+                        std::to_string(padded) + " bytes with its last page)");
+      }
+      base_ = memory;
+      borrowed_ = true;
+      return;
+    }
     if (output.empty()) {
       void* p = mmap(nullptr, padded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
       if (p == MAP_FAILED) ThrowErrno(ErrorKind::kLocalIo, errno, "cannot allocate " + std::to_string(padded) + " bytes for the image");
@@ -165,7 +176,7 @@ class TempImage {
 
  private:
   void Discard() {
-    if (base_) munmap(base_, padded_);
+    if (base_ && !borrowed_) munmap(base_, padded_);
     base_ = nullptr;
     if (!committed_ && !path_.empty() && fd_) {
       unlink(path_.c_str());
@@ -178,6 +189,7 @@ class TempImage {
   uint8_t* base_ = nullptr;
   uint64_t size_, padded_;  // padded_: the in-memory mapping's length
   bool committed_ = false;
+  bool borrowed_ = false;  // the caller's memory: never unmapped here
   std::function<void(const std::string&)> hook_;
 };
 
@@ -617,6 +629,11 @@ AcceptedSession AcceptSession(Listener& listener, const DestinationOptions& opts
       try {
         const wire::Geometry g{h.image_size, h.page_size};
         CheckImageFits(opts.output, h.image_size, g.padded_size(), opts.max_size);
+        if (opts.output.empty() && opts.memory && opts.memory_size < g.padded_size()) {
+          throw Error(ErrorKind::kLocalIo, ENOSPC,
+                      "not enough space for the image: needs " + std::to_string(g.padded_size()) +
+                          " bytes, the destination's buffer has " + std::to_string(opts.memory_size));
+        }
       } catch (const Error&) {
         TrySendU32Pair(*p.oc.channel, wire::kAckMagic, wire::kNoSpace);
         throw;
@@ -806,7 +823,7 @@ MigrationReport RunDestination(Listener& listener, const DestinationOptions& opt
   DigestAlgorithm alg = DigestAlgorithm::kXxh3;
   DigestAlgorithmFromWire(session.first.digest, &alg);  // validated by DecodeHello
   if (opts.progress) opts.progress->total_bytes = g.image_size;
-  TempImage image(opts.output, g.image_size, g.padded_size(), opts.temp_file_hook);
+  TempImage image(opts.output, g.image_size, g.padded_size(), opts.temp_file_hook, opts.memory, opts.memory_size);
   PageDigests digests(alg, g.image_size, g.page_size);
   phases.Begin("transfer");
   std::vector<Receiver> rx;

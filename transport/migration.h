@@ -122,6 +122,11 @@ MigrationReport RunSource(PageSource& source, const SourceOptions& opts);
 struct DestinationOptions {
   std::string output;              // final file name; "" = keep the image in memory
                                    // (pre-faulted, like a destination's guest RAM)
+  // With output "": receive into this caller-owned memory instead of
+  // allocating (it must hold the image rounded up to pages, else
+  // Error(kLocalIo) before any page). Its contents are undefined on failure.
+  uint8_t* memory = nullptr;
+  uint64_t memory_size = 0;
   SecurityConfig security;
   std::chrono::milliseconds accept_timeout{60000};
   // A connection that says nothing for this long after connecting (TLS:

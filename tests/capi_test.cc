@@ -1,0 +1,268 @@
+// The C API (include/ktls_migrate.h) in process, on real loopback sockets
+// with real certificates: the status and message of each failure a caller
+// meets (missing file, wrong hostname, peer gone, bad arguments, a buffer
+// too small), zero-copy writes with ids and the release callback, and a
+// migration into the caller's buffer, verified byte for byte.
+#include "ktls_migrate.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <future>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/test_util.h"
+
+namespace {
+
+using ktm::testing::TempDir;
+
+bool Has(const char* s, const std::string& needle) { return std::string(s).find(needle) != std::string::npos; }
+
+struct Pki {
+  TempDir dir;
+  std::string path = dir.path + "/pki";
+  Pki() { EXPECT_EQ(ktm_creds_generate(path.c_str(), "localhost", "127.0.0.1"), KTM_OK) << ktm_last_error(); }
+  ktm_config* Config(ktm_role role, const char* hostname = nullptr) const {
+    ktm_config* c = ktm_config_new();
+    ktm_creds* creds = ktm_creds_load_dir(path.c_str(), role);
+    EXPECT_NE(creds, nullptr) << ktm_last_error();
+    EXPECT_EQ(ktm_config_set_creds(c, creds), KTM_OK);
+    ktm_creds_free(creds);  // the config keeps its own reference
+    if (hostname) ktm_config_set_hostname(c, hostname);
+    ktm_config_set_io_timeout_ms(c, 10000);
+    return c;
+  }
+};
+
+TEST(CApi, MissingCredentialFilesAreNamed) {
+  EXPECT_EQ(ktm_creds_load_dir("/nonexistent/creds", KTM_SERVER), nullptr);
+  EXPECT_EQ(ktm_last_status(), KTM_E_SECURITY);
+  EXPECT_TRUE(Has(ktm_last_error(), "/nonexistent/creds")) << ktm_last_error();
+  EXPECT_TRUE(Has(ktm_last_error(), "ca-cert.pem")) << ktm_last_error();
+  EXPECT_STREQ(ktm_status_name(ktm_last_status()), "security");
+  // An explicit file that cannot be read is a local I/O error naming it
+  // (a creds dir without its files, above, is a configuration refusal).
+  Pki pki;
+  const std::string ca = pki.path + "/ca-cert.pem", cert = pki.path + "/server-cert.pem";
+  EXPECT_EQ(ktm_creds_load_files(ca.c_str(), cert.c_str(), "/nonexistent/key.pem", nullptr, KTM_SERVER), nullptr);
+  EXPECT_EQ(ktm_last_status(), KTM_E_LOCAL_IO);
+  EXPECT_TRUE(Has(ktm_last_error(), "/nonexistent/key.pem")) << ktm_last_error();
+}
+
+TEST(CApi, BadArgumentsAreUsageErrors) {
+  ktm_config* c = ktm_config_new();
+  EXPECT_EQ(ktm_config_set_channels(c, 0), KTM_E_USAGE);
+  EXPECT_TRUE(Has(ktm_last_error(), "1..64")) << ktm_last_error();
+  EXPECT_EQ(ktm_config_set_ktls(c, static_cast<ktm_policy>(7)), KTM_E_USAGE);
+  EXPECT_EQ(ktm_config_set_digest(c, static_cast<ktm_digest>(9)), KTM_E_USAGE);
+  // TLS (the default) without credentials says what to do.
+  EXPECT_EQ(ktm_channel_connect("127.0.0.1:1", c), nullptr);
+  EXPECT_EQ(ktm_last_status(), KTM_E_USAGE);
+  EXPECT_TRUE(Has(ktm_last_error(), "ktm_config_set_creds")) << ktm_last_error();
+  std::vector<uint8_t> mem(8192);
+  EXPECT_EQ(ktm_migrate_source("127.0.0.1:1", c, mem.data(), mem.size(), 4096, nullptr, nullptr, nullptr, nullptr,
+                               nullptr),
+            KTM_E_USAGE);
+  EXPECT_TRUE(Has(ktm_last_error(), "ops")) << ktm_last_error();
+  EXPECT_EQ(ktm_config_set_tls(nullptr, 0), KTM_E_USAGE);
+  ktm_config_free(c);
+  ktm_config_free(nullptr);  // NULL is fine everywhere a handle is freed
+  ktm_channel_free(nullptr);
+  ktm_report_free(nullptr);
+}
+
+TEST(CApi, WrongHostnameIsRefusedOnBothSides) {
+  Pki pki;
+  ktm_listener* l = ktm_listen("127.0.0.1:0");
+  ASSERT_NE(l, nullptr) << ktm_last_error();
+  ktm_config* srv = pki.Config(KTM_SERVER);
+  ktm_config* cli = pki.Config(KTM_CLIENT, "wrong.example");
+  auto server = std::async(std::launch::async, [&] {
+    ktm_channel* ch = ktm_channel_accept(l, srv, 10000);
+    const ktm_status st = ch ? KTM_OK : ktm_last_status();
+    ktm_channel_free(ch);
+    return st;
+  });
+  ktm_channel* ch = ktm_channel_connect(ktm_listener_address(l), cli);
+  EXPECT_EQ(ch, nullptr);
+  EXPECT_EQ(ktm_last_status(), KTM_E_SECURITY);
+  EXPECT_TRUE(Has(ktm_last_error(), "wrong.example")) << ktm_last_error();
+  EXPECT_NE(server.get(), KTM_OK);  // the server sees the refusal, never a channel
+  ktm_config_free(srv);
+  ktm_config_free(cli);
+  ktm_listener_free(l);
+}
+
+TEST(CApi, PeerGoneIsAPeerError) {
+  Pki pki;
+  ktm_listener* l = ktm_listen("127.0.0.1:0");
+  ktm_config* srv = pki.Config(KTM_SERVER);
+  ktm_config* cli = pki.Config(KTM_CLIENT);
+  auto server = std::async(std::launch::async, [&] { return ktm_channel_accept(l, srv, 10000); });
+  ktm_channel* ch = ktm_channel_connect(ktm_listener_address(l), cli);
+  ASSERT_NE(ch, nullptr) << ktm_last_error();
+  ktm_channel* peer = server.get();
+  ASSERT_NE(peer, nullptr);
+  ktm_channel_free(peer);  // gone without close_notify
+  char buf[64];
+  EXPECT_EQ(ktm_channel_read_all(ch, buf, sizeof(buf)), KTM_E_PEER);
+  EXPECT_STRNE(ktm_last_error(), "");
+  ktm_channel_free(ch);
+  // Nobody listening at all.
+  const std::string addr = ktm_listener_address(l);
+  ktm_listener_free(l);
+  ktm_config_set_connect_timeout_ms(cli, 2000);
+  EXPECT_EQ(ktm_channel_connect(addr.c_str(), cli), nullptr);
+  EXPECT_EQ(ktm_last_status(), KTM_E_PEER) << ktm_last_error();
+  ktm_config_free(srv);
+  ktm_config_free(cli);
+}
+
+struct Released {
+  uint64_t count = 0, last = 0;
+};
+
+void OnRelease(void* user, uint64_t first, uint64_t last) {
+  auto* r = static_cast<Released*>(user);
+  r->count += last - first + 1;
+  r->last = last;
+}
+
+// Plaintext (MSG_ZEROCOPY) and TLS: write ids, is_released, the callback,
+// flush, and what arrived.
+TEST(CApi, ZeroCopyWritesAreTrackedAndArriveIntact) {
+  Pki pki;
+  for (bool tls : {false, true}) {
+    SCOPED_TRACE(tls ? "tls" : "plaintext");
+    ktm_listener* l = ktm_listen("127.0.0.1:0");
+    ktm_config* srv = pki.Config(KTM_SERVER);
+    ktm_config* cli = pki.Config(KTM_CLIENT);
+    if (!tls) {
+      ktm_config_set_tls(srv, 0);
+      ktm_config_set_tls(cli, 0);
+    }
+    constexpr size_t kChunk = 1 << 20, kCount = 16;
+    std::vector<uint8_t> data(kChunk * kCount);
+    for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 131 + 7);
+    auto server = std::async(std::launch::async, [&] {
+      std::vector<uint8_t> got(data.size());
+      ktm_channel* ch = ktm_channel_accept(l, srv, 10000);
+      if (!ch) return std::vector<uint8_t>();
+      if (ktm_channel_read_all(ch, got.data(), got.size()) != KTM_OK) got.clear();
+      size_t n = 1;
+      char extra;
+      ktm_channel_read(ch, &extra, 1, &n);  // the client's close_notify: 0 bytes
+      if (n != 0) got.clear();
+      ktm_channel_free(ch);
+      return got;
+    });
+    ktm_channel* ch = ktm_channel_connect(ktm_listener_address(l), cli);
+    ASSERT_NE(ch, nullptr) << ktm_last_error();
+    EXPECT_STRNE(ktm_channel_path(ch), "");
+    Released rel;
+    ASSERT_EQ(ktm_channel_set_release_callback(ch, OnRelease, &rel), KTM_OK);
+    uint64_t first = 0, last = 0;
+    for (size_t i = 0; i < kCount; ++i) {
+      ASSERT_EQ(ktm_channel_write(ch, data.data() + i * kChunk, kChunk, KTM_WRITE_ZERO_COPY, &first, &last), KTM_OK)
+          << ktm_last_error();
+    }
+    ASSERT_EQ(ktm_channel_flush(ch), KTM_OK) << ktm_last_error();
+    if (ktm_channel_is_zero_copy(ch) && !tls) {
+      EXPECT_LE(first, last);  // zero copy: the writes had ids
+      EXPECT_EQ(ktm_channel_is_released(ch, last), 1);
+      EXPECT_EQ(rel.last, last);
+      EXPECT_GE(rel.count, kCount);
+    } else {
+      EXPECT_GT(first, last);  // copied: nothing pending
+    }
+    ASSERT_EQ(ktm_channel_shutdown(ch, KTM_SHUT_WRITE), KTM_OK) << ktm_last_error();
+    const std::vector<uint8_t> got = server.get();
+    EXPECT_TRUE(got == data);
+    ktm_channel_free(ch);
+    ktm_config_free(srv);
+    ktm_config_free(cli);
+    ktm_listener_free(l);
+  }
+}
+
+struct Image {
+  std::vector<uint8_t>* mem;
+  bool reported = false;
+};
+
+void CollectAll(void* user, ktm_page_list* out) {
+  auto* img = static_cast<Image*>(user);
+  if (img->reported) return;
+  img->reported = true;
+  std::vector<uint64_t> pages(img->mem->size() / 4096);
+  for (size_t i = 0; i < pages.size(); ++i) pages[i] = i;
+  ktm_page_list_append(out, pages.data(), pages.size());
+}
+
+struct Aligned {
+  uint8_t* p;
+  explicit Aligned(size_t n) : p(static_cast<uint8_t*>(aligned_alloc(4096, n))) {}
+  ~Aligned() { free(p); }
+};
+
+TEST(CApi, MigrationIntoTheCallersBufferAndABufferTooSmall) {
+  Pki pki;
+  constexpr size_t kSize = 8u << 20;
+  Aligned src_mem(kSize);
+  std::vector<uint8_t> shadow(kSize);
+  for (size_t i = 0; i < kSize; ++i) shadow[i] = src_mem.p[i] = static_cast<uint8_t>((i >> 12) ^ (i * 13));
+  for (size_t dst_size : {kSize, kSize - 4096}) {
+    SCOPED_TRACE(dst_size == kSize ? "fits" : "too small");
+    ktm_listener* l = ktm_listen("127.0.0.1:0");
+    ktm_config* srv = pki.Config(KTM_SERVER);
+    ktm_config* cli = pki.Config(KTM_CLIENT);
+    ktm_config_set_channels(cli, 2);
+    ktm_config_set_digest(cli, KTM_DIGEST_SHA256);
+    std::vector<uint8_t> dst(dst_size);
+    std::string dst_err;
+    auto server = std::async(std::launch::async, [&] {
+      ktm_report* rep = nullptr;
+      const ktm_status st =
+          ktm_migrate_destination(l, srv, nullptr, dst.data(), dst.size(), 20000, nullptr, nullptr, &rep);
+      if (st != KTM_OK) dst_err = ktm_last_error();
+      return std::make_pair(st, rep);
+    });
+    Image img{&shadow};
+    ktm_source_ops ops{CollectAll, nullptr, 0};
+    ktm_report* rep = nullptr;
+    const ktm_status st =
+        ktm_migrate_source(ktm_listener_address(l), cli, src_mem.p, kSize, 4096, &ops, &img, nullptr, nullptr, &rep);
+    const std::string src_err = st == KTM_OK ? "" : ktm_last_error();
+    auto [dst_st, dst_rep] = server.get();
+    if (dst_size == kSize) {
+      ASSERT_EQ(st, KTM_OK) << src_err;
+      ASSERT_EQ(dst_st, KTM_OK) << dst_err;
+      EXPECT_EQ(std::memcmp(dst.data(), shadow.data(), kSize), 0);
+      EXPECT_STREQ(ktm_report_digest(rep), ktm_report_digest(dst_rep));
+      EXPECT_STREQ(ktm_report_digest_algorithm(dst_rep), "sha256");
+      EXPECT_EQ(ktm_report_channel_count(rep), 2u);
+      EXPECT_NE(ktm_report_channel_path(rep, 1), nullptr);
+      EXPECT_EQ(ktm_report_channel_path(rep, 2), nullptr);
+      EXPECT_EQ(ktm_report_image_bytes(dst_rep), kSize);
+      EXPECT_TRUE(Has(ktm_report_json(rep), "\"digest_algorithm\":\"sha256\"")) << ktm_report_json(rep);
+    } else {
+      // Refused before any page, and both ends say the same thing.
+      EXPECT_EQ(st, KTM_E_LOCAL_IO) << src_err;
+      EXPECT_EQ(dst_st, KTM_E_LOCAL_IO) << dst_err;
+      EXPECT_NE(dst_err.find("not enough space"), std::string::npos) << dst_err;
+      EXPECT_NE(src_err.find("does not fit"), std::string::npos) << src_err;
+      EXPECT_EQ(rep, nullptr);
+    }
+    ktm_report_free(rep);
+    ktm_report_free(dst_rep);
+    ktm_config_free(srv);
+    ktm_config_free(cli);
+    ktm_listener_free(l);
+  }
+}
+
+}  // namespace
