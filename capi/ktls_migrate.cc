@@ -6,18 +6,17 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstring>
 #include <memory>
-#include <mutex>
 #include <new>
+#include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "base/periodic.h"
 #include "base/version.h"
 #include "certs/credentials.h"
 #include "certs/generate.h"
@@ -82,13 +81,30 @@ void NeedArg(const void* p, const char* what) {
   if (!p) throw Error(ErrorKind::kUsage, EINVAL, std::string(what) + " must not be NULL");
 }
 
-PolicyMode PolicyOf(ktm_policy p) {
+// The integer a C caller passed for an enum parameter. A C enum may carry
+// any int; reading it as the C++ enum type would be undefined for values
+// outside the enumerators, so the bytes are copied, never loaded as the enum.
+template <typename E>
+int RawEnum(const E& e) {
+  static_assert(sizeof(E) == sizeof(int));
+  int raw;
+  std::memcpy(&raw, &e, sizeof(raw));
+  return raw;
+}
+
+PolicyMode PolicyOf(int p) {
   switch (p) {
     case KTM_OFF: return PolicyMode::kOff;
     case KTM_AUTO: return PolicyMode::kAuto;
     case KTM_REQUIRE: return PolicyMode::kRequire;
   }
-  throw Error(ErrorKind::kUsage, EINVAL, "policy must be KTM_OFF, KTM_AUTO or KTM_REQUIRE");
+  throw Error(ErrorKind::kUsage, EINVAL, "policy must be KTM_OFF, KTM_AUTO or KTM_REQUIRE, not " + std::to_string(p));
+}
+
+TlsRole RoleOf(int r) {
+  if (r == KTM_CLIENT) return TlsRole::kClient;
+  if (r == KTM_SERVER) return TlsRole::kServer;
+  throw Error(ErrorKind::kUsage, EINVAL, "role must be KTM_CLIENT or KTM_SERVER, not " + std::to_string(r));
 }
 
 }  // namespace
@@ -158,8 +174,8 @@ extern "C" {
 const char* ktm_last_error(void) { return g_last_error.c_str(); }
 ktm_status ktm_last_status(void) { return g_last_status; }
 
-const char* ktm_status_name(ktm_status s) {
-  switch (s) {
+const char* ktm_status_name(ktm_status status) {
+  switch (RawEnum(status)) {
     case KTM_OK: return "ok";
     case KTM_E_USAGE: return "usage";
     case KTM_E_PEER: return "peer";
@@ -179,7 +195,7 @@ const char* ktm_version(void) { return KTM_VERSION_STRING; }
 ktm_creds* ktm_creds_load_dir(const char* dir, ktm_role role) {
   return GuardNew<ktm_creds>([&] {
     NeedArg(dir, "dir");
-    const TlsRole r = role == KTM_SERVER ? TlsRole::kServer : TlsRole::kClient;
+    const TlsRole r = RoleOf(RawEnum(role));
     return new ktm_creds{Credentials::Load(CredsDirFiles(dir, r), r)};
   });
 }
@@ -192,7 +208,7 @@ ktm_creds* ktm_creds_load_files(const char* ca, const char* cert, const char* ke
     f.cert = cert ? cert : "";
     f.key = key ? key : "";
     f.crl = crl ? crl : "";
-    return new ktm_creds{Credentials::Load(f, role == KTM_SERVER ? TlsRole::kServer : TlsRole::kClient)};
+    return new ktm_creds{Credentials::Load(f, RoleOf(RawEnum(role)))};
   });
 }
 
@@ -226,8 +242,8 @@ void ktm_config_free(ktm_config* c) { delete c; }
   }
 
 KTM_SETTER(ktm_config_set_tls, int, c->tls = v != 0)
-KTM_SETTER(ktm_config_set_ktls, ktm_policy, c->ktls = PolicyOf(v))
-KTM_SETTER(ktm_config_set_zero_copy, ktm_policy, c->zero_copy = PolicyOf(v))
+KTM_SETTER(ktm_config_set_ktls, ktm_policy, c->ktls = PolicyOf(RawEnum(v)))
+KTM_SETTER(ktm_config_set_zero_copy, ktm_policy, c->zero_copy = PolicyOf(RawEnum(v)))
 KTM_SETTER(ktm_config_set_io_timeout_ms, int64_t, c->io_timeout = std::chrono::milliseconds(v))
 KTM_SETTER(ktm_config_set_max_downtime_ms, int64_t, c->max_downtime = std::chrono::milliseconds(v < 0 ? 0 : v))
 KTM_SETTER(ktm_config_set_max_iterations, uint32_t, c->max_iterations = v ? v : 1)
@@ -238,10 +254,11 @@ KTM_SETTER(ktm_config_set_channels, int, {
   c->channels = v;
 })
 KTM_SETTER(ktm_config_set_digest, ktm_digest, {
-  if (v != KTM_DIGEST_XXH3 && v != KTM_DIGEST_SHA256) {
+  const int d = RawEnum(v);
+  if (d != KTM_DIGEST_XXH3 && d != KTM_DIGEST_SHA256) {
     throw Error(ErrorKind::kUsage, EINVAL, "digest must be KTM_DIGEST_XXH3 or KTM_DIGEST_SHA256");
   }
-  c->digest = v == KTM_DIGEST_SHA256 ? DigestAlgorithm::kSha256 : DigestAlgorithm::kXxh3;
+  c->digest = d == KTM_DIGEST_SHA256 ? DigestAlgorithm::kSha256 : DigestAlgorithm::kXxh3;
 })
 KTM_SETTER(ktm_config_set_creds, const ktm_creds*, {
   NeedArg(v, "creds");
@@ -368,9 +385,13 @@ ktm_status ktm_channel_read_all(ktm_channel* ch, void* buf, size_t len) {
 ktm_status ktm_channel_shutdown(ktm_channel* ch, ktm_shutdown how) {
   return Guard([&] {
     NeedArg(ch, "channel");
-    ch->oc.channel->shutdown(how == KTM_SHUT_WRITE  ? ShutdownHow::kWrite
-                             : how == KTM_SHUT_READ ? ShutdownHow::kRead
-                                                    : ShutdownHow::kBoth);
+    const int h = RawEnum(how);
+    if (h != KTM_SHUT_WRITE && h != KTM_SHUT_READ && h != KTM_SHUT_BOTH) {
+      throw Error(ErrorKind::kUsage, EINVAL, "how must be KTM_SHUT_WRITE, KTM_SHUT_READ or KTM_SHUT_BOTH");
+    }
+    ch->oc.channel->shutdown(h == KTM_SHUT_WRITE ? ShutdownHow::kWrite
+                             : h == KTM_SHUT_READ ? ShutdownHow::kRead
+                                                  : ShutdownHow::kBoth);
   });
 }
 
@@ -424,34 +445,13 @@ class CallerSource : public PageSource {
   void* user_;
 };
 
-// Calls the progress callback about every 100 ms until stopped.
-class ProgressPoller {
- public:
-  ProgressPoller(Progress& p, ktm_progress_fn fn, void* user) {
-    if (!fn) return;
-    thread_ = std::thread([this, &p, fn, user] {
-      std::unique_lock<std::mutex> l(mu_);
-      while (!cv_.wait_for(l, std::chrono::milliseconds(100), [&] { return stop_; })) {
-        fn(user, p.bytes.load(), p.total_bytes.load(), p.iteration.load());
-      }
-    });
-  }
-  ~ProgressPoller() {
-    if (!thread_.joinable()) return;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
-  std::thread thread_;
-};
+// Calls the progress callback about every 100 ms while a migration runs
+// (until `t` is reset or destroyed).
+void StartProgress(std::optional<PeriodicThread>& t, Progress& p, ktm_progress_fn fn, void* user) {
+  if (!fn) return;
+  t.emplace(std::chrono::milliseconds(100),
+            [&p, fn, user] { fn(user, p.bytes.load(), p.total_bytes.load(), p.iteration.load()); });
+}
 
 nlohmann::json ReportToJson(const MigrationReport& r) {
   nlohmann::json chans = nlohmann::json::array();
@@ -506,7 +506,8 @@ ktm_status ktm_migrate_source(const char* address, const ktm_config* c, const vo
     o.progress = &p;
     MigrationReport r;
     {
-      ProgressPoller poll(p, progress, progress_user);
+      std::optional<PeriodicThread> poll;
+      StartProgress(poll, p, progress, progress_user);
       r = RunSource(src, o);
     }
     if (report) *report = MakeReport(std::move(r));
@@ -534,7 +535,8 @@ ktm_status ktm_migrate_destination(ktm_listener* l, const ktm_config* c, const c
     o.progress = &p;
     MigrationReport r;
     {
-      ProgressPoller poll(p, progress, progress_user);
+      std::optional<PeriodicThread> poll;
+      StartProgress(poll, p, progress, progress_user);
       r = RunDestination(l->l, o);
     }
     if (report) *report = MakeReport(std::move(r));

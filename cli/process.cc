@@ -95,23 +95,6 @@ int Program::Wait(std::string* output) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-bool TcpPortListening(int port) {
-  char want[8];
-  std::snprintf(want, sizeof(want), ":%04X", port);
-  for (const char* f : {"/proc/net/tcp", "/proc/net/tcp6"}) {
-    std::ifstream in(f);
-    std::string line;
-    std::getline(in, line);  // header
-    while (std::getline(in, line)) {
-      std::istringstream ls(line);
-      std::string slot, local, remote, state;
-      ls >> slot >> local >> remote >> state;
-      if (state == "0A" && local.size() > 5 && local.compare(local.size() - 5, 5, want) == 0) return true;
-    }
-  }
-  return false;
-}
-
 int FreeTcpPort() {
   Listener l = Listener::Listen("127.0.0.1:0");
   return l.port();

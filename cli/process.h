@@ -7,12 +7,9 @@
 #include <string>
 #include <vector>
 
-namespace ktm::cli {
+#include "base/proc.h"  // TcpPortListening
 
-// Whether a local TCP socket listens on `port` (/proc/net/tcp{,6}): waits for
-// helpers that print nothing when ready (socat, iperf3 -1) without
-// connecting to them.
-bool TcpPortListening(int port);
+namespace ktm::cli {
 
 // A loopback TCP port that was free a moment ago.
 int FreeTcpPort();

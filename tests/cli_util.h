@@ -70,23 +70,4 @@ inline std::string ListeningPort(const std::string& out) {
   return out.substr(colon + 1, out.find_first_not_of("0123456789", colon + 1) - colon - 1);
 }
 
-// Whether a local TCP socket listens on `port` (/proc/net/tcp{,6}): for
-// peers that print nothing when ready (socat).
-inline bool TcpListening(int port) {
-  char want[8];
-  std::snprintf(want, sizeof(want), ":%04X", port);
-  for (const char* f : {"/proc/net/tcp", "/proc/net/tcp6"}) {
-    std::ifstream in(f);
-    std::string line;
-    std::getline(in, line);  // header
-    while (std::getline(in, line)) {
-      std::istringstream ls(line);
-      std::string slot, local, remote, state;
-      ls >> slot >> local >> remote >> state;
-      if (state == "0A" && local.size() > 5 && local.compare(local.size() - 5, 5, want) == 0) return true;
-    }
-  }
-  return false;
-}
-
 }  // namespace ktm::testing

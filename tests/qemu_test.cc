@@ -30,6 +30,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/fd_wait.h"
+#include "base/proc.h"
 #include "channel/address.h"
 #include "tests/cli_util.h"
 #include "util/sha256.h"
@@ -211,9 +212,27 @@ json WaitMigration(Guest& src, std::chrono::seconds timeout) {
   return last;
 }
 
+// Which 4 KiB pages of two RAM dumps differ: count and the first few
+// guest-physical addresses (a failure must say where, not only that).
+std::string DiffPages(const std::string& a, const std::string& b) {
+  std::ifstream fa(a, std::ios::binary), fb(b, std::ios::binary);
+  std::vector<char> pa(4096), pb(4096);
+  uint64_t differ = 0;
+  std::string first;
+  for (uint64_t page = 0; fa.read(pa.data(), 4096) && fb.read(pb.data(), 4096); ++page) {
+    if (pa == pb) continue;
+    if (++differ <= 8) {
+      char buf[32];
+      std::snprintf(buf, sizeof(buf), " 0x%llx", static_cast<unsigned long long>(page * 4096));
+      first += buf;
+    }
+  }
+  return std::to_string(differ) + " page(s) differ, first at" + first;
+}
+
 struct Outcome {
   json migrate;
-  std::string src_hash, dst_hash;
+  std::string src_hash, dst_hash, ram_diff;
   bool dst_paused = false, dst_runs_after_cont = false;
 };
 
@@ -252,6 +271,7 @@ Outcome Migrate(int multifd, const std::vector<std::string>& relay_faults = {}, 
   dst->qmp->Execute("pmemsave", {{"val", 0}, {"size", kRamBytes}, {"filename", dir.path + "/dst.mem"}});
   o.src_hash = FileSha256(dir.path + "/src.mem");
   o.dst_hash = FileSha256(dir.path + "/dst.mem");
+  if (o.src_hash != o.dst_hash) o.ram_diff = DiffPages(dir.path + "/src.mem", dir.path + "/dst.mem");
   std::remove((dir.path + "/src.mem").c_str());
   std::remove((dir.path + "/dst.mem").c_str());
   dst->qmp->Execute("cont");
@@ -275,7 +295,7 @@ void ExpectMigrated(const Outcome& o) {
   EXPECT_EQ(o.migrate.value("status", ""), "completed");
   EXPECT_TRUE(o.dst_paused);
   EXPECT_EQ(o.src_hash.size(), 64u);
-  EXPECT_EQ(o.src_hash, o.dst_hash);
+  EXPECT_EQ(o.src_hash, o.dst_hash) << o.ram_diff;
   EXPECT_TRUE(o.dst_runs_after_cont);
 }
 
@@ -440,7 +460,7 @@ BenchRun BenchOnce(Guest& src, const std::string& dir, const std::string& mode, 
             "/client-key.pem,cafile=" + pki + "/ca-cert.pem,commonname=localhost"});
     // socat prints nothing when ready: wait for its socket file and port.
     const auto ready_by = Clock::now() + 30s;
-    while ((access(outgoing.c_str(), F_OK) != 0 || !testing::TcpListening(port)) && Clock::now() < ready_by) {
+    while ((access(outgoing.c_str(), F_OK) != 0 || !TcpPortListening(port)) && Clock::now() < ready_by) {
       std::this_thread::sleep_for(10ms);
     }
     src_uri = "unix:" + outgoing;

@@ -17,6 +17,7 @@
 
 #include "base/error.h"
 #include "base/fd_wait.h"
+#include "base/periodic.h"
 #include "base/unique_fd.h"
 #include "transport/first_failure.h"
 #include "transport/migration.h"
@@ -191,40 +192,6 @@ class TempImage {
   bool committed_ = false;
   bool borrowed_ = false;  // the caller's memory: never unmapped here
   std::function<void(const std::string&)> hook_;
-};
-
-// Starts writeback of the received pages while the transfer runs
-// (sync_file_range(SYNC_FILE_RANGE_WRITE) every 250 ms, which does not wait
-// for the disk), so the commit's fsync finds little left to write and its
-// cost follows what changed last, not the image size.
-class WritebackStarter {
- public:
-  explicit WritebackStarter(int fd) {
-    if (fd < 0) return;
-    thread_ = std::thread([this, fd] {
-      std::unique_lock<std::mutex> l(mu_);
-      while (!cv_.wait_for(l, std::chrono::milliseconds(250), [&] { return stop_; })) {
-        l.unlock();
-        (void)sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-        l.lock();
-      }
-    });
-  }
-  ~WritebackStarter() {
-    if (!thread_.joinable()) return;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
-  std::thread thread_;
 };
 
 struct Receiver {
@@ -828,7 +795,14 @@ MigrationReport RunDestination(Listener& listener, const DestinationOptions& opt
   phases.Begin("transfer");
   std::vector<Receiver> rx;
   {
-    WritebackStarter writeback(image.fd());
+    // Start writeback of the received pages while the transfer runs
+    // (SYNC_FILE_RANGE_WRITE does not wait for the disk), so the commit's
+    // fsync finds little left and its cost follows what changed last, not
+    // the image size.
+    std::optional<PeriodicThread> writeback;
+    if (const int fd = image.fd(); fd >= 0) {
+      writeback.emplace(std::chrono::milliseconds(250), [fd] { (void)sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE); });
+    }
     rx = ReceiveImage(session, g, ImageTarget{image.data(), image.fd(), image.path()}, digests, opts.progress);
   }
   const std::string digest = VerifyAndCommit(session, image, digests, *rx[0].end_digest, opts.output, phases);
