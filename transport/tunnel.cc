@@ -419,6 +419,9 @@ TunnelReport RunTunnelDestination(const TunnelOptions& opts) {
         if (!tls.channel->read_all(buf, sizeof(buf))) throw Error(ErrorKind::kPeer, EPIPE, "closed before its header");
         tls.channel->set_io_timeout(std::chrono::milliseconds(-1));  // tunnel reads may idle
         TunnelHeader h = DecodeTunnelHeader(buf);
+        // Said before it may wait for its turn: tests (and operators) see
+        // which connections are authenticated and queued.
+        Log(opts, "tunnel: connection " + std::to_string(h.seq) + " authenticated (from " + peer + ")");
         std::lock_guard<std::mutex> g(mu);
         ready[{h.session, h.seq}] = Ready{std::move(tls), h, Clock::now()};
       } catch (const std::exception& e) {
