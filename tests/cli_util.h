@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/subprocess.h"
@@ -68,6 +69,19 @@ inline std::string ListeningPort(const std::string& out) {
   const auto end = out.find_first_of(" \n", at + 13);
   const auto colon = out.rfind(':', end == std::string::npos ? out.size() : end);
   return out.substr(colon + 1, out.find_first_not_of("0123456789", colon + 1) - colon - 1);
+}
+
+// Waits until `needle` occurs at least `count` times in the process's output.
+inline bool WaitForCount(Subprocess& p, const std::string& needle, size_t count, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    const std::string& out = p.output();
+    size_t n = 0;
+    for (size_t at = out.find(needle); at != std::string::npos; at = out.find(needle, at + needle.size())) ++n;
+    if (n >= count) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
 }
 
 }  // namespace ktm::testing
