@@ -293,6 +293,13 @@ void StreamIterations(PageSource& src, const SourceOptions& opts, std::vector<Op
       std::lock_guard<std::mutex> g(verdict_mu);
       if (!verdict_probed) {
         verdict_probed = true;
+        // The failing channel first: this thread is its only user, its
+        // write failed but what the destination sent before resetting is
+        // still queued for reading, and it may be the only channel that
+        // carries the verdict (the destination cannot send on a session it
+        // refused as forged).
+        const uint32_t own = PeekVerdict(*chans[failing].channel, std::chrono::milliseconds(200));
+        if (own != wire::kOk) verdict = VerdictError(own, *ke);
         for (size_t c = 0; c < chans.size() && !verdict; ++c) {
           if (c == failing) continue;
           const uint32_t st = PeekVerdict(*chans[c].channel, std::chrono::milliseconds(200));
