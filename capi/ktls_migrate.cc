@@ -13,8 +13,6 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "base/error.h"
 #include "base/periodic.h"
 #include "base/version.h"
@@ -24,6 +22,7 @@
 #include "transport/endpoint.h"
 #include "transport/migration.h"
 #include "transport/page_source.h"
+#include "transport/report_json.h"
 
 
 using namespace ktm;
@@ -445,33 +444,25 @@ class CallerSource : public PageSource {
   void* user_;
 };
 
-// Calls the progress callback about every 100 ms while a migration runs
-// (until `t` is reset or destroyed).
-void StartProgress(std::optional<PeriodicThread>& t, Progress& p, ktm_progress_fn fn, void* user) {
-  if (!fn) return;
-  t.emplace(std::chrono::milliseconds(100),
-            [&p, fn, user] { fn(user, p.bytes.load(), p.total_bytes.load(), p.iteration.load()); });
-}
-
-nlohmann::json ReportToJson(const MigrationReport& r) {
-  nlohmann::json chans = nlohmann::json::array();
-  for (const auto& c : r.channels) chans.push_back({{"path", c.path}, {"ktls", c.ktls}, {"zero_copy", c.zero_copy}});
-  nlohmann::json phases = nlohmann::json::array();
-  for (const auto& p : r.phases) {
-    phases.push_back({{"name", p.name}, {"wall_s", p.wall_seconds}, {"cpu_user_s", p.cpu_user_seconds},
-                      {"cpu_sys_s", p.cpu_sys_seconds}});
+// Runs `run(progress)` (a migration) while a library thread calls the
+// caller's progress callback about every 100 ms, then hands out the report.
+template <typename Run>
+void RunWithProgress(ktm_progress_fn fn, void* user, ktm_report** report, Run run) {
+  Progress p;
+  MigrationReport r;
+  {
+    std::optional<PeriodicThread> poll;
+    if (fn) {
+      poll.emplace(std::chrono::milliseconds(100),
+                   [&p, fn, user] { fn(user, p.bytes.load(), p.total_bytes.load(), p.iteration.load()); });
+    }
+    r = run(&p);
   }
-  return {{"session", r.session},           {"image_bytes", r.image_size},   {"page_size", r.page_size},
-          {"iterations", r.iterations},     {"pages", r.pages},              {"zero_pages", r.zero_pages},
-          {"data_bytes", r.data_bytes},     {"seconds", r.seconds},          {"transfer_seconds", r.transfer_seconds},
-          {"image_digest", r.digest},       {"digest_algorithm", std::string(DigestName(r.digest_algorithm))},
-          {"downtime_s", r.downtime.total_seconds}, {"phases", phases},      {"channels", chans}};
-}
-
-ktm_report* MakeReport(MigrationReport r) {
-  auto* out = new ktm_report{std::move(r), ""};
-  out->json = ReportToJson(out->r).dump();
-  return out;
+  if (report) {
+    auto* out = new ktm_report{std::move(r), ""};
+    out->json = MigrationReportJson(out->r).dump();
+    *report = out;
+  }
 }
 
 }  // namespace
@@ -502,15 +493,10 @@ ktm_status ktm_migrate_source(const char* address, const ktm_config* c, const vo
     o.max_iterations = c->max_iterations;
     o.max_downtime = c->max_downtime;
     o.digest = c->digest;
-    Progress p;
-    o.progress = &p;
-    MigrationReport r;
-    {
-      std::optional<PeriodicThread> poll;
-      StartProgress(poll, p, progress, progress_user);
-      r = RunSource(src, o);
-    }
-    if (report) *report = MakeReport(std::move(r));
+    RunWithProgress(progress, progress_user, report, [&](Progress* p) {
+      o.progress = p;
+      return RunSource(src, o);
+    });
   });
 }
 
@@ -531,15 +517,10 @@ ktm_status ktm_migrate_destination(ktm_listener* l, const ktm_config* c, const c
     o.security = c->Security(TlsRole::kServer, "");
     o.accept_timeout = std::chrono::milliseconds(accept_timeout_ms < 0 ? 86400000 : accept_timeout_ms);
     o.io_timeout = c->io_timeout;
-    Progress p;
-    o.progress = &p;
-    MigrationReport r;
-    {
-      std::optional<PeriodicThread> poll;
-      StartProgress(poll, p, progress, progress_user);
-      r = RunDestination(l->l, o);
-    }
-    if (report) *report = MakeReport(std::move(r));
+    RunWithProgress(progress, progress_user, report, [&](Progress* p) {
+      o.progress = p;
+      return RunDestination(l->l, o);
+    });
   });
 }
 

@@ -168,11 +168,11 @@ double PhaseCpu(const std::vector<PhaseTime>& phases, const std::string& name) {
   return 0;
 }
 
-double PhaseCpu(const nlohmann::json& report, const std::string& name, const char* field = nullptr) {
+// One field ("wall_s", "cpu_user_s", ...) of a phase in a JSON report (the
+// destination's, from the child process); 0 if absent.
+double PhaseField(const nlohmann::json& report, const std::string& name, const char* field) {
   for (const auto& p : report.value("phases", nlohmann::json::array())) {
-    if (p.value("name", "") != name) continue;
-    if (field) return p.value(field, 0.0);
-    return p.value("cpu_user_s", 0.0) + p.value("cpu_sys_s", 0.0);
+    if (p.value("name", "") == name) return p.value(field, 0.0);
   }
   return 0;
 }
@@ -205,9 +205,10 @@ Row RunMode(const BenchPlan& plan, const Mode& m, int nch, bool to_file = false)
     row.src_cpu_per_gib = r.source_cpu.total() / gib;
     row.dst_cpu_per_gib = r.destination_cpu.total() / gib;
     row.src_xfer_cpu_per_gib = PhaseCpu(r.source.phases, "transfer") / gib;
-    row.dst_xfer_cpu_per_gib = PhaseCpu(r.destination, "transfer") / gib;
+    row.dst_xfer_cpu_per_gib =
+        (PhaseField(r.destination, "transfer", "cpu_user_s") + PhaseField(r.destination, "transfer", "cpu_sys_s")) / gib;
     row.wall_seconds = r.wall_seconds;
-    row.commit_seconds = PhaseCpu(r.destination, "commit", "wall_s");
+    row.commit_seconds = PhaseField(r.destination, "commit", "wall_s");
     for (const auto& c : r.source.channels) {
       row.zc_sends += c.stats.zc.sends;
       row.zc_zero_copied += c.stats.zc.zero_copied;

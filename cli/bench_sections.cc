@@ -1,6 +1,7 @@
 #include "cli/bench_sections.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 #include <time.h>
@@ -189,18 +190,22 @@ nlohmann::json FileVsSocat(const SectionPlan& plan) {
     }
     const int port = FreeTcpPort();
     const std::string p = std::to_string(port), pki = plan.pki_dir;
-    Program dst = Program::Start({"socat", "-u",
+    // -T 60: socat itself gives up after a minute without traffic.
+    Program dst = Program::Start({"socat", "-u", "-T", "60",
                                   "OPENSSL-LISTEN:" + p + ",bind=127.0.0.1,reuseaddr,cert=" + pki + "/server-cert.pem,key=" +
                                       pki + "/server-key.pem,cafile=" + pki + "/ca-cert.pem,verify=1",
                                   "CREATE:" + out});
     const auto up_by = Clock::now() + std::chrono::seconds(10);
     while (!TcpPortListening(port) && Clock::now() < up_by) std::this_thread::sleep_for(std::chrono::milliseconds(5));
     const auto t0 = Clock::now();
-    Program src = Program::Start({"socat", "-u", "FILE:" + in,
+    Program src = Program::Start({"socat", "-u", "-T", "60", "FILE:" + in,
                                   "OPENSSL:127.0.0.1:" + p + ",cert=" + pki + "/client-cert.pem,key=" + pki +
                                       "/client-key.pem,cafile=" + pki + "/ca-cert.pem,commonname=localhost"});
     std::string so, dout;
-    const int src_rc = src.Wait(&so), dst_rc = dst.Wait(&dout);
+    const int src_rc = src.Wait(&so);
+    // A source that never connected leaves the listener waiting forever.
+    if (src_rc != 0) dst.Signal(SIGTERM);
+    const int dst_rc = dst.Wait(&dout);
     std::string sync_out;
     const int sync_rc = Program::Start({"sync", out}).Wait(&sync_out);
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();

@@ -78,6 +78,10 @@ Program::~Program() {
   }
 }
 
+void Program::Signal(int sig) {
+  if (pid_ > 0) kill(pid_, sig);
+}
+
 int Program::Wait(std::string* output) {
   char buf[4096];
   for (;;) {

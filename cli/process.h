@@ -31,6 +31,9 @@ class Program {
   // if killed by a signal).
   int Wait(std::string* output = nullptr);
 
+  // Sends `sig` to the program (a no-op once it has been waited for).
+  void Signal(int sig);
+
  private:
   Program() = default;
   pid_t pid_ = -1;

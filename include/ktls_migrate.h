@@ -227,7 +227,8 @@ size_t ktm_report_channel_count(const ktm_report* r);
 /* The path channel `i` took and why (as ktm_channel_path); NULL if out of range. */
 const char* ktm_report_channel_path(const ktm_report* r, size_t i);
 int ktm_report_channel_ktls(const ktm_report* r, size_t i);
-/* The whole report as JSON (the CLI's --json format). */
+/* The whole report as JSON: the fields of the CLI's --json summary, without
+ * its role and process-CPU fields. */
 const char* ktm_report_json(const ktm_report* r);
 void ktm_report_free(ktm_report* r);
 

@@ -46,7 +46,7 @@ install -m 0644 include/ktls_migrate.h "$DESTDIR$PREFIX/include/ktls_migrate.h"
 for d in base channel certs tls ktls transport util; do
   for h in "$d"/*.h; do
     case "$h" in
-      channel/uring_sender.h|certs/credentials_native.h|certs/x509_issue.h|certs/gnutls_util.h) continue;;
+      channel/uring_sender.h|certs/credentials_native.h|certs/x509_issue.h|certs/gnutls_util.h|transport/report_json.h) continue;;
     esac
     install -D -m 0644 "$h" "$DESTDIR$PREFIX/include/ktls-migrate/$h"
   done

@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include <condition_variable>
-#include <cstdlib>
 #include <cstring>
 #include <list>
 #include <mutex>
@@ -28,9 +27,6 @@ namespace ktm {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// MADV_POPULATE_WRITE (Linux 5.14), spelled out for older headers.
-constexpr int kMadvPopulateWrite = 23;
 
 // The iteration barrier: every channel's receiver waits here after SYNC(i)
 // until all channels have sent SYNC(i). Abortable, so one failing channel
@@ -88,14 +84,23 @@ uint64_t FreeBytes(const std::string& output) {
 
 std::string Mib(uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
 
-// Refuses an image that cannot be stored before any page is accepted.
-void CheckImageFits(const std::string& output, uint64_t size, uint64_t padded, uint64_t max_size) {
-  if (max_size && size > max_size) {
+// Refuses an image that cannot be stored before any page is accepted: over
+// the size limit, larger than the caller's buffer, or than the free space.
+void CheckImageFits(const DestinationOptions& opts, uint64_t size, uint64_t padded) {
+  if (opts.max_size && size > opts.max_size) {
     throw Error(ErrorKind::kLocalIo, EFBIG,
                 "the source's image (" + std::to_string(size) + " bytes) exceeds the destination's size limit (" +
-                    std::to_string(max_size) + " bytes)");
+                    std::to_string(opts.max_size) + " bytes)");
   }
-  if (output.empty()) return;
+  const std::string& output = opts.output;
+  if (output.empty()) {
+    if (opts.memory && opts.memory_size < padded) {
+      throw Error(ErrorKind::kLocalIo, ENOSPC,
+                  "not enough space for the image: needs " + std::to_string(padded) +
+                      " bytes, the destination's buffer has " + std::to_string(opts.memory_size));
+    }
+    return;
+  }
   const uint64_t free = FreeBytes(output);
   if (padded > free) {
     throw Error(ErrorKind::kLocalIo, ENOSPC,
@@ -108,16 +113,12 @@ void CheckImageFits(const std::string& output, uint64_t size, uint64_t padded, u
 // shared. Removed on destruction unless committed.
 class TempImage {
  public:
+  // `memory`: the caller's buffer for an in-memory image (CheckImageFits has
+  // made sure it holds `padded` bytes); nullptr to allocate one.
   TempImage(const std::string& output, uint64_t size, uint64_t padded,
-            const std::function<void(const std::string&)>& hook, uint8_t* memory = nullptr,
-            uint64_t memory_size = 0)
+            const std::function<void(const std::string&)>& hook, uint8_t* memory = nullptr)
       : size_(size), padded_(padded), hook_(hook) {
     if (output.empty() && memory) {
-      if (memory_size < padded) {
-        throw Error(ErrorKind::kLocalIo, ENOSPC,
-                    "the caller's buffer (" + std::to_string(memory_size) + " bytes) cannot hold the image (" +
-                        std::to_string(padded) + " bytes with its last page)");
-      }
       base_ = memory;
       borrowed_ = true;
       return;
@@ -243,8 +244,6 @@ class ChannelReader {
   std::string phase_ = "receiving iteration 0";
 };
 
-// Reads one channel until its end (EOF after the final SYNC, or END on
-// channel 0), applying pages into `image` with iteration barriers.
 // Where received pages go: straight into memory (readv into the image), or
 // into the file through a small per-channel buffer (read, hash, pwrite).
 struct ImageTarget {
@@ -271,6 +270,9 @@ void WritePages(const ImageTarget& t, const uint8_t* buf, const uint64_t* offset
   }
 }
 
+// Reads one channel until its end (EOF after the final SYNC, or END on
+// channel 0), applying pages to `target` with iteration barriers and
+// keeping each page's digest.
 void ReceiveChannel(Receiver& r, const wire::Geometry& g, const ImageTarget& target, PageDigests& digests,
                     IterationBarrier& barrier, Progress* progress) {
   uint8_t* const image = target.memory;
@@ -595,12 +597,7 @@ AcceptedSession AcceptSession(Listener& listener, const DestinationOptions& opts
       // cannot be stored before a single page moves.
       try {
         const wire::Geometry g{h.image_size, h.page_size};
-        CheckImageFits(opts.output, h.image_size, g.padded_size(), opts.max_size);
-        if (opts.output.empty() && opts.memory && opts.memory_size < g.padded_size()) {
-          throw Error(ErrorKind::kLocalIo, ENOSPC,
-                      "not enough space for the image: needs " + std::to_string(g.padded_size()) +
-                          " bytes, the destination's buffer has " + std::to_string(opts.memory_size));
-        }
+        CheckImageFits(opts, h.image_size, g.padded_size());
       } catch (const Error&) {
         TrySendU32Pair(*p.oc.channel, wire::kAckMagic, wire::kNoSpace);
         throw;
@@ -790,7 +787,7 @@ MigrationReport RunDestination(Listener& listener, const DestinationOptions& opt
   DigestAlgorithm alg = DigestAlgorithm::kXxh3;
   DigestAlgorithmFromWire(session.first.digest, &alg);  // validated by DecodeHello
   if (opts.progress) opts.progress->total_bytes = g.image_size;
-  TempImage image(opts.output, g.image_size, g.padded_size(), opts.temp_file_hook, opts.memory, opts.memory_size);
+  TempImage image(opts.output, g.image_size, g.padded_size(), opts.temp_file_hook, opts.memory);
   PageDigests digests(alg, g.image_size, g.page_size);
   phases.Begin("transfer");
   std::vector<Receiver> rx;

@@ -298,10 +298,8 @@ void StreamIterations(PageSource& src, const SourceOptions& opts, std::vector<Op
         // still queued for reading, and it may be the only channel that
         // carries the verdict (the destination cannot send on a session it
         // refused as forged).
-        const uint32_t own = PeekVerdict(*chans[failing].channel, std::chrono::milliseconds(200));
-        if (own != wire::kOk) verdict = VerdictError(own, *ke);
-        for (size_t c = 0; c < chans.size() && !verdict; ++c) {
-          if (c == failing) continue;
+        for (size_t k = 0; k < chans.size() && !verdict; ++k) {
+          const size_t c = (failing + k) % chans.size();
           const uint32_t st = PeekVerdict(*chans[c].channel, std::chrono::milliseconds(200));
           if (st != wire::kOk) verdict = VerdictError(st, *ke);
         }
