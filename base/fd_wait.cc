@@ -47,14 +47,18 @@ void WaitFdReadyOrThrow(int fd, bool for_write, std::chrono::milliseconds timeou
   if (PollFd(fd, for_write ? POLLOUT : POLLIN, timeout) == 0) throw IoTimeoutError(for_write, timeout, what);
 }
 
-void SetSocketTimeouts(int fd, std::chrono::milliseconds timeout) {
-  timeval tv{};
-  if (timeout.count() > 0) {
-    tv.tv_sec = timeout.count() / 1000;
-    tv.tv_usec = (timeout.count() % 1000) * 1000;
-  }
-  if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0 ||
-      setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) != 0) {
+void SetSocketTimeouts(int fd, std::chrono::milliseconds read, std::chrono::milliseconds write) {
+  auto tv = [](std::chrono::milliseconds t) {
+    timeval v{};  // zero: no timeout
+    if (t.count() > 0) {
+      v.tv_sec = t.count() / 1000;
+      v.tv_usec = (t.count() % 1000) * 1000;
+    }
+    return v;
+  };
+  const timeval r = tv(read), w = tv(write);
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &r, sizeof(r)) != 0 ||
+      setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &w, sizeof(w)) != 0) {
     ThrowErrno(ErrorKind::kInternal, errno, "setsockopt(SO_RCVTIMEO/SO_SNDTIMEO)");
   }
 }

@@ -33,9 +33,10 @@ void WaitFdReadyOrThrow(int fd, bool for_write, std::chrono::milliseconds timeou
 // (a blocking syscall returning EAGAIN after SO_RCVTIMEO/SO_SNDTIMEO).
 Error IoTimeoutError(bool for_write, std::chrono::milliseconds timeout, const std::string& what);
 
-// Sets SO_RCVTIMEO and SO_SNDTIMEO (negative: none) so blocking socket
-// calls return EAGAIN after `timeout` without progress.
-void SetSocketTimeouts(int fd, std::chrono::milliseconds timeout);
+// Sets SO_RCVTIMEO from `read` and SO_SNDTIMEO from `write` (negative:
+// none) so blocking socket calls return EAGAIN after that long without
+// progress.
+void SetSocketTimeouts(int fd, std::chrono::milliseconds read, std::chrono::milliseconds write);
 
 // Sets or clears O_NONBLOCK, checking both fcntl calls. Throws
 // Error(kInternal) naming `what` on failure.

@@ -205,20 +205,30 @@ class Channel {
   // for `timeout`, the call throws Error(kTimeout) saying what it waited
   // for. Negative: wait forever (the default). Channels apply it to their
   // socket too (SO_RCVTIMEO/SO_SNDTIMEO), so a blocking syscall cannot
-  // outlive it.
-  virtual void set_io_timeout(std::chrono::milliseconds timeout) { io_timeout_ = timeout; }
-  std::chrono::milliseconds io_timeout() const { return io_timeout_; }
+  // outlive it. Sets both directions.
+  void set_io_timeout(std::chrono::milliseconds timeout) { set_io_timeouts(timeout, timeout); }
+  // The two bounds apart: `read` for reads (and wait_readable-style waits
+  // inside them), `write` for writes and flushes (a flush waits for the peer
+  // to read). A relay whose reads may idle for long (a migration's quiet
+  // return path) still must not let a peer that stops reading hold its
+  // writes forever.
+  virtual void set_io_timeouts(std::chrono::milliseconds read, std::chrono::milliseconds write) {
+    read_timeout_ = read;
+    write_timeout_ = write;
+  }
+  std::chrono::milliseconds io_timeout(bool for_write) const { return for_write ? write_timeout_ : read_timeout_; }
 
   // Switches O_NONBLOCK semantics for the partial methods.
   virtual void set_blocking(bool blocking) = 0;
   virtual bool blocking() const = 0;
 
  protected:
-  // Waits until the channel is readable (or writable), at most io_timeout()
+  // Waits until the channel is readable (or writable), at most io_timeout(for_write)
   // (then Error(kTimeout)). Used by the *_all helpers in non-blocking mode.
   virtual void wait_io(bool for_write) = 0;
 
-  std::chrono::milliseconds io_timeout_{-1};
+  std::chrono::milliseconds read_timeout_{-1};
+  std::chrono::milliseconds write_timeout_{-1};
 };
 
 }  // namespace ktm

@@ -121,14 +121,14 @@ void SocketChannel::ThrowPending() {
   }
 }
 
-void SocketChannel::set_io_timeout(std::chrono::milliseconds timeout) {
+void SocketChannel::set_io_timeouts(std::chrono::milliseconds read, std::chrono::milliseconds write) {
   CheckOpen("set_io_timeout");
-  SetSocketTimeouts(fd_.get(), timeout);
-  io_timeout_ = timeout;
+  SetSocketTimeouts(fd_.get(), read, write);
+  Channel::set_io_timeouts(read, write);
 }
 
 void SocketChannel::OnBlockingEagain(bool for_write) {
-  if (io_timeout_.count() >= 0) throw IoTimeoutError(for_write, io_timeout_, peer_);
+  if (io_timeout(for_write).count() >= 0) throw IoTimeoutError(for_write, io_timeout(for_write), peer_);
   wait_io(for_write);
 }
 
@@ -160,7 +160,7 @@ std::optional<WriteResult> SocketChannel::WriteZeroCopy(std::span<const iovec> i
   bool retried = false;
   for (;;) {
     const uint64_t first = tracker_.next_id();
-    const ssize_t n = sender_->Send(iov, blocking_, io_timeout_);
+    const ssize_t n = sender_->Send(iov, blocking_, write_timeout_);
     if (auto e = sender_->TakeError(); e && !pending_error_) pending_error_ = std::move(e);
     const ZeroCopyIds ids{first, tracker_.next_id()};
     if (n >= 0) return WriteResult{static_cast<size_t>(n), false, ids};
@@ -171,7 +171,7 @@ std::optional<WriteResult> SocketChannel::WriteZeroCopy(std::span<const iovec> i
       OnBlockingEagain(/*for_write=*/true);
       continue;
     }
-    if (e == ETIMEDOUT) throw IoTimeoutError(true, io_timeout_, peer_);
+    if (e == ETIMEDOUT) throw IoTimeoutError(true, write_timeout_, peer_);
     if (e == EOPNOTSUPP && sender_->backend() == SendBackend::kIoUring) {
       sender_refused_ = true;
       backend_reason_ = std::string("io_uring SEND_ZC refused by this ") + (family_ == AF_UNIX ? "UNIX" : "TCP") +
@@ -253,7 +253,7 @@ FlushResult SocketChannel::Reap(bool block) {
     auto last_progress = std::chrono::steady_clock::now();
     uint64_t seen = tracker_.counters().released;
     while (block && !tracker_.all_released()) {
-      sender_->Reap(/*wait=*/true, io_timeout_.count() >= 0 ? std::min(kReapSlice, io_timeout_) : kReapSlice);
+      sender_->Reap(/*wait=*/true, write_timeout_.count() >= 0 ? std::min(kReapSlice, write_timeout_) : kReapSlice);
       if (auto e = sender_->TakeError()) {
         if (!pending_error_) pending_error_ = std::move(e);
         break;
@@ -267,10 +267,10 @@ FlushResult SocketChannel::Reap(bool block) {
       if (tracker_.counters().released != seen) {
         seen = tracker_.counters().released;
         last_progress = now;
-      } else if (io_timeout_.count() >= 0 && now - last_progress >= io_timeout_) {
+      } else if (write_timeout_.count() >= 0 && now - last_progress >= write_timeout_) {
         throw Error(ErrorKind::kTimeout, ETIMEDOUT,
                     "zero-copy flush on " + peer_ + ": " + std::to_string(tracker_.counters().outstanding()) +
-                        " sends still pinned after " + std::to_string(io_timeout_.count()) +
+                        " sends still pinned after " + std::to_string(write_timeout_.count()) +
                         " ms without a completion (the peer stopped reading, or the path stopped forwarding)");
       }
     }
@@ -299,10 +299,10 @@ void SocketChannel::wait_released(ZeroCopyIds ids) {
   while (!tracker_.IsReleased(ids)) {
     Reap(/*block=*/false);
     if (!tracker_.IsReleased(ids) && sender_) sender_->Reap(/*wait=*/true, kReapSlice);
-    if (io_timeout_.count() >= 0 && std::chrono::steady_clock::now() - start >= io_timeout_ &&
+    if (write_timeout_.count() >= 0 && std::chrono::steady_clock::now() - start >= write_timeout_ &&
         !tracker_.IsReleased(ids)) {
       throw Error(ErrorKind::kTimeout, ETIMEDOUT,
-                  "zero-copy writes on " + peer_ + " not released after " + std::to_string(io_timeout_.count()) +
+                  "zero-copy writes on " + peer_ + " not released after " + std::to_string(write_timeout_.count()) +
                       " ms");
     }
   }
@@ -339,7 +339,7 @@ bool SocketChannel::wait_readable(std::chrono::milliseconds timeout) {
 
 void SocketChannel::wait_io(bool for_write) {
   CheckOpen("wait");
-  WaitFdReadyOrThrow(fd_.get(), for_write, io_timeout_, peer_);
+  WaitFdReadyOrThrow(fd_.get(), for_write, io_timeout(for_write), peer_);
 }
 
 }  // namespace ktm

@@ -78,7 +78,7 @@ class SocketChannel : public Channel {
   void set_blocking(bool blocking) override;
   bool blocking() const override { return blocking_; }
   bool wait_readable(std::chrono::milliseconds timeout) override;
-  void set_io_timeout(std::chrono::milliseconds timeout) override;
+  void set_io_timeouts(std::chrono::milliseconds read, std::chrono::milliseconds write) override;
 
   // Blocks until the given ids are released (or throws on error).
   void wait_released(ZeroCopyIds ids);

@@ -47,9 +47,9 @@ class PerPageChannel final : public Channel {
     if (!blocking) throw Error(ErrorKind::kUsage, EINVAL, "the QEMU-style anchor runs blocking only");
   }
   bool blocking() const override { return true; }
-  void set_io_timeout(std::chrono::milliseconds timeout) override {
-    Channel::set_io_timeout(timeout);
-    inner_->set_io_timeout(timeout);
+  void set_io_timeouts(std::chrono::milliseconds read, std::chrono::milliseconds write) override {
+    Channel::set_io_timeouts(read, write);
+    inner_->set_io_timeouts(read, write);
   }
 
  protected:

@@ -342,17 +342,17 @@ void KtlsChannel::set_blocking(bool blocking) {
 }
 
 void KtlsChannel::wait_io(bool for_write) {
-  WaitFdReadyOrThrow(fd_.get(), for_write, io_timeout_, "the kTLS peer");
+  WaitFdReadyOrThrow(fd_.get(), for_write, io_timeout(for_write), "the kTLS peer");
 }
 
-void KtlsChannel::set_io_timeout(std::chrono::milliseconds timeout) {
-  SetSocketTimeouts(fd_.get(), timeout);
-  io_timeout_ = timeout;
+void KtlsChannel::set_io_timeouts(std::chrono::milliseconds read, std::chrono::milliseconds write) {
+  SetSocketTimeouts(fd_.get(), read, write);
+  Channel::set_io_timeouts(read, write);
 }
 
 void KtlsChannel::OnBlockingEagain(bool for_write) {
   // A blocking socket says EAGAIN only when SO_RCVTIMEO/SO_SNDTIMEO expired.
-  if (io_timeout_.count() >= 0) throw IoTimeoutError(for_write, io_timeout_, "the kTLS peer");
+  if (io_timeout(for_write).count() >= 0) throw IoTimeoutError(for_write, io_timeout(for_write), "the kTLS peer");
   wait_io(for_write);
 }
 

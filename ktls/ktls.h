@@ -70,7 +70,7 @@ class KtlsChannel : public Channel {
   void set_blocking(bool blocking) override;
   bool blocking() const override { return blocking_; }
   bool wait_readable(std::chrono::milliseconds timeout) override;
-  void set_io_timeout(std::chrono::milliseconds timeout) override;
+  void set_io_timeouts(std::chrono::milliseconds read, std::chrono::milliseconds write) override;
 
   KtlsPath path() const { return path_; }
   int fd() const { return fd_.get(); }

@@ -230,9 +230,31 @@ std::string DiffPages(const std::string& a, const std::string& b) {
   return std::to_string(differ) + " page(s) differ, first at" + first;
 }
 
+// The source's "completed" only means QEMU 7.2 has sent everything (without
+// the return-path capability it does not wait for the destination): the
+// destination may still be loading the last pages from its multifd channels,
+// in runstate "inmigrate", which also reads as not running. Dumping its RAM
+// then compares a partly loaded image. So wait for the destination's own
+// incoming migration to reach a final state and for its runstate to be
+// exactly "paused" (-S), bounded. Returns the destination's query-status
+// and, in *seen_first, what the destination said at the first look.
+json WaitIncomingDone(Guest& dst, std::chrono::seconds timeout, std::string* seen_first) {
+  const auto deadline = Clock::now() + timeout;
+  json status;
+  for (bool first = true; Clock::now() < deadline; first = false) {
+    const json m = dst.qmp->Execute("query-migrate");
+    status = dst.qmp->Execute("query-status");
+    const std::string mig = m.value("status", ""), run = status.value("status", "");
+    if (first && seen_first) *seen_first = "incoming " + (mig.empty() ? std::string("(none)") : mig) + ", runstate " + run;
+    if ((mig == "completed" || mig == "failed") && run != "inmigrate") return status;
+    std::this_thread::sleep_for(50ms);
+  }
+  return status;
+}
+
 struct Outcome {
   json migrate;
-  std::string src_hash, dst_hash, ram_diff;
+  std::string src_hash, dst_hash, ram_diff, dst_at_src_completed;
   bool dst_paused = false, dst_runs_after_cont = false;
 };
 
@@ -267,8 +289,9 @@ Outcome Migrate(int multifd, const std::vector<std::string>& relay_faults = {}, 
   const std::string st = o.migrate.value("status", "");
   EXPECT_EQ(st, "completed") << o.migrate.dump(1) << t.Outputs();
   if (st != "completed") return o;
-  const json status = dst->qmp->Execute("query-status");
-  o.dst_paused = status.value("status", "") == "paused" || status.value("running", true) == false;
+  const json status = WaitIncomingDone(*dst, 120s, &o.dst_at_src_completed);
+  o.dst_paused = status.value("status", "") == "paused";
+  EXPECT_TRUE(o.dst_paused) << status.dump() << " (first look: " << o.dst_at_src_completed << ")";
   src->qmp->Execute("pmemsave", {{"val", 0}, {"size", kRamBytes}, {"filename", dir.path + "/src.mem"}});
   dst->qmp->Execute("pmemsave", {{"val", 0}, {"size", kRamBytes}, {"filename", dir.path + "/dst.mem"}});
   o.src_hash = FileSha256(dir.path + "/src.mem");
@@ -278,10 +301,11 @@ Outcome Migrate(int multifd, const std::vector<std::string>& relay_faults = {}, 
   std::remove((dir.path + "/dst.mem").c_str());
   dst->qmp->Execute("cont");
   o.dst_runs_after_cont = WaitForFileText(dst->serial(), "KTM-GUEST: TICK", 60s);
-  std::printf("  migration: total-time %lld ms, downtime %lld ms, transferred %lld MiB; RAM sha256 %s / %s\n",
+  std::printf("  migration: total-time %lld ms, downtime %lld ms, transferred %lld MiB; RAM sha256 %s / %s;"
+              " destination when the source completed: %s\n",
               o.migrate.value("total-time", 0ll), o.migrate.value("downtime", 0ll),
               o.migrate.contains("ram") ? o.migrate["ram"].value("transferred", 0ll) >> 20 : 0ll,
-              o.src_hash.substr(0, 16).c_str(), o.dst_hash.substr(0, 16).c_str());
+              o.src_hash.substr(0, 16).c_str(), o.dst_hash.substr(0, 16).c_str(), o.dst_at_src_completed.c_str());
   // The tunnels report one line per connection: kTLS or userspace TLS, bytes.
   t.src->Signal(SIGTERM);
   t.dst->Signal(SIGTERM);

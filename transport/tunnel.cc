@@ -76,12 +76,14 @@ TunnelHeader DecodeTunnelHeader(const uint8_t in[kTunnelHeaderSize]) {
 }
 
 // Writes all of [p, p+n) to a plain socket (MSG_NOSIGNAL: a vanished peer
-// is an error, not SIGPIPE).
-void SendAll(int fd, const uint8_t* p, size_t n, const char* what) {
+// is an error, not SIGPIPE). The socket's SO_SNDTIMEO is `timeout`: EAGAIN
+// on it means no byte moved for that long.
+void SendAll(int fd, const uint8_t* p, size_t n, std::chrono::milliseconds timeout, const char* what) {
   while (n > 0) {
     ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
     if (w < 0 && errno == EINTR) continue;
-    if (w < 0) ThrowErrno(SocketErrorKind(errno), errno, what);
+    if (w < 0 && errno == EAGAIN) throw IoTimeoutError(/*for_write=*/true, timeout, what);
+    if (w < 0) ThrowErrno(SocketErrorKind(errno), errno, std::string("write to ") + what);
     p += w;
     n -= static_cast<size_t>(w);
   }
@@ -119,20 +121,21 @@ ssize_t SpliceRetry(int in, int out, size_t len, unsigned flags) {
 }
 
 // Moves everything in the pipe to `out`.
-void DrainPipe(Pipe& pipe, size_t n, int out, const char* what) {
+// `out`'s SO_SNDTIMEO is `timeout`: EAGAIN means no byte moved for that long.
+void DrainPipe(Pipe& pipe, size_t n, int out, std::chrono::milliseconds timeout, const char* what) {
   while (n > 0) {
     // No SPLICE_F_MORE: a kTLS socket may then hold a short record open
     // waiting for more, and an interactive stream (a 1-byte request) would
     // stall. Large splices fill whole records anyway.
     const ssize_t m = SpliceRetry(pipe.r(), out, n, SPLICE_F_MOVE);
-    if (m == -EAGAIN) throw Error(ErrorKind::kTimeout, ETIMEDOUT, std::string("no progress writing ") + what);
+    if (m == -EAGAIN) throw IoTimeoutError(/*for_write=*/true, timeout, what);
     if (m < 0) ThrowErrno(SocketErrorKind(static_cast<int>(-m)), static_cast<int>(-m), std::string("splice to ") + what);
     n -= static_cast<size_t>(m);
   }
 }
 
 // local plaintext socket -> channel, until local EOF. Returns bytes moved.
-uint64_t PumpToChannel(int local, Channel& ch, std::atomic<uint64_t>& bytes) {
+uint64_t PumpToChannel(int local, Channel& ch, std::chrono::milliseconds write_timeout, std::atomic<uint64_t>& bytes) {
   const int out = ch.splice_fd();
   if (out >= 0) {
     Pipe pipe;
@@ -140,7 +143,7 @@ uint64_t PumpToChannel(int local, Channel& ch, std::atomic<uint64_t>& bytes) {
       const ssize_t n = SpliceRetry(local, pipe.w(), kChunk, SPLICE_F_MOVE);
       if (n == 0) return bytes.load();
       if (n < 0) ThrowErrno(SocketErrorKind(static_cast<int>(-n)), static_cast<int>(-n), "splice from the local connection");
-      DrainPipe(pipe, static_cast<size_t>(n), out, "the tunnel peer");
+      DrainPipe(pipe, static_cast<size_t>(n), out, write_timeout, "the tunnel peer");
       bytes += static_cast<uint64_t>(n);
     }
   }
@@ -157,7 +160,7 @@ uint64_t PumpToChannel(int local, Channel& ch, std::atomic<uint64_t>& bytes) {
 
 // channel -> local plaintext socket, until the channel's clean end of
 // stream (close_notify). Returns bytes moved.
-uint64_t PumpFromChannel(Channel& ch, int local, std::atomic<uint64_t>& bytes) {
+uint64_t PumpFromChannel(Channel& ch, int local, std::chrono::milliseconds write_timeout, std::atomic<uint64_t>& bytes) {
   const int in = ch.splice_fd();
   std::vector<uint8_t> buf;
   auto via_channel = [&]() -> bool {  // one read through the channel; false at EOF
@@ -165,7 +168,7 @@ uint64_t PumpFromChannel(Channel& ch, int local, std::atomic<uint64_t>& bytes) {
     iovec v{buf.data(), buf.size()};
     ReadResult r = ch.readv(std::span<const iovec>(&v, 1));
     if (r.eof()) return false;
-    SendAll(local, buf.data(), r.bytes, "write to the local connection");
+    SendAll(local, buf.data(), r.bytes, write_timeout, "the local connection");
     bytes += r.bytes;
     return true;
   };
@@ -180,7 +183,7 @@ uint64_t PumpFromChannel(Channel& ch, int local, std::atomic<uint64_t>& bytes) {
     for (;;) {
       const ssize_t n = SpliceRetry(in, pipe.w(), kChunk, SPLICE_F_MOVE);
       if (n > 0) {
-        DrainPipe(pipe, static_cast<size_t>(n), local, "the local connection");
+        DrainPipe(pipe, static_cast<size_t>(n), local, write_timeout, "the local connection");
         bytes += static_cast<uint64_t>(n);
         continue;
       }
@@ -202,16 +205,68 @@ uint64_t PumpFromChannel(Channel& ch, int local, std::atomic<uint64_t>& bytes) {
   return bytes.load();
 }
 
+// Threads joined as soon as they have finished: a tunnel that runs for
+// weeks must not keep an exited but unjoined thread (and its stack) for
+// every connection or stray it ever saw.
+class ReapingThreads {
+ public:
+  ~ReapingThreads() { JoinAll(); }
+
+  void Start(std::function<void()> run) {
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    std::lock_guard<std::mutex> l(mu_);
+    threads_.push_back({std::thread([run = std::move(run), done] {
+                          run();
+                          done->store(true);
+                        }),
+                        done});
+  }
+
+  // Joins the threads that have finished (each is at most returning).
+  void ReapFinished() {
+    std::list<Entry> finished;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      for (auto it = threads_.begin(); it != threads_.end();) {
+        auto next = std::next(it);
+        if (it->done->load()) finished.splice(finished.end(), threads_, it);
+        it = next;
+      }
+    }
+    for (auto& e : finished) e.thread.join();
+  }
+
+  void JoinAll() {
+    std::list<Entry> all;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      all.swap(threads_);
+    }
+    for (auto& e : all) e.thread.join();
+  }
+
+  size_t size() {
+    std::lock_guard<std::mutex> l(mu_);
+    return threads_.size();
+  }
+
+ private:
+  struct Entry {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;
+  };
+  std::mutex mu_;
+  std::list<Entry> threads_;
+};
+
 // Connection threads and their results; the accept loops own one.
 class ConnSet {
  public:
   explicit ConnSet(const TunnelOptions& opts) : opts_(opts) {}
-  ~ConnSet() { JoinAll(); }
+  ~ConnSet() { threads_.JoinAll(); }
 
   void Start(std::function<TunnelConnReport()> run) {
-    std::lock_guard<std::mutex> l(mu_);
-    ++running_;
-    threads_.emplace_back([this, run = std::move(run)] {
+    threads_.Start([this, run = std::move(run)] {
       TunnelConnReport r;
       try {
         r = run();
@@ -225,9 +280,11 @@ class ConnSet {
       report_.bytes_up += r.bytes_up;
       report_.bytes_down += r.bytes_down;
       report_.conns.push_back(r);
-      --running_;
     });
   }
+
+  // Joins the connection threads that have ended (called by the accept loops).
+  void Reap() { threads_.ReapFinished(); }
 
   uint64_t finished() {
     std::lock_guard<std::mutex> l(mu_);
@@ -253,27 +310,18 @@ class ConnSet {
       std::lock_guard<std::mutex> l(mu_);
       for (auto& [id, abort] : aborts_) abort();
     }
-    JoinAll();
+    threads_.JoinAll();
     std::lock_guard<std::mutex> l(mu_);
     return report_;
   }
 
  private:
-  void JoinAll() {
-    std::list<std::thread> ts;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      ts.swap(threads_);
-    }
-    for (auto& t : ts) t.join();
-  }
   const TunnelOptions& opts_;
   std::mutex mu_;
-  std::list<std::thread> threads_;
-  size_t running_ = 0;
   TunnelReport report_;
   std::map<uint64_t, std::function<void()>> aborts_;
   uint64_t next_abort_id_ = 0;
+  ReapingThreads threads_;  // last: joined before the state they use goes
 };
 
 // Runs one tunnel connection: both directions until both ended. `up` is
@@ -288,12 +336,12 @@ TunnelConnReport RunConnection(UniqueFd local, OpenedChannel tls, uint64_t seq, 
   rep.data_path = ch.splice_fd() >= 0 ? (ch.has_feature(kFeatureEncrypted) ? "splice (kTLS: the kernel encrypts, no userspace copy)"
                                                                            : "splice (plaintext)")
                                       : "userspace TLS records (256 KiB corked batches)";
-  // Writes may not stall forever; reads may idle (a return path is quiet).
-  if (io_timeout.count() > 0) {
-    timeval tv{static_cast<time_t>(io_timeout.count() / 1000), static_cast<suseconds_t>((io_timeout.count() % 1000) * 1000)};
-    (void)setsockopt(local.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    if (ch.splice_fd() >= 0) (void)setsockopt(ch.splice_fd(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  }
+  // Writes may not stall forever, on either socket and on every data path
+  // (splice, kTLS, userspace TLS records); reads may idle (a return path is
+  // quiet for long stretches).
+  const auto no_limit = std::chrono::milliseconds(-1);
+  SetSocketTimeouts(local.get(), no_limit, io_timeout);
+  ch.set_io_timeouts(no_limit, io_timeout);
   const auto t0 = Clock::now();
   std::atomic<uint64_t> to_ch{0}, from_ch{0};
   std::mutex err_mu;
@@ -314,14 +362,14 @@ TunnelConnReport RunConnection(UniqueFd local, OpenedChannel tls, uint64_t seq, 
   const uint64_t abort_id = set.Register([&] { abort_both(kStopping); });
   std::thread reader([&] {
     try {
-      PumpFromChannel(ch, local.get(), from_ch);
+      PumpFromChannel(ch, local.get(), io_timeout, from_ch);
       ::shutdown(local.get(), SHUT_WR);  // close_notify -> half-close
     } catch (const std::exception& e) {
       if (!aborted) abort_both(std::string("from the tunnel peer: ") + e.what());
     }
   });
   try {
-    PumpToChannel(local.get(), ch, to_ch);
+    PumpToChannel(local.get(), ch, io_timeout, to_ch);
     ch.shutdown(ShutdownHow::kWrite);  // local EOF -> close_notify + SHUT_WR
   } catch (const std::exception& e) {
     if (!aborted) abort_both(std::string("to the tunnel peer: ") + e.what());
@@ -347,6 +395,7 @@ void Log(const TunnelOptions& o, const std::string& s) {
 // Waits for a connection on `l` in slices, so a stop request is seen.
 std::optional<UniqueFd> AcceptOrStop(Listener& l, const TunnelOptions& o, ConnSet& conns) {
   while (!Stopping(o, conns)) {
+    conns.Reap();
     if (PollFd(l.fd(), POLLIN, std::chrono::milliseconds(100)) == 0) continue;
     int fd = accept4(l.fd(), nullptr, nullptr, SOCK_CLOEXEC);
     if (fd >= 0) return UniqueFd(fd);
@@ -396,7 +445,7 @@ TunnelReport RunTunnelDestination(const TunnelOptions& opts) {
   std::mutex mu;
   std::condition_variable cv;
   std::map<std::pair<wire::Uuid, uint64_t>, Ready> ready;
-  std::list<std::thread> pending;
+  ReapingThreads pending;
   std::atomic<size_t> pending_count{0};
   UniqueFd wake(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake) ThrowErrno(ErrorKind::kInternal, errno, "eventfd");
@@ -405,7 +454,7 @@ TunnelReport RunTunnelDestination(const TunnelOptions& opts) {
   auto start_pending = [&](UniqueFd fd) {
     const std::string peer = SockName(fd.get(), true);
     ++pending_count;
-    pending.emplace_back([&, peer, fd = std::make_shared<UniqueFd>(std::move(fd))] {
+    pending.Start([&, peer, fd = std::make_shared<UniqueFd>(std::move(fd))] {
       try {
         SecurityConfig sec = opts.security;
         if (sec.tls) sec.tls_options.handshake_timeout = std::min(sec.tls_options.handshake_timeout, opts.hello_timeout);
@@ -487,6 +536,8 @@ TunnelReport RunTunnelDestination(const TunnelOptions& opts) {
     uint64_t v;
     while (read(wake.get(), &v, sizeof(v)) > 0) {
     }
+    pending.ReapFinished();
+    conns.Reap();
     forward_ready();
     if (rc > 0 && (fds[0].revents & POLLIN)) {
       int fd = accept4(l.fd(), nullptr, nullptr, SOCK_CLOEXEC);
@@ -500,7 +551,7 @@ TunnelReport RunTunnelDestination(const TunnelOptions& opts) {
       start_pending(UniqueFd(fd));
     }
   }
-  for (auto& t : pending) t.join();
+  pending.JoinAll();
   return conns.Finish(opts.stop && opts.stop->load());
 }
 

@@ -192,12 +192,12 @@ void GnutlsRecordChannel::set_blocking(bool blocking) {
 }
 
 void GnutlsRecordChannel::wait_io(bool for_write) {
-  WaitFdReadyOrThrow(session_->fd(), for_write, io_timeout_, "the TLS peer");
+  WaitFdReadyOrThrow(session_->fd(), for_write, io_timeout(for_write), "the TLS peer");
 }
 
-void GnutlsRecordChannel::set_io_timeout(std::chrono::milliseconds timeout) {
-  SetSocketTimeouts(session_->fd(), timeout);
-  io_timeout_ = timeout;
+void GnutlsRecordChannel::set_io_timeouts(std::chrono::milliseconds read, std::chrono::milliseconds write) {
+  SetSocketTimeouts(session_->fd(), read, write);
+  Channel::set_io_timeouts(read, write);
 }
 
 void GnutlsRecordChannel::AgainGuard::OnAgain() {
@@ -211,7 +211,7 @@ void GnutlsRecordChannel::AgainGuard::OnAgain() {
                            : std::string("TLS stream truncated in the middle of a record: the peer or the path "
                                          "closed the connection"));
   }
-  const auto timeout = ch_.io_timeout_;
+  const auto timeout = ch_.io_timeout(for_write_);
   const auto elapsed = std::chrono::steady_clock::now() - start_;
   if (timeout.count() >= 0 && elapsed >= timeout) throw IoTimeoutError(for_write_, timeout, "the TLS peer");
   if (++fast_agains_ > 1000) {

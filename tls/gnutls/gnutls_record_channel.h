@@ -36,7 +36,7 @@ class GnutlsRecordChannel : public Channel {
   void set_blocking(bool blocking) override;
   bool blocking() const override { return blocking_; }
   bool wait_readable(std::chrono::milliseconds timeout) override;
-  void set_io_timeout(std::chrono::milliseconds timeout) override;
+  void set_io_timeouts(std::chrono::milliseconds read, std::chrono::milliseconds write) override;
 
   GnutlsSession& session() { return *session_; }
   // Syscall-level batching visible to tests: records sent and uncorks done.
