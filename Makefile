@@ -1,5 +1,5 @@
 # Quick start: `make demo`, `make test`. Both install what they need first.
-.PHONY: deps build demo demo-ktls demo-qemu bench bench-ktls bench-qemu test test-asan test-tsan test-ktls test-qemu test-package install deb example clean
+.PHONY: deps build demo demo-ktls demo-qemu bench bench-ktls bench-qemu stress-qemu test test-asan test-tsan test-ktls test-qemu test-package install deb example clean
 
 deps:
 	@bash scripts/install-deps.sh
@@ -59,6 +59,12 @@ demo-qemu: deps
 # socat OpenSSL tunnel; with and without multifd; medians of 3.
 bench-qemu: deps
 	KTM_QEMU_BENCH=1 KTM_BAZEL_FLAGS="-c opt" bash scripts/run-qemu-tests.sh --gtest_filter=QemuBench.*
+
+# Many multifd QEMU migrations, through the tunnel and direct, every one's
+# RAM compared page by page (RUNS=N each, default 10). Run it beside a CPU
+# hog to look for load-dependent differences (README: Using it with QEMU).
+stress-qemu: deps
+	KTM_QEMU_STRESS=$${RUNS:-10} KTM_BAZEL_FLAGS="-c opt" bash scripts/run-qemu-tests.sh --gtest_filter=QemuStress.*
 
 # Every mode side by side (see README: Benchmark).
 bench: deps

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <cstdlib>
 #include <algorithm>
 #include <filesystem>
@@ -138,11 +139,77 @@ std::unique_ptr<Guest> StartQemu(const std::string& dir, const std::string& name
                                    "-serial", "file:" + g->serial(), "-qmp", "unix:" + g->qmp_path() + ",server=on,wait=off",
                                    "-kernel", Env("KTM_QEMU_KERNEL"), "-initrd", Env("KTM_QEMU_INITRD"), "-append",
                                    "console=ttyS0 quiet panic=-1 ktm_fill=" + std::to_string(fill_mib)};
+  // QEMU's own count of multifd packets and pages per channel, printed when
+  // each channel's thread ends (log trace backend, to stderr): what the
+  // source sent against what the destination read (MultifdAccount).
+  args.insert(args.end(), {"-trace", "multifd_send_thread_end", "-trace", "multifd_recv_thread_end"});
   args.insert(args.end(), extra.begin(), extra.end());
   if (incoming) args.insert(args.end(), {"-incoming", "defer", "-S"});
   g->proc = std::make_unique<Subprocess>(args);
   g->qmp = std::make_unique<Qmp>(g->qmp_path());
   return g;
+}
+
+// Per multifd channel: packets and pages, from QEMU's trace lines
+// "multifd_send_thread_end channel 0 packets 12 normal pages 345" (source)
+// and "multifd_recv_thread_end channel 0 packets 12 pages 345" (destination)
+// in `log`; the last line per channel wins.
+std::map<int, std::pair<uint64_t, uint64_t>> MultifdThreadEnd(const std::string& log, const std::string& event) {
+  std::map<int, std::pair<uint64_t, uint64_t>> out;
+  std::istringstream in(log);
+  for (std::string line; std::getline(in, line);) {
+    const auto at = line.find(event + " channel ");
+    if (at == std::string::npos) continue;
+    std::istringstream f(line.substr(at + event.size()));
+    std::string w;
+    int ch = -1;
+    uint64_t packets = 0, pages = 0;
+    while (f >> w) {
+      if (w == "channel") f >> ch;
+      if (w == "packets") f >> packets;
+      if (w == "pages") f >> pages;
+    }
+    if (ch >= 0) out[ch] = {packets, pages};
+  }
+  return out;
+}
+
+// "channel: packets sent/read, pages sent/read" for each multifd channel,
+// and whether the destination left packets unread (and pages with them).
+struct MultifdAccount {
+  std::string text;
+  bool complete = false;  // both sides printed every channel
+  uint64_t unread_packets = 0, unread_pages = 0;
+};
+
+MultifdAccount AccountMultifd(const std::string& src_log, const std::string& dst_log) {
+  const auto sent = MultifdThreadEnd(src_log, "multifd_send_thread_end");
+  const auto read = MultifdThreadEnd(dst_log, "multifd_recv_thread_end");
+  MultifdAccount a;
+  a.complete = !sent.empty() && sent.size() == read.size();
+  for (const auto& [ch, s] : sent) {
+    const auto r = read.count(ch) ? read.at(ch) : std::pair<uint64_t, uint64_t>{0, 0};
+    a.text += (a.text.empty() ? "" : ", ") + std::to_string(ch) + ": " + std::to_string(s.first) + "/" +
+              std::to_string(r.first) + " packets, " + std::to_string(s.second) + "/" + std::to_string(r.second) + " pages";
+    if (s.first > r.first) a.unread_packets += s.first - r.first;
+    if (s.second > r.second) a.unread_pages += s.second - r.second;
+  }
+  return a;
+}
+
+// Waits (bounded) until both QEMUs have printed their multifd thread ends
+// for `channels` channels, then accounts. `src_from`: where this run's part
+// of a reused source's output starts.
+MultifdAccount WaitMultifdAccount(Subprocess& src, size_t src_from, Subprocess& dst, int channels) {
+  MultifdAccount a;
+  const auto by = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  do {
+    const std::string so = src.output(), dso = dst.output();
+    a = AccountMultifd(so.size() > src_from ? so.substr(src_from) : "", dso);
+    if (a.complete && MultifdThreadEnd(dso, "multifd_recv_thread_end").size() == static_cast<size_t>(channels)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  } while (std::chrono::steady_clock::now() < by);
+  return a;
 }
 
 std::string FileSha256(const std::string& path) {
@@ -207,27 +274,40 @@ json WaitMigration(Guest& src, std::chrono::seconds timeout) {
     last = src.qmp->Execute("query-migrate");
     const std::string st = last.value("status", "");
     if (st == "completed" || st == "failed" || st == "cancelled") return last;
-    std::this_thread::sleep_for(200ms);
+    // Short: the destination is looked at right after (WaitIncomingDone
+    // records what it said then).
+    std::this_thread::sleep_for(20ms);
   }
   return last;
 }
 
 // Which 4 KiB pages of two RAM dumps differ: count and the first few
 // guest-physical addresses (a failure must say where, not only that).
-std::string DiffPages(const std::string& a, const std::string& b) {
+struct RamDiff {
+  uint64_t pages = 0;
+  std::string first;  // " 0x..." for up to 8 pages
+  std::string Describe() const { return std::to_string(pages) + " page(s) differ" + (pages ? ", first at" + first : ""); }
+};
+
+RamDiff DiffPages(const std::string& a, const std::string& b) {
   std::ifstream fa(a, std::ios::binary), fb(b, std::ios::binary);
-  std::vector<char> pa(4096), pb(4096);
-  uint64_t differ = 0;
-  std::string first;
-  for (uint64_t page = 0; fa.read(pa.data(), 4096) && fb.read(pb.data(), 4096); ++page) {
-    if (pa == pb) continue;
-    if (++differ <= 8) {
-      char buf[32];
-      std::snprintf(buf, sizeof(buf), " 0x%llx", static_cast<unsigned long long>(page * 4096));
-      first += buf;
+  constexpr size_t kPage = 4096, kBatch = 256;
+  std::vector<char> pa(kPage * kBatch), pb(kPage * kBatch);
+  RamDiff d;
+  for (uint64_t base = 0;; base += kBatch) {
+    fa.read(pa.data(), static_cast<std::streamsize>(pa.size()));
+    fb.read(pb.data(), static_cast<std::streamsize>(pb.size()));
+    const size_t n = static_cast<size_t>(std::min(fa.gcount(), fb.gcount())) / kPage;
+    for (size_t i = 0; i < n; ++i) {
+      if (std::memcmp(pa.data() + i * kPage, pb.data() + i * kPage, kPage) == 0) continue;
+      if (++d.pages <= 8) {
+        char buf[32];
+        std::snprintf(buf, sizeof(buf), " 0x%llx", static_cast<unsigned long long>((base + i) * kPage));
+        d.first += buf;
+      }
     }
+    if (n < kBatch) return d;
   }
-  return std::to_string(differ) + " page(s) differ, first at" + first;
 }
 
 // The source's "completed" only means QEMU 7.2 has sent everything (without
@@ -255,6 +335,7 @@ json WaitIncomingDone(Guest& dst, std::chrono::seconds timeout, std::string* see
 struct Outcome {
   json migrate;
   std::string src_hash, dst_hash, ram_diff, dst_at_src_completed;
+  MultifdAccount multifd;
   bool dst_paused = false, dst_runs_after_cont = false;
 };
 
@@ -292,11 +373,12 @@ Outcome Migrate(int multifd, const std::vector<std::string>& relay_faults = {}, 
   const json status = WaitIncomingDone(*dst, 120s, &o.dst_at_src_completed);
   o.dst_paused = status.value("status", "") == "paused";
   EXPECT_TRUE(o.dst_paused) << status.dump() << " (first look: " << o.dst_at_src_completed << ")";
+  if (multifd) o.multifd = WaitMultifdAccount(*src->proc, 0, *dst->proc, multifd);
   src->qmp->Execute("pmemsave", {{"val", 0}, {"size", kRamBytes}, {"filename", dir.path + "/src.mem"}});
   dst->qmp->Execute("pmemsave", {{"val", 0}, {"size", kRamBytes}, {"filename", dir.path + "/dst.mem"}});
   o.src_hash = FileSha256(dir.path + "/src.mem");
   o.dst_hash = FileSha256(dir.path + "/dst.mem");
-  if (o.src_hash != o.dst_hash) o.ram_diff = DiffPages(dir.path + "/src.mem", dir.path + "/dst.mem");
+  if (o.src_hash != o.dst_hash) o.ram_diff = DiffPages(dir.path + "/src.mem", dir.path + "/dst.mem").Describe();
   std::remove((dir.path + "/src.mem").c_str());
   std::remove((dir.path + "/dst.mem").c_str());
   dst->qmp->Execute("cont");
@@ -306,6 +388,7 @@ Outcome Migrate(int multifd, const std::vector<std::string>& relay_faults = {}, 
               o.migrate.value("total-time", 0ll), o.migrate.value("downtime", 0ll),
               o.migrate.contains("ram") ? o.migrate["ram"].value("transferred", 0ll) >> 20 : 0ll,
               o.src_hash.substr(0, 16).c_str(), o.dst_hash.substr(0, 16).c_str(), o.dst_at_src_completed.c_str());
+  if (multifd) std::printf("  multifd sent/read by QEMU: %s\n", o.multifd.text.c_str());
   // The tunnels report one line per connection: kTLS or userspace TLS, bytes.
   t.src->Signal(SIGTERM);
   t.dst->Signal(SIGTERM);
@@ -446,7 +529,25 @@ struct BenchRun {
   bool ok = false;
   double total_ms = 0, downtime_ms = 0, mib = 0, tunnel_cpu = 0;
   std::string why;
+  // Every completed run is verified: the destination's own incoming
+  // migration completed, then all RAM of both sides compared page by page.
+  bool ram_equal = false;
+  RamDiff diff;
+  std::string dst_first;  // the destination's state when the source completed
+  MultifdAccount multifd;
+  std::string tunnel_failures;  // the tunnel ends' "FAILED" lines, if any
 };
+
+// The "connection N FAILED (...)" lines of a tunnel end's output.
+std::string FailedLines(const std::string& out) {
+  std::istringstream in(out);
+  std::string lines;
+  for (std::string line; std::getline(in, line);) {
+    const auto at = line.find(" FAILED (");
+    if (at != std::string::npos) lines += "\n      " + line.substr(0, line.find("): ", at) + 1);
+  }
+  return lines;
+}
 
 // The source guest boots once (filling 800 MiB of random memory under TCG
 // takes minutes) and serves every run: after a completed migration it is
@@ -454,6 +555,7 @@ struct BenchRun {
 // handed over that it cannot take back. Each run gets a fresh destination.
 BenchRun BenchOnce(Guest& src, const std::string& dir, const std::string& mode, int multifd) {
   BenchRun r;
+  const size_t src_log_from = src.proc->output().size();
   const std::string pki = Pki();
   const std::string run_dir = dir + "/run" + std::to_string(++g_bench_runs);
   mkdir(run_dir.c_str(), 0700);
@@ -533,6 +635,28 @@ BenchRun BenchOnce(Guest& src, const std::string& dir, const std::string& mode, 
     r.total_ms = m.value("total-time", 0.0);
     r.downtime_ms = m.value("downtime", 0.0);
     r.mib = m.contains("ram") ? m["ram"].value("transferred", 0.0) / (1 << 20) : 0;
+    const json st = WaitIncomingDone(*dst, 120s, &r.dst_first);
+    if (st.value("status", "") != "paused") {
+      r.ok = false;
+      r.why = "destination not paused after the migration: " + st.dump() + " (first look: " + r.dst_first + ")";
+    } else {
+      src.qmp->Execute("pmemsave", {{"val", 0}, {"size", kRamBytes}, {"filename", run_dir + "/src.mem"}});
+      dst->qmp->Execute("pmemsave", {{"val", 0}, {"size", kRamBytes}, {"filename", run_dir + "/dst.mem"}});
+      r.diff = DiffPages(run_dir + "/src.mem", run_dir + "/dst.mem");
+      if (multifd) r.multifd = WaitMultifdAccount(*src.proc, src_log_from, *dst->proc, multifd);
+      if (mode == "tunnel") {
+        // Both ends' verdicts on every connection: stop them (SIGTERM ends
+        // the idle ones) and keep what they said about failures.
+        for (auto* t : {t_src.get(), t_dst.get()}) {
+          t->Signal(SIGTERM);
+          t->Wait(30s);
+          r.tunnel_failures += FailedLines(t->output());
+        }
+      }
+      r.ram_equal = r.diff.pages == 0;
+      std::remove((run_dir + "/src.mem").c_str());
+      std::remove((run_dir + "/dst.mem").c_str());
+    }
   }
   // Take the source back for the next run, and wait until it runs again.
   const auto ticks_before = ReadFileText(src.serial()).size();
@@ -557,6 +681,7 @@ TEST(QemuBench, SideBySide) {
     int multifd;
     std::vector<double> total, down, mib, cpu;
     std::string fail;
+    int ram_equal = 0;
   };
   std::vector<Row> rows;
   testing::TempDir dir("ktm-qbench");
@@ -565,7 +690,7 @@ TEST(QemuBench, SideBySide) {
   ASSERT_TRUE(WaitForFileText(src->serial(), "KTM-GUEST: TICK 1", 240s)) << ReadFileText(src->serial());
   for (int multifd : {0, 4}) {
     for (const std::string mode : {"plain", "qemu-tls", "tunnel", "socat"}) {
-      Row row{mode, multifd, {}, {}, {}, {}, ""};
+      Row row{mode, multifd, {}, {}, {}, {}, "", 0};
       for (int i = 0; i < runs; ++i) {
         BenchRun b;
         try {
@@ -574,11 +699,12 @@ TEST(QemuBench, SideBySide) {
           b.why = e.what();  // e.g. a QEMU exited and its QMP socket closed
         }
         std::fprintf(stderr, "  %-8s multifd %d run %d: %s\n", mode.c_str(), multifd, i + 1,
-                     b.ok ? (std::to_string(b.total_ms) + " ms").c_str() : b.why.c_str());
+                     b.ok ? (std::to_string(b.total_ms) + " ms, RAM " + b.diff.Describe()).c_str() : b.why.c_str());
         if (!b.ok) {
           row.fail = b.why;
           continue;
         }
+        row.ram_equal += b.ram_equal ? 1 : 0;
         row.total.push_back(b.total_ms);
         row.down.push_back(b.downtime_ms);
         row.mib.push_back(b.mib);
@@ -588,13 +714,13 @@ TEST(QemuBench, SideBySide) {
     }
   }
   std::printf("\nQEMU 7.2 live migration, 1 GiB guest (800 MiB random, dirtying 4 MiB/s), TCG, medians of %d runs\n", runs);
-  std::printf("%-10s %7s %10s %9s %9s %11s %10s  %s\n", "mode", "multifd", "total ms", "downtime", "MiB", "tunnel CPU", "CPU s/GiB",
-              "runs ok");
+  std::printf("%-10s %7s %10s %9s %9s %11s %10s  %-8s %s\n", "mode", "multifd", "total ms", "downtime", "MiB", "tunnel CPU",
+              "CPU s/GiB", "runs ok", "RAM equal");
   for (const auto& r : rows) {
     const double cpu_per_gib = Median(r.mib) > 0 ? Median(r.cpu) / (Median(r.mib) / 1024) : 0;
-    std::printf("%-10s %7d %10.0f %9.0f %9.0f %11.2f %10.2f  %zu/%d%s\n", r.mode.c_str(), r.multifd, Median(r.total),
-                Median(r.down), Median(r.mib), Median(r.cpu), cpu_per_gib, r.total.size(), runs,
-                r.fail.empty() ? "" : ("  (failed: " + r.fail + ")").c_str());
+    std::printf("%-10s %7d %10.0f %9.0f %9.0f %11.2f %10.2f  %zu/%-6d %d/%zu%s\n", r.mode.c_str(), r.multifd, Median(r.total),
+                Median(r.down), Median(r.mib), Median(r.cpu), cpu_per_gib, r.total.size(), runs, r.ram_equal,
+                r.total.size(), r.fail.empty() ? "" : ("  (failed: " + r.fail + ")").c_str());
   }
   auto med = [&](const std::string& mode, int mf) -> const Row* {
     for (const auto& r : rows) {
@@ -618,6 +744,57 @@ TEST(QemuBench, SideBySide) {
       std::printf("  multifd %d: tunnel CPU/GiB %.2f vs socat %.2f: %s\n", mf, cc, dc, cc < dc ? "met" : "NOT met");
     }
   }
+}
+
+// make stress-qemu (KTM_QEMU_STRESS=N): N multifd (4 channels) migrations
+// through the tunnel and N straight over UNIX, interleaved, from one source
+// guest that keeps dirtying memory; every completed run compares all RAM
+// page by page once the destination's own migration has completed. Run it
+// beside a CPU hog: a RAM difference that shows up in both columns is
+// QEMU's, one that shows up only through the tunnel is ours.
+TEST(QemuStress, MultifdThroughTheTunnelAndDirect) {
+  if (Env("KTM_QEMU_STRESS").empty()) GTEST_SKIP() << "make stress-qemu runs this";
+  const int n = std::stoi(Env("KTM_QEMU_STRESS"));
+  testing::TempDir dir("ktm-qstress");
+  auto src = StartQemu(dir.path, "src", false, 800);
+  ASSERT_TRUE(WaitForFileText(src->serial(), "KTM-GUEST: TICK 1", 240s)) << ReadFileText(src->serial());
+  struct Tally {
+    int completed = 0, equal = 0;
+    uint64_t unread_packets = 0, unread_pages = 0;
+    std::vector<std::string> failures;
+  };
+  std::map<std::string, Tally> tally;
+  for (int i = 0; i < n; ++i) {
+    for (const std::string mode : {"tunnel", "plain"}) {
+      BenchRun b;
+      try {
+        b = BenchOnce(*src, dir.path, mode, 4);
+      } catch (const std::exception& e) {
+        b.why = e.what();
+      }
+      Tally& t = tally[mode];
+      t.completed += b.ok ? 1 : 0;
+      t.equal += b.ram_equal ? 1 : 0;
+      if (!b.ok) t.failures.push_back(b.why);
+      if (b.ok && !b.ram_equal) t.failures.push_back("RAM: " + b.diff.Describe());
+      std::printf("  run %d %-6s: %s; destination when the source completed: %s\n    multifd sent/read by QEMU: %s\n",
+                  i + 1, mode.c_str(),
+                  b.ok ? ("completed in " + std::to_string(static_cast<int>(b.total_ms)) + " ms, RAM " + b.diff.Describe()).c_str()
+                       : b.why.c_str(),
+                  b.dst_first.c_str(), b.multifd.text.c_str());
+      if (!b.tunnel_failures.empty()) std::printf("    tunnel:%s\n", b.tunnel_failures.c_str());
+      t.unread_packets += b.multifd.unread_packets;
+      t.unread_pages += b.multifd.unread_pages;
+      std::fflush(stdout);
+    }
+  }
+  std::printf("\nmultifd 4, %d runs each: tunnel %d completed, %d RAM equal; direct %d completed, %d RAM equal\n", n,
+              tally["tunnel"].completed, tally["tunnel"].equal, tally["plain"].completed, tally["plain"].equal);
+  std::printf("multifd packets the destination QEMU never read: tunnel %llu (with %llu pages), direct %llu (with %llu pages)\n",
+              (unsigned long long)tally["tunnel"].unread_packets, (unsigned long long)tally["tunnel"].unread_pages,
+              (unsigned long long)tally["plain"].unread_packets, (unsigned long long)tally["plain"].unread_pages);
+  EXPECT_EQ(tally["tunnel"].equal, n) << ::testing::PrintToString(tally["tunnel"].failures);
+  EXPECT_EQ(tally["plain"].equal, n) << "QEMU itself (no tunnel): " << ::testing::PrintToString(tally["plain"].failures);
 }
 
 }  // namespace
