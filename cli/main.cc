@@ -466,10 +466,10 @@ int CmdTunnel(int argc, char** argv) {
   };
   o.on_conn_done = [](const TunnelConnReport& r) {
     std::lock_guard<std::mutex> l(print_mu);
-    std::fprintf(stderr, "tls-migrate tunnel: connection %llu %s: %s; %s; up %s, down %s in %.2f s\n",
+    std::fprintf(stderr, "tls-migrate tunnel: connection %llu %s: %s; %s; up %s, down %s in %.2f s%s\n",
                  (unsigned long long)r.seq, r.error.empty() ? "done" : ("FAILED (" + r.error + ")").c_str(),
                  r.path.c_str(), r.data_path.c_str(), Human(double(r.bytes_up)).c_str(),
-                 Human(double(r.bytes_down)).c_str(), r.seconds);
+                 Human(double(r.bytes_down)).c_str(), r.seconds, r.note.empty() ? "" : ("; note: " + r.note).c_str());
   };
   signal(SIGINT, OnStopSignal);
   signal(SIGTERM, OnStopSignal);
@@ -485,7 +485,7 @@ int CmdTunnel(int argc, char** argv) {
     for (const auto& c : rep.conns) {
       conns.push_back({{"seq", c.seq}, {"peer", c.peer}, {"path", c.path}, {"data_path", c.data_path},
                        {"bytes_up", c.bytes_up}, {"bytes_down", c.bytes_down}, {"seconds", c.seconds},
-                       {"error", c.error}, {"ktls", c.path.find("kTLS (") != std::string::npos}});
+                       {"error", c.error}, {"note", c.note}, {"ktls", c.path.find("kTLS (") != std::string::npos}});
     }
     WriteJsonFile(a.get("json"), {{"role", source ? "tunnel-source" : "tunnel-destination"},
                                   {"connections", rep.connections},

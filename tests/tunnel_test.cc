@@ -6,6 +6,8 @@
 // the reported data path, and, with KTM_TEST_KTLS=require (the kTLS VM), the
 // splice path with both tunnel ends in kernel TLS and the kernel's counters.
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include <fstream>
@@ -239,6 +241,71 @@ TEST(Tunnel, StalledPathEndsTheConnectionWithinTheIoTimeout) {
   const auto [sent, err] = sender.get();
   EXPECT_LT(sent, data.size());
   EXPECT_TRUE(err == EPIPE || err == ECONNRESET) << strerror(err);
+  t.Stop(/*clean=*/false);
+}
+
+// The target holds `n` bytes unread in its socket (FIONREAD), optionally
+// also the end of stream (POLLRDHUP), then closes: TCP answers with a reset.
+void ResetWithUnread(int fd, size_t n, bool after_eof) {
+  const auto by = std::chrono::steady_clock::now() + 30s;
+  for (;;) {
+    int queued = 0;
+    ASSERT_EQ(ioctl(fd, FIONREAD, &queued), 0);
+    pollfd p{fd, POLLRDHUP, 0};
+    const bool eof = poll(&p, 1, 0) == 1 && (p.revents & POLLRDHUP);
+    if (static_cast<size_t>(queued) >= n && (eof || !after_eof)) break;
+    ASSERT_LT(std::chrono::steady_clock::now(), by) << queued << " bytes queued, eof " << eof;
+    std::this_thread::sleep_for(5ms);
+  }
+  ::close(fd);  // unread data: RST
+}
+
+// The destination's target closes with bytes unread after the source's
+// stream has ended and been handed over (QEMU 7.2's multifd destination does
+// this with a trailing empty packet): not a transport failure. Both ends
+// report the connection done, the destination side with a note, and the
+// client sees a clean end of stream.
+TEST(Tunnel, LocalResetAfterTheStreamEndedIsANoteNotAFailure) {
+  Listener target = Listener::Listen("127.0.0.1:0");
+  const auto up = Pattern(64 << 10, 4);  // fits the target's receive buffer unread
+  auto server = std::async(std::launch::async, [&] {
+    UniqueFd fd = target.AcceptFd(60s);
+    ResetWithUnread(fd.release(), up.size(), /*after_eof=*/true);
+  });
+  TunnelPair t = StartPair(target.address());
+  UniqueFd c = ConnectStream(t.addr, 10s);
+  SendAllFd(c.get(), up.data(), up.size());
+  ::shutdown(c.get(), SHUT_WR);
+  server.get();
+  const auto back = DrainFd(c.get());
+  EXPECT_EQ(back.first, 0u);
+  ASSERT_TRUE(t.dst->WaitFor("connection 0 done", 30s)) << t.Outputs();
+  ASSERT_TRUE(t.src->WaitFor("connection 0 done", 30s)) << t.Outputs();
+  EXPECT_TRUE(Has(t.dst->output(), "note: the local peer reset the connection after the tunnel peer's stream had ended"))
+      << t.Outputs();
+  EXPECT_FALSE(Has(t.Outputs(), "FAILED")) << t.Outputs();
+  t.Stop();  // both exit 0: nothing failed
+}
+
+// The same reset while the source is still sending: data could be lost, so
+// it is a failure on both ends and the client's connection is cut.
+TEST(Tunnel, LocalResetWhileTheStreamRunsFailsBothEnds) {
+  Listener target = Listener::Listen("127.0.0.1:0");
+  const auto up = Pattern(64 << 10, 5);
+  auto server = std::async(std::launch::async, [&] {
+    UniqueFd fd = target.AcceptFd(60s);
+    ResetWithUnread(fd.release(), up.size(), /*after_eof=*/false);
+  });
+  TunnelPair t = StartPair(target.address());
+  UniqueFd c = ConnectStream(t.addr, 10s);
+  SendAllFd(c.get(), up.data(), up.size());  // no shutdown: still sending
+  server.get();
+  ASSERT_TRUE(t.dst->WaitFor("connection 0 FAILED (the local peer reset the connection while the tunnel peer was still sending)", 30s))
+      << t.Outputs();
+  ASSERT_TRUE(t.src->WaitFor("connection 0 FAILED", 30s)) << t.Outputs();
+  ASSERT_TRUE(WaitFdReadable(c.get(), 30s)) << "the client's connection was not cut";
+  char b;
+  EXPECT_LE(::recv(c.get(), &b, 1, MSG_DONTWAIT), 0);
   t.Stop(/*clean=*/false);
 }
 

@@ -134,14 +134,20 @@ void DrainPipe(Pipe& pipe, size_t n, int out, std::chrono::milliseconds timeout,
   }
 }
 
-// local plaintext socket -> channel, until local EOF. Returns bytes moved.
-uint64_t PumpToChannel(int local, Channel& ch, std::chrono::milliseconds write_timeout, std::atomic<uint64_t>& bytes) {
+// How the local side's stream ended.
+enum class LocalEnd { kEof, kReset };
+
+// local plaintext socket -> channel, until local EOF or reset (ECONNRESET:
+// the local peer closed with data unread; RunConnection decides whether that
+// is a failure).
+LocalEnd PumpToChannel(int local, Channel& ch, std::chrono::milliseconds write_timeout, std::atomic<uint64_t>& bytes) {
   const int out = ch.splice_fd();
   if (out >= 0) {
     Pipe pipe;
     for (;;) {
       const ssize_t n = SpliceRetry(local, pipe.w(), kChunk, SPLICE_F_MOVE);
-      if (n == 0) return bytes.load();
+      if (n == 0) return LocalEnd::kEof;
+      if (n == -ECONNRESET) return LocalEnd::kReset;
       if (n < 0) ThrowErrno(SocketErrorKind(static_cast<int>(-n)), static_cast<int>(-n), "splice from the local connection");
       DrainPipe(pipe, static_cast<size_t>(n), out, write_timeout, "the tunnel peer");
       bytes += static_cast<uint64_t>(n);
@@ -151,8 +157,9 @@ uint64_t PumpToChannel(int local, Channel& ch, std::chrono::milliseconds write_t
   for (;;) {
     ssize_t n = ::recv(local, buf.data(), buf.size(), 0);
     if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == ECONNRESET) return LocalEnd::kReset;
     if (n < 0) ThrowErrno(SocketErrorKind(errno), errno, "read from the local connection");
-    if (n == 0) return bytes.load();
+    if (n == 0) return LocalEnd::kEof;
     ch.write_all(buf.data(), static_cast<size_t>(n), 0);
     bytes += static_cast<uint64_t>(n);
   }
@@ -360,17 +367,31 @@ TunnelConnReport RunConnection(UniqueFd local, OpenedChannel tls, uint64_t seq, 
     }
   };
   const uint64_t abort_id = set.Register([&] { abort_both(kStopping); });
+  // Set once the tunnel peer's stream has ended cleanly and all of it has
+  // been handed to the local peer.
+  std::atomic<bool> far_ended{false};
   std::thread reader([&] {
     try {
       PumpFromChannel(ch, local.get(), io_timeout, from_ch);
+      far_ended = true;  // before the local peer can see the end (and reset)
       ::shutdown(local.get(), SHUT_WR);  // close_notify -> half-close
     } catch (const std::exception& e) {
       if (!aborted) abort_both(std::string("from the tunnel peer: ") + e.what());
     }
   });
   try {
-    PumpToChannel(local.get(), ch, io_timeout, to_ch);
-    ch.shutdown(ShutdownHow::kWrite);  // local EOF -> close_notify + SHUT_WR
+    const LocalEnd end = PumpToChannel(local.get(), ch, io_timeout, to_ch);
+    if (end == LocalEnd::kReset && !far_ended) {
+      // Data may still be on its way to a local peer that is gone: the
+      // reset goes on to the other side.
+      abort_both("the local peer reset the connection while the tunnel peer was still sending");
+    } else {
+      if (end == LocalEnd::kReset) {
+        rep.note = "the local peer reset the connection after the tunnel peer's stream had ended and been handed "
+                   "over (it closed without reading everything it was sent)";
+      }
+      ch.shutdown(ShutdownHow::kWrite);  // local EOF -> close_notify + SHUT_WR
+    }
   } catch (const std::exception& e) {
     if (!aborted) abort_both(std::string("to the tunnel peer: ") + e.what());
   }

@@ -14,7 +14,11 @@
 //
 // Both directions flow (QEMU has a return path). A half-close propagates:
 // local EOF -> TLS close_notify -> shutdown(SHUT_WR) on the far side. A reset
-// or error on one side aborts the matching connection on the other.
+// or error on one side aborts the matching connection on the other, with one
+// exception: a reset by the local peer after the tunnel peer's stream has
+// ended, all of it handed over, ends the connection with close_notify and a
+// note, not as a failure (nothing was lost in transit; the local application
+// chose not to read everything it was sent).
 //
 // Data path: with kTLS, plaintext moves with splice(2) socket -> pipe ->
 // socket in both directions: the kernel encrypts and decrypts, no userspace
@@ -44,6 +48,12 @@ struct TunnelConnReport {
   uint64_t bytes_down = 0; // destination side -> source side
   double seconds = 0;
   std::string error;       // "" when both directions ended cleanly
+  // Set on a connection that did not fail but has something to say: the
+  // local peer reset it after the tunnel peer's stream had ended and every
+  // byte of it had been handed to the local peer (the local application
+  // closed without reading all of it: QEMU 7.2's multifd destination does
+  // this now and then with a trailing empty packet).
+  std::string note;
 };
 
 struct TunnelReport {
