@@ -246,18 +246,18 @@ TEST(Tunnel, StalledPathEndsTheConnectionWithinTheIoTimeout) {
 
 // The target holds `n` bytes unread in its socket (FIONREAD), optionally
 // also the end of stream (POLLRDHUP), then closes: TCP answers with a reset.
-void ResetWithUnread(int fd, size_t n, bool after_eof) {
+void ResetWithUnread(UniqueFd fd, size_t n, bool after_eof) {
   const auto by = std::chrono::steady_clock::now() + 30s;
   for (;;) {
     int queued = 0;
-    ASSERT_EQ(ioctl(fd, FIONREAD, &queued), 0);
-    pollfd p{fd, POLLRDHUP, 0};
+    ASSERT_EQ(ioctl(fd.get(), FIONREAD, &queued), 0);
+    pollfd p{fd.get(), POLLRDHUP, 0};
     const bool eof = poll(&p, 1, 0) == 1 && (p.revents & POLLRDHUP);
     if (static_cast<size_t>(queued) >= n && (eof || !after_eof)) break;
     ASSERT_LT(std::chrono::steady_clock::now(), by) << queued << " bytes queued, eof " << eof;
     std::this_thread::sleep_for(5ms);
   }
-  ::close(fd);  // unread data: RST
+  fd.reset();  // closed with unread data: RST
 }
 
 // The destination's target closes with bytes unread after the source's
@@ -270,7 +270,7 @@ TEST(Tunnel, LocalResetAfterTheStreamEndedIsANoteNotAFailure) {
   const auto up = Pattern(64 << 10, 4);  // fits the target's receive buffer unread
   auto server = std::async(std::launch::async, [&] {
     UniqueFd fd = target.AcceptFd(60s);
-    ResetWithUnread(fd.release(), up.size(), /*after_eof=*/true);
+    ResetWithUnread(std::move(fd), up.size(), /*after_eof=*/true);
   });
   TunnelPair t = StartPair(target.address());
   UniqueFd c = ConnectStream(t.addr, 10s);
@@ -294,7 +294,7 @@ TEST(Tunnel, LocalResetWhileTheStreamRunsFailsBothEnds) {
   const auto up = Pattern(64 << 10, 5);
   auto server = std::async(std::launch::async, [&] {
     UniqueFd fd = target.AcceptFd(60s);
-    ResetWithUnread(fd.release(), up.size(), /*after_eof=*/false);
+    ResetWithUnread(std::move(fd), up.size(), /*after_eof=*/false);
   });
   TunnelPair t = StartPair(target.address());
   UniqueFd c = ConnectStream(t.addr, 10s);
