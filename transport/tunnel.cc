@@ -252,11 +252,6 @@ class ReapingThreads {
     for (auto& e : all) e.thread.join();
   }
 
-  size_t size() {
-    std::lock_guard<std::mutex> l(mu_);
-    return threads_.size();
-  }
-
  private:
   struct Entry {
     std::thread thread;
