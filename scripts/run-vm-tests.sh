@@ -10,6 +10,8 @@
 #
 # Env: KTM_VM_XML_DIR  where to put <binary>.xml (default: a temp dir)
 #      KTM_VM_TIMEOUT  seconds before the VM is killed (default 900)
+#      KTM_VM_ONLY     space-separated run names to run alone (default: all)
+#      KTM_VM_GTEST_ARGS  extra GoogleTest flags for each run (e.g. --gtest_repeat=5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -89,8 +91,10 @@ done
   for r in "${RUNS[@]}"; do
     [ "${KTM_VM_DEMO:-0}" = 1 ] || [ "${KTM_VM_BENCH:-0}" = 1 ] && break
     IFS='|' read -r name env bin <<<"$r"
+    # KTM_VM_ONLY="tunnel_ktls_test ...": only those runs (iterating on one).
+    if [ -n "${KTM_VM_ONLY:-}" ] && [[ " $KTM_VM_ONLY " != *" $name "* ]]; then continue; fi
     echo "echo KTM-VM: running $name"
-    echo "chroot /host /bin/sh -c 'cd /tmp && HOME=/tmp $env $bin --gtest_output=xml:/tmp/$name.xml'"
+    echo "chroot /host /bin/sh -c 'cd /tmp && HOME=/tmp $env $bin ${KTM_VM_GTEST_ARGS:-} --gtest_output=xml:/tmp/$name.xml'"
     echo "echo KTM-VM-XML-BEGIN $name"
     echo "base64 /host/tmp/$name.xml"
     echo "echo KTM-VM-XML-END"
@@ -123,6 +127,7 @@ sed -n '/KTM-VM-XML-BEGIN/,/KTM-VM-XML-END/!p' "$LOG.clean" | grep -v '^\s*$' | 
 status=0
 for r in "${RUNS[@]}"; do
   name=${r%%|*}
+  if [ -n "${KTM_VM_ONLY:-}" ] && [[ " $KTM_VM_ONLY " != *" $name "* ]]; then continue; fi
   sed -n "/^KTM-VM-XML-BEGIN $name\$/,/^KTM-VM-XML-END\$/p" "$LOG.clean" | sed '1d;$d' | base64 -d >"$XML_DIR/$name.xml" 2>/dev/null || true
   if ! grep -q '<testsuites' "$XML_DIR/$name.xml" 2>/dev/null; then
     echo "run-vm-tests: FAILED: the VM produced no results for $name (qemu exit $qrc); see the console above" >&2

@@ -268,15 +268,19 @@ void ResetWithUnread(UniqueFd fd, size_t n, bool after_eof) {
 TEST(Tunnel, LocalResetAfterTheStreamEndedIsANoteNotAFailure) {
   Listener target = Listener::Listen("127.0.0.1:0");
   const auto up = Pattern(64 << 10, 4);  // fits the target's receive buffer unread
-  auto server = std::async(std::launch::async, [&] {
-    UniqueFd fd = target.AcceptFd(60s);
-    ResetWithUnread(std::move(fd), up.size(), /*after_eof=*/true);
+  auto server = std::async(std::launch::async, [&]() -> std::string {
+    try {
+      ResetWithUnread(target.AcceptFd(60s), up.size(), /*after_eof=*/true);
+      return "";
+    } catch (const std::exception& e) {
+      return e.what();
+    }
   });
   TunnelPair t = StartPair(target.address());
   UniqueFd c = ConnectStream(t.addr, 10s);
   SendAllFd(c.get(), up.data(), up.size());
   ::shutdown(c.get(), SHUT_WR);
-  server.get();
+  ASSERT_EQ(server.get(), "") << t.Outputs();
   const auto back = DrainFd(c.get());
   EXPECT_EQ(back.first, 0u);
   ASSERT_TRUE(t.dst->WaitFor("connection 0 done", 30s)) << t.Outputs();
@@ -292,14 +296,18 @@ TEST(Tunnel, LocalResetAfterTheStreamEndedIsANoteNotAFailure) {
 TEST(Tunnel, LocalResetWhileTheStreamRunsFailsBothEnds) {
   Listener target = Listener::Listen("127.0.0.1:0");
   const auto up = Pattern(64 << 10, 5);
-  auto server = std::async(std::launch::async, [&] {
-    UniqueFd fd = target.AcceptFd(60s);
-    ResetWithUnread(std::move(fd), up.size(), /*after_eof=*/false);
+  auto server = std::async(std::launch::async, [&]() -> std::string {
+    try {
+      ResetWithUnread(target.AcceptFd(60s), up.size(), /*after_eof=*/false);
+      return "";
+    } catch (const std::exception& e) {
+      return e.what();
+    }
   });
   TunnelPair t = StartPair(target.address());
   UniqueFd c = ConnectStream(t.addr, 10s);
   SendAllFd(c.get(), up.data(), up.size());  // no shutdown: still sending
-  server.get();
+  ASSERT_EQ(server.get(), "") << t.Outputs();
   ASSERT_TRUE(t.dst->WaitFor("connection 0 FAILED (the local peer reset the connection while the tunnel peer was still sending)", 30s))
       << t.Outputs();
   ASSERT_TRUE(t.src->WaitFor("connection 0 FAILED", 30s)) << t.Outputs();

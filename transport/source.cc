@@ -193,19 +193,46 @@ ErrorKind KindOfStatus(uint32_t st) {
 }
 
 // Our writes failed because the destination went away. If it said why
-// first (an early DONE with a status, sent on every channel), report that,
-// so both ends exit with the same kind; otherwise return and let `cause`
-// stand. The destination wrote it before closing, so it is already here.
-// An early DONE status waiting on `ch` (within `wait`), or kOk.
-uint32_t PeekVerdict(Channel& ch, std::chrono::milliseconds wait) {
-  try {
-    if (!ch.wait_readable(wait)) return wire::kOk;
-    uint8_t done[wire::kAckSize];
-    if (!ch.read_all(done, sizeof(done))) return wire::kOk;
-    return wire::DecodeU32Pair(wire::kDoneMagic, done, "completion message");
-  } catch (const Error&) {
-    return wire::kOk;  // this channel cannot tell
+// first (an early DONE with a status, sent on every channel that can still
+// carry it), report that, so both ends exit with the same kind; otherwise
+// `cause` stands. The destination sends its verdict before it closes
+// anything, but on a slow or loaded machine it (or a path between) may get
+// there later than our failure: so the channels are watched in turn,
+// `first` first, until one has a verdict, or every one has ended (EOF or an
+// error: nothing more can come; a destination that exits ends them all at
+// once), or `bound` has passed. Returns the status, or kOk for none.
+// Reading while the channel's sender thread writes is fine: a session takes
+// one reader and one writer.
+uint32_t AwaitVerdict(std::vector<OpenedChannel>& chans, size_t first, std::chrono::milliseconds bound) {
+  const auto deadline = Clock::now() + bound;
+  std::vector<bool> ended(chans.size(), false);
+  size_t open = chans.size();
+  while (open > 0) {
+    for (size_t k = 0; k < chans.size(); ++k) {
+      const size_t c = (first + k) % chans.size();
+      if (ended[c]) continue;
+      Channel& ch = *chans[c].channel;
+      try {
+        if (!ch.wait_readable(std::chrono::milliseconds(20))) continue;
+        uint8_t done[wire::kAckSize];
+        if (ch.read_all(done, sizeof(done))) return wire::DecodeU32Pair(wire::kDoneMagic, done, "completion message");
+      } catch (const Error&) {
+        // this channel cannot tell
+      }
+      ended[c] = true;
+      --open;
+    }
+    if (Clock::now() >= deadline) break;
   }
+  return wire::kOk;
+}
+
+// How long a failing source waits for the destination's verdict at most:
+// the io timeout, but never more than 5 s (the verdict is sent before the
+// destination closes anything; a destination that exits ends the wait).
+std::chrono::milliseconds VerdictBound(const SourceOptions& opts) {
+  const std::chrono::milliseconds cap(5000);
+  return opts.io_timeout.count() >= 0 ? std::min(cap, opts.io_timeout) : cap;
 }
 
 Error VerdictError(uint32_t st, const Error& cause) {
@@ -214,12 +241,16 @@ Error VerdictError(uint32_t st, const Error& cause) {
                    cause.what() + ")");
 }
 
-void ThrowDestinationVerdict(std::vector<OpenedChannel>& chans, const Error& cause) {
+// After the workers have stopped: nobody else uses the channels now.
+void ThrowDestinationVerdict(std::vector<OpenedChannel>& chans, const Error& cause, std::chrono::milliseconds bound) {
   for (auto& c : chans) {
-    c.channel->set_io_timeout(std::chrono::milliseconds(500));
-    const uint32_t st = PeekVerdict(*c.channel, std::chrono::milliseconds(500));
-    if (st != wire::kOk) throw VerdictError(st, cause);
+    try {
+      c.channel->set_io_timeout(bound);  // a half-arrived verdict cannot hold us longer
+    } catch (const Error&) {
+    }
   }
+  const uint32_t st = AwaitVerdict(chans, 0, bound);
+  if (st != wire::kOk) throw VerdictError(st, cause);
 }
 
 // Phase 1: connect and introduce every channel before any page moves, so a
@@ -289,20 +320,17 @@ void StreamIterations(PageSource& src, const SourceOptions& opts, std::vector<Op
     // their sessions. One prober at a time: a session takes one reader.
     const auto* ke = dynamic_cast<const Error*>(&e);
     std::optional<Error> verdict;
+    // Held through Record below, so a peer failure that waits here cannot
+    // record itself ahead of the verdict.
+    std::unique_lock<std::mutex> g(verdict_mu, std::defer_lock);
     if (ke && ke->kind() == ErrorKind::kPeer) {
-      std::lock_guard<std::mutex> g(verdict_mu);
+      g.lock();
       if (!verdict_probed) {
         verdict_probed = true;
-        // The failing channel first: this thread is its only user, its
-        // write failed but what the destination sent before resetting is
-        // still queued for reading, and it may be the only channel that
-        // carries the verdict (the destination cannot send on a session it
-        // refused as forged).
-        for (size_t k = 0; k < chans.size() && !verdict; ++k) {
-          const size_t c = (failing + k) % chans.size();
-          const uint32_t st = PeekVerdict(*chans[c].channel, std::chrono::milliseconds(200));
-          if (st != wire::kOk) verdict = VerdictError(st, *ke);
-        }
+        // The failing channel first: its write failed but what the
+        // destination sent before resetting is still queued for reading.
+        const uint32_t st = AwaitVerdict(chans, failing, VerdictBound(opts));
+        if (st != wire::kOk) verdict = VerdictError(st, *ke);
       }
     }
     failure.Record(verdict ? static_cast<const std::exception&>(*verdict) : e, [&] {
@@ -482,7 +510,7 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
   try {
     StreamIterations(src, opts, chans, senders, rep, phases, times);
   } catch (const Error& e) {
-    if (e.kind() == ErrorKind::kPeer) ThrowDestinationVerdict(chans, e);
+    if (e.kind() == ErrorKind::kPeer) ThrowDestinationVerdict(chans, e, VerdictBound(opts));
     throw;
   }
   rep.transfer_seconds = std::chrono::duration<double>(Clock::now() - transfer_start).count();
@@ -490,7 +518,7 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
   try {
     rep.digest = SwitchOver(src, opts, chans, *senders[0], digests, times);
   } catch (const Error& e) {
-    if (e.kind() == ErrorKind::kPeer) ThrowDestinationVerdict(chans, e);
+    if (e.kind() == ErrorKind::kPeer) ThrowDestinationVerdict(chans, e, VerdictBound(opts));
     throw;
   }
   FillDowntime(times, rep.downtime);
