@@ -51,6 +51,14 @@ std::optional<std::string> AttachUlp(int fd) {
     return std::string("kernel has no tls module: TCP_ULP returned ENOENT (modprobe tls, or a kernel with "
                        "CONFIG_TLS)");
   }
+  if (e == ENOTCONN) {
+    // The kernel attaches TLS only to an ESTABLISHED socket: a peer that
+    // sent everything and half-closed before our handshake finished (a short
+    // stream) leaves it in CLOSE_WAIT. Nothing is wrong with the peer.
+    return std::string("TCP_ULP \"tls\" refused (ENOTCONN): the peer had already finished sending and closed its "
+                       "side before kernel TLS could be set up; the kernel takes TLS only on an established "
+                       "connection");
+  }
   return std::string("TCP_ULP \"tls\" refused: ") + std::strerror(e);
 }
 
