@@ -8,12 +8,15 @@
 // handling (tickets: see the interop run), truncation and forgery detection, and that MSG_ZEROCOPY is not
 // used on kTLS sockets.
 #include <gtest/gtest.h>
+#include <future>
 #include <linux/tls.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include "channel/zero_copy_sender.h"
 #include "ktls/ktls.h"
+#include "tls/handshake.h"
 #include "tests/tls_util.h"
 #include "tls/gnutls/gnutls_record_channel.h"
 
@@ -148,6 +151,26 @@ TEST_F(KtlsVm, PeerKeyUpdateIsAClearError) {
     EXPECT_NE(std::string(e.what()).find("kTLS off"), std::string::npos) << e.what();
     EXPECT_EQ(e.remedy(), Remedy::kKtlsOff);
   }
+}
+
+// The kernel attaches TLS only to an established socket: once the peer has
+// half-closed (the socket is in CLOSE_WAIT) TCP_ULP answers ENOTCONN, and
+// the reason says what happened (README: short streams). Deterministic: the
+// server's session is moved only after the client's FIN has arrived.
+TEST_F(KtlsVm, PeerThatHalfClosedBeforeTheMoveIsRefusedWithTheReason) {
+  Listener l = Listener::Listen("127.0.0.1:0");
+  auto accepted = std::async(std::launch::async,
+                             [&] { return HandshakeTls(l.AcceptFd(std::chrono::seconds(30)), ServerOptions()); });
+  std::unique_ptr<TlsSession> client =
+      HandshakeTls(ConnectStream(l.address(), std::chrono::seconds(10)), ClientOptions());
+  std::unique_ptr<TlsSession> server = accepted.get();
+  ASSERT_EQ(::shutdown(client->fd(), SHUT_WR), 0);
+  pollfd p{server->fd(), POLLRDHUP, 0};
+  ASSERT_EQ(poll(&p, 1, 10000), 1) << "the FIN never arrived";
+  const std::optional<std::string> why = InstallKtls(*server);
+  ASSERT_TRUE(why.has_value()) << "the kernel took TLS on a half-closed socket";
+  EXPECT_NE(why->find("ENOTCONN"), std::string::npos) << *why;
+  EXPECT_NE(why->find("closed its side before kernel TLS could be set up"), std::string::npos) << *why;
 }
 
 TEST_F(KtlsVm, TruncationWithoutCloseNotifyIsReported) {
