@@ -182,11 +182,11 @@ struct MultifdAccount {
   uint64_t unread_packets = 0, unread_pages = 0;
 };
 
-MultifdAccount AccountMultifd(const std::string& src_log, const std::string& dst_log) {
+MultifdAccount AccountMultifd(const std::string& src_log, const std::string& dst_log, size_t channels) {
   const auto sent = MultifdThreadEnd(src_log, "multifd_send_thread_end");
   const auto read = MultifdThreadEnd(dst_log, "multifd_recv_thread_end");
   MultifdAccount a;
-  a.complete = !sent.empty() && sent.size() == read.size();
+  a.complete = sent.size() == channels && read.size() == channels;
   for (const auto& [ch, s] : sent) {
     const auto r = read.count(ch) ? read.at(ch) : std::pair<uint64_t, uint64_t>{0, 0};
     a.text += (a.text.empty() ? "" : ", ") + std::to_string(ch) + ": " + std::to_string(s.first) + "/" +
@@ -204,9 +204,9 @@ MultifdAccount WaitMultifdAccount(Subprocess& src, size_t src_from, Subprocess& 
   MultifdAccount a;
   const auto by = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   do {
-    const std::string so = src.output(), dso = dst.output();
-    a = AccountMultifd(so.size() > src_from ? so.substr(src_from) : "", dso);
-    if (a.complete && MultifdThreadEnd(dso, "multifd_recv_thread_end").size() == static_cast<size_t>(channels)) break;
+    const std::string so = src.output();
+    a = AccountMultifd(so.size() > src_from ? so.substr(src_from) : "", dst.output(), static_cast<size_t>(channels));
+    if (a.complete) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   } while (std::chrono::steady_clock::now() < by);
   return a;
