@@ -20,6 +20,7 @@
 #include "base/unique_fd.h"
 #include "channel/address.h"
 #include "transport/protocol.h"
+#include "util/stream_digest.h"
 
 namespace ktm {
 namespace {
@@ -134,21 +135,58 @@ void DrainPipe(Pipe& pipe, size_t n, int out, std::chrono::milliseconds timeout,
   }
 }
 
+// --stream-digest on the splice path: hashes the `n` bytes now in `pipe`
+// without consuming them (tee(2) into `copy`, then read the copy). The
+// caller splices exactly n bytes into an otherwise empty pipe and drains all
+// of them before the next splice, and `copy` is at least as large as `pipe`,
+// so one tee duplicates all n; anything else is reported, never hashed short.
+void HashPipe(Pipe& pipe, Pipe& copy, size_t n, StreamDigest& d, std::vector<uint8_t>& buf) {
+  const ssize_t t = tee(pipe.r(), copy.w(), n, 0);
+  if (t < 0) ThrowErrno(ErrorKind::kInternal, errno, "tee (--stream-digest)");
+  if (static_cast<size_t>(t) != n) {
+    throw Error(ErrorKind::kInternal, EIO,
+                "tee (--stream-digest) duplicated " + std::to_string(t) + " of " + std::to_string(n) + " bytes");
+  }
+  buf.resize(kChunk);
+  for (size_t left = n; left > 0;) {
+    const ssize_t r = ::read(copy.r(), buf.data(), std::min(left, buf.size()));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) ThrowErrno(ErrorKind::kInternal, r < 0 ? errno : EIO, "read of the --stream-digest copy");
+    d.Update(buf.data(), static_cast<size_t>(r));
+    left -= static_cast<size_t>(r);
+  }
+}
+
+// A digest pipe no smaller than `pipe` (see HashPipe).
+std::unique_ptr<Pipe> DigestPipeFor(const Pipe& pipe) {
+  auto copy = std::make_unique<Pipe>();
+  const int want = fcntl(pipe.w(), F_GETPIPE_SZ);
+  if (want > 0 && fcntl(copy->w(), F_GETPIPE_SZ) < want && fcntl(copy->w(), F_SETPIPE_SZ, want) < want) {
+    ThrowErrno(ErrorKind::kLocalIo, errno, "cannot size the --stream-digest pipe to " + std::to_string(want) + " bytes");
+  }
+  return copy;
+}
+
 // How the local side's stream ended.
 enum class LocalEnd { kEof, kReset };
 
 // local plaintext socket -> channel, until local EOF or reset (ECONNRESET:
 // the local peer closed with data unread; RunConnection decides whether that
 // is a failure).
-LocalEnd PumpToChannel(int local, Channel& ch, std::chrono::milliseconds write_timeout, std::atomic<uint64_t>& bytes) {
+// `digest`: hashes what is read from the local connection (nullptr: off).
+LocalEnd PumpToChannel(int local, Channel& ch, std::chrono::milliseconds write_timeout, std::atomic<uint64_t>& bytes,
+                       StreamDigest* digest) {
   const int out = ch.splice_fd();
   if (out >= 0) {
     Pipe pipe;
+    std::unique_ptr<Pipe> copy = digest ? DigestPipeFor(pipe) : nullptr;
+    std::vector<uint8_t> dbuf;
     for (;;) {
       const ssize_t n = SpliceRetry(local, pipe.w(), kChunk, SPLICE_F_MOVE);
       if (n == 0) return LocalEnd::kEof;
       if (n == -ECONNRESET) return LocalEnd::kReset;
       if (n < 0) ThrowErrno(SocketErrorKind(static_cast<int>(-n)), static_cast<int>(-n), "splice from the local connection");
+      if (digest) HashPipe(pipe, *copy, static_cast<size_t>(n), *digest, dbuf);
       DrainPipe(pipe, static_cast<size_t>(n), out, write_timeout, "the tunnel peer");
       bytes += static_cast<uint64_t>(n);
     }
@@ -160,6 +198,7 @@ LocalEnd PumpToChannel(int local, Channel& ch, std::chrono::milliseconds write_t
     if (n < 0 && errno == ECONNRESET) return LocalEnd::kReset;
     if (n < 0) ThrowErrno(SocketErrorKind(errno), errno, "read from the local connection");
     if (n == 0) return LocalEnd::kEof;
+    if (digest) digest->Update(buf.data(), static_cast<size_t>(n));
     ch.write_all(buf.data(), static_cast<size_t>(n), 0);
     bytes += static_cast<uint64_t>(n);
   }
@@ -167,7 +206,9 @@ LocalEnd PumpToChannel(int local, Channel& ch, std::chrono::milliseconds write_t
 
 // channel -> local plaintext socket, until the channel's clean end of
 // stream (close_notify). Returns bytes moved.
-uint64_t PumpFromChannel(Channel& ch, int local, std::chrono::milliseconds write_timeout, std::atomic<uint64_t>& bytes) {
+// `digest`: hashes what is handed to the local connection (nullptr: off).
+uint64_t PumpFromChannel(Channel& ch, int local, std::chrono::milliseconds write_timeout, std::atomic<uint64_t>& bytes,
+                         StreamDigest* digest) {
   const int in = ch.splice_fd();
   std::vector<uint8_t> buf;
   auto via_channel = [&]() -> bool {  // one read through the channel; false at EOF
@@ -175,6 +216,7 @@ uint64_t PumpFromChannel(Channel& ch, int local, std::chrono::milliseconds write
     iovec v{buf.data(), buf.size()};
     ReadResult r = ch.readv(std::span<const iovec>(&v, 1));
     if (r.eof()) return false;
+    if (digest) digest->Update(buf.data(), r.bytes);
     SendAll(local, buf.data(), r.bytes, write_timeout, "the local connection");
     bytes += r.bytes;
     return true;
@@ -186,10 +228,13 @@ uint64_t PumpFromChannel(Channel& ch, int local, std::chrono::milliseconds write
       if (!via_channel()) return bytes.load();
     }
     Pipe pipe;
+    std::unique_ptr<Pipe> copy = digest ? DigestPipeFor(pipe) : nullptr;
+    std::vector<uint8_t> dbuf;
     const bool encrypted = ch.has_feature(kFeatureEncrypted);
     for (;;) {
       const ssize_t n = SpliceRetry(in, pipe.w(), kChunk, SPLICE_F_MOVE);
       if (n > 0) {
+        if (digest) HashPipe(pipe, *copy, static_cast<size_t>(n), *digest, dbuf);
         DrainPipe(pipe, static_cast<size_t>(n), local, write_timeout, "the local connection");
         bytes += static_cast<uint64_t>(n);
         continue;
@@ -329,7 +374,7 @@ class ConnSet {
 // Runs one tunnel connection: both directions until both ended. `up` is
 // local->channel on the source side, channel->local on the destination side.
 TunnelConnReport RunConnection(UniqueFd local, OpenedChannel tls, uint64_t seq, bool source_side,
-                               std::chrono::milliseconds io_timeout, ConnSet& set) {
+                               std::chrono::milliseconds io_timeout, bool stream_digest, ConnSet& set) {
   TunnelConnReport rep;
   rep.seq = seq;
   rep.peer = tls.peer;
@@ -346,6 +391,11 @@ TunnelConnReport RunConnection(UniqueFd local, OpenedChannel tls, uint64_t seq, 
   ch.set_io_timeouts(no_limit, io_timeout);
   const auto t0 = Clock::now();
   std::atomic<uint64_t> to_ch{0}, from_ch{0};
+  std::unique_ptr<StreamDigest> to_ch_digest, from_ch_digest;
+  if (stream_digest) {
+    to_ch_digest = std::make_unique<StreamDigest>();
+    from_ch_digest = std::make_unique<StreamDigest>();
+  }
   std::mutex err_mu;
   std::string error;
   std::atomic<bool> aborted{false};
@@ -367,7 +417,7 @@ TunnelConnReport RunConnection(UniqueFd local, OpenedChannel tls, uint64_t seq, 
   std::atomic<bool> far_ended{false};
   std::thread reader([&] {
     try {
-      PumpFromChannel(ch, local.get(), io_timeout, from_ch);
+      PumpFromChannel(ch, local.get(), io_timeout, from_ch, from_ch_digest.get());
       far_ended = true;  // before the local peer can see the end (and reset)
       ::shutdown(local.get(), SHUT_WR);  // close_notify -> half-close
     } catch (const std::exception& e) {
@@ -375,7 +425,7 @@ TunnelConnReport RunConnection(UniqueFd local, OpenedChannel tls, uint64_t seq, 
     }
   });
   try {
-    const LocalEnd end = PumpToChannel(local.get(), ch, io_timeout, to_ch);
+    const LocalEnd end = PumpToChannel(local.get(), ch, io_timeout, to_ch, to_ch_digest.get());
     if (end == LocalEnd::kReset && !far_ended) {
       // Data may still be on its way to a local peer that is gone: the
       // reset goes on to the other side.
@@ -395,6 +445,10 @@ TunnelConnReport RunConnection(UniqueFd local, OpenedChannel tls, uint64_t seq, 
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   rep.bytes_up = source_side ? to_ch.load() : from_ch.load();
   rep.bytes_down = source_side ? from_ch.load() : to_ch.load();
+  if (stream_digest) {
+    rep.digest_up = (source_side ? to_ch_digest : from_ch_digest)->Hex();
+    rep.digest_down = (source_side ? from_ch_digest : to_ch_digest)->Hex();
+  }
   rep.error = error;
   return rep;
 }
@@ -440,7 +494,7 @@ TunnelReport RunTunnelSource(const TunnelOptions& opts) {
       uint8_t hdr[kTunnelHeaderSize];
       EncodeTunnelHeader({session, seq}, hdr);
       tls.channel->write_all(hdr, sizeof(hdr));
-      return RunConnection(std::move(*fd), std::move(tls), seq, /*source_side=*/true, opts.io_timeout, conns);
+      return RunConnection(std::move(*fd), std::move(tls), seq, /*source_side=*/true, opts.io_timeout, opts.stream_digest, conns);
     });
   }
   return conns.Finish(opts.stop && opts.stop->load());
@@ -540,7 +594,7 @@ TunnelReport RunTunnelDestination(const TunnelOptions& opts) {
       auto tfd = std::make_shared<UniqueFd>(std::move(target));
       conns.Start([state, tfd, &opts, &conns]() {
         return RunConnection(std::move(*tfd), std::move(state->tls), state->hdr.seq, /*source_side=*/false,
-                             opts.io_timeout, conns);
+                             opts.io_timeout, opts.stream_digest, conns);
       });
     }
   };

@@ -54,6 +54,11 @@ struct TunnelConnReport {
   // closed without reading all of it: QEMU 7.2's multifd destination does
   // this now and then with a trailing empty packet).
   std::string note;
+  // With TunnelOptions::stream_digest: XXH3-128 of every plaintext byte each
+  // way as it passed this end ("xxh3:" + 32 hex digits), else "". The same
+  // connection's digests on the two ends are equal when the tunnel delivered
+  // exactly what it was given (compare by seq).
+  std::string digest_up, digest_down;
 };
 
 struct TunnelReport {
@@ -89,6 +94,10 @@ struct TunnelOptions {
   const std::atomic<bool>* stop = nullptr;
   // Stop by itself after this many connections have ended (0 = never).
   uint64_t max_connections = 0;
+  // Hash every byte each way (TunnelConnReport::digest_up/down). Costs one
+  // XXH3 pass over the data; on the splice path also a tee(2) of each chunk
+  // into a second pipe and a read of that copy.
+  bool stream_digest = false;
 };
 
 // Run until `stop` is set or max_connections have ended. Throw Error only for
