@@ -15,6 +15,7 @@
 #include <future>
 #include <map>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <regex>
 #include <thread>
 
@@ -91,14 +92,16 @@ struct TunnelPair {
   }
 };
 
-// `extra`: flags for both tunnel ends.
+// `extra`: flags for both tunnel ends; `dst_extra`: for the destination end only.
 TunnelPair StartPair(const std::string& target, const std::vector<std::string>& faults = {},
-                     const std::string& resume = "", const std::vector<std::string>& extra = {}) {
+                     const std::string& resume = "", const std::vector<std::string>& extra = {},
+                     const std::vector<std::string>& dst_extra = {}) {
   TunnelPair t;
   std::vector<std::string> d = {testing::Cli(), "tunnel", "--tls-listen", "127.0.0.1:0", "--forward", target,
                                 "--tls-creds", Pki()};
   for (const auto& a : Ktls()) d.push_back(a);
   for (const auto& a : extra) d.push_back(a);
+  for (const auto& a : dst_extra) d.push_back(a);
   t.dst = std::make_unique<Subprocess>(d);
   EXPECT_TRUE(t.dst->WaitFor("listening on", 30s)) << t.dst->output();
   std::string port = PortOf(t.dst->output());
@@ -186,7 +189,7 @@ std::pair<std::string, std::string> PrintedDigests(const std::string& out) {
 
 // --stream-digest: both ends hash what passed through them, each way; the
 // four digests equal libxxhash's over what the client sent and the target
-// answered (on the splice path too, in the kTLS VM).
+// answered (on the splice path too, in the kTLS VM), in the line and in --json.
 TEST(Tunnel, StreamDigestsOnBothEndsEqualTheBytesSentEachWay) {
   Listener target = Listener::Listen("127.0.0.1:0");
   const auto up = Pattern((8 << 20) + 4093, 11), down = Pattern((3 << 20) + 17, 12);
@@ -196,7 +199,9 @@ TEST(Tunnel, StreamDigestsOnBothEndsEqualTheBytesSentEachWay) {
     SendAllFd(fd.get(), down.data(), down.size());
     return got;
   });
-  TunnelPair t = StartPair(target.address(), {}, "", {"--stream-digest"});
+  testing::TempDir dir("ktm-tunnel-digest");
+  const std::string json = dir.path + "/dst.json";
+  TunnelPair t = StartPair(target.address(), {}, "", {"--stream-digest"}, {"--json", json});
   UniqueFd c = ConnectStream(t.addr, 10s);
   SendAllFd(c.get(), up.data(), up.size());
   ::shutdown(c.get(), SHUT_WR);
@@ -216,6 +221,10 @@ TEST(Tunnel, StreamDigestsOnBothEndsEqualTheBytesSentEachWay) {
     EXPECT_TRUE(Has(t.dst->output(), "splice (kTLS")) << t.Outputs();
   }
   t.Stop();
+  const auto j = nlohmann::json::parse(std::ifstream(json));
+  ASSERT_EQ(j["conns"].size(), 1u) << j.dump(1);
+  EXPECT_EQ(j["conns"][0].value("digest_up", ""), Xxh3Hex(up)) << j.dump(1);
+  EXPECT_EQ(j["conns"][0].value("digest_down", ""), Xxh3Hex(down)) << j.dump(1);
 }
 
 // Without --stream-digest nothing is hashed and nothing is printed.
