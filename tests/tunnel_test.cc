@@ -16,7 +16,6 @@
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
-#include <regex>
 #include <thread>
 
 #include "base/fd_wait.h"
@@ -179,12 +178,15 @@ std::string Xxh3Hex(const std::vector<uint8_t>& v) {
   return out;
 }
 
-// The (up, down) stream digests one tunnel end printed for connection 0.
+// The (up, down) stream digests one tunnel end printed for connection 0
+// ("...; stream digest up xxh3:<32 hex>, down xxh3:<32 hex>").
 std::pair<std::string, std::string> PrintedDigests(const std::string& out) {
-  std::smatch m;
-  static const std::regex re("connection 0 done: .*stream digest up (xxh3:[0-9a-f]{32}), down (xxh3:[0-9a-f]{32})");
-  if (!std::regex_search(out, m, re)) return {};
-  return {m[1], m[2]};
+  const auto line = out.find("connection 0 done: ");
+  if (line == std::string::npos) return {};
+  const auto up = out.find("stream digest up ", line), down = out.find(", down xxh3:", line);
+  const size_t len = 5 + 32;  // "xxh3:" + hex
+  if (up == std::string::npos || down == std::string::npos) return {};
+  return {out.substr(up + 17, len), out.substr(down + 7, len)};
 }
 
 // --stream-digest: both ends hash what passed through them, each way; the
