@@ -23,6 +23,7 @@
 #include "ktls/ktls.h"
 #include "tests/cli_util.h"
 #include "util/sha256.h"
+#include "util/stream_digest.h"
 
 namespace ktm {
 namespace {
@@ -164,18 +165,13 @@ TEST(Tunnel, SixtyFourMiBEachWayWithHalfClose) {
   t.Stop();
 }
 
-// XXH3-128 of `v` as the tunnel prints it, computed here with libxxhash
-// directly (not through the tunnel's own digest code).
+// XXH3-128 of `v` as the tunnel prints it: the hash computed here with
+// libxxhash in one shot (not through the tunnel's streaming state), only
+// the text shared.
 std::string Xxh3Hex(const std::vector<uint8_t>& v) {
   XXH128_canonical_t c;
   XXH128_canonicalFromHash(&c, XXH3_128bits(v.data(), v.size()));
-  std::string out = "xxh3:";
-  char b[3];
-  for (unsigned char x : c.digest) {
-    std::snprintf(b, sizeof(b), "%02x", x);
-    out += b;
-  }
-  return out;
+  return StreamDigest::Format(c.digest);
 }
 
 // The (up, down) stream digests one tunnel end printed for connection 0

@@ -30,9 +30,13 @@ void StreamDigest::Update(const void* data, size_t len) {
 std::string StreamDigest::Hex() const {
   XXH128_canonical_t c;
   XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st_->s));
+  return Format(c.digest);
+}
+
+std::string StreamDigest::Format(const unsigned char (&canonical)[16]) {
   std::string out = "xxh3:";
   char b[3];
-  for (unsigned char x : c.digest) {
+  for (unsigned char x : canonical) {
     std::snprintf(b, sizeof(b), "%02x", x);
     out += b;
   }

@@ -26,6 +26,8 @@ class StreamDigest {
   uint64_t bytes() const { return bytes_; }
   // "xxh3:" and 32 hex digits of the digest of everything so far.
   std::string Hex() const;
+  // The same text for a 16-byte canonical (big-endian) XXH3-128 digest.
+  static std::string Format(const unsigned char (&canonical)[16]);
 
  private:
   struct State;
