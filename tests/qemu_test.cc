@@ -801,7 +801,8 @@ TEST(QemuBench, SideBySide) {
       rows.push_back(row);
     }
   }
-  std::printf("\nQEMU 7.2 live migration, 1 GiB guest (800 MiB random, dirtying 4 MiB/s), TCG, medians of %d runs\n", runs);
+  std::printf("\nQEMU 7.2 live migration, %llu KiB guest (800 MiB random, dirtying 4 MiB/s), TCG, medians of %d runs\n",
+              (unsigned long long)RamKib(), runs);
   std::printf("%-10s %7s %10s %9s %9s %11s %10s  %-8s %s\n", "mode", "multifd", "total ms", "downtime", "MiB", "tunnel CPU",
               "CPU s/GiB", "runs ok", "RAM equal");
   for (const auto& r : rows) {
