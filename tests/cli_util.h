@@ -5,9 +5,13 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
+#include <map>
+#include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "tests/subprocess.h"
@@ -79,6 +83,25 @@ inline bool WaitForCount(Subprocess& p, const std::string& needle, size_t count,
     if (std::chrono::steady_clock::now() >= deadline) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+}
+
+// What a tunnel end run with --stream-digest printed per connection
+// ("tls-migrate tunnel: connection N done: ...; stream digest up X, down Y"),
+// by connection number: {X, Y}.
+inline std::map<uint64_t, std::pair<std::string, std::string>> PrintedStreamDigests(const std::string& out) {
+  static const std::string kConn = "tunnel: connection ", kUp = "stream digest up ", kDown = ", down ";
+  std::map<uint64_t, std::pair<std::string, std::string>> d;
+  std::istringstream in(out);
+  for (std::string line; std::getline(in, line);) {
+    const auto conn = line.find(kConn), up = line.find(kUp);
+    if (conn == std::string::npos || up == std::string::npos) continue;
+    const auto down = line.find(kDown, up);
+    if (down == std::string::npos) continue;
+    const auto up_at = up + kUp.size(), down_at = down + kDown.size(), end = line.find(';', down_at);
+    d[std::stoull(line.substr(conn + kConn.size()))] = {
+        line.substr(up_at, down - up_at), line.substr(down_at, end == std::string::npos ? end : end - down_at)};
+  }
+  return d;
 }
 
 }  // namespace ktm::testing

@@ -249,13 +249,19 @@ struct Tunnels {
 std::string PortFrom(const std::string& out) { return testing::ListeningPort(out); }
 
 // dst tunnel -> QEMU's incoming socket; src tunnel on a UNIX socket for the
-// source QEMU; optionally a fault relay between them.
+// source QEMU; optionally a fault relay between them. `stream_digest`: both
+// ends prove their streams byte-exact (StreamsExact); the timed benchmark
+// leaves the extra hashing out.
 Tunnels StartTunnels(const std::string& dir, const std::string& incoming_sock, const std::string& dst_pki,
-                     const std::vector<std::string>& relay_faults = {}, const std::string& resume = "") {
+                     const std::vector<std::string>& relay_faults = {}, const std::string& resume = "",
+                     bool stream_digest = true) {
   Tunnels t;
-  t.dst = std::make_unique<Subprocess>(std::vector<std::string>{
-      testing::Cli(), "tunnel", "--tls-listen", "127.0.0.1:0", "--forward", "unix:" + incoming_sock, "--tls-creds", dst_pki,
-      "--stream-digest"});
+  const std::vector<std::string> digest =
+      stream_digest ? std::vector<std::string>{"--stream-digest"} : std::vector<std::string>{};
+  std::vector<std::string> d = {testing::Cli(), "tunnel", "--tls-listen", "127.0.0.1:0", "--forward",
+                                "unix:" + incoming_sock, "--tls-creds", dst_pki};
+  d.insert(d.end(), digest.begin(), digest.end());
+  t.dst = std::make_unique<Subprocess>(d);
   EXPECT_TRUE(t.dst->WaitFor("listening on", 30s)) << t.dst->output();
   std::string port = PortFrom(t.dst->output());
   if (!relay_faults.empty()) {
@@ -267,39 +273,28 @@ Tunnels StartTunnels(const std::string& dir, const std::string& incoming_sock, c
     port = PortFrom(t.relay->output());
   }
   t.src_sock = dir + "/src-mig.sock";
-  t.src = std::make_unique<Subprocess>(std::vector<std::string>{
-      testing::Cli(), "tunnel", "--listen", "unix:" + t.src_sock, "--connect", "127.0.0.1:" + port, "--tls-creds", Pki(),
-      "--tls-hostname", "localhost", "--stream-digest"});
+  std::vector<std::string> src = {testing::Cli(), "tunnel", "--listen", "unix:" + t.src_sock, "--connect",
+                                  "127.0.0.1:" + port, "--tls-creds", Pki(), "--tls-hostname", "localhost"};
+  src.insert(src.end(), digest.begin(), digest.end());
+  t.src = std::make_unique<Subprocess>(src);
   EXPECT_TRUE(t.src->WaitFor("listening on", 30s)) << t.src->output();
   return t;
-}
-
-// Per connection seq: the "stream digest up X, down Y" a tunnel end printed.
-std::map<uint64_t, std::string> StreamDigests(const std::string& out) {
-  std::map<uint64_t, std::string> d;
-  std::istringstream in(out);
-  for (std::string line; std::getline(in, line);) {
-    const auto c = line.find("tunnel: connection "), at = line.find("stream digest up ");
-    if (c == std::string::npos || at == std::string::npos) continue;
-    const auto end = line.find(';', at);
-    d[std::stoull(line.substr(c + 19))] = line.substr(at + 17, end == std::string::npos ? std::string::npos : end - at - 17);
-  }
-  return d;
 }
 
 // Did the tunnel deliver exactly what QEMU gave it, each way, on every
 // connection? Both ends ran with --stream-digest; their digests per
 // connection must be the same. `why` says which differ or are missing.
 bool StreamsExact(const std::string& src_out, const std::string& dst_out, std::string* why) {
-  const auto s = StreamDigests(src_out), d = StreamDigests(dst_out);
+  const auto s = testing::PrintedStreamDigests(src_out), d = testing::PrintedStreamDigests(dst_out);
   bool ok = !s.empty() && s.size() == d.size();
   *why = std::to_string(s.size()) + " connection(s) with digests on the source end, " + std::to_string(d.size()) +
          " on the destination end";
+  auto text = [](const std::pair<std::string, std::string>& ud) { return "up " + ud.first + ", down " + ud.second; };
   for (const auto& [seq, dig] : s) {
     if (!d.count(seq) || d.at(seq) != dig) {
       ok = false;
-      *why += "; connection " + std::to_string(seq) + ": source " + dig + " / destination " +
-              (d.count(seq) ? d.at(seq) : std::string("(none)"));
+      *why += "; connection " + std::to_string(seq) + ": source " + text(dig) + " / destination " +
+              (d.count(seq) ? text(d.at(seq)) : std::string("(none)"));
     }
   }
   return ok;
@@ -649,22 +644,13 @@ BenchRun BenchOnce(Guest& src, const std::string& dir, const std::string& mode, 
   std::unique_ptr<Subprocess> t_src, t_dst;
   std::string dst_uri = "unix:" + incoming, src_uri = "unix:" + incoming;
   const int port = testing::FreePort();
+  // make stress-qemu proves every tunnel stream byte-exact.
+  const bool stress = !Env("KTM_QEMU_STRESS").empty();
   if (mode == "tunnel") {
-    // make stress-qemu proves every tunnel stream byte-exact; the timed
-    // benchmark leaves the extra hashing out.
-    std::vector<std::string> digest;
-    if (!Env("KTM_QEMU_STRESS").empty()) digest = {"--stream-digest"};
-    std::vector<std::string> d = {testing::Cli(), "tunnel",       "--tls-listen", "127.0.0.1:" + std::to_string(port),
-                                  "--forward",    "unix:" + incoming, "--tls-creds", pki};
-    d.insert(d.end(), digest.begin(), digest.end());
-    t_dst = std::make_unique<Subprocess>(d);
-    t_dst->WaitFor("listening on", 30s);
-    std::vector<std::string> sv = {testing::Cli(), "tunnel", "--listen", "unix:" + outgoing, "--connect",
-                                   "127.0.0.1:" + std::to_string(port), "--tls-creds", pki, "--tls-hostname", "localhost"};
-    sv.insert(sv.end(), digest.begin(), digest.end());
-    t_src = std::make_unique<Subprocess>(sv);
-    t_src->WaitFor("listening on", 30s);
-    src_uri = "unix:" + outgoing;
+    Tunnels t = StartTunnels(run_dir, incoming, pki, {}, "", /*stream_digest=*/stress);
+    t_dst = std::move(t.dst);
+    t_src = std::move(t.src);
+    src_uri = "unix:" + t.src_sock;
   } else if (mode == "socat") {
     t_dst = std::make_unique<Subprocess>(std::vector<std::string>{
         "socat", "OPENSSL-LISTEN:" + std::to_string(port) + ",bind=127.0.0.1,reuseaddr,fork,cert=" + pki +
@@ -739,7 +725,7 @@ BenchRun BenchOnce(Guest& src, const std::string& dir, const std::string& mode, 
           t->Wait(30s);
           r.tunnel_failures += FailedLines(t->output());
         }
-        if (!Env("KTM_QEMU_STRESS").empty()) r.streams_exact = StreamsExact(t_src->output(), t_dst->output(), &r.streams);
+        if (stress) r.streams_exact = StreamsExact(t_src->output(), t_dst->output(), &r.streams);
       }
       r.ram_equal = r.diff.pages == 0;
       std::remove((run_dir + "/src.mem").c_str());

@@ -174,15 +174,10 @@ std::string Xxh3Hex(const std::vector<uint8_t>& v) {
   return StreamDigest::Format(c.digest);
 }
 
-// The (up, down) stream digests one tunnel end printed for connection 0
-// ("...; stream digest up xxh3:<32 hex>, down xxh3:<32 hex>").
+// The (up, down) stream digests one tunnel end printed for connection 0.
 std::pair<std::string, std::string> PrintedDigests(const std::string& out) {
-  const auto line = out.find("connection 0 done: ");
-  if (line == std::string::npos) return {};
-  const auto up = out.find("stream digest up ", line), down = out.find(", down xxh3:", line);
-  const size_t len = 5 + 32;  // "xxh3:" + hex
-  if (up == std::string::npos || down == std::string::npos) return {};
-  return {out.substr(up + 17, len), out.substr(down + 7, len)};
+  const auto d = testing::PrintedStreamDigests(out);
+  return d.count(0) ? d.at(0) : std::pair<std::string, std::string>{};
 }
 
 // --stream-digest: both ends hash what passed through them, each way; the

@@ -3,9 +3,10 @@
 #include <xxhash.h>
 
 #include <cerrno>
-#include <cstdio>
+#include <cstring>
 
 #include "base/error.h"
+#include "util/image_digest.h"
 
 namespace ktm {
 
@@ -24,7 +25,6 @@ StreamDigest::~StreamDigest() = default;
 
 void StreamDigest::Update(const void* data, size_t len) {
   XXH3_128bits_update(st_->s, data, len);
-  bytes_ += len;
 }
 
 std::string StreamDigest::Hex() const {
@@ -34,13 +34,9 @@ std::string StreamDigest::Hex() const {
 }
 
 std::string StreamDigest::Format(const unsigned char (&canonical)[16]) {
-  std::string out = "xxh3:";
-  char b[3];
-  for (unsigned char x : canonical) {
-    std::snprintf(b, sizeof(b), "%02x", x);
-    out += b;
-  }
-  return out;
+  ImageHash h{};  // the image digest's layout: XXH3-128 in the first 16 bytes
+  std::memcpy(h.data(), canonical, sizeof(canonical));
+  return "xxh3:" + DigestHex(DigestAlgorithm::kXxh3, h);
 }
 
 }  // namespace ktm

@@ -23,7 +23,6 @@ class StreamDigest {
   StreamDigest& operator=(const StreamDigest&) = delete;
 
   void Update(const void* data, size_t len);
-  uint64_t bytes() const { return bytes_; }
   // "xxh3:" and 32 hex digits of the digest of everything so far.
   std::string Hex() const;
   // The same text for a 16-byte canonical (big-endian) XXH3-128 digest.
@@ -32,7 +31,6 @@ class StreamDigest {
  private:
   struct State;
   std::unique_ptr<State> st_;
-  uint64_t bytes_ = 0;
 };
 
 }  // namespace ktm
