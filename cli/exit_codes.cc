@@ -21,7 +21,7 @@ const char* FlagAdvice(Remedy r) {
   switch (r) {
     case Remedy::kNone: return "";
     case Remedy::kZeroCopyNotRequired: return "use --zero-copy auto (or off)";
-    case Remedy::kZeroCopyOff: return "or run with --zero-copy off";
+    case Remedy::kZeroCopyOff: return "run with --zero-copy off";
     case Remedy::kKtlsNotRequired: return "use --ktls auto (userspace fallback) or --ktls off";
     case Remedy::kKtlsOff: return "run with --ktls off";
     case Remedy::kAllowKtls: return "allow kTLS (--ktls auto) or use --zero-copy auto";
