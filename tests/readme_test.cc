@@ -10,6 +10,7 @@
 #include <string>
 
 #include "cli/exit_codes.h"
+#include "tests/cli_util.h"
 
 namespace {
 
@@ -18,6 +19,18 @@ std::string Slurp(const char* path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+// "--flag" starting at `at` of `text` (lowercase, digits, dashes); empty if
+// none or if it runs into an underscore (Bazel's flags, not ours).
+std::string FlagAt(const std::string& text, size_t at) {
+  size_t end = at + 2;
+  while (end < text.size() && (std::islower(static_cast<unsigned char>(text[end])) ||
+                               std::isdigit(static_cast<unsigned char>(text[end])) || text[end] == '-')) {
+    ++end;
+  }
+  if (end == at + 2 || (end < text.size() && text[end] == '_')) return "";
+  return text.substr(at, end - at);
 }
 
 // Every flag advice the CLI can print, as it prints it.
@@ -71,6 +84,45 @@ TEST(Readme, EveryMakeTargetItNamesExists) {
     EXPECT_TRUE(defined) << "README names `make " << target << "`, the Makefile has no such target";
   }
   EXPECT_GE(named, 10);
+}
+
+// Every `--flag` the README shows for tls-migrate (in backticks, or on a
+// line that runs tls-migrate) is one some subcommand's --help lists. Lines
+// about other tools (pkg-config, bazel, QEMU, socat, openssl, gnutls) and
+// Bazel's underscore flags are not ours.
+TEST(Readme, EveryTlsMigrateFlagItNamesExists) {
+  std::string help;
+  for (std::vector<std::string> sub : std::vector<std::vector<std::string>>{
+           {}, {"send"}, {"recv"}, {"tunnel"}, {"certs", "generate"}, {"probe"}, {"demo"}, {"bench"}}) {
+    sub.push_back("--help");
+    std::string out;
+    ASSERT_EQ(ktm::testing::RunCli(sub, &out), 0) << out;
+    help += out;
+  }
+  std::set<std::string> known;
+  for (size_t at = help.find("--"); at != std::string::npos; at = help.find("--", at + 2)) {
+    if (std::string flag = FlagAt(help, at); !flag.empty()) known.insert(flag);
+  }
+  const std::string readme = Slurp("README.md");
+  std::istringstream lines(readme);
+  std::string line;
+  int checked = 0;
+  for (int n = 1; std::getline(lines, line); ++n) {
+    bool runs_us = line.find("tls-migrate") != std::string::npos;
+    for (const char* other : {"pkg-config", "bazel", "qemu-system", "socat", "openssl", "gnutls-"}) {
+      if (line.find(other) != std::string::npos) runs_us = false;
+    }
+    for (size_t at = line.find("--"); at != std::string::npos; at = line.find("--", at + 2)) {
+      const bool in_ticks = at > 0 && line[at - 1] == '`';
+      if (!runs_us && !in_ticks) continue;
+      const std::string flag = FlagAt(line, at);
+      if (flag.empty()) continue;
+      ++checked;
+      EXPECT_TRUE(known.count(flag)) << "README.md:" << n << " names " << flag
+                                                    << ", which no tls-migrate --help lists";
+    }
+  }
+  EXPECT_GE(checked, 50);
 }
 
 TEST(Readme, StatusDoesNotCallLandedWorkUnstarted) {
