@@ -17,6 +17,7 @@
 #include "base/error.h"
 #include "base/fd_wait.h"
 #include "base/parse.h"
+#include "channel/acceptor.h"
 
 namespace ktm {
 namespace {
@@ -192,15 +193,27 @@ Listener Listener::Listen(const std::string& address, int backlog) {
 }
 
 UniqueFd Listener::AcceptFd(std::chrono::milliseconds timeout) {
-  if (PollFd(fd_.get(), POLLIN, timeout) == 0) {
+  // The one accept policy (acceptor.h), without a log: a shortage of
+  // descriptors backs off within `timeout` instead of failing at once.
+  Acceptor::Options o;
+  o.wakeable = false;
+  Acceptor acceptor(*this, std::move(o));
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + timeout;
+  for (;;) {
+    const auto left = timeout.count() < 0
+                          ? timeout
+                          : std::max(std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()),
+                                     std::chrono::milliseconds(0));
+    if (auto a = acceptor.Next(left)) return std::move(a->fd);
+    if (timeout.count() < 0 || Clock::now() < deadline) continue;
+    if (acceptor.backing_off()) {
+      ThrowErrno(ErrorKind::kLocalIo, acceptor.last_shortage(),
+                 "no connection accepted on " + address() + " within " + std::to_string(timeout.count()) +
+                     " ms: accept() kept failing");
+    }
     throw Error(ErrorKind::kTimeout, ETIMEDOUT,
                 "no connection on " + address() + " within " + std::to_string(timeout.count()) + " ms");
-  }
-  for (;;) {
-    int fd = ::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd >= 0) return UniqueFd(fd);
-    if (errno == EINTR || errno == ECONNABORTED) continue;
-    ThrowErrno(ErrorKind::kInternal, errno, "accept on " + address());
   }
 }
 

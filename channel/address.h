@@ -41,8 +41,11 @@ class Listener {
   static Listener Listen(const std::string& address, int backlog = kDefaultBacklog);
 
   // Waits up to `timeout` (negative: forever) for a connection and returns
-  // its fd (blocking, close-on-exec). Throws Error(kTimeout) when none
-  // arrives in time.
+  // its fd (blocking, close-on-exec). A failing accept() follows the one
+  // policy of channel/acceptor.h: short of descriptors or memory, it backs
+  // off and retries within `timeout`. Throws Error(kTimeout) when none
+  // arrives in time, Error(kLocalIo) with the errno when accept() was still
+  // failing for lack of resources at the end.
   UniqueFd AcceptFd(std::chrono::milliseconds timeout);
 
   // The bound address in the same syntax Listen takes (port filled in).

@@ -129,7 +129,8 @@ migration are rejected and logged; no page is read from them.
   --max-size N          largest image accepted (e.g. 64G); default: what the output's
                         filesystem has free. Larger: exit 5 before any page moves
   --max-pending N       connections in TLS handshake/hello at once (default 32); each
-                        has its own deadline, beyond N the oldest is dropped (logged)
+                        has its own deadline; beyond N the oldest connection of the
+                        source address holding the most is dropped (logged)
 
 The output's directory is checked before listening; the image's space is
 reserved (fallocate) before the first page is accepted, so a full disk is
@@ -466,7 +467,12 @@ int CmdTunnel(int argc, char** argv) {
   const bool quiet = a.flag("quiet");
   static std::mutex print_mu;
   o.log = [quiet](const std::string& s) {
-    if (quiet && s.find("rejected") == std::string::npos && s.find("cannot") == std::string::npos) return;
+    // --quiet keeps what an operator must see: refusals, failures, and a
+    // listener backing off for lack of descriptors (and its recovery).
+    if (quiet && s.find("rejected") == std::string::npos && s.find("cannot") == std::string::npos &&
+        s.find("accept") == std::string::npos) {
+      return;
+    }
     std::lock_guard<std::mutex> l(print_mu);
     std::fprintf(stderr, "tls-migrate %s\n", s.c_str());
   };

@@ -18,6 +18,7 @@
 #include "base/fd_wait.h"
 #include "base/periodic.h"
 #include "base/unique_fd.h"
+#include "transport/admission.h"
 #include "transport/first_failure.h"
 #include "transport/migration.h"
 #include "transport/phase_clock.h"
@@ -427,125 +428,6 @@ struct AcceptedSession {
   std::vector<OpenedChannel> by_id;  // indexed by channel id
 };
 
-// One connection between accept and its hello: the TLS handshake and the
-// hello read run on its own thread, so a silent or slow peer delays nobody.
-struct PendingConn {
-  std::string peer;
-  UniqueFd abort_fd;  // a dup of the socket: shutdown() on it cuts the handshake short
-  std::thread thread;
-  bool dropped = false;  // cut short to make room (set by the accept loop)
-  // Written by the thread before it sets `done` (under the set's mutex).
-  bool done = false;
-  OpenedChannel oc;
-  wire::Hello hello;
-  std::optional<Error> error;
-};
-
-// The connections in progress, and the eventfd their threads ring when done.
-class PendingSet {
- public:
-  PendingSet() : wake_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
-    if (!wake_) ThrowErrno(ErrorKind::kInternal, errno, "eventfd");
-  }
-  ~PendingSet() {
-    // Whatever is still in progress is cut short and joined: nothing
-    // outlives the accept phase.
-    for (auto& p : conns_) {
-      ::shutdown(p->abort_fd.get(), SHUT_RDWR);
-      if (p->thread.joinable()) p->thread.join();
-    }
-  }
-
-  int wake_fd() const { return wake_.get(); }
-  size_t size() const { return conns_.size(); }
-
-  // Peers of the connections still in progress.
-  std::vector<std::string> Peers() const {
-    std::vector<std::string> out;
-    for (const auto& p : conns_) out.push_back(p->peer);
-    return out;
-  }
-
-  void Start(UniqueFd fd, const DestinationOptions& opts) {
-    auto p = std::make_unique<PendingConn>();
-    p->peer = SockName(fd.get(), true);
-    p->abort_fd.reset(fcntl(fd.get(), F_DUPFD_CLOEXEC, 0));
-    PendingConn* raw = p.get();
-    conns_.push_back(std::move(p));
-    raw->thread = std::thread([this, raw, &opts, fd = std::move(fd)]() mutable { Run(*raw, std::move(fd), opts); });
-  }
-
-  // Cuts the oldest pending connection short (it then finishes as a failure).
-  std::string DropOldest() {
-    for (auto& p : conns_) {
-      if (!p->dropped) {
-        p->dropped = true;
-        ::shutdown(p->abort_fd.get(), SHUT_RDWR);
-        return p->peer;
-      }
-    }
-    return "";
-  }
-
-  // Moves the finished connections out (their threads joined).
-  std::vector<std::unique_ptr<PendingConn>> TakeDone() {
-    uint64_t v;
-    while (read(wake_.get(), &v, sizeof(v)) > 0) {
-    }
-    std::vector<std::unique_ptr<PendingConn>> out;
-    std::lock_guard<std::mutex> l(mu_);
-    for (auto it = conns_.begin(); it != conns_.end();) {
-      if ((*it)->done) {
-        (*it)->thread.join();
-        out.push_back(std::move(*it));
-        it = conns_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-    return out;
-  }
-
- private:
-  void Run(PendingConn& p, UniqueFd fd, const DestinationOptions& opts) {
-    OpenedChannel oc;
-    wire::Hello h;
-    std::optional<Error> err;
-    try {
-      const auto hello_deadline = Clock::now() + 2 * opts.hello_timeout;
-      SecurityConfig sec = opts.security;
-      if (sec.tls) sec.tls_options.handshake_timeout = std::min(sec.tls_options.handshake_timeout, opts.hello_timeout);
-      oc = OpenServerChannel(std::move(fd), sec);
-      oc.channel->set_io_timeout(opts.io_timeout);
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(hello_deadline - Clock::now());
-      if (left.count() <= 0 || !oc.channel->wait_readable(std::min(left, opts.hello_timeout))) {
-        throw Error(ErrorKind::kTimeout, ETIMEDOUT,
-                    "sent no channel hello within " + std::to_string(opts.hello_timeout.count()) + " ms");
-      }
-      uint8_t buf[wire::kHelloSize];
-      if (!oc.channel->read_all(buf, sizeof(buf))) throw Error(ErrorKind::kPeer, EPIPE, "closed before its hello");
-      h = wire::DecodeHello(buf);
-    } catch (const Error& e) {
-      err = e;
-    } catch (const std::exception& e) {
-      err = Error(ErrorKind::kInternal, EIO, e.what());
-    }
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      p.oc = std::move(oc);
-      p.hello = h;
-      p.error = std::move(err);
-      p.done = true;
-    }
-    const uint64_t one = 1;
-    (void)!write(wake_.get(), &one, sizeof(one));
-  }
-
-  UniqueFd wake_;
-  std::mutex mu_;
-  std::list<std::unique_ptr<PendingConn>> conns_;
-};
-
 // Phase 1: accept until every channel of one session has introduced itself.
 // Connections progress concurrently (handshake and hello each on their own
 // thread, each with its own deadline), so strays cannot stall the real
@@ -559,16 +441,29 @@ AcceptedSession AcceptSession(Listener& listener, const DestinationOptions& opts
   AcceptedSession session;
   std::optional<wire::Hello> first;
   size_t accepted = 0;
-  PendingSet pending;
-  const size_t max_pending = std::max<size_t>(1, opts.max_pending);
-  // Validates one finished connection; returns true if it joined the session.
-  auto settle = [&](PendingConn& p) {
+  AdmissionOptions ao;
+  ao.security = opts.security;
+  ao.intro_size = wire::kHelloSize;
+  ao.intro_name = "channel hello";
+  ao.timeout = opts.hello_timeout;
+  ao.max_pending = opts.max_pending;
+  ao.log = opts.log;
+  Admission pending(listener, std::move(ao));
+  // Validates one finished connection: it joins the session or is answered
+  // with a status and dropped.
+  auto settle = [&](Admitted& p) {
+    if (p.oc.channel) p.oc.channel->set_io_timeout(opts.io_timeout);
+    wire::Hello h;
+    if (!p.error) {
+      try {
+        h = wire::DecodeHello(p.intro.data());
+      } catch (const Error& e) {
+        p.error = e;
+      }
+    }
     if (p.error) {
-      log("rejected connection from " + p.peer + ": " +
-          (p.dropped ? std::string("dropped: more than ") + std::to_string(max_pending) +
-                           " connections were pending authentication (oldest first)"
-                     : std::string(p.error->what())));
-      if (p.oc.channel && !p.dropped) {
+      log("rejected connection from " + p.peer + ": " + p.error->what());
+      if (p.oc.channel) {
         const uint32_t st = p.error->code() == EPROTO                      ? wire::kRejectedVersion
                             : p.error->kind() == ErrorKind::kIntegrity ? wire::kInvalidHello
                                                                        : wire::kFailed;
@@ -576,7 +471,6 @@ AcceptedSession AcceptSession(Listener& listener, const DestinationOptions& opts
       }
       return;
     }
-    const wire::Hello& h = p.hello;
     uint32_t status = wire::kOk;
     if (first) {
       if (h.session != first->session) status = wire::kRejectedSession;
@@ -618,40 +512,18 @@ AcceptedSession AcceptSession(Listener& listener, const DestinationOptions& opts
                               " channels arrived before the accept timeout"
                         : "no migration arrived before the accept timeout");
     }
-    pollfd fds[2] = {{listener.fd(), POLLIN, 0}, {pending.wake_fd(), POLLIN, 0}};
-    int rc = poll(fds, 2, PollTimeoutMs(left));
-    if (rc < 0 && errno != EINTR) ThrowErrno(ErrorKind::kInternal, errno, "poll");
-    for (auto& p : pending.TakeDone()) {
-      settle(*p);
+    pending.Poll(left);
+    for (auto& p : pending.TakeFinished()) {
+      settle(p);
       if (first && accepted == first->channel_count) break;
     }
-    if (first && accepted == first->channel_count) break;
-    if (rc > 0 && (fds[0].revents & POLLIN)) {
-      int fd = accept4(listener.fd(), nullptr, nullptr, SOCK_CLOEXEC);
-      if (fd < 0) {
-        if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN) continue;
-        if (errno == EMFILE || errno == ENFILE) {
-          // Out of descriptors: make room rather than spin.
-          log("too many open files while accepting; dropping the oldest pending connection (" +
-              pending.DropOldest() + ")");
-          continue;
-        }
-        ThrowErrno(ErrorKind::kInternal, errno, "accept on " + listener.address());
-      }
-      if (pending.size() >= max_pending) {
-        const std::string peer = pending.DropOldest();
-        log("more than " + std::to_string(max_pending) +
-            " connections pending authentication: dropping the oldest (" + peer + ")");
-      }
-      pending.Start(UniqueFd(fd), opts);
-    }
   }
-  for (const std::string& peer : pending.Peers()) {
+  for (const std::string& peer : pending.PendingPeers()) {
     log("closed connection from " + peer + ": still pending authentication when the migration's channels were "
         "complete");
   }
   session.first = *first;
-  return session;  // ~PendingSet cuts the rest short and joins them
+  return session;  // ~Admission cuts the rest short and joins them
 }
 
 // Phase 2: one receiver thread per channel until the final barrier (and END

@@ -129,9 +129,9 @@ struct DestinationOptions {
   uint64_t memory_size = 0;
   SecurityConfig security;
   std::chrono::milliseconds accept_timeout{60000};
-  // A connection that says nothing for this long after connecting (TLS:
-  // after the handshake) is a stray and is dropped, so a silent peer cannot
-  // stall the accept loop.
+  // The TLS handshake must end within this, handshake and hello within
+  // twice this of the accept; else the connection is a stray and is
+  // dropped, so a silent or trickling peer cannot stall the accept loop.
   std::chrono::milliseconds hello_timeout{10000};
   // After the session's channels are accepted: no progress on a channel for
   // this long ends the migration (Error(kTimeout)). Negative: forever.
@@ -141,7 +141,8 @@ struct DestinationOptions {
   uint64_t max_size = 0;
   // Connections in their TLS handshake or hello at once. Each progresses on
   // its own (a silent one cannot delay the others); beyond this many, the
-  // oldest pending one is dropped and logged.
+  // overflow rule of transport/admission.h drops the oldest pending
+  // connection of the busiest source address (logged).
   size_t max_pending = 32;
   Progress* progress = nullptr;
   std::function<void(const std::string&)> log;  // notices (rejected strays, ...)

@@ -2,11 +2,9 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <condition_variable>
 #include <cstring>
 #include <list>
 #include <map>
@@ -19,6 +17,7 @@
 #include "base/fd_wait.h"
 #include "base/unique_fd.h"
 #include "channel/address.h"
+#include "transport/admission.h"
 #include "transport/protocol.h"
 #include "util/stream_digest.h"
 
@@ -309,7 +308,9 @@ class ReapingThreads {
 // Connection threads and their results; the accept loops own one.
 class ConnSet {
  public:
-  explicit ConnSet(const TunnelOptions& opts) : opts_(opts) {}
+  // `ended`: called (on the connection's thread) after each connection has
+  // ended and released its sockets; the accept loop's Wake().
+  ConnSet(const TunnelOptions& opts, std::function<void()> ended) : opts_(opts), ended_(std::move(ended)) {}
   ~ConnSet() { threads_.JoinAll(); }
 
   void Start(std::function<TunnelConnReport()> run) {
@@ -321,12 +322,15 @@ class ConnSet {
         r.error = e.what();
       }
       if (opts_.on_conn_done) opts_.on_conn_done(r);
-      std::lock_guard<std::mutex> g(mu_);
-      report_.connections++;
-      report_.failed += (r.error.empty() || r.error == kStopping) ? 0 : 1;
-      report_.bytes_up += r.bytes_up;
-      report_.bytes_down += r.bytes_down;
-      report_.conns.push_back(r);
+      {
+        std::lock_guard<std::mutex> g(mu_);
+        report_.connections++;
+        report_.failed += (r.error.empty() || r.error == kStopping) ? 0 : 1;
+        report_.bytes_up += r.bytes_up;
+        report_.bytes_down += r.bytes_down;
+        report_.conns.push_back(r);
+      }
+      if (ended_) ended_();
     });
   }
 
@@ -364,6 +368,7 @@ class ConnSet {
 
  private:
   const TunnelOptions& opts_;
+  std::function<void()> ended_;
   std::mutex mu_;
   TunnelReport report_;
   std::map<uint64_t, std::function<void()>> aborts_;
@@ -462,15 +467,12 @@ void Log(const TunnelOptions& o, const std::string& s) {
   if (o.log) o.log(s);
 }
 
-// Waits for a connection on `l` in slices, so a stop request is seen.
-std::optional<UniqueFd> AcceptOrStop(Listener& l, const TunnelOptions& o, ConnSet& conns) {
+// Waits for a connection in slices, so a stop request is seen. Failing
+// accepts follow the one policy of channel/acceptor.h.
+std::optional<UniqueFd> AcceptOrStop(Acceptor& acceptor, const TunnelOptions& o, ConnSet& conns) {
   while (!Stopping(o, conns)) {
     conns.Reap();
-    if (PollFd(l.fd(), POLLIN, std::chrono::milliseconds(100)) == 0) continue;
-    int fd = accept4(l.fd(), nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd >= 0) return UniqueFd(fd);
-    if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN) continue;
-    ThrowErrno(ErrorKind::kInternal, errno, "accept on " + l.address());
+    if (auto a = acceptor.Next(std::chrono::milliseconds(100))) return std::move(a->fd);
   }
   return std::nullopt;
 }
@@ -482,9 +484,13 @@ TunnelReport RunTunnelSource(const TunnelOptions& opts) {
   Log(opts, "tunnel: listening on " + l.address() + " (plaintext, local), forwarding over " +
                 (opts.security.tls ? "TLS" : "PLAINTEXT") + " to " + opts.target);
   const wire::Uuid session = wire::RandomUuid();
-  ConnSet conns(opts);
+  Acceptor::Options ao;
+  ao.log = opts.log;
+  ao.prefix = "tunnel: ";
+  Acceptor acceptor(l, std::move(ao));
+  ConnSet conns(opts, [&acceptor] { acceptor.Wake(); });
   for (uint64_t seq = 0;; ++seq) {
-    std::optional<UniqueFd> local = AcceptOrStop(l, opts, conns);
+    std::optional<UniqueFd> local = AcceptOrStop(acceptor, opts, conns);
     if (!local) break;
     const std::string from = SockName(local->get(), true);
     Log(opts, "tunnel: connection " + std::to_string(seq) + " from " + from);
@@ -504,52 +510,39 @@ TunnelReport RunTunnelDestination(const TunnelOptions& opts) {
   Listener l = Listener::Listen(opts.listen);
   Log(opts, "tunnel: listening on " + l.address() + " for " + (opts.security.tls ? "TLS" : "PLAINTEXT") +
                 " tunnel connections, forwarding to " + opts.target);
-  ConnSet conns(opts);
-
-  // Pending: handshake + header, each on its own thread with its own deadline.
+  // Pending: handshake + header, each on its own thread with its own
+  // deadline (admission.h); then ready, until it is that connection's turn.
+  AdmissionOptions ao;
+  ao.security = opts.security;
+  ao.intro_size = kTunnelHeaderSize;
+  ao.intro_name = "tunnel header";
+  ao.timeout = opts.hello_timeout;
+  ao.max_pending = opts.max_pending;
+  ao.log = opts.log;
+  ao.prefix = "tunnel: ";
+  Admission admission(l, std::move(ao));
+  ConnSet conns(opts, [&admission] { admission.Wake(); });
   struct Ready {
     OpenedChannel tls;
     TunnelHeader hdr;
     Clock::time_point at;
   };
-  std::mutex mu;
-  std::condition_variable cv;
   std::map<std::pair<wire::Uuid, uint64_t>, Ready> ready;
-  ReapingThreads pending;
-  std::atomic<size_t> pending_count{0};
-  UniqueFd wake(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!wake) ThrowErrno(ErrorKind::kInternal, errno, "eventfd");
   std::map<wire::Uuid, uint64_t> next_seq;
 
-  auto start_pending = [&](UniqueFd fd) {
-    const std::string peer = SockName(fd.get(), true);
-    ++pending_count;
-    pending.Start([&, peer, fd = std::make_shared<UniqueFd>(std::move(fd))] {
+  auto take_admitted = [&] {
+    for (Admitted& a : admission.TakeFinished()) {
       try {
-        SecurityConfig sec = opts.security;
-        if (sec.tls) sec.tls_options.handshake_timeout = std::min(sec.tls_options.handshake_timeout, opts.hello_timeout);
-        OpenedChannel tls = OpenServerChannel(std::move(*fd), sec);
-        if (!tls.channel->wait_readable(opts.hello_timeout)) {
-          throw Error(ErrorKind::kTimeout, ETIMEDOUT, "sent no tunnel header within " +
-                                                          std::to_string(opts.hello_timeout.count()) + " ms");
-        }
-        uint8_t buf[kTunnelHeaderSize];
-        tls.channel->set_io_timeout(opts.hello_timeout);
-        if (!tls.channel->read_all(buf, sizeof(buf))) throw Error(ErrorKind::kPeer, EPIPE, "closed before its header");
-        tls.channel->set_io_timeout(std::chrono::milliseconds(-1));  // tunnel reads may idle
-        TunnelHeader h = DecodeTunnelHeader(buf);
+        if (a.error) throw *a.error;
+        const TunnelHeader h = DecodeTunnelHeader(a.intro.data());
         // Said before it may wait for its turn: tests (and operators) see
         // which connections are authenticated and queued.
-        Log(opts, "tunnel: connection " + std::to_string(h.seq) + " authenticated (from " + peer + ")");
-        std::lock_guard<std::mutex> g(mu);
-        ready[{h.session, h.seq}] = Ready{std::move(tls), h, Clock::now()};
-      } catch (const std::exception& e) {
-        Log(opts, "tunnel: rejected connection from " + peer + ": " + e.what());
+        Log(opts, "tunnel: connection " + std::to_string(h.seq) + " authenticated (from " + a.peer + ")");
+        ready[{h.session, h.seq}] = Ready{std::move(a.oc), h, Clock::now()};
+      } catch (const Error& e) {
+        Log(opts, "tunnel: rejected connection from " + a.peer + ": " + e.what());
       }
-      --pending_count;
-      const uint64_t one = 1;
-      (void)!write(wake.get(), &one, sizeof(one));
-    });
+    }
   };
 
   // Forwards every ready connection whose turn it is, strictly in the
@@ -557,25 +550,22 @@ TunnelReport RunTunnelDestination(const TunnelOptions& opts) {
   auto forward_ready = [&] {
     for (;;) {
       std::optional<Ready> go;
-      {
-        std::lock_guard<std::mutex> g(mu);
-        for (auto it = ready.begin(); it != ready.end(); ++it) {
-          uint64_t& next = next_seq[it->first.first];
-          if (it->first.second == next) {
-            go = std::move(it->second);
-            ready.erase(it);
-            ++next;
-            break;
-          }
-          if (it->first.second > next && Clock::now() - it->second.at > opts.order_timeout) {
-            Log(opts, "tunnel: connection " + std::to_string(next) + " of session " + wire::UuidString(it->first.first) +
-                          " never arrived; forwarding " + std::to_string(it->first.second) + " and later ones");
-            next = it->first.second;
-            go = std::move(it->second);
-            ready.erase(it);
-            ++next;
-            break;
-          }
+      for (auto it = ready.begin(); it != ready.end(); ++it) {
+        uint64_t& next = next_seq[it->first.first];
+        if (it->first.second == next) {
+          go = std::move(it->second);
+          ready.erase(it);
+          ++next;
+          break;
+        }
+        if (it->first.second > next && Clock::now() - it->second.at > opts.order_timeout) {
+          Log(opts, "tunnel: connection " + std::to_string(next) + " of session " + wire::UuidString(it->first.first) +
+                        " never arrived; forwarding " + std::to_string(it->first.second) + " and later ones");
+          next = it->first.second;
+          go = std::move(it->second);
+          ready.erase(it);
+          ++next;
+          break;
         }
       }
       if (!go) return;
@@ -600,28 +590,11 @@ TunnelReport RunTunnelDestination(const TunnelOptions& opts) {
   };
 
   while (!Stopping(opts, conns)) {
-    pollfd fds[2] = {{l.fd(), POLLIN, 0}, {wake.get(), POLLIN, 0}};
-    int rc = poll(fds, 2, 100);
-    if (rc < 0 && errno != EINTR) ThrowErrno(ErrorKind::kInternal, errno, "poll");
-    uint64_t v;
-    while (read(wake.get(), &v, sizeof(v)) > 0) {
-    }
-    pending.ReapFinished();
+    admission.Poll(std::chrono::milliseconds(100));  // also the order_timeout's tick
     conns.Reap();
+    take_admitted();
     forward_ready();
-    if (rc > 0 && (fds[0].revents & POLLIN)) {
-      int fd = accept4(l.fd(), nullptr, nullptr, SOCK_CLOEXEC);
-      if (fd < 0) continue;
-      if (pending_count.load() >= opts.max_pending) {
-        Log(opts, "tunnel: more than " + std::to_string(opts.max_pending) +
-                      " connections pending authentication: refusing " + SockName(fd, true));
-        ::close(fd);
-        continue;
-      }
-      start_pending(UniqueFd(fd));
-    }
   }
-  pending.JoinAll();
   return conns.Finish(opts.stop && opts.stop->load());
 }
 

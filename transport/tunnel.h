@@ -77,11 +77,14 @@ struct TunnelOptions {
   std::string target;
   SecurityConfig security;
   std::chrono::milliseconds connect_timeout{10000};
-  // Handshake plus tunnel header, per pending connection (destination side).
+  // Destination side, per pending connection: the TLS handshake within
+  // this, handshake and tunnel header within twice this of the accept.
   std::chrono::milliseconds hello_timeout{10000};
   // A write that makes no progress for this long aborts that connection
   // (reads may idle: a migration's return path is quiet for long stretches).
   std::chrono::milliseconds io_timeout{30000};
+  // Destination side: connections in handshake/header at once; beyond
+  // this the overflow rule of transport/admission.h drops one (logged).
   size_t max_pending = 32;
   // Destination side: how long to wait for a missing earlier connection
   // before forwarding the later ones anyway (logged).
