@@ -22,6 +22,7 @@
 
 #include <gtest/gtest.h>
 
+#include "base/unique_fd.h"
 #include "tests/cli_util.h"
 #include "transport/protocol.h"
 #include "util/sha256.h"
@@ -186,8 +187,45 @@ TEST_P(RelayFaults, InputShrinkingDuringTheMigrationIsExit5) {
   std::ofstream(resume).put('1');
   const int send_rc = p.send->Wait(60s), recv_rc = p.recv->Wait(60s);
   EXPECT_EQ(send_rc, 5) << p.Outputs();
-  EXPECT_TRUE(Has(p.send->output(), "changed size during the migration")) << p.Outputs();
+  EXPECT_TRUE(Has(p.send->output(), "changed during the migration (size ")) << p.Outputs();
   EXPECT_EQ(recv_rc, 1) << p.Outputs();
+  p.ExpectNothingLeft();
+}
+
+// The input is rewritten in place (same size: only its middle changes)
+// while the migration runs. What was sent is neither the old nor the new
+// file as a whole, so the source must not let it be committed: exit 5
+// naming the file, before END; the destination sees the source go away
+// before the end and keeps nothing.
+TEST_P(RelayFaults, InputRewrittenInPlaceIsExit5AndNotCommitted) {
+  Dir in;
+  const std::string input = in.path + "/guest.img", resume = in.path + "/go";
+  {
+    std::ofstream f(input, std::ios::binary);
+    std::vector<char> chunk(1 << 20);
+    for (size_t i = 0; i < chunk.size(); ++i) chunk[i] = static_cast<char>(i * 7 + 1);
+    for (int i = 0; i < 32; ++i) f.write(chunk.data(), chunk.size());
+  }
+  Path p(GetParam(), {"stall:up:0:1M"}, {}, resume);
+  p.Send({"--input", input, "--channels", "1"});
+  // Bytes reached the relay: the source has read its input and is sending.
+  ASSERT_TRUE(p.relay->WaitFor("stall up conn 0", 60s)) << p.Outputs();
+  {
+    // Like `dd conv=notrunc` into the middle: same size, new bytes.
+    UniqueFd fd(open(input.c_str(), O_WRONLY | O_CLOEXEC));
+    ASSERT_TRUE(fd);
+    std::vector<char> other(64 << 10, 'X');
+    ASSERT_EQ(pwrite(fd.get(), other.data(), other.size(), 16 << 20), static_cast<ssize_t>(other.size()));
+  }
+  struct stat st{};
+  ASSERT_EQ(stat(input.c_str(), &st), 0);
+  ASSERT_EQ(st.st_size, 32 << 20);
+  std::ofstream(resume).put('1');
+  const int send_rc = p.send->Wait(60s), recv_rc = p.recv->Wait(60s);
+  EXPECT_EQ(send_rc, 5) << p.Outputs();
+  EXPECT_TRUE(Has(p.send->output(), input) && Has(p.send->output(), "changed during the migration")) << p.Outputs();
+  EXPECT_EQ(recv_rc, 1) << p.Outputs();
+  EXPECT_FALSE(Has(p.recv->output(), "verified")) << p.Outputs();
   p.ExpectNothingLeft();
 }
 
