@@ -122,6 +122,25 @@ TEST_P(RelayFaults, StalledPathTimesOutOnBothEnds) {
   p.ExpectNothingLeft();
 }
 
+// The same stall, timed at the source: with --io-timeout 2 it must end
+// within the bound plus a small margin after its writes stop moving (it
+// took 2-3x the bound on the plaintext path when a send cut short by
+// SO_SNDTIMEO counted as progress).
+TEST_P(RelayFaults, StalledPathEndsTheSourceWithinItsIoTimeout) {
+  Path p(GetParam(), {"stall:up:0:2M"}, {"--io-timeout", "60"});
+  p.Send({"--size", "256M", "--channels", "1", "--io-timeout", "2"});
+  ASSERT_TRUE(p.relay->WaitFor("stall up conn 0", 60s)) << p.Outputs();
+  const auto t0 = Clock::now();
+  const int send_rc = p.send->Wait(60s);
+  const auto took = Clock::now() - t0;
+  EXPECT_EQ(send_rc, 1) << p.Outputs();
+  EXPECT_TRUE(Has(p.send->output(), "no progress for 2 s")) << p.Outputs();
+  // The relay's own socket buffers take some bytes after the stall line,
+  // so the bound starts a little later than t0: 2 s + 1 s of margin.
+  EXPECT_LT(took, 3s) << "send ended " << std::chrono::duration<double>(took).count()
+                      << " s after the stall with --io-timeout 2\n" << p.Outputs();
+}
+
 // A connection cut in the middle of a TLS record (or of a packet) is a
 // truncation: exit 1 on both ends, never "forged".
 TEST_P(RelayFaults, CutMidStreamIsTruncationNotForgery) {
