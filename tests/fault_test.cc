@@ -439,6 +439,75 @@ TEST(Usage, BadNumbersNameTheFlag) {
   EXPECT_TRUE(Has(out, "bad --max-size 'lots'")) << out;
 }
 
+// Addresses that cannot work are the user's to fix (2), found before any
+// connection or listening: a port 0 to connect to, a listen address that
+// is no address (999.1.1.1) or does not resolve.
+TEST(Usage, ImpossibleAddressesAreExit2) {
+  std::string out;
+  EXPECT_EQ(RunCli({"send", "--connect", "127.0.0.1:0", "--size", "1M", "--no-tls"}, &out, 20s), 2) << out;
+  EXPECT_TRUE(Has(out, "port 0")) << out;
+  for (const char* listen : {"999.1.1.1:7000", "no-such-host.invalid:7000"}) {
+    EXPECT_EQ(RunCli({"recv", "--listen", listen, "--output", "/tmp/ktm-never.img", "--no-tls"}, &out, 20s), 2)
+        << listen << ": " << out;
+    EXPECT_TRUE(Has(out, "cannot listen on")) << out;
+    EXPECT_FALSE(Has(out, "listening on")) << out;
+  }
+}
+
+// A bad --tls-priority is refused at startup (2), before recv listens (it
+// used to listen and then refuse every source) and before send connects.
+TEST(Usage, BadTlsPriorityIsExit2AtStartup) {
+  std::string out;
+  EXPECT_EQ(RunCli(Cat({"recv", "--listen", "127.0.0.1:0", "--output", "/tmp/ktm-never.img", "--tls-priority",
+                        "NORMAL:+NO-SUCH-THING"},
+                       {"--tls-creds", Pki()}),
+                   &out, 20s),
+            2)
+      << out;
+  EXPECT_TRUE(Has(out, "bad TLS priority string 'NORMAL:+NO-SUCH-THING'")) << out;
+  EXPECT_FALSE(Has(out, "listening on")) << out;
+  EXPECT_EQ(RunCli(Cat({"send", "--connect", "127.0.0.1:1", "--size", "1M", "--tls-priority", "BOGUS"},
+                       Security(true)),
+                   &out, 20s),
+            2)
+      << out;
+  EXPECT_TRUE(Has(out, "bad TLS priority string 'BOGUS'")) << out;
+}
+
+// Any legal output name works: a 250-byte name (legal, 255 is the limit)
+// used to be refused because ".partial.XXXXXX" did not fit beside it.
+TEST(Usage, LongestLegalOutputNameIsReceived) {
+  Dir d;
+  const std::string out_file = d.path + "/" + std::string(250, 'n');
+  auto recv = std::make_unique<Subprocess>(
+      Cat({Cli(), "recv", "--listen", "127.0.0.1:0", "--output", out_file, "--timeout", "60"}, Security(false)));
+  ASSERT_TRUE(recv->WaitFor("listening on", 30s)) << recv->output();
+  std::string out;
+  EXPECT_EQ(RunCli(Cat({"send", "--connect", "127.0.0.1:" + PortFrom(recv->output()), "--size", "1M", "--quiet"},
+                       Security(false)),
+                   &out),
+            0)
+      << out;
+  EXPECT_EQ(recv->Wait(60s), 0) << recv->output();
+  struct stat st{};
+  EXPECT_EQ(stat(out_file.c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 1 << 20);
+}
+
+// A private key readable by anyone: the CLI warns, naming file and mode.
+TEST(Usage, KeyReadableByOthersIsWarnedAbout) {
+  Dir d;
+  testing::GenerateCerts(d.path + "/pki", "localhost", "127.0.0.1");
+  const std::string key = d.path + "/pki/server-key.pem";
+  ASSERT_EQ(chmod(key.c_str(), 0644), 0);
+  std::string out;
+  // --timeout 1: nothing connects; the warning comes before listening.
+  RunCli({"recv", "--listen", "127.0.0.1:0", "--output", d.path + "/o.img", "--tls-creds", d.path + "/pki",
+          "--timeout", "1"},
+         &out, 20s);
+  EXPECT_TRUE(Has(out, "WARNING: private key " + key + " has mode 0644")) << out;
+}
+
 TEST(Usage, UnparsableOrEmptyPemIsExit3NamingTheFile) {
   Dir d;
   const std::string empty = d.path + "/empty.pem", junk = d.path + "/junk.pem";

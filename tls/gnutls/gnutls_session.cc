@@ -129,6 +129,17 @@ void TellPeerAndLinger(gnutls_session_t s, int fd, int rc) {
 
 }  // namespace
 
+void GnutlsSession::CheckPriority(const std::string& priority) {
+  gnutls_priority_t cache = nullptr;
+  const char* err_pos = nullptr;
+  const int rc = gnutls_priority_init(&cache, priority.c_str(), &err_pos);
+  if (rc < 0) {
+    throw Error(ErrorKind::kUsage, EINVAL, "bad TLS priority string '" + priority + "' near '" +
+                            (err_pos ? err_pos : "") + "': " + gnutls_strerror(rc));
+  }
+  gnutls_priority_deinit(cache);
+}
+
 std::unique_ptr<GnutlsSession> GnutlsSession::Handshake(UniqueFd fd, const TlsOptions& o) {
   if (!o.creds) throw Error(ErrorKind::kUsage, EINVAL, "TLS needs credentials", Remedy::kCredentials);
   if (o.role == TlsRole::kClient && o.verify_peer && o.peer_name.empty()) {

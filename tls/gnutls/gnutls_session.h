@@ -20,6 +20,9 @@ class GnutlsSession final : public TlsSession {
   // "GnuTLS 3.7.9".
   static std::string LibraryVersion();
 
+  // See CheckTlsPriority().
+  static void CheckPriority(const std::string& priority);
+
   // The GnuTLS handle, for the record channel and backend tests.
   gnutls_session_t native() const { return session_.get(); }
 
