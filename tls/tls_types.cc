@@ -63,6 +63,10 @@ Error AlertReceivedError(uint8_t d, const std::string& during) {
       return Error(ErrorKind::kSecurity, ECONNABORTED,
                    "the peer refused our certificate: it sent TLS alert " + TlsAlertName(d) + " during " + during +
                        " (its log says why; check that it trusts our CA and that our certificate is valid)");
+    case 20:  // bad_record_mac: a record of ours failed authentication at the peer
+      return Error(ErrorKind::kIntegrity, EBADMSG,
+                   "the peer refused our data: it sent TLS alert " + TlsAlertName(d) + " during " + during +
+                       " (a record failed authentication there: corrupted or tampered with in transit)");
     default:
       return Error(ErrorKind::kPeer, ECONNABORTED, "peer sent TLS alert " + TlsAlertName(d) + " during " + during);
   }

@@ -201,9 +201,14 @@ ErrorKind KindOfStatus(uint32_t st) {
 // `first` first, until one has a verdict, or every one has ended (EOF or an
 // error: nothing more can come; a destination that exits ends them all at
 // once), or `bound` has passed. Returns the status, or kOk for none.
+// A read that fails with an integrity error is a verdict too (kRefusedData,
+// the error in `*refused`): over TLS the channel that carried a bad record
+// is dead at the destination and cannot carry DONE, but its TLS alert
+// (bad_record_mac) arrives in its place.
 // Reading while the channel's sender thread writes is fine: a session takes
 // one reader and one writer.
-uint32_t AwaitVerdict(std::vector<OpenedChannel>& chans, size_t first, std::chrono::milliseconds bound) {
+uint32_t AwaitVerdict(std::vector<OpenedChannel>& chans, size_t first, std::chrono::milliseconds bound,
+                      std::optional<Error>* refused) {
   const auto deadline = Clock::now() + bound;
   std::vector<bool> ended(chans.size(), false);
   size_t open = chans.size();
@@ -216,8 +221,12 @@ uint32_t AwaitVerdict(std::vector<OpenedChannel>& chans, size_t first, std::chro
         if (!ch.wait_readable(std::chrono::milliseconds(20))) continue;
         uint8_t done[wire::kAckSize];
         if (ch.read_all(done, sizeof(done))) return wire::DecodeU32Pair(wire::kDoneMagic, done, "completion message");
-      } catch (const Error&) {
-        // this channel cannot tell
+      } catch (const Error& e) {
+        if (e.kind() == ErrorKind::kIntegrity) {
+          *refused = e;
+          return wire::kRefusedData;
+        }
+        // otherwise this channel cannot tell
       }
       ended[c] = true;
       --open;
@@ -235,10 +244,10 @@ std::chrono::milliseconds VerdictBound(const SourceOptions& opts) {
   return opts.io_timeout.count() >= 0 ? std::min(cap, opts.io_timeout) : cap;
 }
 
-Error VerdictError(uint32_t st, const Error& cause) {
+Error VerdictError(uint32_t st, const Error& cause, const std::optional<Error>& refused) {
+  const std::string why = refused ? refused->what() : wire::StatusText(st);
   return Error(KindOfStatus(st), EIO,
-               std::string("the destination stopped the migration: ") + wire::StatusText(st) + " (here: " +
-                   cause.what() + ")");
+               std::string("the destination stopped the migration: ") + why + " (here: " + cause.what() + ")");
 }
 
 // After the workers have stopped: nobody else uses the channels now.
@@ -249,8 +258,9 @@ void ThrowDestinationVerdict(std::vector<OpenedChannel>& chans, const Error& cau
     } catch (const Error&) {
     }
   }
-  const uint32_t st = AwaitVerdict(chans, 0, bound);
-  if (st != wire::kOk) throw VerdictError(st, cause);
+  std::optional<Error> refused;
+  const uint32_t st = AwaitVerdict(chans, 0, bound, &refused);
+  if (st != wire::kOk) throw VerdictError(st, cause, refused);
 }
 
 // Phase 1: connect and introduce every channel before any page moves, so a
@@ -329,8 +339,9 @@ void StreamIterations(PageSource& src, const SourceOptions& opts, std::vector<Op
         verdict_probed = true;
         // The failing channel first: its write failed but what the
         // destination sent before resetting is still queued for reading.
-        const uint32_t st = AwaitVerdict(chans, failing, VerdictBound(opts));
-        if (st != wire::kOk) verdict = VerdictError(st, *ke);
+        std::optional<Error> refused;
+        const uint32_t st = AwaitVerdict(chans, failing, VerdictBound(opts), &refused);
+        if (st != wire::kOk) verdict = VerdictError(st, *ke, refused);
       }
     }
     failure.Record(verdict ? static_cast<const std::exception&>(*verdict) : e, [&] {
