@@ -475,6 +475,26 @@ TEST(Usage, ImpossibleAddressesAreExit2) {
   }
 }
 
+// One end with TLS, the other without: each side says which, exit 3 (the
+// plaintext source used to exit 1 "peer closed after 7 of 8 bytes": the 7
+// bytes were the TLS alert the destination's failed handshake sent).
+TEST(Usage, PlaintextSourceAgainstTlsDestinationIsExit3) {
+  Dir d;
+  auto recv = std::make_unique<Subprocess>(
+      Cat({Cli(), "recv", "--listen", "127.0.0.1:0", "--output", d.path + "/o.img", "--timeout", "60"},
+          Security(true)));
+  ASSERT_TRUE(recv->WaitFor("listening on", 30s)) << recv->output();
+  std::string out;
+  EXPECT_EQ(RunCli(Cat({"send", "--connect", "127.0.0.1:" + PortFrom(recv->output()), "--size", "1M", "--quiet"},
+                       Security(false)),
+                   &out),
+            3)
+      << out << recv->output();
+  EXPECT_TRUE(Has(out, "it needs TLS")) << out;
+  EXPECT_TRUE(Has(out, "hint: drop --no-tls")) << out;
+  EXPECT_TRUE(recv->WaitFor("did not speak TLS", 30s)) << recv->output();
+}
+
 // A bad --tls-priority is refused at startup (2), before recv listens (it
 // used to listen and then refuse every source) and before send connects.
 TEST(Usage, BadTlsPriorityIsExit2AtStartup) {

@@ -263,6 +263,39 @@ void ThrowDestinationVerdict(std::vector<OpenedChannel>& chans, const Error& cau
   if (st != wire::kOk) throw VerdictError(st, cause, refused);
 }
 
+// Reads channel `i`'s acknowledgement. A plaintext source talking to a TLS
+// destination gets the alert its handshake sent instead (a TLS record:
+// type 21, version 3.x; 7 bytes) and then the end of the stream: that is
+// said as such (kSecurity), not as a truncated message.
+void ReadAck(Channel& ch, bool tls, int i, uint8_t ack[wire::kAckSize]) {
+  size_t got = 0;
+  while (got < wire::kAckSize) {
+    iovec v{ack + got, wire::kAckSize - got};
+    const ReadResult r = ch.readv(std::span<const iovec>(&v, 1));
+    if (r.would_block) {  // a non-blocking channel: wait as readv would
+      if (!ch.wait_readable(ch.io_timeout(/*for_write=*/false))) {
+        throw Error(ErrorKind::kTimeout, ETIMEDOUT, "no acknowledgement of channel " + std::to_string(i));
+      }
+      continue;
+    }
+    if (r.eof()) break;
+    got += r.bytes;
+  }
+  if (got == wire::kAckSize) return;
+  const std::string which = "channel " + std::to_string(i);
+  if (!tls && got >= 3 && (ack[0] == 21 || ack[0] == 22) && ack[1] == 3) {
+    throw Error(ErrorKind::kSecurity, EPROTO,
+                "the destination answered " + which + " with a TLS record, not an acknowledgement: it needs TLS, "
+                    "and this source runs without it",
+                Remedy::kPeerUsesTls);
+  }
+  if (got == 0) {
+    throw Error(ErrorKind::kPeer, ECONNRESET, "destination closed " + which + " before acknowledging it");
+  }
+  throw Error(ErrorKind::kPeer, EPIPE, "destination closed " + which + " after " + std::to_string(got) + " of " +
+                                           std::to_string(wire::kAckSize) + " bytes of its acknowledgement");
+}
+
 // Phase 1: connect and introduce every channel before any page moves, so a
 // bad certificate or a refusing destination stops the migration up front.
 std::vector<OpenedChannel> OpenChannels(const PageSource& src, const SourceOptions& opts, const wire::Uuid& uuid) {
@@ -281,10 +314,7 @@ std::vector<OpenedChannel> OpenChannels(const PageSource& src, const SourceOptio
     wire::EncodeHello(h, buf);
     chans.back().channel->write_all(buf, sizeof(buf));
     uint8_t ack[wire::kAckSize];
-    if (!chans.back().channel->read_all(ack, sizeof(ack))) {
-      throw Error(ErrorKind::kPeer, ECONNRESET,
-                  "destination closed channel " + std::to_string(i) + " before acknowledging it");
-    }
+    ReadAck(*chans.back().channel, opts.security.tls, i, ack);
     uint32_t st = wire::DecodeU32Pair(wire::kAckMagic, ack, "channel acknowledgement");
     if (st != wire::kOk) {
       throw Error(KindOfStatus(st), EPROTO,
