@@ -272,6 +272,23 @@ TEST_P(RelayFaults, InputRewrittenInPlaceIsExit5AndNotCommitted) {
 INSTANTIATE_TEST_SUITE_P(PlainAndTls, RelayFaults, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "Tls" : "Plain"; });
 
+// A TLS handshake altered in transit is not "is the peer running with
+// --no-tls?": both ends saw the other speak TLS, so they say the handshake
+// was corrupted or tampered with, exit 4 at the source; the destination
+// rejects that connection and goes on listening.
+TEST(RelayFaultsTls, TamperedHandshakeIsCalledCorruptedNotPlaintext) {
+  for (const char* fault : {"flip:down:0:300", "flip:down:0:60", "flip:up:0:100"}) {
+    Path p(true, {fault});
+    p.Send({"--size", "1M", "--channels", "1"});
+    EXPECT_EQ(p.send->Wait(60s), 4) << fault << "\n" << p.Outputs();
+    EXPECT_TRUE(Has(p.send->output(), "corrupted or tampered with in transit")) << fault << "\n" << p.Outputs();
+    EXPECT_FALSE(Has(p.send->output(), "--no-tls")) << fault << "\n" << p.Outputs();
+    EXPECT_TRUE(p.recv->WaitFor("rejected connection", 30s)) << p.Outputs();
+    EXPECT_TRUE(Has(p.recv->output(), "corrupted or tampered with in transit")) << fault << "\n" << p.Outputs();
+    EXPECT_FALSE(Has(p.recv->output(), "running without TLS")) << fault << "\n" << p.Outputs();
+  }
+}
+
 // Only DONE is lost (plaintext: the 8 bytes after the 8-byte ack): the
 // destination has committed and exits 0; the source cannot confirm and says
 // so within its io timeout (plus 1 s per 64 MiB for the destination's

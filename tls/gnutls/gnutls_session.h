@@ -44,6 +44,9 @@ class GnutlsSession final : public TlsSession {
   GnutlsSession() = default;
   UniqueFd fd_;
   GnutlsSessionPtr session_;
+  // Handshake messages received from the peer (a GnuTLS hook counts them):
+  // tells a peer that never spoke TLS from a handshake corrupted in transit.
+  unsigned peer_handshake_messages_ = 0;
 };
 
 }  // namespace ktm
