@@ -269,6 +269,33 @@ TEST_P(RelayFaults, InputRewrittenInPlaceIsExit5AndNotCommitted) {
   p.ExpectNothingLeft();
 }
 
+// A second source while a migration runs is told at once that the
+// destination is busy (exit 1, saying so), instead of waiting for the first
+// to end and then reading the closed listener as a refused certificate.
+// The first migration is unharmed.
+TEST_P(RelayFaults, SecondSourceIsToldTheDestinationIsBusy) {
+  Dir in;
+  const std::string resume = in.path + "/go";
+  Path p(GetParam(), {"stall:up:0:1M"}, {}, resume);
+  p.Send({"--size", "8M", "--channels", "2"});
+  ASSERT_TRUE(p.relay->WaitFor("stall up conn 0", 60s)) << p.Outputs();
+  std::string out;
+  const auto t0 = Clock::now();
+  const int rc = RunCli(Cat({"send", "--connect", "127.0.0.1:" + PortFrom(p.recv->output()), "--size", "1M",
+                             "--quiet", "--channels", "2"},
+                            Security(GetParam())),
+                        &out);
+  EXPECT_LT(Clock::now() - t0, 10s) << out;
+  EXPECT_EQ(rc, 1) << out << p.Outputs();
+  EXPECT_TRUE(Has(out, "busy with another migration")) << out;
+  EXPECT_FALSE(Has(out, "certificate")) << out;
+  EXPECT_TRUE(p.recv->WaitFor("that a migration is running", 10s)) << p.Outputs();
+  std::ofstream(resume).put('1');
+  const auto [send_rc, recv_rc] = p.WaitBoth(60s);
+  EXPECT_EQ(send_rc, 0) << p.Outputs();
+  EXPECT_EQ(recv_rc, 0) << p.Outputs();
+}
+
 INSTANTIATE_TEST_SUITE_P(PlainAndTls, RelayFaults, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "Tls" : "Plain"; });
 

@@ -19,6 +19,7 @@
 #include "base/fd_wait.h"
 #include "base/periodic.h"
 #include "base/unique_fd.h"
+#include "transport/busy_responder.h"
 #include "transport/first_failure.h"
 #include "transport/migration.h"
 #include "transport/phase_clock.h"
@@ -800,12 +801,23 @@ void CheckOutputPath(const std::string& output) {
   unlink(probe.c_str());
 }
 
+static BusyResponder::Options BusyOptions(const DestinationOptions& opts) {
+  BusyResponder::Options b;
+  b.security = opts.security;
+  b.hello_timeout = opts.hello_timeout;
+  b.max_pending = opts.max_pending;
+  b.log = opts.log;
+  return b;
+}
+
 MigrationReport RunDestination(Listener& listener, const DestinationOptions& opts) {
   CheckOutputPath(opts.output);
   const auto t0 = Clock::now();
   PhaseClock phases;
   phases.Begin("setup");
   AcceptedSession session = AcceptSession(listener, opts, t0 + opts.accept_timeout);
+  // From now until we return, later sources hear "busy" at once.
+  BusyResponder busy(listener, BusyOptions(opts), wire::UuidString(session.first.session));
   const wire::Geometry g{session.first.image_size, session.first.page_size};
   DigestAlgorithm alg = DigestAlgorithm::kXxh3;
   DigestAlgorithmFromWire(session.first.digest, &alg);  // validated by DecodeHello
