@@ -36,6 +36,7 @@ enum class Remedy {
   kPeerName,             // set the name the peer certificate must hold
   kCredentials,          // give credentials (CA, own certificate and key)
   kPeerUsesPlaintext,    // the peer probably runs without TLS
+  kPeerUsesTls,          // the peer speaks TLS and we run without it
   kSendmsgBackend,       // use the sendmsg zero-copy backend instead of io_uring
   kIoUringBackend,       // registering buffers needs the io_uring backend
 };

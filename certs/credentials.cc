@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <ctime>
 #include <vector>
 
@@ -139,6 +140,23 @@ void CheckLeafCert(gnutls_x509_crt_t crt, TlsRole role, const std::string& file)
   }
 }
 
+// The private key's permissions, as ssh checks them ("UNPROTECTED PRIVATE
+// KEY FILE"): "" when only its owner (and at most its group, to read) may
+// touch it.
+std::string KeyModeWarning(const std::string& file) {
+  struct stat st{};
+  if (stat(file.c_str(), &st) != 0) return "";  // loading it has already succeeded or will say why
+  const mode_t perm = st.st_mode & 07777;
+  if ((perm & (S_IRWXO | S_IWGRP)) == 0) return "";
+  char mode[8];
+  std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(perm));
+  return std::string("private key ") + file + " has mode " + mode + ": " +
+         ((perm & S_IROTH)   ? "any user of this host can read it"
+          : (perm & S_IRWXO) ? "other users of this host can access it"
+                             : "its group can change it") +
+         "; restrict it (chmod 600 " + file + ")";
+}
+
 }  // namespace
 
 const CredentialsNative& NativeOf(const Credentials& c) { return *c.native_; }
@@ -184,6 +202,7 @@ std::shared_ptr<Credentials> Credentials::Load(const CredentialFiles& files, Tls
     for (auto& crt : chain) CheckValidity(crt.get(), files.cert);
     CheckLeafCert(chain[0].get(), role, files.cert);
     X509Key key = LoadKey(files.key);
+    if (std::string w = KeyModeWarning(files.key); !w.empty()) c->warnings_.push_back(std::move(w));
     if (KeyId(chain[0].get()) != KeyId(key.get())) {
       throw Error(ErrorKind::kSecurity, EKEYREJECTED, files.key + ": private key does not match the certificate in " + files.cert);
     }

@@ -9,6 +9,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 
 namespace ktm {
@@ -41,6 +42,12 @@ class Credentials {
   static std::shared_ptr<Credentials> Load(const CredentialFiles& files, TlsRole role);
 
   const CredentialFiles& files() const { return files_; }
+  // What Load() accepted but an operator should fix, one sentence each:
+  // a private key file that others may read or write (mode & 0007) or its
+  // group may write (0020), naming the file and its mode, as ssh does. A
+  // warning, not a refusal: a key still works, and a group-readable key
+  // (Debian's ssl-cert group, 0640) is a deliberate setup.
+  const std::vector<std::string>& warnings() const { return warnings_; }
   bool has_own_cert() const { return !files_.cert.empty(); }
   bool has_crl() const { return !files_.crl.empty(); }
 
@@ -48,6 +55,7 @@ class Credentials {
   friend const CredentialsNative& NativeOf(const Credentials& c);
   std::shared_ptr<CredentialsNative> native_;
   CredentialFiles files_;
+  std::vector<std::string> warnings_;
 };
 
 

@@ -1,5 +1,6 @@
 // Acceptor: accept() with the one policy every listener of this project
-// uses (recv and both tunnel ends through transport/admission.h, one-shot
+// uses (recv and both tunnel ends through transport/admission.h, recv's
+// "busy" answers through transport/busy_responder.h, one-shot
 // accepts through Listener::AcceptFd).
 //
 // - The connection died in the backlog (ECONNABORTED, EPROTO, ENETDOWN and

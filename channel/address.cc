@@ -42,6 +42,13 @@ AddrInfoPtr Resolve(const ParsedAddress& a, bool passive) {
   const char* host = a.host.empty() ? nullptr : a.host.c_str();
   int rc = getaddrinfo(host, a.port.c_str(), &hints, &res);
   if (rc != 0) {
+    // An address to listen on is this host's own: one that does not
+    // resolve (a typo, 999.1.1.1) is a usage error, not a peer's failure.
+    if (passive) {
+      throw Error(ErrorKind::kUsage, EINVAL,
+                  "cannot listen on '" + a.host + "': not an address or name of this host (" + gai_strerror(rc) +
+                      ")");
+    }
     throw Error(ErrorKind::kPeer, EHOSTUNREACH, "cannot resolve '" + a.host + "': " + gai_strerror(rc));
   }
   return AddrInfoPtr(res);
@@ -115,6 +122,10 @@ UniqueFd ConnectStream(const std::string& address, std::chrono::milliseconds tim
   if (a.is_unix) {
     sockaddr_un sun = UnixAddr(a.path);
     return ConnectOne(AF_UNIX, reinterpret_cast<sockaddr*>(&sun), sizeof(sun), address, timeout);
+  }
+  if (a.port == "0" || a.port.find_first_not_of('0') == std::string::npos) {
+    throw Error(ErrorKind::kUsage, EINVAL, "cannot connect to '" + address + "': port 0 is not a port one can "
+                "connect to (it means 'any free port' only when listening)");
   }
   AddrInfoPtr res = Resolve(a, /*passive=*/false);
   std::optional<Error> last;

@@ -206,6 +206,13 @@ class Channel {
   // for. Negative: wait forever (the default). Channels apply it to their
   // socket too (SO_RCVTIMEO/SO_SNDTIMEO), so a blocking syscall cannot
   // outlive it. Sets both directions.
+  // What "no byte moves" means for a write: measured from the moment the
+  // channel found no room to queue a byte, not from the start of a syscall
+  // that queued part of the data and then blocked. So a peer that stops
+  // reading ends a write_all about `timeout` after its last accepted byte
+  // (never a multiple of it: a short count that a timer cut off is not
+  // taken as fresh progress), while a slow peer that keeps reading keeps it
+  // alive.
   void set_io_timeout(std::chrono::milliseconds timeout) { set_io_timeouts(timeout, timeout); }
   // The two bounds apart: `read` for reads (and wait_readable-style waits
   // inside them), `write` for writes and flushes (a flush waits for the peer

@@ -7,7 +7,9 @@
 #include <linux/errqueue.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <optional>
 #include <utility>
 
 #include "base/fd_wait.h"
@@ -20,21 +22,42 @@ class MsgZeroCopySender final : public ZeroCopySender {
  public:
   MsgZeroCopySender(int fd, ZeroCopyTracker& tracker) : fd_(fd), tracker_(tracker) {}
 
-  // The socket's SO_SNDTIMEO bounds a blocking sendmsg (SocketChannel sets it).
-  ssize_t Send(std::span<const iovec> iov, bool blocking, std::chrono::milliseconds /*timeout*/) override {
+  // Always MSG_DONTWAIT; blocking callers wait here for room, at most
+  // `timeout` from the moment there is none (-ETIMEDOUT). Not a blocking
+  // sendmsg bounded by SO_SNDTIMEO: cut short by the timer, that returns
+  // the bytes it queued before it blocked, and the caller's next call would
+  // wait the whole timeout again.
+  ssize_t Send(std::span<const iovec> iov, bool blocking, std::chrono::milliseconds timeout) override {
     msghdr msg{};
     msg.msg_iov = const_cast<iovec*>(iov.data());
     msg.msg_iovlen = iov.size();
-    const int flags = MSG_ZEROCOPY | MSG_NOSIGNAL | (blocking ? 0 : MSG_DONTWAIT);
+    using Clock = std::chrono::steady_clock;
+    std::optional<Clock::time_point> deadline;  // set when we first find no room
     for (;;) {
-      ssize_t n = ::sendmsg(fd_, &msg, flags);
+      ssize_t n = ::sendmsg(fd_, &msg, MSG_ZEROCOPY | MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n > 0) {
         tracker_.OnSend();  // the kernel numbered this send; its id is ours
         return n;
       }
       if (n == 0) return 0;
-      if (errno == EINTR) continue;
-      return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+      const int e = errno;
+      if (e == EINTR) continue;
+      if (e != EAGAIN && e != EWOULDBLOCK) return -e;
+      if (!blocking) return -EAGAIN;
+      std::chrono::milliseconds left(-1);
+      if (timeout.count() >= 0) {
+        if (!deadline) deadline = Clock::now() + timeout;
+        left = std::chrono::duration_cast<std::chrono::milliseconds>(*deadline - Clock::now());
+        if (left.count() <= 0) return -ETIMEDOUT;
+      }
+      const short ev = PollFd(fd_, POLLOUT, left);
+      if (ev == 0) return -ETIMEDOUT;
+      // Our own completions on the error queue raise POLLERR: apply them
+      // (they are due anyway) so the next poll sleeps instead of spinning.
+      if ((ev & POLLERR) && !(ev & (POLLOUT | POLLHUP))) {
+        Reap(/*wait=*/false, std::chrono::milliseconds(0));
+        if (error_) return -EIO;  // reported through TakeError
+      }
     }
   }
 

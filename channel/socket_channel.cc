@@ -187,6 +187,7 @@ std::optional<WriteResult> SocketChannel::WriteZeroCopy(std::span<const iovec> i
       Reap(/*block=*/blocking_);
       continue;
     }
+    ThrowPending();  // a failure the sender found while it waited comes first
     ThrowIoError(e, "zero-copy write");
   }
 }
@@ -209,13 +210,18 @@ WriteResult SocketChannel::writev(std::span<const iovec> iov, unsigned flags) {
   msg.msg_iov = const_cast<iovec*>(iov.data());
   msg.msg_iovlen = iov.size();
   for (;;) {
-    ssize_t n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
+    // MSG_DONTWAIT even in blocking mode: a blocking sendmsg that
+    // SO_SNDTIMEO cuts short returns the bytes it queued *before* it
+    // blocked, so the next call would wait the whole timeout again (a
+    // stalled peer held us 2-3x the bound). Here the wait starts when the
+    // socket has no room, and ends at the io timeout.
+    ssize_t n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n >= 0) return WriteResult{static_cast<size_t>(n), false, {}};
     const int e = errno;
     if (e == EINTR) continue;
     if (e == EAGAIN || e == EWOULDBLOCK) {
       if (!blocking_) return WriteResult{0, true, {}};
-      OnBlockingEagain(/*for_write=*/true);
+      WaitWritable();  // throws Error(kTimeout) after the write timeout
       continue;
     }
     ThrowIoError(e, "write");
@@ -339,7 +345,35 @@ bool SocketChannel::wait_readable(std::chrono::milliseconds timeout) {
 
 void SocketChannel::wait_io(bool for_write) {
   CheckOpen("wait");
+  if (for_write) {
+    WaitWritable();
+    return;
+  }
   WaitFdReadyOrThrow(fd_.get(), for_write, io_timeout(for_write), peer_);
+}
+
+void SocketChannel::WaitWritable() {
+  using Clock = std::chrono::steady_clock;
+  const bool bounded = write_timeout_.count() >= 0;
+  const auto deadline = Clock::now() + (bounded ? write_timeout_ : std::chrono::milliseconds(0));
+  for (;;) {
+    std::chrono::milliseconds left(-1);
+    if (bounded) {
+      left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      if (left.count() <= 0) throw IoTimeoutError(/*for_write=*/true, write_timeout_, peer_);
+    }
+    const short ev = PollFd(fd_.get(), POLLOUT, left);
+    if (ev == 0) throw IoTimeoutError(/*for_write=*/true, write_timeout_, peer_);
+    // Room, a hang-up or a socket error: the next send says which.
+    if ((ev & (POLLOUT | POLLHUP)) || !sender_) return;
+    // POLLERR alone: zero-copy notifications queued (or a socket error,
+    // which the reap reports as pending and the next send throws).
+    sender_->Reap(/*wait=*/false, std::chrono::milliseconds(0));
+    if (auto e = sender_->TakeError()) {
+      if (!pending_error_) pending_error_ = std::move(e);
+      return;
+    }
+  }
 }
 
 }  // namespace ktm

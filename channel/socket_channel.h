@@ -112,6 +112,11 @@ class SocketChannel : public Channel {
   // EAGAIN from a blocking call: the socket timeout expired (or, without
   // one, wait and retry).
   void OnBlockingEagain(bool for_write);
+  // Waits for room to send, at most the write timeout from now (then
+  // Error(kTimeout)). Zero-copy notifications on the error queue wake
+  // poll with POLLERR: they are applied and the wait goes on, against the
+  // same deadline (no spin, no restarted clock).
+  void WaitWritable();
   std::string EnobufsMessage() const;
   // Zero-copy send through the sender; nullopt when the socket refused zero
   // copy (then the caller copies, now and from then on).

@@ -29,6 +29,7 @@ const char* FlagAdvice(Remedy r) {
     case Remedy::kCredentials:
       return "pass --tls-creds DIR (or --tls-ca/--tls-cert/--tls-key); 'tls-migrate certs generate' makes a test set";
     case Remedy::kPeerUsesPlaintext: return "is the peer running with --no-tls?";
+    case Remedy::kPeerUsesTls: return "drop --no-tls and give TLS credentials (--tls-creds DIR), as the peer has";
     case Remedy::kSendmsgBackend: return "use --backend sendmsg";
     case Remedy::kIoUringBackend: return "add --backend io_uring (and --no-tls)";
   }

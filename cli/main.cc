@@ -244,8 +244,13 @@ SecurityConfig BuildSecurity(const Args& a, TlsRole role, const std::string& pee
   if (a.has("tls-crl")) f.crl = a.get("tls-crl");
   s.tls_options.role = role;
   s.tls_options.creds = Credentials::Load(f, role);
+  for (const std::string& w : s.tls_options.creds->warnings()) std::fprintf(stderr, "WARNING: %s\n", w.c_str());
   s.tls_options.peer_name = a.get("tls-hostname", peer_host);
-  if (a.has("tls-priority")) s.tls_options.priority = a.get("tls-priority");
+  if (a.has("tls-priority")) {
+    s.tls_options.priority = a.get("tls-priority");
+    // Now, not at the first handshake: a recv would listen and refuse every source.
+    CheckTlsPriority(s.tls_options.backend, s.tls_options.priority);
+  }
   if (a.flag("no-verify-peer")) {
     std::fprintf(stderr, "WARNING: --no-verify-peer: the peer is NOT authenticated; anyone on the path "
                          "can impersonate it.\n");

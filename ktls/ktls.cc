@@ -163,13 +163,17 @@ WriteResult KtlsChannel::writev(std::span<const iovec> iov, unsigned /*flags*/) 
   msg.msg_iovlen = iov.size();
   for (;;) {
     // Never MSG_ZEROCOPY: a ULP socket rejects it with EOPNOTSUPP.
-    ssize_t n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
+    // MSG_DONTWAIT in blocking mode too, then wait for room up to the io
+    // timeout: a blocking sendmsg cut short by SO_SNDTIMEO returns what it
+    // queued before blocking, and the next call would wait the full timeout
+    // again (see SocketChannel::writev).
+    ssize_t n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n >= 0) return WriteResult{static_cast<size_t>(n), false, {}};
     int e = errno;
     if (e == EINTR) continue;
     if (e == EAGAIN) {
       if (!blocking_) return WriteResult{0, true, {}};
-      OnBlockingEagain(true);
+      wait_io(/*for_write=*/true);  // throws Error(kTimeout) after the write timeout
       continue;
     }
     if (e == EPIPE || e == ECONNRESET) {

@@ -37,6 +37,25 @@ TEST(Credentials, LoadsQemuCredsDirForBothRoles) {
   EXPECT_TRUE(Credentials::Load(c, TlsRole::kClient)->has_own_cert());
 }
 
+// A private key others may read is loaded (it works) but named with its
+// mode in a warning, as ssh does; an owner-only key gives none.
+TEST(Credentials, KeyReadableByOthersIsWarnedAboutWithItsMode) {
+  const Pki& p = Pki::Get();
+  CredentialFiles f = CredsDirFiles(p.dir, TlsRole::kServer);
+  ASSERT_EQ(chmod(f.key.c_str(), 0600), 0);
+  EXPECT_TRUE(Credentials::Load(f, TlsRole::kServer)->warnings().empty());
+  ASSERT_EQ(chmod(f.key.c_str(), 0640), 0);  // a group that reads keys (Debian's ssl-cert): deliberate
+  EXPECT_TRUE(Credentials::Load(f, TlsRole::kServer)->warnings().empty());
+  ASSERT_EQ(chmod(f.key.c_str(), 0644), 0);
+  auto c = Credentials::Load(f, TlsRole::kServer);
+  ASSERT_EQ(chmod(f.key.c_str(), 0600), 0);
+  ASSERT_EQ(c->warnings().size(), 1u);
+  const std::string& w = c->warnings()[0];
+  EXPECT_NE(w.find(f.key), std::string::npos) << w;
+  EXPECT_NE(w.find("mode 0644"), std::string::npos) << w;
+  EXPECT_NE(w.find("chmod 600"), std::string::npos) << w;
+}
+
 TEST(Credentials, MissingCaInCredsDirExplainsTheLayout) {
   try {
     CredsDirFiles("/nonexistent-dir", TlsRole::kServer);

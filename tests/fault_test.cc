@@ -22,6 +22,7 @@
 
 #include <gtest/gtest.h>
 
+#include "base/unique_fd.h"
 #include "tests/cli_util.h"
 #include "transport/protocol.h"
 #include "util/sha256.h"
@@ -121,6 +122,25 @@ TEST_P(RelayFaults, StalledPathTimesOutOnBothEnds) {
   p.ExpectNothingLeft();
 }
 
+// The same stall, timed at the source: with --io-timeout 2 it must end
+// within the bound plus a small margin after its writes stop moving (it
+// took 2-3x the bound on the plaintext path when a send cut short by
+// SO_SNDTIMEO counted as progress).
+TEST_P(RelayFaults, StalledPathEndsTheSourceWithinItsIoTimeout) {
+  Path p(GetParam(), {"stall:up:0:2M"}, {"--io-timeout", "60"});
+  p.Send({"--size", "256M", "--channels", "1", "--io-timeout", "2"});
+  ASSERT_TRUE(p.relay->WaitFor("stall up conn 0", 60s)) << p.Outputs();
+  const auto t0 = Clock::now();
+  const int send_rc = p.send->Wait(60s);
+  const auto took = Clock::now() - t0;
+  EXPECT_EQ(send_rc, 1) << p.Outputs();
+  EXPECT_TRUE(Has(p.send->output(), "no progress for 2 s")) << p.Outputs();
+  // The relay's own socket buffers take some bytes after the stall line,
+  // so the bound starts a little later than t0: 2 s + 1 s of margin.
+  EXPECT_LT(took, 3s) << "send ended " << std::chrono::duration<double>(took).count()
+                      << " s after the stall with --io-timeout 2\n" << p.Outputs();
+}
+
 // A connection cut in the middle of a TLS record (or of a packet) is a
 // truncation: exit 1 on both ends, never "forged".
 TEST_P(RelayFaults, CutMidStreamIsTruncationNotForgery) {
@@ -167,6 +187,28 @@ TEST_P(RelayFaults, DuplicatedBytesAreRefused) {
   p.ExpectNothingLeft();
 }
 
+// The same with one channel, where no other channel can carry the
+// destination's verdict: over TLS the dead channel's bad_record_mac alert
+// tells the source (it exited 1 "truncated ... without close_notify" every
+// time). Repeated: the verdict must not depend on timing.
+TEST_P(RelayFaults, FlippedOrDuplicatedByteIsExit4OnBothEndsWithOneChannel) {
+  for (const char* fault : {"flip:up:0:1M", "dup:up:0:512K", "flip:up:0:3M", "dup:up:0:2M"}) {
+    Path p(GetParam(), {fault});
+    p.Send({"--size", "32M", "--channels", "1"});
+    const auto [send_rc, recv_rc] = p.WaitBoth();
+    EXPECT_EQ(recv_rc, 4) << fault << "\n" << p.Outputs();
+    EXPECT_EQ(send_rc, 4) << fault << "\n" << p.Outputs();
+    EXPECT_TRUE(Has(p.send->output(), "the destination stopped the migration") ||
+                Has(p.send->output(), "destination did not commit"))
+        << fault << "\n" << p.Outputs();
+    if (GetParam()) {
+      EXPECT_TRUE(Has(p.send->output(), "the peer refused our data: it sent TLS alert")) << fault << "\n"
+                                                                                         << p.Outputs();
+    }
+    p.ExpectNothingLeft();
+  }
+}
+
 // The input shrinks while it is being sent: the source has read a snapshot
 // (no SIGBUS), notices at switch-over and exits 5 naming the file; the
 // destination sees the source go away before the end and keeps nothing.
@@ -186,13 +228,94 @@ TEST_P(RelayFaults, InputShrinkingDuringTheMigrationIsExit5) {
   std::ofstream(resume).put('1');
   const int send_rc = p.send->Wait(60s), recv_rc = p.recv->Wait(60s);
   EXPECT_EQ(send_rc, 5) << p.Outputs();
-  EXPECT_TRUE(Has(p.send->output(), "changed size during the migration")) << p.Outputs();
+  EXPECT_TRUE(Has(p.send->output(), "changed during the migration (size ")) << p.Outputs();
   EXPECT_EQ(recv_rc, 1) << p.Outputs();
   p.ExpectNothingLeft();
 }
 
+// The input is rewritten in place (same size: only its middle changes)
+// while the migration runs. What was sent is neither the old nor the new
+// file as a whole, so the source must not let it be committed: exit 5
+// naming the file, before END; the destination sees the source go away
+// before the end and keeps nothing.
+TEST_P(RelayFaults, InputRewrittenInPlaceIsExit5AndNotCommitted) {
+  Dir in;
+  const std::string input = in.path + "/guest.img", resume = in.path + "/go";
+  {
+    std::ofstream f(input, std::ios::binary);
+    std::vector<char> chunk(1 << 20);
+    for (size_t i = 0; i < chunk.size(); ++i) chunk[i] = static_cast<char>(i * 7 + 1);
+    for (int i = 0; i < 32; ++i) f.write(chunk.data(), chunk.size());
+  }
+  Path p(GetParam(), {"stall:up:0:1M"}, {}, resume);
+  p.Send({"--input", input, "--channels", "1"});
+  // Bytes reached the relay: the source has read its input and is sending.
+  ASSERT_TRUE(p.relay->WaitFor("stall up conn 0", 60s)) << p.Outputs();
+  {
+    // Like `dd conv=notrunc` into the middle: same size, new bytes.
+    UniqueFd fd(open(input.c_str(), O_WRONLY | O_CLOEXEC));
+    ASSERT_TRUE(fd);
+    std::vector<char> other(64 << 10, 'X');
+    ASSERT_EQ(pwrite(fd.get(), other.data(), other.size(), 16 << 20), static_cast<ssize_t>(other.size()));
+  }
+  struct stat st{};
+  ASSERT_EQ(stat(input.c_str(), &st), 0);
+  ASSERT_EQ(st.st_size, 32 << 20);
+  std::ofstream(resume).put('1');
+  const int send_rc = p.send->Wait(60s), recv_rc = p.recv->Wait(60s);
+  EXPECT_EQ(send_rc, 5) << p.Outputs();
+  EXPECT_TRUE(Has(p.send->output(), input) && Has(p.send->output(), "changed during the migration")) << p.Outputs();
+  EXPECT_EQ(recv_rc, 1) << p.Outputs();
+  EXPECT_FALSE(Has(p.recv->output(), "verified")) << p.Outputs();
+  p.ExpectNothingLeft();
+}
+
+// A second source while a migration runs is told at once that the
+// destination is busy (exit 1, saying so), instead of waiting for the first
+// to end and then reading the closed listener as a refused certificate.
+// The first migration is unharmed.
+TEST_P(RelayFaults, SecondSourceIsToldTheDestinationIsBusy) {
+  Dir in;
+  const std::string resume = in.path + "/go";
+  Path p(GetParam(), {"stall:up:0:1M"}, {}, resume);
+  p.Send({"--size", "8M", "--channels", "2"});
+  ASSERT_TRUE(p.relay->WaitFor("stall up conn 0", 60s)) << p.Outputs();
+  std::string out;
+  const auto t0 = Clock::now();
+  const int rc = RunCli(Cat({"send", "--connect", "127.0.0.1:" + PortFrom(p.recv->output()), "--size", "1M",
+                             "--quiet", "--channels", "2"},
+                            Security(GetParam())),
+                        &out);
+  EXPECT_LT(Clock::now() - t0, 10s) << out;
+  EXPECT_EQ(rc, 1) << out << p.Outputs();
+  EXPECT_TRUE(Has(out, "busy with another migration")) << out;
+  EXPECT_FALSE(Has(out, "certificate")) << out;
+  EXPECT_TRUE(p.recv->WaitFor("that a migration is running", 10s)) << p.Outputs();
+  std::ofstream(resume).put('1');
+  const auto [send_rc, recv_rc] = p.WaitBoth(60s);
+  EXPECT_EQ(send_rc, 0) << p.Outputs();
+  EXPECT_EQ(recv_rc, 0) << p.Outputs();
+}
+
 INSTANTIATE_TEST_SUITE_P(PlainAndTls, RelayFaults, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "Tls" : "Plain"; });
+
+// A TLS handshake altered in transit is not "is the peer running with
+// --no-tls?": both ends saw the other speak TLS, so they say the handshake
+// was corrupted or tampered with, exit 4 at the source; the destination
+// rejects that connection and goes on listening.
+TEST(RelayFaultsTls, TamperedHandshakeIsCalledCorruptedNotPlaintext) {
+  for (const char* fault : {"flip:down:0:300", "flip:down:0:60", "flip:up:0:100"}) {
+    Path p(true, {fault});
+    p.Send({"--size", "1M", "--channels", "1"});
+    EXPECT_EQ(p.send->Wait(60s), 4) << fault << "\n" << p.Outputs();
+    EXPECT_TRUE(Has(p.send->output(), "corrupted or tampered with in transit")) << fault << "\n" << p.Outputs();
+    EXPECT_FALSE(Has(p.send->output(), "--no-tls")) << fault << "\n" << p.Outputs();
+    EXPECT_TRUE(p.recv->WaitFor("rejected connection", 30s)) << p.Outputs();
+    EXPECT_TRUE(Has(p.recv->output(), "corrupted or tampered with in transit")) << fault << "\n" << p.Outputs();
+    EXPECT_FALSE(Has(p.recv->output(), "running without TLS")) << fault << "\n" << p.Outputs();
+  }
+}
 
 // Only DONE is lost (plaintext: the 8 bytes after the 8-byte ack): the
 // destination has committed and exits 0; the source cannot confirm and says
@@ -380,6 +503,95 @@ TEST(Usage, BadNumbersNameTheFlag) {
   EXPECT_TRUE(Has(out, "unknown option --channels")) << out;
   EXPECT_EQ(RunCli({"recv", "--listen", "127.0.0.1:0", "--output", "/tmp/x", "--no-tls", "--max-size", "lots"}, &out), 2);
   EXPECT_TRUE(Has(out, "bad --max-size 'lots'")) << out;
+}
+
+// Addresses that cannot work are the user's to fix (2), found before any
+// connection or listening: a port 0 to connect to, a listen address that
+// is no address (999.1.1.1) or does not resolve.
+TEST(Usage, ImpossibleAddressesAreExit2) {
+  std::string out;
+  EXPECT_EQ(RunCli({"send", "--connect", "127.0.0.1:0", "--size", "1M", "--no-tls"}, &out, 20s), 2) << out;
+  EXPECT_TRUE(Has(out, "port 0")) << out;
+  for (const char* listen : {"999.1.1.1:7000", "no-such-host.invalid:7000"}) {
+    EXPECT_EQ(RunCli({"recv", "--listen", listen, "--output", "/tmp/ktm-never.img", "--no-tls"}, &out, 20s), 2)
+        << listen << ": " << out;
+    EXPECT_TRUE(Has(out, "cannot listen on")) << out;
+    EXPECT_FALSE(Has(out, "listening on")) << out;
+  }
+}
+
+// One end with TLS, the other without: each side says which, exit 3 (the
+// plaintext source used to exit 1 "peer closed after 7 of 8 bytes": the 7
+// bytes were the TLS alert the destination's failed handshake sent).
+TEST(Usage, PlaintextSourceAgainstTlsDestinationIsExit3) {
+  Dir d;
+  auto recv = std::make_unique<Subprocess>(
+      Cat({Cli(), "recv", "--listen", "127.0.0.1:0", "--output", d.path + "/o.img", "--timeout", "60"},
+          Security(true)));
+  ASSERT_TRUE(recv->WaitFor("listening on", 30s)) << recv->output();
+  std::string out;
+  EXPECT_EQ(RunCli(Cat({"send", "--connect", "127.0.0.1:" + PortFrom(recv->output()), "--size", "1M", "--quiet"},
+                       Security(false)),
+                   &out),
+            3)
+      << out << recv->output();
+  EXPECT_TRUE(Has(out, "it needs TLS")) << out;
+  EXPECT_TRUE(Has(out, "hint: drop --no-tls")) << out;
+  EXPECT_TRUE(recv->WaitFor("did not speak TLS", 30s)) << recv->output();
+}
+
+// A bad --tls-priority is refused at startup (2), before recv listens (it
+// used to listen and then refuse every source) and before send connects.
+TEST(Usage, BadTlsPriorityIsExit2AtStartup) {
+  std::string out;
+  EXPECT_EQ(RunCli(Cat({"recv", "--listen", "127.0.0.1:0", "--output", "/tmp/ktm-never.img", "--tls-priority",
+                        "NORMAL:+NO-SUCH-THING"},
+                       {"--tls-creds", Pki()}),
+                   &out, 20s),
+            2)
+      << out;
+  EXPECT_TRUE(Has(out, "bad TLS priority string 'NORMAL:+NO-SUCH-THING'")) << out;
+  EXPECT_FALSE(Has(out, "listening on")) << out;
+  EXPECT_EQ(RunCli(Cat({"send", "--connect", "127.0.0.1:1", "--size", "1M", "--tls-priority", "BOGUS"},
+                       Security(true)),
+                   &out, 20s),
+            2)
+      << out;
+  EXPECT_TRUE(Has(out, "bad TLS priority string 'BOGUS'")) << out;
+}
+
+// Any legal output name works: a 250-byte name (legal, 255 is the limit)
+// used to be refused because ".partial.XXXXXX" did not fit beside it.
+TEST(Usage, LongestLegalOutputNameIsReceived) {
+  Dir d;
+  const std::string out_file = d.path + "/" + std::string(250, 'n');
+  auto recv = std::make_unique<Subprocess>(
+      Cat({Cli(), "recv", "--listen", "127.0.0.1:0", "--output", out_file, "--timeout", "60"}, Security(false)));
+  ASSERT_TRUE(recv->WaitFor("listening on", 30s)) << recv->output();
+  std::string out;
+  EXPECT_EQ(RunCli(Cat({"send", "--connect", "127.0.0.1:" + PortFrom(recv->output()), "--size", "1M", "--quiet"},
+                       Security(false)),
+                   &out),
+            0)
+      << out;
+  EXPECT_EQ(recv->Wait(60s), 0) << recv->output();
+  struct stat st{};
+  EXPECT_EQ(stat(out_file.c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 1 << 20);
+}
+
+// A private key readable by anyone: the CLI warns, naming file and mode.
+TEST(Usage, KeyReadableByOthersIsWarnedAbout) {
+  Dir d;
+  testing::GenerateCerts(d.path + "/pki", "localhost", "127.0.0.1");
+  const std::string key = d.path + "/pki/server-key.pem";
+  ASSERT_EQ(chmod(key.c_str(), 0644), 0);
+  std::string out;
+  // --timeout 1: nothing connects; the warning comes before listening.
+  RunCli({"recv", "--listen", "127.0.0.1:0", "--output", d.path + "/o.img", "--tls-creds", d.path + "/pki",
+          "--timeout", "1"},
+         &out, 20s);
+  EXPECT_TRUE(Has(out, "WARNING: private key " + key + " has mode 0644")) << out;
 }
 
 TEST(Usage, UnparsableOrEmptyPemIsExit3NamingTheFile) {

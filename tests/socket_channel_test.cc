@@ -221,6 +221,44 @@ TEST(SocketChannel, FlushBlocksWhilePeerStalledAndCompletesAfterResume) {
   for (auto& [id, n] : released_count) EXPECT_EQ(n, 1) << "id " << id;
 }
 
+// A peer that stops reading: a blocking write_all must end with a timeout
+// about io_timeout after it could no longer move a byte, not a multiple of
+// it. (A blocking sendmsg that SO_SNDTIMEO cuts short returns the bytes it
+// queued before it blocked; taking that as progress and blocking again for
+// the full timeout ended a stalled plaintext source after 2-3x the bound.)
+enum class SendPath { kCopy, kMsgZeroCopy, kUringZeroCopy };
+class StalledPeerWrite : public ::testing::TestWithParam<SendPath> {};
+
+TEST_P(StalledPeerWrite, EndsWithinTheIoTimeout) {
+  SocketOptions o;
+  o.zero_copy = GetParam() == SendPath::kCopy ? ZeroCopyMode::kOff : ZeroCopyMode::kAuto;
+  if (GetParam() == SendPath::kUringZeroCopy) o.backend = SendBackend::kIoUring;
+  auto p = ConnectedPair("127.0.0.1:0", o);  // the server end never reads
+  constexpr auto kTimeout = 2000ms;
+  p.client->set_io_timeout(kTimeout);
+  Mapping m(64u << 20);  // far more than loopback's socket buffers hold
+  FillPattern(m.data(), m.size(), 9);
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    for (int i = 0; i < 4; ++i) p.client->write_all(m.data(), m.size(), kWriteZeroCopy);
+    ADD_FAILURE() << "256 MiB were written to a peer that reads nothing";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kTimeout) << e.what();
+  }
+  const auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_GE(took, kTimeout);
+  EXPECT_LT(took, kTimeout * 3 / 2) << "a stalled write took "
+                                    << std::chrono::duration<double>(took).count() << " s with a 2 s io timeout";
+}
+
+INSTANTIATE_TEST_SUITE_P(EverySendPath, StalledPeerWrite,
+                         ::testing::Values(SendPath::kCopy, SendPath::kMsgZeroCopy, SendPath::kUringZeroCopy),
+                         [](const auto& info) {
+                           return info.param == SendPath::kCopy          ? "Copy"
+                                  : info.param == SendPath::kMsgZeroCopy ? "MsgZeroCopy"
+                                                                         : "UringZeroCopy";
+                         });
+
 TEST(SocketChannel, ReleasedMeansTheKernelNoLongerReadsTheBuffer) {
   auto p = ConnectedPair("127.0.0.1:0");
   // Stall the peer so the kernel really holds on to the zero-copy pages.

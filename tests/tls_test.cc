@@ -42,6 +42,39 @@ TEST(Tls, UserspaceTls13BothWaysIntact) {
   EXPECT_LT(c.ch->stats().records_batched, (64u << 20) / (16u << 10));
 }
 
+// A peer that completed the handshake and then stops reading: a blocking
+// write_all ends with a timeout about io_timeout after it could no longer
+// move a byte, on each TLS path (userspace here; kTLS where the kernel has
+// it, i.e. in the VM).
+class TlsStalledPeerWrite : public ::testing::TestWithParam<KtlsMode> {};
+
+TEST_P(TlsStalledPeerWrite, EndsWithinTheIoTimeout) {
+  if (GetParam() == KtlsMode::kRequire && !HostHasKtls()) GTEST_SKIP() << "no kernel TLS on this host";
+  Listener l = Listener::Listen("127.0.0.1:0");
+  auto fut = ServeOnce(l, ServerOptions(), {GetParam()});
+  TlsEnd c = ConnectTls(l.address(), ClientOptions(), {GetParam()});
+  TlsEnd s = fut.get();  // never reads
+  ASSERT_TRUE(c.ch) << c.error;
+  ASSERT_TRUE(s.ch) << s.error;
+  constexpr auto kTimeout = std::chrono::milliseconds(2000);
+  c.ch->set_io_timeout(kTimeout);
+  std::vector<uint8_t> buf(64u << 20, 0x5a);  // far more than loopback's socket buffers hold
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    for (int i = 0; i < 4; ++i) c.ch->write_all(buf.data(), buf.size());
+    ADD_FAILURE() << "256 MiB were written to a peer that reads nothing";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kTimeout) << e.what();
+  }
+  const auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_GE(took, kTimeout);
+  EXPECT_LT(took, kTimeout * 3 / 2) << "a stalled write took "
+                                    << std::chrono::duration<double>(took).count() << " s with a 2 s io timeout";
+}
+
+INSTANTIATE_TEST_SUITE_P(UserspaceAndKtls, TlsStalledPeerWrite, ::testing::Values(KtlsMode::kOff, KtlsMode::kRequire),
+                         [](const auto& info) { return info.param == KtlsMode::kOff ? "Userspace" : "Ktls"; });
+
 TEST(Tls, Tls12AndEveryKtlsCipherNegotiate) {
   for (const char* prio : {"NORMAL:-VERS-ALL:+VERS-TLS1.2:-CIPHER-ALL:+AES-128-GCM",
                            "NORMAL:-VERS-ALL:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM",

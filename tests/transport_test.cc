@@ -7,7 +7,12 @@
 #include <functional>
 #include <sys/socket.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <future>
+#include <thread>
 #include <mutex>
 
 #include "tests/tls_util.h"
@@ -215,6 +220,60 @@ TEST(Transport, FileInput) {
   Outcome o = Migrate(*img, 2, Plain(), Plain(), out);
   ExpectIntact(o, *img, out);
   EXPECT_EQ(ReadFile(out), data);
+}
+
+// A file written to (in place, same size) while it is read into memory:
+// the copy would be a mix of versions, so the read refuses it (exit 5 at
+// the CLI), before any connection is made. The writer runs from before the
+// read until it ends, so some of its writes fall inside the read.
+TEST(Transport, FileRewrittenWhileReadIsRefused) {
+  testing::TempDir dir;
+  const std::string in = dir.path + "/in.bin";
+  WriteFile(in, std::string(128u << 20, 'a'), 0644);
+  UniqueFd wfd(open(in.c_str(), O_WRONLY | O_CLOEXEC));
+  ASSERT_TRUE(wfd);
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> writes{0};
+  std::thread writer([&] {
+    const std::string b(4096, 'b');
+    while (!stop.load()) {
+      if (pwrite(wfd.get(), b.data(), b.size(), 64u << 20) == static_cast<ssize_t>(b.size())) ++writes;
+    }
+  });
+  while (writes.load() == 0) std::this_thread::yield();
+  try {
+    MappedImage::FromFile(in);
+    ADD_FAILURE() << "a file rewritten while it was read was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kLocalIo);
+    EXPECT_NE(std::string(e.what()).find(in + " changed while it was read"), std::string::npos) << e.what();
+  }
+  stop = true;
+  writer.join();
+}
+
+// Rewritten after the read, during the migration: the snapshot is one
+// version, but no longer the file's; the switch-over refuses to vouch.
+TEST(Transport, FileRewrittenAfterTheReadFailsValidation) {
+  testing::TempDir dir;
+  const std::string in = dir.path + "/in.bin";
+  WriteFile(in, std::string(1u << 20, 'a'), 0644);
+  auto img = MappedImage::FromFile(in);
+  EXPECT_NO_THROW(img->Validate());
+  {
+    UniqueFd wfd(open(in.c_str(), O_WRONLY | O_CLOEXEC));
+    ASSERT_TRUE(wfd);
+    ASSERT_EQ(pwrite(wfd.get(), "b", 1, 4096), 1);
+  }
+  try {
+    img->Validate();
+    ADD_FAILURE() << "a rewritten input was vouched for";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kLocalIo);
+    EXPECT_NE(std::string(e.what()).find(in + " changed during the migration (rewritten in place"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(Transport, WrongCertificatesRejectedBeforeAnyPage) {

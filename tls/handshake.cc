@@ -12,6 +12,15 @@ std::unique_ptr<TlsSession> HandshakeTls(UniqueFd fd, const TlsOptions& opts) {
   throw Error(ErrorKind::kUsage, EINVAL, "unknown TLS backend");
 }
 
+void CheckTlsPriority(TlsBackend backend, const std::string& priority) {
+  switch (backend) {
+    case TlsBackend::kGnutls:
+      GnutlsSession::CheckPriority(priority);
+      return;
+  }
+  throw Error(ErrorKind::kUsage, EINVAL, "unknown TLS backend");
+}
+
 std::string TlsLibraryVersion(TlsBackend backend) {
   switch (backend) {
     case TlsBackend::kGnutls:

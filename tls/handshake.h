@@ -19,6 +19,11 @@ namespace ktm {
 // data has flowed by then.
 std::unique_ptr<TlsSession> HandshakeTls(UniqueFd fd, const TlsOptions& opts);
 
+// Parses `priority` as the backend would at every handshake, so a bad
+// string is refused at startup, not after a peer connected: throws
+// Error(kUsage) naming the string and where it stops making sense.
+void CheckTlsPriority(TlsBackend backend, const std::string& priority);
+
 // "GnuTLS 3.7.9" for the backend, for reports and `tls-migrate probe`.
 std::string TlsLibraryVersion(TlsBackend backend);
 

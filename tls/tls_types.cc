@@ -63,6 +63,14 @@ Error AlertReceivedError(uint8_t d, const std::string& during) {
       return Error(ErrorKind::kSecurity, ECONNABORTED,
                    "the peer refused our certificate: it sent TLS alert " + TlsAlertName(d) + " during " + during +
                        " (its log says why; check that it trusts our CA and that our certificate is valid)");
+    // After the handshake we send only well-formed application data and
+    // close_notify: unexpected_message, bad_record_mac, record_overflow or
+    // decode_error mean what reached the peer was not what we sent.
+    case 10: case 20: case 22: case 50:
+      return Error(ErrorKind::kIntegrity, EBADMSG,
+                   "the peer refused our data: it sent TLS alert " + TlsAlertName(d) + " during " + during +
+                       " (what it received failed authentication or did not parse: corrupted or tampered with in "
+                       "transit)");
     default:
       return Error(ErrorKind::kPeer, ECONNABORTED, "peer sent TLS alert " + TlsAlertName(d) + " during " + during);
   }

@@ -51,7 +51,10 @@ std::string TlsAlertName(uint8_t description);
 // The error for a fatal alert received after the handshake: an alert about
 // certificates (bad/unknown/revoked/expired certificate, unknown CA, access
 // denied, certificate required, handshake failure) means the peer refused
-// our certificate: Error(kSecurity) saying so; any other is Error(kPeer).
+// our certificate: Error(kSecurity) saying so; unexpected_message,
+// bad_record_mac, record_overflow and decode_error mean the peer refused our
+// records as forged or corrupted: Error(kIntegrity); any other is
+// Error(kPeer).
 Error AlertReceivedError(uint8_t description, const std::string& during);
 
 }  // namespace ktm

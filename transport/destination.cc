@@ -7,6 +7,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <climits>
 #include <condition_variable>
 #include <cstring>
 #include <list>
@@ -19,6 +20,7 @@
 #include "base/periodic.h"
 #include "base/unique_fd.h"
 #include "transport/admission.h"
+#include "transport/busy_responder.h"
 #include "transport/first_failure.h"
 #include "transport/migration.h"
 #include "transport/phase_clock.h"
@@ -76,6 +78,28 @@ std::string DirOf(const std::string& output) {
   return slash == 0 ? "/" : output.substr(0, slash);
 }
 
+// The mkostemp template of the temporary file beside `output`,
+// "NAME.partial.XXXXXX", with NAME cut short when the whole would pass the
+// directory's longest file name (255 bytes on Linux filesystems): every
+// legal output name works (a 241-255 byte one was refused for the suffix).
+// Throws Error(kLocalIo) saying so for a name that is itself too long.
+std::string TempTemplateFor(const std::string& output) {
+  static const std::string kSuffix = ".partial.XXXXXX";
+  const size_t slash = output.find_last_of('/');
+  const size_t base = slash == std::string::npos ? 0 : slash + 1;
+  std::string name = output.substr(base);
+  long max = pathconf(DirOf(output).c_str(), _PC_NAME_MAX);
+  if (max <= 0) max = NAME_MAX;
+  const size_t name_max = static_cast<size_t>(max);
+  if (name.size() > name_max) {
+    throw Error(ErrorKind::kLocalIo, ENAMETOOLONG,
+                "output file name is " + std::to_string(name.size()) + " bytes, this filesystem allows at most " +
+                    std::to_string(name_max) + " (File name too long)");
+  }
+  if (name.size() + kSuffix.size() > name_max) name.resize(name_max - kSuffix.size());
+  return output.substr(0, base) + name + kSuffix;
+}
+
 // Bytes an unprivileged writer may still use on the filesystem of `output`.
 uint64_t FreeBytes(const std::string& output) {
   struct statvfs v{};
@@ -130,7 +154,7 @@ class TempImage {
       base_ = static_cast<uint8_t*>(p);
       return;
     }
-    path_ = output + ".partial.XXXXXX";
+    path_ = TempTemplateFor(output);
     int fd = mkostemp(path_.data(), O_CLOEXEC);
     if (fd < 0) {
       ThrowErrno(ErrorKind::kLocalIo, errno, "cannot create a temporary file beside " + output +
@@ -642,11 +666,20 @@ void CheckOutputPath(const std::string& output) {
   if (!S_ISDIR(st.st_mode)) throw Error(ErrorKind::kLocalIo, ENOTDIR, "output directory " + dir + " is not a directory");
   // The very name the temporary file will have: catches a read-only or
   // full directory and a name too long before anyone connects.
-  std::string probe = output + ".partial.XXXXXX";
+  std::string probe = TempTemplateFor(output);
   const int fd = mkostemp(probe.data(), O_CLOEXEC);
   if (fd < 0) ThrowErrno(ErrorKind::kLocalIo, errno, "cannot create the temporary file beside " + output);
   close(fd);
   unlink(probe.c_str());
+}
+
+static BusyResponder::Options BusyOptions(const DestinationOptions& opts) {
+  BusyResponder::Options b;
+  b.security = opts.security;
+  b.hello_timeout = opts.hello_timeout;
+  b.max_pending = opts.max_pending;
+  b.log = opts.log;
+  return b;
 }
 
 MigrationReport RunDestination(Listener& listener, const DestinationOptions& opts) {
@@ -655,6 +688,8 @@ MigrationReport RunDestination(Listener& listener, const DestinationOptions& opt
   PhaseClock phases;
   phases.Begin("setup");
   AcceptedSession session = AcceptSession(listener, opts, t0 + opts.accept_timeout);
+  // From now until we return, later sources hear "busy" at once.
+  BusyResponder busy(listener, BusyOptions(opts), wire::UuidString(session.first.session));
   const wire::Geometry g{session.first.image_size, session.first.page_size};
   DigestAlgorithm alg = DigestAlgorithm::kXxh3;
   DigestAlgorithmFromWire(session.first.digest, &alg);  // validated by DecodeHello

@@ -25,6 +25,27 @@ __attribute__((no_sanitize("thread"))) bool IsZeroPage(const uint8_t* p, size_t 
   return true;
 }
 
+namespace {
+
+bool SameTime(const timespec& a, const timespec& b) { return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec; }
+
+// What changes when a file's bytes are rewritten in place: a write that
+// keeps the size still sets mtime and ctime (and ctime cannot be set back
+// with utimes), as tar's "file changed as we read it" relies on. Times are
+// compared to the nanosecond; since Linux 6.13 (multigrain timestamps) a
+// change after our fstat always gets a newer time, before that a write in
+// the same clock tick as our fstat (a few ms) could go unseen.
+std::string ChangeOf(const struct stat& was, const struct stat& now) {
+  if (now.st_size != was.st_size) {
+    return "size " + std::to_string(was.st_size) + " -> " + std::to_string(now.st_size) + " bytes";
+  }
+  if (!SameTime(now.st_mtim, was.st_mtim)) return "rewritten in place: same size, new modification time";
+  if (!SameTime(now.st_ctim, was.st_ctim)) return "rewritten in place or its metadata changed: new ctime";
+  return "";
+}
+
+}  // namespace
+
 std::unique_ptr<MappedImage> MappedImage::FromFile(const std::string& path, uint32_t page_size) {
   // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused
   // below); regular files ignore the flag.
@@ -52,6 +73,16 @@ std::unique_ptr<MappedImage> MappedImage::FromFile(const std::string& path, uint
     }
     off += static_cast<uint64_t>(n);
   }
+  // A write that landed while we read leaves a snapshot that is neither
+  // the old nor the new file: refuse it now, before any connection.
+  struct stat after{};
+  if (fstat(fd.get(), &after) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "stat " + path);
+  if (const std::string change = ChangeOf(st, after); !change.empty()) {
+    throw Error(ErrorKind::kLocalIo, EIO,
+                "input " + path + " changed while it was read (" + change +
+                    "): the copy read is not any one version of the file; migrate a file nothing writes to "
+                    "(stop the writer, or copy or snapshot it first)");
+  }
   m->path_ = path;
   m->file_ = std::move(fd);
   m->file_stat_ = st;
@@ -62,11 +93,12 @@ void MappedImage::Validate() const {
   if (!file_) return;
   struct stat now{};
   if (fstat(file_.get(), &now) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "stat " + path_);
-  if (now.st_size != file_stat_.st_size) {
+  // file_stat_ is from before the read: this also catches a write during
+  // the read that the check right after it missed.
+  if (const std::string change = ChangeOf(file_stat_, now); !change.empty()) {
     throw Error(ErrorKind::kLocalIo, EIO,
-                "input " + path_ + " changed size during the migration (" + std::to_string(file_stat_.st_size) +
-                    " -> " + std::to_string(now.st_size) + " bytes); the image sent is the file as it was when "
-                    "the migration started, so it is not confirmed");
+                "input " + path_ + " changed during the migration (" + change + "); the image sent is the file "
+                    "as it was when the migration started, so it is not confirmed");
   }
 }
 

@@ -52,7 +52,8 @@ class MappedImage : public PageSource {
   // Reads a regular file into anonymous memory (a snapshot: the file may
   // change or shrink afterwards without any fault on our side). Throws
   // Error(kLocalIo) naming the file when it is missing, not a regular file,
-  // empty, or shrinks while it is read.
+  // empty, or changes while it is read (size, mtime or ctime differ after
+  // the read from before it: the copy would be no one version of the file).
   static std::unique_ptr<MappedImage> FromFile(const std::string& path, uint32_t page_size = 4096);
   // Anonymous memory of `size` bytes (rounded up to pages), zero-filled.
   static std::unique_ptr<MappedImage> Anonymous(uint64_t size, uint32_t page_size = 4096);
@@ -63,8 +64,9 @@ class MappedImage : public PageSource {
   uint64_t size() const override { return size_; }
   uint32_t page_size() const override { return page_size_; }
   void CollectDirty(std::vector<uint64_t>& pages) override;
-  // For a snapshot of a file: throws Error(kLocalIo) when the file no longer
-  // has the size (or modification time) it had when it was read.
+  // For a snapshot of a file: throws Error(kLocalIo) naming the file when it
+  // no longer has the size, mtime and ctime it had before it was read (any
+  // write since, even in place at the same size).
   void Validate() const override;
 
   // Fills like a guest's memory: `zero_percent` of pages all-zero, the rest

@@ -54,6 +54,7 @@ const char* StatusText(uint32_t s) {
     case kCommitFailed: return "the destination could not write the image to disk";
     case kRefusedData: return "the destination refused our data as invalid or forged (see its log)";
     case kTimedOut: return "a channel made no progress at the destination within its io timeout";
+    case kBusy: return "the destination is busy with another migration; start this one when that has ended";
   }
   return "unknown status";
 }

@@ -79,6 +79,7 @@ enum Status : uint32_t {
   kCommitFailed = 9,   // DONE: the destination could not make the image durable
   kRefusedData = 10,   // DONE, sent early: the destination refused our data (invalid or forged)
   kTimedOut = 11,      // DONE, sent early: a channel made no progress within the io timeout
+  kBusy = 12,          // ACK: the destination is running another migration
 };
 const char* StatusText(uint32_t s);
 

@@ -201,9 +201,14 @@ ErrorKind KindOfStatus(uint32_t st) {
 // `first` first, until one has a verdict, or every one has ended (EOF or an
 // error: nothing more can come; a destination that exits ends them all at
 // once), or `bound` has passed. Returns the status, or kOk for none.
+// A read that fails with an integrity error is a verdict too (kRefusedData,
+// the error in `*refused`): over TLS the channel that carried a bad record
+// is dead at the destination and cannot carry DONE, but its TLS alert
+// (bad_record_mac) arrives in its place.
 // Reading while the channel's sender thread writes is fine: a session takes
 // one reader and one writer.
-uint32_t AwaitVerdict(std::vector<OpenedChannel>& chans, size_t first, std::chrono::milliseconds bound) {
+uint32_t AwaitVerdict(std::vector<OpenedChannel>& chans, size_t first, std::chrono::milliseconds bound,
+                      std::optional<Error>* refused) {
   const auto deadline = Clock::now() + bound;
   std::vector<bool> ended(chans.size(), false);
   size_t open = chans.size();
@@ -216,8 +221,12 @@ uint32_t AwaitVerdict(std::vector<OpenedChannel>& chans, size_t first, std::chro
         if (!ch.wait_readable(std::chrono::milliseconds(20))) continue;
         uint8_t done[wire::kAckSize];
         if (ch.read_all(done, sizeof(done))) return wire::DecodeU32Pair(wire::kDoneMagic, done, "completion message");
-      } catch (const Error&) {
-        // this channel cannot tell
+      } catch (const Error& e) {
+        if (e.kind() == ErrorKind::kIntegrity) {
+          *refused = e;
+          return wire::kRefusedData;
+        }
+        // otherwise this channel cannot tell
       }
       ended[c] = true;
       --open;
@@ -235,10 +244,10 @@ std::chrono::milliseconds VerdictBound(const SourceOptions& opts) {
   return opts.io_timeout.count() >= 0 ? std::min(cap, opts.io_timeout) : cap;
 }
 
-Error VerdictError(uint32_t st, const Error& cause) {
+Error VerdictError(uint32_t st, const Error& cause, const std::optional<Error>& refused) {
+  const std::string why = refused ? refused->what() : wire::StatusText(st);
   return Error(KindOfStatus(st), EIO,
-               std::string("the destination stopped the migration: ") + wire::StatusText(st) + " (here: " +
-                   cause.what() + ")");
+               std::string("the destination stopped the migration: ") + why + " (here: " + cause.what() + ")");
 }
 
 // After the workers have stopped: nobody else uses the channels now.
@@ -249,8 +258,42 @@ void ThrowDestinationVerdict(std::vector<OpenedChannel>& chans, const Error& cau
     } catch (const Error&) {
     }
   }
-  const uint32_t st = AwaitVerdict(chans, 0, bound);
-  if (st != wire::kOk) throw VerdictError(st, cause);
+  std::optional<Error> refused;
+  const uint32_t st = AwaitVerdict(chans, 0, bound, &refused);
+  if (st != wire::kOk) throw VerdictError(st, cause, refused);
+}
+
+// Reads channel `i`'s acknowledgement. A plaintext source talking to a TLS
+// destination gets the alert its handshake sent instead (a TLS record:
+// type 21, version 3.x; 7 bytes) and then the end of the stream: that is
+// said as such (kSecurity), not as a truncated message.
+void ReadAck(Channel& ch, bool tls, int i, uint8_t ack[wire::kAckSize]) {
+  size_t got = 0;
+  while (got < wire::kAckSize) {
+    iovec v{ack + got, wire::kAckSize - got};
+    const ReadResult r = ch.readv(std::span<const iovec>(&v, 1));
+    if (r.would_block) {  // a non-blocking channel: wait as readv would
+      if (!ch.wait_readable(ch.io_timeout(/*for_write=*/false))) {
+        throw Error(ErrorKind::kTimeout, ETIMEDOUT, "no acknowledgement of channel " + std::to_string(i));
+      }
+      continue;
+    }
+    if (r.eof()) break;
+    got += r.bytes;
+  }
+  if (got == wire::kAckSize) return;
+  const std::string which = "channel " + std::to_string(i);
+  if (!tls && got >= 3 && (ack[0] == 21 || ack[0] == 22) && ack[1] == 3) {
+    throw Error(ErrorKind::kSecurity, EPROTO,
+                "the destination answered " + which + " with a TLS record, not an acknowledgement: it needs TLS, "
+                    "and this source runs without it",
+                Remedy::kPeerUsesTls);
+  }
+  if (got == 0) {
+    throw Error(ErrorKind::kPeer, ECONNRESET, "destination closed " + which + " before acknowledging it");
+  }
+  throw Error(ErrorKind::kPeer, EPIPE, "destination closed " + which + " after " + std::to_string(got) + " of " +
+                                           std::to_string(wire::kAckSize) + " bytes of its acknowledgement");
 }
 
 // Phase 1: connect and introduce every channel before any page moves, so a
@@ -271,10 +314,7 @@ std::vector<OpenedChannel> OpenChannels(const PageSource& src, const SourceOptio
     wire::EncodeHello(h, buf);
     chans.back().channel->write_all(buf, sizeof(buf));
     uint8_t ack[wire::kAckSize];
-    if (!chans.back().channel->read_all(ack, sizeof(ack))) {
-      throw Error(ErrorKind::kPeer, ECONNRESET,
-                  "destination closed channel " + std::to_string(i) + " before acknowledging it");
-    }
+    ReadAck(*chans.back().channel, opts.security.tls, i, ack);
     uint32_t st = wire::DecodeU32Pair(wire::kAckMagic, ack, "channel acknowledgement");
     if (st != wire::kOk) {
       throw Error(KindOfStatus(st), EPROTO,
@@ -329,8 +369,9 @@ void StreamIterations(PageSource& src, const SourceOptions& opts, std::vector<Op
         verdict_probed = true;
         // The failing channel first: its write failed but what the
         // destination sent before resetting is still queued for reading.
-        const uint32_t st = AwaitVerdict(chans, failing, VerdictBound(opts));
-        if (st != wire::kOk) verdict = VerdictError(st, *ke);
+        std::optional<Error> refused;
+        const uint32_t st = AwaitVerdict(chans, failing, VerdictBound(opts), &refused);
+        if (st != wire::kOk) verdict = VerdictError(st, *ke, refused);
       }
     }
     failure.Record(verdict ? static_cast<const std::exception&>(*verdict) : e, [&] {

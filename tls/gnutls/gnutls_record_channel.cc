@@ -67,6 +67,12 @@ void GnutlsRecordChannel::ThrowRecordError(ssize_t rc, const char* op) {
   }
   if (r == GNUTLS_E_DECRYPTION_FAILED || r == GNUTLS_E_UNEXPECTED_PACKET_LENGTH ||
       r == GNUTLS_E_UNEXPECTED_PACKET || r == GNUTLS_E_UNSUPPORTED_VERSION_PACKET) {
+    // Tell the peer why we stop (bad_record_mac for a record that fails
+    // authentication), as TLS asks: otherwise it sees only a connection
+    // closed without close_notify and cannot tell a refusal from a crash.
+    // GnuTLS still sends alerts on a session a bad record invalidated.
+    // Best effort: the error below is what matters here.
+    (void)gnutls_alert_send_appropriate(session_->native(), r);
     throw Error(ErrorKind::kIntegrity, EBADMSG, std::string("TLS record rejected during ") + op +
                              " (forged, corrupted or non-TLS data): " + gnutls_strerror(r));
   }

@@ -58,7 +58,16 @@ std::string VerifyFailureMessage(gnutls_session_t s, const TlsOptions& o) {
   return msg;
 }
 
-Error HandshakeFailure(int rc, gnutls_session_t s, const TlsOptions& o) {
+// Counts the handshake messages the peer sent us (the hook runs as each
+// arrives, before it is processed): once there is one, the peer speaks TLS,
+// and a record that fails later was corrupted on the way, not plaintext.
+int CountPeerHandshakeMessage(gnutls_session_t s, unsigned /*htype*/, unsigned /*when*/, unsigned incoming,
+                              const gnutls_datum_t* /*msg*/) {
+  if (incoming) ++*static_cast<unsigned*>(gnutls_session_get_ptr(s));
+  return 0;
+}
+
+Error HandshakeFailure(int rc, gnutls_session_t s, const TlsOptions& o, unsigned peer_messages) {
   const char* peer = o.role == TlsRole::kClient ? "server" : "client";
   const auto sec = [](std::string m, Remedy r = Remedy::kNone) {
     return Error(ErrorKind::kSecurity, ECONNABORTED, std::move(m), r);
@@ -77,6 +86,12 @@ Error HandshakeFailure(int rc, gnutls_session_t s, const TlsOptions& o) {
                  Remedy::kCredentials);
     case GNUTLS_E_FATAL_ALERT_RECEIVED: {
       const char* alert = gnutls_alert_get_name(gnutls_alert_get(s));
+      if (gnutls_alert_get(s) == GNUTLS_A_BAD_RECORD_MAC) {
+        return Error(ErrorKind::kIntegrity, EBADMSG,
+                     std::string("TLS handshake failed: the ") + peer +
+                         " could not authenticate our handshake records (alert '" + (alert ? alert : "?") +
+                         "'): the handshake was corrupted or tampered with in transit");
+      }
       return sec(std::string("TLS handshake failed: the ") + peer + " refused it with alert '" +
                  (alert ? alert : "?") + "'" +
                  (o.role == TlsRole::kClient ? " (the destination refused our certificate or our parameters; "
@@ -87,6 +102,13 @@ Error HandshakeFailure(int rc, gnutls_session_t s, const TlsOptions& o) {
     case GNUTLS_E_UNSUPPORTED_VERSION_PACKET:
     case GNUTLS_E_UNEXPECTED_PACKET:
     case GNUTLS_E_DECRYPTION_FAILED:
+      if (peer_messages > 0) {
+        // It spoke TLS (a handshake message arrived), then a record failed.
+        return Error(ErrorKind::kIntegrity, EBADMSG,
+                     std::string("TLS handshake failed: the ") + peer +
+                         " speaks TLS, but a record of its handshake was corrupted or tampered with in transit (" +
+                         gnutls_strerror(rc) + ")");
+      }
       return sec(std::string("TLS handshake failed: the ") + peer + " did not speak TLS (" + gnutls_strerror(rc) +
                      "); is it running without TLS?",
                  Remedy::kPeerUsesPlaintext);
@@ -129,6 +151,17 @@ void TellPeerAndLinger(gnutls_session_t s, int fd, int rc) {
 
 }  // namespace
 
+void GnutlsSession::CheckPriority(const std::string& priority) {
+  gnutls_priority_t cache = nullptr;
+  const char* err_pos = nullptr;
+  const int rc = gnutls_priority_init(&cache, priority.c_str(), &err_pos);
+  if (rc < 0) {
+    throw Error(ErrorKind::kUsage, EINVAL, "bad TLS priority string '" + priority + "' near '" +
+                            (err_pos ? err_pos : "") + "': " + gnutls_strerror(rc));
+  }
+  gnutls_priority_deinit(cache);
+}
+
 std::unique_ptr<GnutlsSession> GnutlsSession::Handshake(UniqueFd fd, const TlsOptions& o) {
   if (!o.creds) throw Error(ErrorKind::kUsage, EINVAL, "TLS needs credentials", Remedy::kCredentials);
   if (o.role == TlsRole::kClient && o.verify_peer && o.peer_name.empty()) {
@@ -161,13 +194,15 @@ std::unique_ptr<GnutlsSession> GnutlsSession::Handshake(UniqueFd fd, const TlsOp
     // checked during the handshake so nothing flows if any fails.
     if (o.verify_peer) gnutls_session_set_verify_cert(s, o.peer_name.c_str(), 0);
   }
+  gnutls_session_set_ptr(s, &t->peer_handshake_messages_);
+  gnutls_handshake_set_hook_function(s, GNUTLS_HANDSHAKE_ANY, GNUTLS_HOOK_PRE, CountPeerHandshakeMessage);
   gnutls_transport_set_int(s, t->fd_.get());
   gnutls_handshake_set_timeout(s, static_cast<unsigned>(o.handshake_timeout.count()));
   do {
     rc = gnutls_handshake(s);
   } while (rc < 0 && gnutls_error_is_fatal(rc) == 0);
   if (rc < 0) {
-    const Error failure = HandshakeFailure(rc, s, o);
+    const Error failure = HandshakeFailure(rc, s, o, t->peer_handshake_messages_);
     TellPeerAndLinger(s, t->fd_.get(), rc);
     throw failure;
   }

@@ -20,6 +20,9 @@ class GnutlsSession final : public TlsSession {
   // "GnuTLS 3.7.9".
   static std::string LibraryVersion();
 
+  // See CheckTlsPriority().
+  static void CheckPriority(const std::string& priority);
+
   // The GnuTLS handle, for the record channel and backend tests.
   gnutls_session_t native() const { return session_.get(); }
 
@@ -41,6 +44,9 @@ class GnutlsSession final : public TlsSession {
   GnutlsSession() = default;
   UniqueFd fd_;
   GnutlsSessionPtr session_;
+  // Handshake messages received from the peer (a GnuTLS hook counts them):
+  // tells a peer that never spoke TLS from a handshake corrupted in transit.
+  unsigned peer_handshake_messages_ = 0;
 };
 
 }  // namespace ktm
