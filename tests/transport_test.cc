@@ -10,6 +10,7 @@
 #include <future>
 #include <mutex>
 
+#include "tests/page_script.h"
 #include "tests/tls_util.h"
 #include "transport/migration.h"
 #include "transport/protocol.h"
@@ -57,7 +58,8 @@ struct Outcome {
 
 Outcome Migrate(PageSource& src, int channels, SecurityConfig src_sec, SecurityConfig dst_sec,
                 const std::string& output, std::chrono::milliseconds accept_timeout = std::chrono::seconds(20),
-                const std::function<void(SourceOptions&)>& tweak = nullptr) {
+                const std::function<void(SourceOptions&)>& tweak = nullptr,
+                const std::function<void(DestinationOptions&)>& tweak_dst = nullptr) {
   Listener l = Listener::Listen("127.0.0.1:0");
   Outcome o;
   auto dst = std::async(std::launch::async, [&] {
@@ -66,6 +68,7 @@ Outcome Migrate(PageSource& src, int channels, SecurityConfig src_sec, SecurityC
     d.security = dst_sec;
     d.accept_timeout = accept_timeout;
     d.log = [&](const std::string& s) { o.logs.push_back(s); };
+    if (tweak_dst) tweak_dst(d);
     try {
       o.dst = RunDestination(l, d);
     } catch (const std::exception& e) {
@@ -202,6 +205,66 @@ TEST(Transport, LiveDowntimeIsReportedAndTheDigestIsTheSourcesChoice) {
   EXPECT_EQ(names(o.src.phases), "setup,transfer,switch-over,");
   EXPECT_EQ(names(o.dst.phases), "setup,transfer,verify,commit,");
   for (const auto& p : o.src.phases) EXPECT_GE(p.wall_seconds, 0.0) << p.name;
+}
+
+// tests/page_script.h as a PageSource.
+class ScriptedImage : public PageSource {
+ public:
+  ScriptedImage() : img_(MappedImage::Anonymous(PageScript::kBytes, PageScript::kPageSize)) {}
+  const uint8_t* data() const override { return img_->data(); }
+  uint64_t size() const override { return img_->size(); }
+  uint32_t page_size() const override { return img_->page_size(); }
+  bool live() const override { return true; }
+  void CollectDirty(std::vector<uint64_t>& pages) override { PageScript::Apply(calls_++, img_->mutable_data(), &pages); }
+  unsigned calls() const { return calls_; }
+
+ private:
+  std::unique_ptr<MappedImage> img_;
+  unsigned calls_ = 0;
+};
+
+// Index of the first page where `got` differs from `want`, or -1.
+long FirstDifferingPage(const uint8_t* got, const uint8_t* want, uint64_t size, uint32_t page_size) {
+  for (uint64_t off = 0; off < size; off += page_size) {
+    if (std::memcmp(got + off, want + off, std::min<uint64_t>(page_size, size - off)) != 0) {
+      return static_cast<long>(off / page_size);
+    }
+  }
+  return -1;
+}
+
+// Pages that turn from data to zero and back across iterations, and zero
+// pages in the first one: what the destination leaves equals the source at
+// the switch-over, byte for byte, both into a file and into the caller's
+// memory that held other bytes before (it is not the destination's to zero).
+TEST(Transport, ZeroPagesAreHonouredInEveryIterationAndEveryTarget) {
+  for (bool to_file : {true, false}) {
+    SCOPED_TRACE(to_file ? "file" : "caller's memory");
+    testing::TempDir dir;
+    ScriptedImage src;
+    const std::string out = to_file ? dir.path + "/zero.bin" : "";
+    std::vector<uint8_t> memory(to_file ? 0 : PageScript::kBytes, 0xA5);
+    Outcome o = Migrate(
+        src, 2, Plain(), Plain(), out, std::chrono::seconds(20),
+        [](SourceOptions& s) { s.max_iterations = PageScript::kIterations; },
+        [&](DestinationOptions& d) {
+          d.memory = memory.empty() ? nullptr : memory.data();
+          d.memory_size = memory.size();
+        });
+    ASSERT_EQ(o.src_error, "");
+    ASSERT_EQ(o.dst_error, "");
+    EXPECT_EQ(src.calls(), 5u);
+    EXPECT_EQ(o.dst.iterations, PageScript::kIterations);
+    EXPECT_EQ(o.dst.digest, o.src.digest);
+    std::string file;
+    const uint8_t* got = memory.data();
+    if (to_file) {
+      file = ReadFile(out);
+      ASSERT_EQ(file.size(), src.size());
+      got = reinterpret_cast<const uint8_t*>(file.data());
+    }
+    EXPECT_EQ(FirstDifferingPage(got, src.data(), src.size(), src.page_size()), -1);
+  }
 }
 
 TEST(Transport, FileInput) {

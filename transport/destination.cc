@@ -246,6 +246,10 @@ class ChannelReader {
 
 // Where received pages go: straight into memory (readv into the image), or
 // into the file through a small per-channel buffer (read, hash, pwrite).
+// Every page the source sends, data or zero, is written to the target in
+// every iteration, and its digest is taken from the bytes written: so a
+// verified image is what the target holds, whatever it held before (the
+// caller's reused buffer, a page's contents from an earlier iteration).
 struct ImageTarget {
   uint8_t* memory = nullptr;
   int fd = -1;
@@ -335,8 +339,10 @@ void ReceiveChannel(Receiver& r, const wire::Geometry& g, const ImageTarget& tar
             for (uint32_t i = 0; i < h.page_count; i += bounce_pages) {
               WritePages(target, zeros.data(), &offsets[i], std::min(bounce_pages, h.page_count - i), g.page_size);
             }
-          } else if (iteration > 0) {
-            // A fresh in-memory image is already zero; later iterations must clear.
+          } else {
+            // Cleared in every iteration, even the first: the memory may be
+            // the caller's, holding older bytes, and the digest below
+            // vouches for a zero page only if the image really holds one.
             for (uint32_t i = 0; i < h.page_count; ++i) std::memset(image + offsets[i], 0, g.page_size);
           }
           for (uint32_t i = 0; i < h.page_count; ++i) digests.SetZero(offsets[i] / g.page_size);

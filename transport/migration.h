@@ -124,7 +124,8 @@ struct DestinationOptions {
                                    // (pre-faulted, like a destination's guest RAM)
   // With output "": receive into this caller-owned memory instead of
   // allocating (it must hold the image rounded up to pages, else
-  // Error(kLocalIo) before any page). Its contents are undefined on failure.
+  // Error(kLocalIo) before any page). It need not be zeroed: every page is
+  // written, zero pages included. Its contents are undefined on failure.
   uint8_t* memory = nullptr;
   uint64_t memory_size = 0;
   SecurityConfig security;
