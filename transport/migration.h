@@ -144,6 +144,14 @@ struct DestinationOptions {
   // its own (a silent one cannot delay the others); beyond this many, the
   // oldest pending one is dropped and logged.
   size_t max_pending = 32;
+  // File output: the received bytes not yet on disk (dirty or being
+  // written) are held to about two of these windows. A writeback thread
+  // writes out each window (or every 250 ms what there is) and waits for
+  // the disk; a receiver two windows ahead of it waits and reads nothing
+  // meanwhile, so a disk slower than the network paces the source, and the
+  // commit's fsync finds about that much left whatever the image size. 0: no
+  // bound (writeback is only started every 250 ms, never waited for).
+  uint64_t writeback_window = 16u << 20;
   Progress* progress = nullptr;
   std::function<void(const std::string&)> log;  // notices (rejected strays, ...)
   // Called with the temporary file's path once created, "" when it is gone
