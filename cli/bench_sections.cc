@@ -249,25 +249,36 @@ struct DowntimeMedians {
   }
 };
 
-// Runs `cfg` `runs` times (removing its output file each time) and takes
-// the medians of the source's downtime split and transfer time.
-DowntimeMedians RunDowntimeCase(const LoopbackConfig& cfg, int runs) {
-  std::vector<double> total, pages_s, digest_s, confirm_s, expected_s, final_pages, transfer_s;
-  for (int run = 0; run < runs; ++run) {
+// The downtime split and transfer time of a case's runs.
+class DowntimeSamples {
+ public:
+  // One run of `cfg` (its output file removed afterwards).
+  void Run(const LoopbackConfig& cfg) {
     LoopbackResult r = RunOnLoopback(cfg);
     if (!cfg.output.empty()) unlink(cfg.output.c_str());
     if (!r.verified) throw Error(ErrorKind::kIntegrity, EBADMSG, "downtime run: destination differs");
     const DowntimeReport& d = r.source.downtime;
-    total.push_back(d.total_seconds);
-    pages_s.push_back(d.final_pages_seconds);
-    digest_s.push_back(d.digest_seconds);
-    confirm_s.push_back(d.confirm_seconds);
-    expected_s.push_back(d.expected_seconds);
-    final_pages.push_back(double(d.final_pages));
-    transfer_s.push_back(r.source.transfer_seconds);
+    total_.push_back(d.total_seconds);
+    pages_s_.push_back(d.final_pages_seconds);
+    digest_s_.push_back(d.digest_seconds);
+    confirm_s_.push_back(d.confirm_seconds);
+    expected_s_.push_back(d.expected_seconds);
+    final_pages_.push_back(double(d.final_pages));
+    transfer_s_.push_back(r.source.transfer_seconds);
   }
-  return {Median(total),      Median(final_pages), Median(pages_s),   Median(expected_s),
-          Median(digest_s),   Median(confirm_s),   Median(transfer_s)};
+  DowntimeMedians Medians() const {
+    return {Median(total_),    Median(final_pages_), Median(pages_s_),   Median(expected_s_),
+            Median(digest_s_), Median(confirm_s_),   Median(transfer_s_)};
+  }
+
+ private:
+  std::vector<double> total_, pages_s_, digest_s_, confirm_s_, expected_s_, final_pages_, transfer_s_;
+};
+
+DowntimeMedians RunDowntimeCase(const LoopbackConfig& cfg, int runs) {
+  DowntimeSamples s;
+  for (int run = 0; run < runs; ++run) s.Run(cfg);
+  return s.Medians();
 }
 
 LoopbackConfig Dirty64M(const SectionPlan& plan, uint64_t size) {
@@ -289,17 +300,23 @@ LoopbackConfig Dirty64M(const SectionPlan& plan, uint64_t size) {
 nlohmann::json FileDowntimeBySize(const SectionPlan& plan) {
   const uint64_t sizes[2] = {std::max<uint64_t>(plan.downtime_size / 4, 16u << 20), plan.downtime_size};
   const uint64_t window = DestinationOptions{}.writeback_window;
-  std::printf("  writer dirtying 64 MiB/s, file destination, writeback bounded to %s windows (medians of %d) and "
-              "unbounded (1 run):\n",
-              Human(double(window)).c_str(), plan.runs);
+  std::printf("  writer dirtying 64 MiB/s, file destination, writeback bounded to %s windows and unbounded "
+              "(runs alternate):\n",
+              Human(double(window)).c_str());
   DowntimeMedians bounded[2], unbounded[2];
   for (int i = 0; i < 2; ++i) {
     LoopbackConfig cfg = Dirty64M(plan, sizes[i]);
     cfg.output = plan.output_dir + "/bench-downtime.img";
-    bounded[i] = RunDowntimeCase(cfg, plan.runs);
+    DowntimeSamples with, without;
+    for (int run = 0; run < plan.runs; ++run) {
+      cfg.writeback_window = window;
+      with.Run(cfg);
+      cfg.writeback_window = 0;
+      without.Run(cfg);
+    }
+    bounded[i] = with.Medians();
+    unbounded[i] = without.Medians();
     bounded[i].Print("  " + Human(double(sizes[i])) + ", bounded");
-    cfg.writeback_window = 0;
-    unbounded[i] = RunDowntimeCase(cfg, 1);
     unbounded[i].Print("  " + Human(double(sizes[i])) + ", unbounded (before)");
   }
   const double growth = bounded[1].total / std::max(bounded[0].total, 1e-9);
