@@ -58,7 +58,9 @@ encrypt/decrypt per GiB through GnuTLS's AEAD API, memcpy per GiB, and the
 plaintext rows' transfer-phase CPU), each TLS row's transfer-phase CPU per GiB
 as a ratio to that floor; rows with a real file destination (durable commit);
 a durable file migration against socat OpenSSL + sync; and the switch-over
-downtime of live migrations (freeze -> DONE, split).
+downtime of live migrations (freeze -> DONE, split), also into a file at a
+quarter of --downtime-size and at the full size, with the destination's
+writeback bound and without it (and the bound's cost in transfer time).
   --json FILE           results as JSON
   --png FILE            bar chart (gnuplot)
 )";

@@ -49,6 +49,7 @@ std::pair<int, std::string> RunDestinationChild(const LoopbackConfig& cfg, Liste
   try {
     DestinationOptions o;
     o.output = cfg.output;
+    o.writeback_window = cfg.writeback_window;
     o.accept_timeout = std::chrono::seconds(60);
     o.security = MakeSecurity(cfg, TlsRole::kServer);
     MigrationReport r = RunDestination(l, o);

@@ -32,6 +32,7 @@ struct LoopbackConfig {
   // Optional: builds the source image instead (the bench's final-dirty-set source).
   std::function<std::unique_ptr<PageSource>()> make_source;
   std::string output;              // "" = destination keeps the image in memory
+  uint64_t writeback_window = DestinationOptions{}.writeback_window;  // file output: its bound (0: none)
   bool progress = false;
 };
 

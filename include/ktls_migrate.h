@@ -206,8 +206,9 @@ ktm_status ktm_migrate_source(const char* address, const ktm_config* c, const vo
 /* Accepts one migration on `l` and receives it into `output_file` (a
  * temporary file beside it, renamed only when verified and durable) or, if
  * output_file is NULL, into `buffer` of `buffer_size` bytes (which must hold
- * the image rounded up to pages; KTM_E_LOCAL_IO otherwise). The buffer's
- * contents are undefined if the migration fails. */
+ * the image rounded up to pages; KTM_E_LOCAL_IO otherwise). The buffer need
+ * not be zeroed: on KTM_OK every page of it holds the source's image, zero
+ * pages included. Its contents are undefined if the migration fails. */
 ktm_status ktm_migrate_destination(ktm_listener* l, const ktm_config* c, const char* output_file, void* buffer,
                                    uint64_t buffer_size, int64_t accept_timeout_ms, ktm_progress_fn progress,
                                    void* progress_user, ktm_report** report);

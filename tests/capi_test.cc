@@ -1,8 +1,9 @@
 // The C API (include/ktls_migrate.h) in process, on real loopback sockets
 // with real certificates: the status and message of each failure a caller
 // meets (missing file, wrong hostname, peer gone, bad arguments, a buffer
-// too small), zero-copy writes with ids and the release callback, and a
-// migration into the caller's buffer, verified byte for byte.
+// too small), zero-copy writes with ids and the release callback, and
+// migrations into the caller's buffer, verified byte for byte (also a reused
+// buffer and a live image whose pages turn zero and back).
 #include "ktls_migrate.h"
 
 #include <gtest/gtest.h>
@@ -14,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/page_script.h"
 #include "tests/test_util.h"
 
 namespace {
@@ -260,6 +262,71 @@ TEST(CApi, MigrationIntoTheCallersBufferAndABufferTooSmall) {
       EXPECT_NE(src_err.find("does not fit"), std::string::npos) << src_err;
       EXPECT_EQ(rep, nullptr);
     }
+    ktm_report_free(rep);
+    ktm_report_free(dst_rep);
+    ktm_config_free(srv);
+    ktm_config_free(cli);
+    ktm_listener_free(l);
+  }
+}
+
+struct Scripted {
+  uint8_t* mem;
+  unsigned calls = 0;
+};
+
+void CollectScripted(void* user, ktm_page_list* out) {
+  auto* s = static_cast<Scripted*>(user);
+  std::vector<uint64_t> pages;
+  ktm::testing::PageScript::Apply(s->calls++, s->mem, &pages);
+  ktm_page_list_append(out, pages.data(), pages.size());
+}
+
+// The caller's buffer is reused memory (0xA5 everywhere) and the live image
+// has zero pages in the first iteration and pages that turn from data to
+// zero and back in later ones: KTM_OK must mean the buffer now holds the
+// source's image, byte for byte, zero pages included.
+TEST(CApi, ReusedBufferHoldsTheSourceImageIncludingZeroPages) {
+  using ktm::testing::PageScript;
+  Pki pki;
+  for (int channels : {1, 3}) {
+    SCOPED_TRACE(std::to_string(channels) + " channel(s)");
+    ktm_listener* l = ktm_listen("127.0.0.1:0");
+    ktm_config* srv = pki.Config(KTM_SERVER);
+    ktm_config* cli = pki.Config(KTM_CLIENT);
+    ktm_config_set_channels(cli, channels);
+    ktm_config_set_max_iterations(cli, PageScript::kIterations);
+    Aligned src_mem(PageScript::kBytes);
+    std::vector<uint8_t> dst(PageScript::kBytes, 0xA5);
+    std::string dst_err;
+    auto server = std::async(std::launch::async, [&] {
+      ktm_report* rep = nullptr;
+      const ktm_status st =
+          ktm_migrate_destination(l, srv, nullptr, dst.data(), dst.size(), 20000, nullptr, nullptr, &rep);
+      if (st != KTM_OK) dst_err = ktm_last_error();
+      return std::make_pair(st, rep);
+    });
+    Scripted script{src_mem.p};
+    ktm_source_ops ops{CollectScripted, nullptr, 1};
+    ktm_report* rep = nullptr;
+    const ktm_status st = ktm_migrate_source(ktm_listener_address(l), cli, src_mem.p, PageScript::kBytes,
+                                             PageScript::kPageSize, &ops, &script, nullptr, nullptr, &rep);
+    const std::string src_err = st == KTM_OK ? "" : ktm_last_error();
+    auto [dst_st, dst_rep] = server.get();
+    ASSERT_EQ(st, KTM_OK) << src_err;
+    ASSERT_EQ(dst_st, KTM_OK) << dst_err;
+    EXPECT_EQ(script.calls, 5u);  // the whole script ran
+    EXPECT_EQ(ktm_report_iterations(rep), PageScript::kIterations);
+    EXPECT_STREQ(ktm_report_digest(rep), ktm_report_digest(dst_rep));
+    size_t differing = 0, first = PageScript::kPages;
+    for (size_t p = 0; p < PageScript::kPages; ++p) {
+      const size_t off = p * PageScript::kPageSize;
+      if (std::memcmp(dst.data() + off, src_mem.p + off, PageScript::kPageSize) != 0) {
+        ++differing;
+        first = std::min(first, p);
+      }
+    }
+    EXPECT_EQ(differing, 0u) << "pages differing from the source, the first: " << first;
     ktm_report_free(rep);
     ktm_report_free(dst_rep);
     ktm_config_free(srv);

@@ -160,6 +160,16 @@ TEST(Cli, BenchRunsEveryModeAndWritesJsonAndChart) {
     EXPECT_GT(dt.value("total_s", 0.0), 0.0) << c;
     EXPECT_GE(dt.value("total_s", 0.0), dt.value("final_pages_s", 0.0)) << c;
   }
+  // The live writer into a file at two sizes, with the writeback bound and
+  // without, and the bound's cost in transfer time.
+  for (const char* size : {"small", "large"}) {
+    for (const char* bound : {"bounded", "unbounded"}) {
+      const nlohmann::json& dt = j.at("downtime").at("dirty-64M-file").at(size).at(bound);
+      EXPECT_GT(dt.value("total_s", 0.0), 0.0) << size << " " << bound;
+      EXPECT_GT(dt.value("transfer_s", 0.0), 0.0) << size << " " << bound;
+    }
+  }
+  EXPECT_NE(out.find("cost of the bound in transfer time"), std::string::npos) << out;
   // 1% of 64 MiB of 4 KiB pages, less the few the random picks repeat.
   EXPECT_NEAR(j.at("downtime").at("final-1pct").value("final_pages", 0.0), 163, 3);
   for (const char* s : {"Floor (measured now", "socat + sync", "Downtime (freeze -> DONE)", "-> file"}) {

@@ -2,19 +2,21 @@
 // for plaintext and TLS, 1 and 4 channels, static and live images; and the
 // destination's refusals (forged packets, strays, resets, wrong
 // certificates), each leaving no file behind.
-#include <gtest/gtest.h>
-
-#include <functional>
-#include <sys/socket.h>
-
 #include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <functional>
 #include <future>
-#include <thread>
 #include <mutex>
+#include <thread>
 
+#include "base/periodic.h"
+#include "base/unique_fd.h"
+#include "tests/page_script.h"
 #include "tests/tls_util.h"
 #include "transport/migration.h"
 #include "transport/protocol.h"
@@ -62,7 +64,8 @@ struct Outcome {
 
 Outcome Migrate(PageSource& src, int channels, SecurityConfig src_sec, SecurityConfig dst_sec,
                 const std::string& output, std::chrono::milliseconds accept_timeout = std::chrono::seconds(20),
-                const std::function<void(SourceOptions&)>& tweak = nullptr) {
+                const std::function<void(SourceOptions&)>& tweak = nullptr,
+                const std::function<void(DestinationOptions&)>& tweak_dst = nullptr) {
   Listener l = Listener::Listen("127.0.0.1:0");
   Outcome o;
   auto dst = std::async(std::launch::async, [&] {
@@ -71,6 +74,7 @@ Outcome Migrate(PageSource& src, int channels, SecurityConfig src_sec, SecurityC
     d.security = dst_sec;
     d.accept_timeout = accept_timeout;
     d.log = [&](const std::string& s) { o.logs.push_back(s); };
+    if (tweak_dst) tweak_dst(d);
     try {
       o.dst = RunDestination(l, d);
     } catch (const std::exception& e) {
@@ -209,6 +213,66 @@ TEST(Transport, LiveDowntimeIsReportedAndTheDigestIsTheSourcesChoice) {
   for (const auto& p : o.src.phases) EXPECT_GE(p.wall_seconds, 0.0) << p.name;
 }
 
+// tests/page_script.h as a PageSource.
+class ScriptedImage : public PageSource {
+ public:
+  ScriptedImage() : img_(MappedImage::Anonymous(PageScript::kBytes, PageScript::kPageSize)) {}
+  const uint8_t* data() const override { return img_->data(); }
+  uint64_t size() const override { return img_->size(); }
+  uint32_t page_size() const override { return img_->page_size(); }
+  bool live() const override { return true; }
+  void CollectDirty(std::vector<uint64_t>& pages) override { PageScript::Apply(calls_++, img_->mutable_data(), &pages); }
+  unsigned calls() const { return calls_; }
+
+ private:
+  std::unique_ptr<MappedImage> img_;
+  unsigned calls_ = 0;
+};
+
+// Index of the first page where `got` differs from `want`, or -1.
+long FirstDifferingPage(const uint8_t* got, const uint8_t* want, uint64_t size, uint32_t page_size) {
+  for (uint64_t off = 0; off < size; off += page_size) {
+    if (std::memcmp(got + off, want + off, std::min<uint64_t>(page_size, size - off)) != 0) {
+      return static_cast<long>(off / page_size);
+    }
+  }
+  return -1;
+}
+
+// Pages that turn from data to zero and back across iterations, and zero
+// pages in the first one: what the destination leaves equals the source at
+// the switch-over, byte for byte, both into a file and into the caller's
+// memory that held other bytes before (it is not the destination's to zero).
+TEST(Transport, ZeroPagesAreHonouredInEveryIterationAndEveryTarget) {
+  for (bool to_file : {true, false}) {
+    SCOPED_TRACE(to_file ? "file" : "caller's memory");
+    testing::TempDir dir;
+    ScriptedImage src;
+    const std::string out = to_file ? dir.path + "/zero.bin" : "";
+    std::vector<uint8_t> memory(to_file ? 0 : PageScript::kBytes, 0xA5);
+    Outcome o = Migrate(
+        src, 2, Plain(), Plain(), out, std::chrono::seconds(20),
+        [](SourceOptions& s) { s.max_iterations = PageScript::kIterations; },
+        [&](DestinationOptions& d) {
+          d.memory = memory.empty() ? nullptr : memory.data();
+          d.memory_size = memory.size();
+        });
+    ASSERT_EQ(o.src_error, "");
+    ASSERT_EQ(o.dst_error, "");
+    EXPECT_EQ(src.calls(), 5u);
+    EXPECT_EQ(o.dst.iterations, PageScript::kIterations);
+    EXPECT_EQ(o.dst.digest, o.src.digest);
+    std::string file;
+    const uint8_t* got = memory.data();
+    if (to_file) {
+      file = ReadFile(out);
+      ASSERT_EQ(file.size(), src.size());
+      got = reinterpret_cast<const uint8_t*>(file.data());
+    }
+    EXPECT_EQ(FirstDifferingPage(got, src.data(), src.size(), src.page_size()), -1);
+  }
+}
+
 TEST(Transport, FileInput) {
   testing::TempDir dir;
   const std::string in = dir.path + "/in.bin";
@@ -274,6 +338,60 @@ TEST(Transport, FileRewrittenAfterTheReadFailsValidation) {
               std::string::npos)
         << e.what();
   }
+}
+
+// The kernel's count of a file's pages in the page cache not yet on disk
+// (dirty or under writeback), from cachestat(2) (Linux 6.5+; Debian 12's
+// headers predate it, so the uapi structs are spelled out). -1 if the
+// kernel lacks it.
+long UnwrittenPages(int fd) {
+  struct {
+    uint64_t off, len;
+  } range{0, 0};  // len 0: to the end of the file
+  struct {
+    uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
+  } cs{};
+  constexpr long kCachestat = 451;  // x86_64 and the generic table alike
+  if (syscall(kCachestat, fd, &range, &cs, 0) != 0) return -1;
+  return static_cast<long>(cs.nr_dirty + cs.nr_writeback);
+}
+
+// The destination applies backpressure instead of letting the page cache
+// pile up what the disk has not written: sampled all along a transfer of
+// 256 MiB into a file, the received bytes not yet on disk stay within a
+// few writeback windows, so the commit's fsync costs the same at any size.
+TEST(Transport, FileDestinationBoundsItsUnwrittenBacklog) {
+  testing::TempDir dir;
+  auto img = MappedImage::Anonymous(256u << 20);
+  img->FillMixed(10, 21);
+  std::mutex mu;
+  UniqueFd file;  // the temporary image, opened when the destination creates it
+  long max_pages = 0;
+  bool supported = true;
+  {
+    PeriodicThread sampler(std::chrono::milliseconds(2), [&] {
+      std::lock_guard<std::mutex> l(mu);
+      if (!file) return;
+      const long n = UnwrittenPages(file.get());
+      if (n < 0) supported = false;
+      max_pages = std::max(max_pages, n);
+    });
+    const std::string out = dir.path + "/bound.bin";
+    Outcome o = Migrate(*img, 2, Plain(), Plain(), out, std::chrono::seconds(20), nullptr, [&](DestinationOptions& d) {
+      d.temp_file_hook = [&](const std::string& path) {
+        std::lock_guard<std::mutex> l(mu);
+        file.reset(path.empty() ? -1 : open(path.c_str(), O_RDONLY | O_CLOEXEC));
+      };
+    });
+    ExpectIntact(o, *img, out);
+  }
+  if (!supported) GTEST_SKIP() << "this kernel has no cachestat(2)";
+  const uint64_t window = DestinationOptions{}.writeback_window;
+  std::printf("  most received bytes not yet on disk: %.1f MiB (writeback window %.0f MiB)\n",
+              max_pages * 4096.0 / (1 << 20), window / double(1 << 20));
+  // Two windows (one being written, one filling), plus each channel's last
+  // write (256 KiB) and a margin: before the bound this was 49-134 MiB.
+  EXPECT_LE(uint64_t(max_pages) * 4096, 2 * window + (4u << 20));
 }
 
 TEST(Transport, WrongCertificatesRejectedBeforeAnyPage) {

@@ -17,7 +17,6 @@
 
 #include "base/error.h"
 #include "base/fd_wait.h"
-#include "base/periodic.h"
 #include "base/unique_fd.h"
 #include "transport/admission.h"
 #include "transport/busy_responder.h"
@@ -269,12 +268,110 @@ class ChannelReader {
   std::string phase_ = "receiving iteration 0";
 };
 
+// Writeback of the file image while it is received, on its own thread:
+// it starts writeback of whatever is dirty (SYNC_FILE_RANGE_WRITE) once a
+// window's worth has been written, or every 250 ms, and waits for it to
+// reach the disk (SYNC_FILE_RANGE_WAIT_BEFORE) before the next round. A
+// receiver that gets two windows ahead of the disk waits in Wrote(): it
+// stops reading, and TCP carries the pace back to the source. So what is
+// not yet on disk (dirty or under writeback) stays near two windows, and
+// the commit's fsync costs about the same at any image size. Without the
+// bound a disk slower than the network let gigabytes pile up in the page
+// cache, for the final fsync to wait out during the downtime.
+class Writeback {
+ public:
+  // `window` 0: no bound; writeback is only started every 250 ms, never
+  // waited for.
+  Writeback(int fd, const std::string& path, uint64_t window)
+      : fd_(fd), path_(path), window_(window), thread_([this] { Run(); }) {}
+  ~Writeback() { Stop(); }
+
+  // After `bytes` more were written to the file: blocks while more than two
+  // windows are not yet on disk. Thread safe. Throws the writeback's
+  // Error(kLocalIo) once it failed.
+  void Wrote(uint64_t bytes) {
+    std::unique_lock<std::mutex> l(mu_);
+    written_ += bytes;
+    if (!window_) return;
+    if (written_ - started_ >= window_) work_.notify_one();
+    done_.wait(l, [&] { return error_ || stopped_ || written_ - durable_ <= 2 * window_; });
+    if (error_) throw *error_;
+  }
+
+  // Stops the thread; throws its error if the writeback failed. Must be
+  // called before the commit: sync_file_range's wait reports a write error
+  // to this file description once, and the commit's fsync would then not
+  // see it again.
+  void Finish() {
+    Stop();
+    std::lock_guard<std::mutex> l(mu_);
+    if (error_) throw *error_;
+  }
+
+ private:
+  void Run() {
+    std::unique_lock<std::mutex> l(mu_);
+    for (;;) {
+      work_.wait_for(l, std::chrono::milliseconds(250),
+                     [&] { return stopped_ || (window_ && written_ - started_ >= window_); });
+      if (stopped_) return;
+      if (written_ == started_) continue;
+      // Pages written before this point are dirty now, or already under
+      // writeback from an earlier round (a page rewritten meanwhile may
+      // stay dirty for the next round: "durable" is a pacing estimate; the
+      // commit's fsync is what makes the file durable).
+      const uint64_t target = written_;
+      started_ = target;
+      l.unlock();
+      int rc = sync_file_range(fd_, 0, 0, SYNC_FILE_RANGE_WRITE);
+      if (rc == 0 && window_) rc = sync_file_range(fd_, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE);
+      const int err = errno;
+      l.lock();
+      if (rc != 0) {
+        error_ = Error(ErrorKind::kLocalIo, err, "writing the image to " + path_ + ": " + std::strerror(err));
+        done_.notify_all();
+        return;
+      }
+      durable_ = target;
+      done_.notify_all();
+    }
+  }
+
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stopped_ = true;
+    }
+    work_.notify_all();
+    done_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  const int fd_;
+  const std::string path_;
+  const uint64_t window_;
+  std::mutex mu_;
+  std::condition_variable work_;  // the thread: a window is full, or stop
+  std::condition_variable done_;  // the receivers: a round reached the disk
+  // Bytes written by the receivers; of them, the ones whose writeback was
+  // started, and those known on disk.
+  uint64_t written_ = 0, started_ = 0, durable_ = 0;
+  bool stopped_ = false;
+  std::optional<Error> error_;
+  std::thread thread_;  // last: starts once the members it uses exist
+};
+
 // Where received pages go: straight into memory (readv into the image), or
 // into the file through a small per-channel buffer (read, hash, pwrite).
+// Every page the source sends, data or zero, is written to the target in
+// every iteration, and its digest is taken from the bytes written: so a
+// verified image is what the target holds, whatever it held before (the
+// caller's reused buffer, a page's contents from an earlier iteration).
 struct ImageTarget {
   uint8_t* memory = nullptr;
   int fd = -1;
   std::string path;  // for errors
+  Writeback* writeback = nullptr;  // the file's; told of every write
 };
 
 // Writes `n` pages from `buf` to their offsets, one pwrite per contiguous run.
@@ -293,6 +390,7 @@ void WritePages(const ImageTarget& t, const uint8_t* buf, const uint64_t* offset
     }
     i = j;
   }
+  if (t.writeback) t.writeback->Wrote(uint64_t{n} * ps);
 }
 
 // Reads one channel until its end (EOF after the final SYNC, or END on
@@ -360,8 +458,10 @@ void ReceiveChannel(Receiver& r, const wire::Geometry& g, const ImageTarget& tar
             for (uint32_t i = 0; i < h.page_count; i += bounce_pages) {
               WritePages(target, zeros.data(), &offsets[i], std::min(bounce_pages, h.page_count - i), g.page_size);
             }
-          } else if (iteration > 0) {
-            // A fresh in-memory image is already zero; later iterations must clear.
+          } else {
+            // Cleared in every iteration, even the first: the memory may be
+            // the caller's, holding older bytes, and the digest below
+            // vouches for a zero page only if the image really holds one.
             for (uint32_t i = 0; i < h.page_count; ++i) std::memset(image + offsets[i], 0, g.page_size);
           }
           for (uint32_t i = 0; i < h.page_count; ++i) digests.SetZero(offsets[i] / g.page_size);
@@ -699,15 +799,20 @@ MigrationReport RunDestination(Listener& listener, const DestinationOptions& opt
   phases.Begin("transfer");
   std::vector<Receiver> rx;
   {
-    // Start writeback of the received pages while the transfer runs
-    // (SYNC_FILE_RANGE_WRITE does not wait for the disk), so the commit's
-    // fsync finds little left and its cost follows what changed last, not
-    // the image size.
-    std::optional<PeriodicThread> writeback;
-    if (const int fd = image.fd(); fd >= 0) {
-      writeback.emplace(std::chrono::milliseconds(250), [fd] { (void)sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE); });
+    std::optional<Writeback> writeback;
+    if (image.fd() >= 0) writeback.emplace(image.fd(), image.path(), opts.writeback_window);
+    rx = ReceiveImage(session, g,
+                      ImageTarget{image.data(), image.fd(), image.path(), writeback ? &*writeback : nullptr}, digests,
+                      opts.progress);
+    if (writeback) {
+      try {
+        writeback->Finish();
+      } catch (const Error&) {
+        // The source waits for DONE on channel 0: say why there is none.
+        TrySendU32Pair(*session.by_id[0].channel, wire::kDoneMagic, wire::kCommitFailed);
+        throw;
+      }
     }
-    rx = ReceiveImage(session, g, ImageTarget{image.data(), image.fd(), image.path()}, digests, opts.progress);
   }
   const std::string digest = VerifyAndCommit(session, image, digests, *rx[0].end_digest, opts.output, phases);
   MigrationReport rep = BuildReport(session, rx);

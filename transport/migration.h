@@ -124,7 +124,8 @@ struct DestinationOptions {
                                    // (pre-faulted, like a destination's guest RAM)
   // With output "": receive into this caller-owned memory instead of
   // allocating (it must hold the image rounded up to pages, else
-  // Error(kLocalIo) before any page). Its contents are undefined on failure.
+  // Error(kLocalIo) before any page). It need not be zeroed: every page is
+  // written, zero pages included. Its contents are undefined on failure.
   uint8_t* memory = nullptr;
   uint64_t memory_size = 0;
   SecurityConfig security;
@@ -144,6 +145,14 @@ struct DestinationOptions {
   // overflow rule of transport/admission.h drops the oldest pending
   // connection of the busiest source address (logged).
   size_t max_pending = 32;
+  // File output: the received bytes not yet on disk (dirty or being
+  // written) are held to about two of these windows. A writeback thread
+  // writes out each window (or every 250 ms what there is) and waits for
+  // the disk; a receiver two windows ahead of it waits and reads nothing
+  // meanwhile, so a disk slower than the network paces the source, and the
+  // commit's fsync finds about that much left whatever the image size. 0: no
+  // bound (writeback is only started every 250 ms, never waited for).
+  uint64_t writeback_window = 16u << 20;
   Progress* progress = nullptr;
   std::function<void(const std::string&)> log;  // notices (rejected strays, ...)
   // Called with the temporary file's path once created, "" when it is gone
