@@ -58,7 +58,7 @@ TEST(Readme, EveryQuotedHintIsOneTheCliPrints) {
     std::string hint = line.substr(at);
     if (auto tick = hint.find('`'); tick != std::string::npos) hint.resize(tick);
     while (!hint.empty() && (hint.back() == ' ' || hint.back() == '.')) hint.pop_back();
-    if (hint == "hint: ") continue;
+    if (hint == "hint:") continue;  // prose that names a hint without quoting one
     ++quoted;
     EXPECT_TRUE(hints.count(hint)) << "README quotes a hint the CLI never prints: '" << hint << "'";
   }
