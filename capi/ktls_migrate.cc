@@ -16,6 +16,7 @@
 #include "base/error.h"
 #include "base/periodic.h"
 #include "base/version.h"
+#include "capi/channel_wrap.h"
 #include "certs/credentials.h"
 #include "certs/generate.h"
 #include "channel/address.h"
@@ -329,16 +330,18 @@ ktm_status ktm_channel_write(ktm_channel* ch, const void* buf, size_t len, unsig
 }
 
 int ktm_channel_is_released(ktm_channel* ch, uint64_t id) {
-  if (!ch) return 1;
-  try {
+  int released = 0;
+  const ktm_status st = Guard([&] {
+    NeedArg(ch, "channel");
     ch->oc.channel->try_flush();
-    return ch->oc.channel->is_released(ZeroCopyIds{id, id + 1}) ? 1 : 0;
-  } catch (const Error& e) {
-    Fail(StatusOf(e.kind()), e.what());
-    return 0;
-  } catch (...) {
-    return 0;
-  }
+    // The contract covers every write up to and including `id`, not `id`
+    // alone: completions arrive out of order (io_uring notifies a request
+    // that pinned nothing at once, while an earlier one still holds pages).
+    // [0, id] is released exactly when the tracker's low-water mark is past
+    // `id`. UINT64_MAX was never handed out (and id + 1 would wrap).
+    released = id != UINT64_MAX && ch->oc.channel->is_released(ZeroCopyIds{0, id + 1}) ? 1 : 0;
+  });
+  return st == KTM_OK ? released : 0;
 }
 
 ktm_status ktm_channel_set_release_callback(ktm_channel* ch, ktm_release_fn fn, void* user) {
@@ -546,3 +549,12 @@ const char* ktm_report_json(const ktm_report* r) { return r ? r->json.c_str() : 
 void ktm_report_free(ktm_report* r) { delete r; }
 
 }  // extern "C"
+
+namespace ktm {
+ktm_channel* WrapChannelForCApi(std::unique_ptr<Channel> ch, bool zero_copy) {
+  OpenedChannel oc;
+  oc.channel = std::move(ch);
+  oc.zero_copy = zero_copy;
+  return new ktm_channel{std::move(oc)};
+}
+}  // namespace ktm

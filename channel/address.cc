@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -54,11 +55,27 @@ AddrInfoPtr Resolve(const ParsedAddress& a, bool passive) {
   return AddrInfoPtr(res);
 }
 
+// Nagle off on a new TCP socket, whatever runs over it later (plaintext,
+// userspace TLS, kTLS, the tunnel): the protocol's small messages (SYNC,
+// END, DONE at switch-over, TLS alerts) must not wait for a delayed ACK,
+// and bulk writes are large anyway. Set at creation, the one place every
+// connecting and listening socket passes through; Linux clones an accepted
+// socket from its listener, so every accept() returns it set too (the
+// transport's own accept loops included).
+void SetNoDelay(int fd, int family) {
+  if (family != AF_INET && family != AF_INET6) return;
+  int one = 1;
+  if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0) {
+    ThrowErrno(ErrorKind::kInternal, errno, "setsockopt(TCP_NODELAY)");
+  }
+}
+
 // One non-blocking connect with a deadline; returns the fd in blocking mode.
 UniqueFd ConnectOne(int family, const sockaddr* sa, socklen_t salen, const std::string& address,
                     std::chrono::milliseconds timeout) {
   UniqueFd fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!fd) ThrowErrno(ErrorKind::kInternal, errno, "socket");
+  SetNoDelay(fd.get(), family);
   if (::connect(fd.get(), sa, salen) != 0) {
     if (errno != EINPROGRESS && errno != EAGAIN) {
       const int e = errno;
@@ -189,6 +206,7 @@ Listener Listener::Listen(const std::string& address, int backlog) {
         last_err = errno;
         continue;
       }
+      SetNoDelay(fd.get(), ai->ai_family);  // inherited by every accepted socket
       if (bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0) { last_err = errno; continue; }
       l.fd_ = std::move(fd);
       l.family_ = ai->ai_family;

@@ -23,7 +23,8 @@ struct ParsedAddress {
 ParsedAddress ParseAddress(const std::string& address);
 
 // Connects a stream socket to `address`, trying every resolved address,
-// giving up after `timeout` per attempt. Returns a blocking, connected fd.
+// giving up after `timeout` per attempt. Returns a blocking, connected fd
+// (TCP: with TCP_NODELAY, Nagle off, whatever runs over it later).
 // Throws Error: kPeer (refused, unreachable), kTimeout, kUsage (bad address).
 UniqueFd ConnectStream(const std::string& address, std::chrono::milliseconds timeout);
 
@@ -37,7 +38,9 @@ class Listener {
   static constexpr int kDefaultBacklog = 4096;
 
   // Listens on "HOST:PORT" (PORT 0 picks a free port), "[V6]:PORT" or
-  // "unix:PATH" (a stale socket file at PATH is replaced).
+  // "unix:PATH" (a stale socket file at PATH is replaced). TCP listeners
+  // get TCP_NODELAY, which Linux copies to every socket accept() returns
+  // (here or in any other accept loop on fd()).
   static Listener Listen(const std::string& address, int backlog = kDefaultBacklog);
 
   // Waits up to `timeout` (negative: forever) for a connection and returns

@@ -100,6 +100,7 @@ struct ChannelStats {
   ZeroCopyCounters zc;
   std::string backend;                  // "sendmsg" / "io_uring" where zero copy is issued
   uint64_t fixed_sends = 0;             // io_uring registered-buffer sends
+  uint64_t max_in_flight = 0;           // io_uring: most sends awaiting their result at once
   uint64_t records_batched = 0;         // userspace TLS: uncorked batches sent
   uint64_t session_tickets_ignored = 0; // kTLS: NewSessionTicket records skipped
 };

@@ -106,6 +106,7 @@ ChannelStats SocketChannel::stats() const {
   st.zc = tracker_.counters();
   st.backend = ToString(backend());
   st.fixed_sends = sender_ ? sender_->fixed_sends() : 0;
+  st.max_in_flight = sender_ ? sender_->max_in_flight() : 0;
   return st;
 }
 
@@ -172,6 +173,7 @@ std::optional<WriteResult> SocketChannel::WriteZeroCopy(std::span<const iovec> i
       continue;
     }
     if (e == ETIMEDOUT) throw IoTimeoutError(true, write_timeout_, peer_);
+    if (e == EIO) ThrowPending();  // an earlier send failed; the sender said why
     if (e == EOPNOTSUPP && sender_->backend() == SendBackend::kIoUring) {
       sender_refused_ = true;
       backend_reason_ = std::string("io_uring SEND_ZC refused by this ") + (family_ == AF_UNIX ? "UNIX" : "TCP") +
@@ -205,6 +207,11 @@ WriteResult SocketChannel::writev(std::span<const iovec> iov, unsigned flags) {
   if (zc && tracker_.counters().outstanding() >= reap_outstanding_) Reap(/*block=*/false);
   if (zc) {
     if (std::optional<WriteResult> r = WriteZeroCopy(iov)) return *r;
+  }
+  // Zero-copy sends still running (io_uring) go out first: a plain send
+  // must not overtake their bytes.
+  if (sender_ && !sender_refused_) {
+    if (!FinishZeroCopySends()) return WriteResult{0, true, {}};
   }
   msghdr msg{};
   msg.msg_iov = const_cast<iovec*>(iov.data());
@@ -316,8 +323,21 @@ void SocketChannel::wait_released(ZeroCopyIds ids) {
 
 void SocketChannel::set_release_callback(ReleaseCallback cb) { tracker_.set_release_callback(std::move(cb)); }
 
+bool SocketChannel::FinishZeroCopySends() {
+  const ssize_t r = sender_->FinishPending(blocking_, write_timeout_);
+  if (r == 0) return true;
+  if (r == -EAGAIN) return false;
+  if (auto e = sender_->TakeError(); e && !pending_error_) pending_error_ = std::move(e);
+  if (r == -ETIMEDOUT) throw IoTimeoutError(true, write_timeout_, peer_);
+  ThrowPending();
+  ThrowIoError(static_cast<int>(-r), "zero-copy write");
+}
+
 void SocketChannel::shutdown(ShutdownHow how) {
   CheckOpen("shutdown");
+  // Half-close after the last zero-copy bytes, not before. Not for kBoth:
+  // that aborts, possibly from another thread to unblock the writer.
+  if (how == ShutdownHow::kWrite && sender_ && !sender_refused_ && blocking_) FinishZeroCopySends();
   int h = how == ShutdownHow::kRead ? SHUT_RD : how == ShutdownHow::kWrite ? SHUT_WR : SHUT_RDWR;
   if (how != ShutdownHow::kRead) shut_down_.store(true, std::memory_order_relaxed);
   if (::shutdown(fd_.get(), h) != 0 && errno != ENOTCONN) ThrowErrno(ErrorKind::kInternal, errno, "shutdown");

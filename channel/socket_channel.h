@@ -121,6 +121,9 @@ class SocketChannel : public Channel {
   // Zero-copy send through the sender; nullopt when the socket refused zero
   // copy (then the caller copies, now and from then on).
   std::optional<WriteResult> WriteZeroCopy(std::span<const iovec> iov);
+  // Waits for zero-copy sends still running to put their bytes on the
+  // socket. False: non-blocking and not done yet. Throws their failure.
+  bool FinishZeroCopySends();
 
   UniqueFd fd_;
   int family_ = 0;

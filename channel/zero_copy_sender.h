@@ -38,8 +38,21 @@ class ZeroCopySender {
   // (this socket refuses zero copy: send by copy from now on), other errors.
   // Every kernel request that may pin pages got an id from the tracker.
   // Blocking sends give up after `timeout` without progress (-ETIMEDOUT or
-  // -EAGAIN; negative: never).
+  // -EAGAIN; negative: never). "Sent" may mean "handed to the kernel": the
+  // io_uring backend returns with its requests still running (see
+  // uring_sender.h); a failure of theirs is returned by a later call as
+  // -EIO with TakeError() saying what failed.
   virtual ssize_t Send(std::span<const iovec> iov, bool blocking, std::chrono::milliseconds timeout) = 0;
+
+  // Waits until no earlier send can still put bytes on the socket, so a
+  // plain send or a shutdown that follows cannot overtake them (io_uring
+  // keeps a chain in flight after Send returns; sendmsg has nothing to do).
+  // 0, -EAGAIN (non-blocking, still running) or -errno (TakeError() may
+  // say more).
+  virtual ssize_t FinishPending(bool blocking, std::chrono::milliseconds timeout) {
+    (void)blocking, (void)timeout;
+    return 0;
+  }
 
   // Applies completions that are already available. With `wait` it first
   // waits (up to `max_wait`) for at least one to arrive.
@@ -59,6 +72,8 @@ class ZeroCopySender {
   // "MSG_ZEROCOPY on (writes >= N bytes)" and the like.
   virtual std::string describe(size_t threshold) const = 0;
   virtual uint64_t fixed_sends() const { return 0; }
+  // Most zero-copy requests waiting for their result at once (io_uring).
+  virtual uint64_t max_in_flight() const { return 0; }
 };
 
 // MSG_ZEROCOPY on `fd`. Enables SO_ZEROCOPY; returns nullptr with `why`

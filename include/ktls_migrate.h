@@ -147,7 +147,10 @@ int ktm_channel_is_zero_copy(const ktm_channel* ch);
  * (may be NULL) get the write ids; first > last when nothing is pending. */
 ktm_status ktm_channel_write(ktm_channel* ch, const void* buf, size_t len, unsigned flags, uint64_t* first_id,
                              uint64_t* last_id);
-/* 1 if every write up to and including `id` is released (polls completions). */
+/* 1 if every write up to and including `id` is released (polls completions),
+ * whatever order the kernel's completions arrived in; 0 while any of them is
+ * still held, for an id not yet handed out, and on failure (a NULL channel,
+ * an error the kernel reported: then ktm_last_error() says why). */
 int ktm_channel_is_released(ktm_channel* ch, uint64_t id);
 /* Called once per released write id range, on the thread that polls
  * (is_released, flush, write). NULL clears it. */

@@ -15,6 +15,8 @@
 #include <thread>
 #include <vector>
 
+#include "capi/channel_wrap.h"
+#include "channel/socket_channel.h"
 #include "tests/page_script.h"
 #include "tests/test_util.h"
 
@@ -192,6 +194,74 @@ TEST(CApi, ZeroCopyWritesAreTrackedAndArriveIntact) {
     ktm_config_free(cli);
     ktm_listener_free(l);
   }
+}
+
+// ktm_channel_is_released(ch, id) promises that every write up to and
+// including `id` is released. io_uring delivers notifications out of order:
+// a SEND_ZC the socket refuses (EAGAIN, nothing pinned) is notified at once,
+// while the write before it still has bytes pinned in the send queue of a
+// peer that does not read. The later id is released, the earlier is not, so
+// the C API must answer 0 for the later id until the earlier one is done.
+TEST(CApi, IsReleasedCoversEveryEarlierWriteWithOutOfOrderCompletions) {
+  using namespace std::chrono_literals;
+  ktm::SocketOptions uring;
+  uring.backend = ktm::SendBackend::kIoUring;
+  auto p = ktm::testing::ConnectedPair("127.0.0.1:0", uring);
+  ASSERT_EQ(p.client->backend(), ktm::SendBackend::kIoUring) << p.client->backend_reason();
+  ktm::SocketChannel* client = p.client.get();
+  ktm_channel* ch = ktm::WrapChannelForCApi(std::move(p.client), /*zero_copy=*/true);
+
+  ktm::testing::Mapping data(8u << 20);
+  ktm::testing::FillPattern(data.data(), data.size(), 17);
+  constexpr size_t kWrite = 64 << 10;
+  client->set_blocking(false);
+  uint64_t accepted_last = 0;  // id of the last write the kernel took
+  ktm::ZeroCopyIds refused;     // the request that found the socket full
+  for (size_t off = 0;; off = (off + kWrite) % (data.size() - kWrite)) {
+    iovec v{data.data() + off, kWrite};
+    const ktm::WriteResult r = client->writev(std::span<const iovec>(&v, 1), ktm::kWriteZeroCopy);
+    if (r.would_block) {
+      refused = r.zc;
+      break;
+    }
+    ASSERT_FALSE(r.zc.empty());
+    accepted_last = r.zc.end - 1;
+  }
+  client->set_blocking(true);
+  ASSERT_EQ(refused.end - refused.first, 1u) << "the refused request should have had one id";
+  const uint64_t later = refused.first;
+  ASSERT_GT(later, accepted_last);
+  // Wait (bounded) for the refused request's notification: nothing was pinned.
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (!client->is_released(ktm::ZeroCopyIds{later, later + 1}) && std::chrono::steady_clock::now() < deadline) {
+    client->try_flush();
+    std::this_thread::sleep_for(1ms);
+  }
+  ASSERT_TRUE(client->is_released(ktm::ZeroCopyIds{later, later + 1}));
+  ASSERT_FALSE(client->is_released(ktm::ZeroCopyIds{accepted_last, accepted_last + 1}))
+      << "the peer is not reading: the last accepted write must still be pinned";
+  // Out of order for real: `later` is released, `accepted_last` < `later` is not.
+  EXPECT_EQ(ktm_channel_is_released(ch, later), 0)
+      << "write " << accepted_last << " is still held by the kernel";
+  EXPECT_EQ(ktm_channel_is_released(ch, accepted_last), 0);
+
+  // Once the peer reads, everything is released and the answer turns to 1.
+  std::thread rx([&] { ktm::testing::DrainAndHash(*p.server); });
+  ASSERT_EQ(ktm_channel_flush(ch), KTM_OK) << ktm_last_error();
+  EXPECT_EQ(ktm_channel_is_released(ch, later), 1);
+  EXPECT_EQ(ktm_channel_is_released(ch, accepted_last), 1);
+  // An id never handed out is not released.
+  EXPECT_EQ(ktm_channel_is_released(ch, later + 1000), 0);
+  ASSERT_EQ(ktm_channel_shutdown(ch, KTM_SHUT_WRITE), KTM_OK) << ktm_last_error();
+  rx.join();
+  ktm_channel_free(ch);
+}
+
+// The failure path answers 0 and says why, like every other C API call.
+TEST(CApi, IsReleasedFailureSetsTheLastError) {
+  EXPECT_EQ(ktm_channel_is_released(nullptr, 0), 0);
+  EXPECT_EQ(ktm_last_status(), KTM_E_USAGE);
+  EXPECT_TRUE(Has(ktm_last_error(), "channel")) << ktm_last_error();
 }
 
 struct Image {

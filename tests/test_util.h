@@ -3,6 +3,9 @@
 #pragma once
 
 #include <dirent.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <linux/capability.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -10,6 +13,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -123,5 +127,47 @@ struct TempDir {
     return out;
   }
 };
+
+// One connected TCP socket of a process and whether Nagle is off on it.
+struct TcpSocketState {
+  int fd = -1;                // the fd number in that process
+  std::string local, peer;    // SockName() of both ends
+  bool nodelay = false;       // getsockopt(TCP_NODELAY) != 0
+};
+
+// Every connected TCP socket `pid` holds now (the test itself too: pass
+// getpid()). Other processes' sockets are read through pidfd_getfd, so the
+// answer is the kernel's, not the program's idea of what it set.
+inline std::vector<TcpSocketState> ConnectedTcpSockets(pid_t pid) {
+  std::vector<TcpSocketState> out;
+  UniqueFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
+  if (!pidfd) ThrowErrno(ErrorKind::kInternal, errno, "pidfd_open");
+  const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+  DIR* d = opendir(dir.c_str());
+  if (!d) ThrowErrno(ErrorKind::kInternal, errno, "opendir " + dir);
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    char target[64] = {};
+    if (readlink((dir + "/" + e->d_name).c_str(), target, sizeof(target) - 1) < 0) continue;
+    if (std::strncmp(target, "socket:", 7) != 0) continue;
+    const int remote = std::atoi(e->d_name);
+    UniqueFd fd(static_cast<int>(syscall(SYS_pidfd_getfd, pidfd.get(), remote, 0)));
+    if (!fd) continue;  // closed meanwhile
+    int type = 0, proto = 0;
+    socklen_t l = sizeof(type);
+    if (getsockopt(fd.get(), SOL_SOCKET, SO_TYPE, &type, &l) != 0 || type != SOCK_STREAM) continue;
+    l = sizeof(proto);
+    if (getsockopt(fd.get(), SOL_SOCKET, SO_PROTOCOL, &proto, &l) != 0 || proto != IPPROTO_TCP) continue;
+    sockaddr_storage ss{};
+    socklen_t sl = sizeof(ss);
+    if (getpeername(fd.get(), reinterpret_cast<sockaddr*>(&ss), &sl) != 0) continue;  // listening
+    int nodelay = 0;
+    l = sizeof(nodelay);
+    if (getsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &nodelay, &l) != 0) continue;
+    out.push_back({remote, SockName(fd.get(), false), SockName(fd.get(), true), nodelay != 0});
+  }
+  closedir(d);
+  return out;
+}
 
 }  // namespace ktm::testing

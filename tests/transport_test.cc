@@ -56,6 +56,32 @@ SecurityConfig Tls(TlsRole role) {
 
 
 
+// Every migration socket runs with Nagle off, TLS and kTLS-candidate ones
+// too: the switch-over's small SYNC/END/DONE messages must not wait for a
+// delayed ACK. Checked with getsockopt on both ends' sockets as the kernel
+// holds them, after the channel is open (whatever path TLS took).
+TEST(Transport, TlsChannelSocketsHaveNagleOff) {
+  using namespace std::chrono_literals;
+  for (KtlsMode ktls : {KtlsMode::kOff, KtlsMode::kAuto}) {
+    SCOPED_TRACE(ktls == KtlsMode::kOff ? "userspace TLS" : "kTLS candidate (auto)");
+    Listener l = Listener::Listen("127.0.0.1:0");
+    SecurityConfig srv = Tls(TlsRole::kServer), cli = Tls(TlsRole::kClient);
+    srv.ktls = cli.ktls = ktls;
+    auto server = std::async(std::launch::async, [&] { return OpenServerChannel(l.AcceptFd(10s), srv); });
+    OpenedChannel c = OpenClientChannel(l.address(), cli, 10s);
+    OpenedChannel s = server.get();
+    int seen = 0;
+    for (const auto& t : testing::ConnectedTcpSockets(getpid())) {
+      if (t.local != l.address() && t.peer != l.address()) continue;
+      ++seen;
+      EXPECT_TRUE(t.nodelay) << "fd " << t.fd << " " << t.local << " -> " << t.peer << " (" << c.path << ")";
+    }
+    EXPECT_EQ(seen, 2) << "both ends of the channel";
+    c.channel->close();
+    s.channel->close();
+  }
+}
+
 struct Outcome {
   MigrationReport src, dst;
   std::string src_error, dst_error;

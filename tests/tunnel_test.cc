@@ -283,6 +283,37 @@ void ExpectOrder(bool hold_first) {
   t.Stop(/*clean=*/false);
 }
 
+// Nagle is off on every TCP socket both tunnel ends hold while a
+// connection runs: the accepted client, the TLS connection between the ends
+// (either side) and the connection to the target. Small interactive writes
+// must not wait for a delayed ACK. Read with getsockopt on the processes'
+// own sockets (pidfd_getfd).
+TEST(Tunnel, EverySocketOfBothEndsHasNagleOff) {
+  Listener target = Listener::Listen("127.0.0.1:0");
+  TunnelPair t = StartPair(target.address());
+  UniqueFd c = ConnectStream(t.addr, 10s);
+  const uint8_t hello[5] = {'h', 'e', 'l', 'l', 'o'};
+  SendAllFd(c.get(), hello, sizeof(hello));
+  UniqueFd served = target.AcceptFd(30s);
+  const timeval rcv_timeout{30, 0};
+  ASSERT_EQ(setsockopt(served.get(), SOL_SOCKET, SO_RCVTIMEO, &rcv_timeout, sizeof(rcv_timeout)), 0);
+  uint8_t got[sizeof(hello)] = {};
+  ASSERT_EQ(::recv(served.get(), got, sizeof(got), MSG_WAITALL), static_cast<ssize_t>(sizeof(got)))
+      << "the whole path is up";
+  for (auto* p : {t.src.get(), t.dst.get()}) {
+    const auto socks = testing::ConnectedTcpSockets(p->pid());
+    EXPECT_GE(socks.size(), 2u) << "a client-side and a TLS socket at least";
+    for (const auto& s : socks) {
+      EXPECT_TRUE(s.nodelay) << (p == t.src.get() ? "source" : "destination") << " end fd " << s.fd << " "
+                             << s.local << " -> " << s.peer;
+    }
+  }
+  c.reset();
+  served.reset();
+  ASSERT_TRUE(t.src->WaitFor("connection 0 done", 30s)) << t.Outputs();
+  t.Stop();
+}
+
 TEST(Tunnel, TargetSeesConnectionsInAcceptOrder) { ExpectOrder(false); }
 TEST(Tunnel, FirstConnectionHeldBackStillReachesTheTargetFirst) { ExpectOrder(true); }
 

@@ -66,6 +66,8 @@ void TransferAndCheck(bool registered, size_t size) {
   EXPECT_EQ(c.copied, c.sends);
   ASSERT_EQ(released.size(), c.sends);
   for (auto& [id, n] : released) EXPECT_EQ(n, 1) << "id " << id;
+  // Each 256 KiB write went out as a chain of linked requests.
+  EXPECT_GT(p.client->stats().max_in_flight, 1u);
   if (registered) {
     EXPECT_GE(p.client->stats().fixed_sends, writes);  // the page part of each write
   } else {
@@ -129,6 +131,138 @@ TEST(Uring, FlushBlocksWhilePeerStalledAndReleasedMeansDone) {
   for (size_t i = tail.size() - page.size(); i < tail.size(); ++i) ASSERT_EQ(tail[i], 'A') << i;
   const ZeroCopyCounters& c = p.client->zero_copy_counters();
   EXPECT_EQ(c.released, c.sends);
+}
+
+// A blocking write hands the kernel its bytes and returns without waiting
+// for them to reach the socket: with the peer not reading, a 4 MiB write
+// (far more than the socket buffers hold) still returns, its requests stay
+// in the ring, and once the peer reads, the bytes arrive in order and every
+// id is released exactly once. One send in flight at a time (the old
+// behaviour) would block in the write until the peer read.
+TEST(Uring, BlockingWriteReturnsWithSeveralSendsInFlight) {
+  auto p = ConnectedPair("127.0.0.1:0", Uring());
+  ASSERT_EQ(p.client->backend(), SendBackend::kIoUring) << p.client->backend_reason();
+  const int small = 64 << 10;
+  ASSERT_EQ(setsockopt(p.client->fd(), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+  ASSERT_EQ(setsockopt(p.server->fd(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+  Mapping m(4u << 20);
+  FillPattern(m.data(), m.size(), 41);
+  const Sha256::Digest want = Sha256::Of(m.data(), m.size());
+  std::map<uint64_t, int> released;
+  p.client->set_release_callback([&](uint64_t first, uint64_t last, bool) {
+    for (uint64_t id = first; id <= last; ++id) ++released[id];
+  });
+  // The first write waits for its result (a socket that refuses SEND_ZC
+  // must be found out before any byte is reported sent).
+  constexpr size_t kFirst = 16 << 10;  // above the zero-copy threshold
+  p.client->write_all(m.data(), kFirst, kWriteZeroCopy);
+  std::atomic<bool> returned{false};
+  ZeroCopyIds ids;
+  std::thread writer([&] {
+    ids = p.client->write_all(m.data() + kFirst, m.size() - kFirst, kWriteZeroCopy);
+    returned = true;
+  });
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (!returned && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(1ms);
+  EXPECT_TRUE(returned.load()) << "the write waited for a peer that does not read";
+  int queued = 0;
+  ASSERT_EQ(ioctl(p.client->fd(), SIOCOUTQ, &queued), 0);
+  EXPECT_LT(static_cast<size_t>(queued), m.size() - kFirst) << "the socket cannot hold the write: requests are in flight";
+  EXPECT_GT(p.client->stats().max_in_flight, 1u);
+  EXPECT_FALSE(p.client->is_released(ids));
+  std::pair<uint64_t, Sha256::Digest> got;
+  std::thread rx([&] { got = DrainAndHash(*p.server); });
+  writer.join();
+  p.client->flush();
+  EXPECT_TRUE(p.client->is_released(ids));
+  p.client->shutdown(ShutdownHow::kWrite);
+  rx.join();
+  EXPECT_EQ(got.first, m.size());
+  EXPECT_EQ(Sha256::Hex(got.second), Sha256::Hex(want));
+  const ZeroCopyCounters& c = p.client->zero_copy_counters();
+  EXPECT_EQ(c.released, c.sends);
+  ASSERT_EQ(released.size(), c.sends);
+  for (auto& [id, n] : released) EXPECT_EQ(n, 1) << "id " << id;
+  std::printf("  %llu sends, at most %llu in flight\n", (unsigned long long)c.sends,
+              (unsigned long long)p.client->stats().max_in_flight);
+}
+
+// Zero-copy chains still running and plain sends (writes below the
+// threshold) on one socket: the plain bytes must not overtake the chain's.
+TEST(Uring, PlainWritesNeverOvertakeSendsInFlight) {
+  auto p = ConnectedPair("127.0.0.1:0", Uring());
+  ASSERT_EQ(p.client->backend(), SendBackend::kIoUring) << p.client->backend_reason();
+  Mapping m(64u << 20);
+  FillPattern(m.data(), m.size(), 43);
+  std::pair<uint64_t, Sha256::Digest> got;
+  std::thread rx([&] { got = DrainAndHash(*p.server); });
+  Sha256 want;
+  uint64_t total = 0;
+  uint8_t small[100];
+  for (size_t off = 0, i = 0; off + (1 << 20) <= m.size(); off += 1 << 20, ++i) {
+    p.client->write_all(m.data() + off, 1 << 20, kWriteZeroCopy);  // a chain of requests
+    want.Update(m.data() + off, 1 << 20);
+    std::memset(small, static_cast<int>(i), sizeof(small));
+    p.client->write_all(small, sizeof(small), kWriteZeroCopy);  // below the threshold: plain send
+    want.Update(small, sizeof(small));
+    total += (1 << 20) + sizeof(small);
+  }
+  p.client->flush();
+  p.client->shutdown(ShutdownHow::kWrite);
+  rx.join();
+  EXPECT_EQ(got.first, total);
+  EXPECT_EQ(Sha256::Hex(got.second), Sha256::Hex(want.Final()));
+  EXPECT_GT(p.client->stats().max_in_flight, 1u);
+  EXPECT_GT(p.client->zero_copy_counters().below_threshold, 0u);
+}
+
+// Notifications out of order: a request the full socket refused (EAGAIN,
+// nothing pinned) is released while the write before it still has bytes
+// pinned in the send queue; each id is released once, at its own time.
+TEST(Uring, OutOfOrderNotificationsReleaseEachIdOnceAtItsTime) {
+  auto p = ConnectedPair("127.0.0.1:0", Uring());
+  ASSERT_EQ(p.client->backend(), SendBackend::kIoUring) << p.client->backend_reason();
+  std::map<uint64_t, int> released;
+  std::vector<uint64_t> order;
+  p.client->set_release_callback([&](uint64_t first, uint64_t last, bool) {
+    for (uint64_t id = first; id <= last; ++id) {
+      ++released[id];
+      order.push_back(id);
+    }
+  });
+  Mapping m(8u << 20);
+  FillPattern(m.data(), m.size(), 47);
+  p.client->set_blocking(false);
+  uint64_t last_accepted = 0;
+  ZeroCopyIds refused;
+  for (size_t off = 0;; off = (off + (64 << 10)) % (m.size() - (64 << 10))) {
+    iovec v{m.data() + off, 64 << 10};
+    WriteResult r = p.client->writev(std::span<const iovec>(&v, 1), kWriteZeroCopy);
+    if (r.would_block) {
+      refused = r.zc;
+      break;
+    }
+    last_accepted = r.zc.end - 1;
+  }
+  p.client->set_blocking(true);
+  ASSERT_EQ(refused.end - refused.first, 1u);
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (!p.client->is_released(refused) && std::chrono::steady_clock::now() < deadline) {
+    p.client->try_flush();
+    std::this_thread::sleep_for(1ms);
+  }
+  ASSERT_TRUE(p.client->is_released(refused));
+  EXPECT_FALSE(p.client->is_released(ZeroCopyIds{last_accepted, last_accepted + 1}));
+  std::thread rx([&] { DrainAndHash(*p.server); });
+  p.client->flush();
+  p.client->shutdown(ShutdownHow::kWrite);
+  rx.join();
+  const ZeroCopyCounters& c = p.client->zero_copy_counters();
+  EXPECT_EQ(c.released, c.sends);
+  for (auto& [id, n] : released) EXPECT_EQ(n, 1) << "id " << id;
+  // The refused id was released before the accepted write ahead of it.
+  const auto pos = [&](uint64_t id) { return std::find(order.begin(), order.end(), id) - order.begin(); };
+  EXPECT_LT(pos(refused.first), pos(last_accepted));
 }
 
 TEST(Uring, UnixSocketRefusesSendZcAndFallsBackWithReason) {
