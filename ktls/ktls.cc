@@ -99,26 +99,36 @@ std::optional<std::string> InstallKtls(TlsSession& session) {
     return std::string("the TLS library holds buffered records; cannot move the session without losing them");
   }
   const KernelCipher& row = *FindKernelCipher(session.cipher());
-  const TrafficKeys tx = session.ExportKernelKeys(TlsDirection::kTransmit);
-  const TrafficKeys rx = session.ExportKernelKeys(TlsDirection::kReceive);
-  uint8_t tx_info[128], rx_info[128];
+  // Every copy of the keys made here wipes itself on the way out (return or
+  // throw): the exported TrafficKeys and the crypto_info built from them.
+  CryptoInfo tx_info, rx_info;
   std::string why;
-  const size_t tx_len = FillCryptoInfo(row, session.version(), tx, tx_info, sizeof(tx_info), why);
-  const size_t rx_len = tx_len ? FillCryptoInfo(row, session.version(), rx, rx_info, sizeof(rx_info), why) : 0;
-  if (!tx_len || !rx_len) return why;
+  {
+    const TrafficKeys tx = session.ExportKernelKeys(TlsDirection::kTransmit);
+    const TrafficKeys rx = session.ExportKernelKeys(TlsDirection::kReceive);
+    if (!FillCryptoInfo(row, session.version(), tx, tx_info, why) ||
+        !FillCryptoInfo(row, session.version(), rx, rx_info, why)) {
+      return why;
+    }
+  }
 
   const int fd = session.fd();
   if (auto why_ulp = AttachUlp(fd)) return why_ulp;
   // With the ULP attached but no keys the socket still passes bytes through
   // unchanged, so a TX refusal leaves userspace TLS usable.
-  if (setsockopt(fd, SOL_TLS, TLS_TX, tx_info, tx_len) != 0) {
+  const int tx_rc = setsockopt(fd, SOL_TLS, TLS_TX, tx_info.data(), tx_info.size());
+  const int tx_errno = errno;
+  tx_info.Wipe();  // the kernel has its own copy now (or refused it)
+  if (tx_rc != 0) {
     return std::string("kernel refused TLS_TX for ") + session.version_name() + " " + session.cipher_name() + ": " +
-           std::strerror(errno);
+           std::strerror(tx_errno);
   }
-  if (setsockopt(fd, SOL_TLS, TLS_RX, rx_info, rx_len) != 0) {
-    const int e = errno;
-    throw Error(ErrorKind::kInternal, e,
-                std::string("kernel accepted TLS_TX but refused TLS_RX (") + std::strerror(e) +
+  const int rx_rc = setsockopt(fd, SOL_TLS, TLS_RX, rx_info.data(), rx_info.size());
+  const int rx_errno = errno;
+  rx_info.Wipe();
+  if (rx_rc != 0) {
+    throw Error(ErrorKind::kInternal, rx_errno,
+                std::string("kernel accepted TLS_TX but refused TLS_RX (") + std::strerror(rx_errno) +
                     "): the connection is half in the kernel and cannot continue; retry with kTLS off",
                 Remedy::kKtlsOff);
   }
@@ -134,11 +144,11 @@ std::map<std::string, uint64_t> ReadTlsStat() {
   return m;
 }
 
-KtlsChannel::KtlsChannel(std::unique_ptr<TlsSession> session, KtlsPath path)
-    : session_(std::move(session)), path_(path) {
-  names_ = session_->version_name() + " " + session_->cipher_name();
-  fd_ = session_->release_fd();
+KtlsChannel::KtlsChannel(std::unique_ptr<TlsSession> session, KtlsPath path) : path_(path) {
+  names_ = session->version_name() + " " + session->cipher_name();
+  fd_ = session->release_fd();
   blocking_ = !IsNonBlocking(fd_.get());
+  session.reset();  // no more I/O through it; its key copy goes now
 }
 
 KtlsChannel::~KtlsChannel() = default;

@@ -53,6 +53,9 @@ enum class KtlsPath { kByLibrary, kKeyInstall };
 // state). EOF without close_notify is reported as truncation.
 class KtlsChannel : public Channel {
  public:
+  // Takes the session's fd and names, then frees the session: the TLS
+  // library's own copy of the traffic keys goes with it, since the kernel
+  // holds them now.
   KtlsChannel(std::unique_ptr<TlsSession> session, KtlsPath path);
   ~KtlsChannel() override;
 
@@ -72,7 +75,6 @@ class KtlsChannel : public Channel {
   bool wait_readable(std::chrono::milliseconds timeout) override;
   void set_io_timeouts(std::chrono::milliseconds read, std::chrono::milliseconds write) override;
 
-  KtlsPath path() const { return path_; }
   int fd() const { return fd_.get(); }
   uint64_t session_tickets_ignored() const { return tickets_ignored_; }
 
@@ -80,7 +82,6 @@ class KtlsChannel : public Channel {
   void wait_io(bool for_write) override;
 
  private:
-  std::unique_ptr<TlsSession> session_;  // kept for names; no longer does I/O
   UniqueFd fd_;
   KtlsPath path_;
   bool blocking_ = true;
