@@ -319,32 +319,54 @@ ReadResult KtlsChannel::readv(std::span<const iovec> iov) {
 }
 
 void KtlsChannel::shutdown(ShutdownHow how) {
-  if (!fd_) return;
-  if (how == ShutdownHow::kBoth) {
-    ::shutdown(fd_.get(), SHUT_RDWR);  // abort: no close_notify (see Channel::shutdown)
+  if (how != ShutdownHow::kWrite) {
+    // Never throws (channel.h). kBoth is the abort: no close_notify.
+    if (fd_) (void)::shutdown(fd_.get(), how == ShutdownHow::kRead ? SHUT_RD : SHUT_RDWR);
     return;
   }
-  if (how == ShutdownHow::kWrite && !sent_close_notify_) {
-    // close_notify is an alert record: level warning (1), description 0.
-    unsigned char alert[2] = {1, kAlertCloseNotify};
-    iovec v{alert, sizeof(alert)};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(unsigned char))] = {};
-    msghdr msg{};
-    msg.msg_iov = &v;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
-    cmsghdr* cm = CMSG_FIRSTHDR(&msg);
-    cm->cmsg_level = SOL_TLS;
-    cm->cmsg_type = TLS_SET_RECORD_TYPE;
-    cm->cmsg_len = CMSG_LEN(sizeof(unsigned char));
-    *CMSG_DATA(cm) = kRecordAlert;
-    while (::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL) < 0 && errno == EINTR) {
-    }
-    sent_close_notify_ = true;
-    ::shutdown(fd_.get(), SHUT_WR);
+  if (!fd_) throw Error(ErrorKind::kInternal, EBADF, "shutdown on a closed channel");
+  if (write_shut_) return;
+  if (!sent_close_notify_) {
+    SendCloseNotify();
+    sent_close_notify_ = true;  // only now: it really left
   }
-  if (how != ShutdownHow::kWrite) ::shutdown(fd_.get(), SHUT_RD);
+  ShutdownWriteOrThrow(fd_.get(), "the kTLS peer");
+  write_shut_ = true;
+}
+
+void KtlsChannel::SendCloseNotify() {
+  // close_notify is an alert record: level warning (1), description 0.
+  unsigned char alert[2] = {1, kAlertCloseNotify};
+  iovec v{alert, sizeof(alert)};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(unsigned char))] = {};
+  msghdr msg{};
+  msg.msg_iov = &v;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+  cm->cmsg_level = SOL_TLS;
+  cm->cmsg_type = TLS_SET_RECORD_TYPE;
+  cm->cmsg_len = CMSG_LEN(sizeof(unsigned char));
+  *CMSG_DATA(cm) = kRecordAlert;
+  for (;;) {
+    const ssize_t n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
+    if (n == static_cast<ssize_t>(sizeof(alert))) return;
+    if (n >= 0) {
+      throw Error(ErrorKind::kInternal, EIO, "kTLS close_notify: the kernel took " + std::to_string(n) + " of 2 bytes");
+    }
+    const int e = errno;
+    if (e == EINTR) continue;
+    if (e == EAGAIN) {
+      if (blocking_) OnBlockingEagain(true);  // throws on the write timeout
+      else wait_io(true);
+      continue;
+    }
+    if (e == EPIPE || e == ECONNRESET) {
+      throw Error(ErrorKind::kPeer, e, "kTLS close_notify not sent: the peer closed or reset the connection");
+    }
+    ThrowErrno(SocketErrorKind(e), e, "kTLS close_notify");
+  }
 }
 
 bool KtlsChannel::wait_readable(std::chrono::milliseconds timeout) {
@@ -352,7 +374,7 @@ bool KtlsChannel::wait_readable(std::chrono::milliseconds timeout) {
   return WaitFdReadable(fd_.get(), timeout);
 }
 
-void KtlsChannel::close() { fd_.reset(); }
+void KtlsChannel::close() noexcept { fd_.reset(); }
 
 void KtlsChannel::set_blocking(bool blocking) {
   SetNonBlocking(fd_.get(), !blocking, "a kTLS channel");

@@ -69,7 +69,7 @@ class KtlsChannel : public Channel {
   WriteResult writev(std::span<const iovec> iov, unsigned flags) override;
   ReadResult readv(std::span<const iovec> iov) override;
   void shutdown(ShutdownHow how) override;
-  void close() override;
+  void close() noexcept override;
   void set_blocking(bool blocking) override;
   bool blocking() const override { return blocking_; }
   bool wait_readable(std::chrono::milliseconds timeout) override;
@@ -86,7 +86,8 @@ class KtlsChannel : public Channel {
   KtlsPath path_;
   bool blocking_ = true;
   bool saw_close_notify_ = false;
-  bool sent_close_notify_ = false;
+  bool sent_close_notify_ = false;  // set only once its sendmsg succeeded
+  bool write_shut_ = false;         // shutdown(kWrite) completed
   uint64_t tickets_ignored_ = 0;
   std::string names_;
   // Reads smaller than one record go through here, so a control record
@@ -99,6 +100,9 @@ class KtlsChannel : public Channel {
   // One recvmsg. Returns bytes and the record type, or SIZE_MAX when a
   // non-blocking read would block.
   size_t RecvRecord(std::span<const iovec> iov, unsigned char* type);
+  // Sends the close_notify alert record. Throws kPeer when the peer has
+  // gone, kTimeout when it does not read within the write timeout.
+  void SendCloseNotify();
   // EAGAIN in blocking mode: the socket timeout expired.
   void OnBlockingEagain(bool for_write);
   // Handles a non-data record held in [p, p+n). Returns true for EOF.

@@ -115,6 +115,36 @@ TEST_F(KtlsVm, CloseNotifyBothWays) {
   EXPECT_FALSE(c.client.ch->read_all(b, 1));
 }
 
+// close_notify to a peer that has gone away (reset): the sendmsg fails, so
+// shutdown(kWrite) throws kPeer (channel.h's rule) and close_notify is not
+// recorded as sent: a later write reports the reset, not "write after
+// close_notify".
+TEST_F(KtlsVm, CloseNotifyToAResetPeerIsAnErrorAndNotRecordedAsSent) {
+  Connected c = Connect(kKtls, kUserspace, kDefaultPriority, /*keep_raw=*/true);
+  ASSERT_TRUE(c.client.ch && c.server.ch);
+  ResetOnClose(c.server.raw_fd);
+  c.server.ch->close();
+  close(c.server.raw_fd);
+  ASSERT_TRUE(WaitHangup(c.client.raw_fd)) << "the reset never arrived";
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    try {
+      c.client.ch->shutdown(ShutdownHow::kWrite);
+      FAIL() << "close_notify reported sent to a peer that had reset the connection (attempt " << attempt << ")";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kPeer) << e.what();
+    }
+  }
+  try {
+    c.client.ch->write_all("x", 1);
+    FAIL() << "a write to a reset peer succeeded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kPeer) << e.what();
+  }
+  EXPECT_NO_THROW(c.client.ch->shutdown(ShutdownHow::kRead));
+  EXPECT_NO_THROW(c.client.ch->shutdown(ShutdownHow::kBoth));
+  close(c.client.raw_fd);
+}
+
 TEST_F(KtlsVm, FatalAlertIsAnErrorNamingIt) {
   Connected c = Connect(kKtls, kUserspace);
   ASSERT_TRUE(c.client.ch && c.server.ch);

@@ -394,5 +394,40 @@ TEST(TlsKeys, KeyInstallLeavesNoCopyOfTheCryptoInfoInMemory) {
       << "key install left its crypto_info in memory (" << (result ? *result : "installed") << ")";
 }
 
+// close_notify to a peer that has gone away (reset): shutdown(kWrite)
+// throws kPeer (channel.h's rule), and close_notify is not recorded as
+// sent: trying again fails again, a write names the peer.
+TEST(Tls, CloseNotifyToAResetPeerIsAnErrorAndNotRecordedAsSent) {
+  Listener l = Listener::Listen("127.0.0.1:0");
+  auto fut = ServeOnce(l, ServerOptions(), {KtlsMode::kOff}, /*keep_raw=*/true);
+  TlsEnd c = ConnectTls(l.address(), ClientOptions(), {KtlsMode::kOff}, /*keep_raw=*/true);
+  TlsEnd s = fut.get();
+  ASSERT_TRUE(c.ch && s.ch) << c.error << s.error;
+  ResetOnClose(s.raw_fd);
+  s.ch->close();
+  ::close(s.raw_fd);
+  ASSERT_TRUE(WaitHangup(c.raw_fd)) << "the reset never arrived";
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    try {
+      c.ch->shutdown(ShutdownHow::kWrite);
+      FAIL() << "close_notify reported sent to a peer that had reset the connection (attempt " << attempt << ")";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kPeer) << e.what();
+    }
+  }
+  try {
+    c.ch->write_all("x", 1);
+    FAIL() << "a write to a reset peer succeeded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kPeer) << e.what();
+  }
+  EXPECT_NO_THROW(c.ch->shutdown(ShutdownHow::kRead));
+  EXPECT_NO_THROW(c.ch->shutdown(ShutdownHow::kBoth));
+  c.ch->close();
+  EXPECT_NO_THROW(c.ch->shutdown(ShutdownHow::kBoth));
+  EXPECT_THROW(c.ch->shutdown(ShutdownHow::kWrite), Error);
+  ::close(c.raw_fd);
+}
+
 }  // namespace
 }  // namespace ktm
