@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "base/error.h"
+#include "base/path.h"
 #include "base/proc.h"
 #include "base/version.h"
 #include "certs/generate.h"
@@ -330,8 +331,7 @@ void CheckJsonPath(const Args& a) {
     if (access(path.c_str(), W_OK) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "--json " + path + " is not writable");
     return;
   }
-  const size_t slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  const std::string dir = DirectoryOf(path);
   if (access(dir.c_str(), W_OK) != 0) {
     ThrowErrno(ErrorKind::kLocalIo, errno, "--json " + path + ": cannot create files in " + dir);
   }
