@@ -117,9 +117,9 @@ destination's image must equal the source memory at that moment.
 const char* kRecvHelp = R"(Usage: tls-migrate recv --listen HOST:PORT --output FILE [options]
 
 Receives one migration. Pages go into a temporary file beside FILE, which is
-renamed to FILE only after the final iteration barrier and a SHA-256 check
-against the source's digest. A failed or aborted migration never leaves a file
-under FILE. Connections that fail the TLS handshake or belong to another
+renamed to FILE only after the final iteration barrier and a check of the
+image digest (XXH3-128, or SHA-256 if the source asks) against the source's.
+A failed or aborted migration never leaves a file under FILE. Connections that fail the TLS handshake or belong to another
 migration are rejected and logged; no page is read from them.
 
   --listen HOST:PORT    address to listen on (IPv6: [ADDR]:PORT)

@@ -188,12 +188,7 @@ TEST_F(KtlsVm, PeerKeyUpdateIsAClearError) {
 // the reason says what happened (README: short streams). Deterministic: the
 // server's session is moved only after the client's FIN has arrived.
 TEST_F(KtlsVm, PeerThatHalfClosedBeforeTheMoveIsRefusedWithTheReason) {
-  Listener l = Listener::Listen("127.0.0.1:0");
-  auto accepted = std::async(std::launch::async,
-                             [&] { return HandshakeTls(l.AcceptFd(std::chrono::seconds(30)), ServerOptions()); });
-  std::unique_ptr<TlsSession> client =
-      HandshakeTls(ConnectStream(l.address(), std::chrono::seconds(10)), ClientOptions());
-  std::unique_ptr<TlsSession> server = accepted.get();
+  auto [client, server] = HandshakeSessions();
   ASSERT_EQ(::shutdown(client->fd(), SHUT_WR), 0);
   pollfd p{server->fd(), POLLRDHUP, 0};
   ASSERT_EQ(poll(&p, 1, 10000), 1) << "the FIN never arrived";

@@ -11,7 +11,6 @@
 
 #include "ktls/cipher_table.h"
 #include "ktls/ktls.h"
-#include "tls/handshake.h"
 #include "tests/tls_util.h"
 #include "tls/gnutls/gnutls_record_channel.h"
 
@@ -362,12 +361,7 @@ TEST(TlsKeys, TrafficKeysAndCryptoInfoWipeThemselves) {
 }
 
 TEST(TlsKeys, KeyInstallLeavesNoCopyOfTheCryptoInfoInMemory) {
-  Listener l = Listener::Listen("127.0.0.1:0");
-  auto accepted = std::async(std::launch::async,
-                             [&] { return HandshakeTls(l.AcceptFd(std::chrono::seconds(30)), ServerOptions()); });
-  std::unique_ptr<TlsSession> client =
-      HandshakeTls(ConnectStream(l.address(), std::chrono::seconds(10)), ClientOptions());
-  std::unique_ptr<TlsSession> server = accepted.get();
+  auto [client, server] = HandshakeSessions();
   const KernelCipher* row = FindKernelCipher(client->cipher());
   ASSERT_NE(row, nullptr);
   // What install will hand the kernel for TX, on the heap (the scan skips

@@ -22,23 +22,22 @@ TrafficKeys& TrafficKeys::operator=(TrafficKeys&& other) noexcept {
   return *this;
 }
 
-void TrafficKeys::set_key(std::span<const uint8_t> key) {
-  if (key.size() > kMaxKey) {
-    throw Error(ErrorKind::kInternal, EINVAL, "the TLS library exported a " + std::to_string(key.size()) +
-                                                  "-byte traffic key (at most " + std::to_string(kMaxKey) + " expected)");
+namespace {
+// Copies `from` into the front of `to`; returns its size. Throws when it
+// does not fit.
+size_t CopyKeyBytes(std::span<const uint8_t> from, std::span<uint8_t> to, const char* what) {
+  if (from.size() > to.size()) {
+    throw Error(ErrorKind::kInternal, EINVAL, std::string("the TLS library exported a ") +
+                                                  std::to_string(from.size()) + "-byte traffic " + what +
+                                                  " (at most " + std::to_string(to.size()) + " expected)");
   }
-  std::copy(key.begin(), key.end(), key_.begin());
-  key_size_ = key.size();
+  std::copy(from.begin(), from.end(), to.begin());
+  return from.size();
 }
+}  // namespace
 
-void TrafficKeys::set_iv(std::span<const uint8_t> iv) {
-  if (iv.size() > kMaxIv) {
-    throw Error(ErrorKind::kInternal, EINVAL, "the TLS library exported a " + std::to_string(iv.size()) +
-                                                  "-byte traffic IV (at most " + std::to_string(kMaxIv) + " expected)");
-  }
-  std::copy(iv.begin(), iv.end(), iv_.begin());
-  iv_size_ = iv.size();
-}
+void TrafficKeys::set_key(std::span<const uint8_t> key) { key_size_ = CopyKeyBytes(key, key_, "key"); }
+void TrafficKeys::set_iv(std::span<const uint8_t> iv) { iv_size_ = CopyKeyBytes(iv, iv_, "IV"); }
 
 void TrafficKeys::Wipe() {
   explicit_bzero(key_.data(), key_.size());

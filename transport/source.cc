@@ -97,9 +97,7 @@ class ChannelSender {
     h.packet_num = packet_num_++;
     h.page_size = src_.page_size();
     h.page_count = static_cast<uint32_t>(offs.size());
-    uint8_t* off_area = s.buf.data() + wire::kHeaderSize;
-    std::memcpy(off_area, offs.data(), offs.size() * sizeof(uint64_t));
-    wire::EncodeHeader(h, reinterpret_cast<const uint64_t*>(off_area), s.buf.data());
+    wire::EncodeHeader(h, offs.data(), s.buf.data());  // the offsets follow the header
     return s.buf.data();
   }
 
@@ -299,14 +297,14 @@ std::vector<OpenedChannel> OpenChannels(const PageSource& src, const SourceOptio
   return chans;
 }
 
-// Phase 2: precopy iterations until the dirty set converges (or the
-// iteration limit), then the source is frozen and the final pass runs. Each
-// iteration ends with a flush and SYNC on every channel.
 // Timestamps of the switch-over, for the downtime report.
 struct SwitchTimes {
   Clock::time_point freeze, final_sent, end_sent, done;
 };
 
+// Phase 2: precopy iterations until the dirty set converges (or the
+// iteration limit), then the source is frozen and the final pass runs. Each
+// iteration ends with a flush and SYNC on every channel.
 void StreamIterations(PageSource& src, const SourceOptions& opts, std::vector<OpenedChannel>& chans,
                       std::vector<std::unique_ptr<ChannelSender>>& senders, MigrationReport& rep, PhaseClock& phases,
                       SwitchTimes& times) {
