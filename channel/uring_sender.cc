@@ -95,7 +95,6 @@ void UringSender::Handle(io_uring_cqe* cqe, const NotifyFn& notify, unsigned* fi
                          std::vector<uint64_t>& ids_without_notif) {
   const uint64_t id = cqe->user_data;
   if (cqe->flags & IORING_CQE_F_NOTIF) {
-    ++notifications_;
     notify(id, (static_cast<uint32_t>(cqe->res) & IORING_NOTIF_USAGE_ZC_COPIED) != 0);
     return;
   }

@@ -77,7 +77,6 @@ class UringSender {
   void Reap(std::chrono::milliseconds wait, const NotifyFn& notify);
 
   uint64_t fixed_sends() const { return fixed_sends_; }
-  uint64_t notifications() const { return notifications_; }
 
  private:
   int FixedIndex(const void* p, size_t len) const;
@@ -89,7 +88,6 @@ class UringSender {
   bool ring_ok_ = false;
   std::vector<iovec> regions_;
   uint64_t fixed_sends_ = 0;
-  uint64_t notifications_ = 0;
   // Per Send(): bytes of each request by index, for in-order summing.
   std::vector<ssize_t> results_;
   std::vector<uint64_t> req_ids_;
