@@ -67,7 +67,5 @@ class Error : public std::runtime_error {
 // The kind for a failed socket operation: a reset/closed/refused/unreachable
 // peer is kPeer, ETIMEDOUT kTimeout, anything else kInternal.
 ErrorKind SocketErrorKind(int err);
-// The kind for a failed file operation: always kLocalIo.
-inline ErrorKind FileErrorKind(int) { return ErrorKind::kLocalIo; }
 
 }  // namespace ktm

@@ -76,4 +76,14 @@ bool IsNonBlocking(int fd) {
   return (fl & O_NONBLOCK) != 0;
 }
 
+void ShutdownWriteOrThrow(int fd, const std::string& who) {
+  if (::shutdown(fd, SHUT_WR) == 0) return;
+  const int e = errno;
+  if (e == ENOTCONN) {
+    // TCP answers ENOTCONN once a reset has closed the connection.
+    throw Error(ErrorKind::kPeer, e, "cannot end the stream: " + who + " has reset the connection");
+  }
+  ThrowErrno(SocketErrorKind(e), e, "shutdown(SHUT_WR) towards " + who);
+}
+
 }  // namespace ktm

@@ -38,6 +38,11 @@ Error IoTimeoutError(bool for_write, std::chrono::milliseconds timeout, const st
 // progress.
 void SetSocketTimeouts(int fd, std::chrono::milliseconds read, std::chrono::milliseconds write);
 
+// shutdown(fd, SHUT_WR): the end of stream for the peer. Throws Error
+// (kPeer when the connection was already reset: the end cannot reach
+// `who`; SocketErrorKind otherwise) instead of letting it pass silently.
+void ShutdownWriteOrThrow(int fd, const std::string& who);
+
 // Sets or clears O_NONBLOCK, checking both fcntl calls. Throws
 // Error(kInternal) naming `what` on failure.
 void SetNonBlocking(int fd, bool nonblocking, const char* what = "fd");

@@ -189,17 +189,30 @@ class Channel {
   // error is there). Counts data a TLS layer has already decrypted.
   virtual bool wait_readable(std::chrono::milliseconds timeout) = 0;
 
-  // kWrite: orderly half-close (TLS channels send close_notify first, which
-  // may block up to the io timeout on a peer that does not read).
+  // Shutdown and close: the one rule every channel follows.
+  //
+  // kWrite: orderly half-close, the end of stream the peer must see (TLS
+  // channels send close_notify first, then the TCP FIN). Blocking: may wait
+  // up to the write timeout for a peer that does not read. If that end
+  // cannot be sent it THROWS Error: kPeer when the peer has closed or reset
+  // the connection, kTimeout when it stopped reading, kInternal on a closed
+  // channel. A channel records close_notify as sent only once it was sent;
+  // after a failure its writes keep failing with the connection's error.
+  // Idempotent once it has succeeded.
   // kRead: stop reading (a blocked reader returns end of stream).
   // kBoth: abort: both directions shut at once, nothing more is sent (no
   // close_notify), and every thread blocked on the channel wakes up with an
   // error or end of stream. Safe to call from another thread for that.
+  // kRead and kBoth NEVER throw: they only stop this end, nothing has to
+  // reach the peer, so no failure is left that a caller could act on (a
+  // connection already reset, a closed channel: nothing to do). Callers
+  // therefore need no try/catch around them.
   virtual void shutdown(ShutdownHow how) = 0;
 
   // Releases the fd. Pending zero-copy writes are not waited for: call
-  // flush() first if the pages matter. Idempotent.
-  virtual void close() = 0;
+  // flush() first if the pages matter. Sends nothing (no close_notify:
+  // shutdown(kWrite) first for an orderly end). Idempotent; NEVER throws.
+  virtual void close() noexcept = 0;
 
   // Bounds every wait of the blocking methods (read, write, flush, and the
   // *_all helpers): when no byte moves (and no zero-copy completion arrives)

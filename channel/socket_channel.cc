@@ -334,16 +334,25 @@ bool SocketChannel::FinishZeroCopySends() {
 }
 
 void SocketChannel::shutdown(ShutdownHow how) {
+  if (how != ShutdownHow::kWrite) {
+    // Never throws (channel.h): stopping this end cannot fail in a way the
+    // caller could act on; ENOTCONN (already reset) and a closed channel
+    // leave nothing to do.
+    if (!fd_) return;
+    if (how == ShutdownHow::kBoth) shut_down_.store(true, std::memory_order_relaxed);
+    (void)::shutdown(fd_.get(), how == ShutdownHow::kRead ? SHUT_RD : SHUT_RDWR);
+    return;
+  }
   CheckOpen("shutdown");
-  // Half-close after the last zero-copy bytes, not before. Not for kBoth:
-  // that aborts, possibly from another thread to unblock the writer.
-  if (how == ShutdownHow::kWrite && sender_ && !sender_refused_ && blocking_) FinishZeroCopySends();
-  int h = how == ShutdownHow::kRead ? SHUT_RD : how == ShutdownHow::kWrite ? SHUT_WR : SHUT_RDWR;
-  if (how != ShutdownHow::kRead) shut_down_.store(true, std::memory_order_relaxed);
-  if (::shutdown(fd_.get(), h) != 0 && errno != ENOTCONN) ThrowErrno(ErrorKind::kInternal, errno, "shutdown");
+  if (write_shut_) return;
+  // Half-close after the last zero-copy bytes, not before.
+  if (sender_ && !sender_refused_ && blocking_) FinishZeroCopySends();
+  shut_down_.store(true, std::memory_order_relaxed);
+  ShutdownWriteOrThrow(fd_.get(), "the peer");
+  write_shut_ = true;
 }
 
-void SocketChannel::close() {
+void SocketChannel::close() noexcept {
   // The sender goes first: an io_uring sender waits (bounded) for the
   // kernel to let go of what it still holds before its ring disappears.
   sender_.reset();

@@ -74,7 +74,7 @@ class SocketChannel : public Channel {
   // with the sendmsg backend.
   bool register_region(const void* base, size_t len) override;
   void shutdown(ShutdownHow how) override;
-  void close() override;
+  void close() noexcept override;
   void set_blocking(bool blocking) override;
   bool blocking() const override { return blocking_; }
   bool wait_readable(std::chrono::milliseconds timeout) override;
@@ -140,6 +140,7 @@ class SocketChannel : public Channel {
   // Set by shutdown() (possibly from another thread, to unblock a writer):
   // a flush then stops waiting for completions that may never come.
   std::atomic<bool> shut_down_{false};
+  bool write_shut_ = false;  // shutdown(kWrite) succeeded (the writer's thread only)
   std::string backend_reason_;
 };
 

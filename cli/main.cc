@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "base/error.h"
+#include "base/path.h"
 #include "base/proc.h"
 #include "base/version.h"
 #include "certs/generate.h"
@@ -116,9 +117,9 @@ destination's image must equal the source memory at that moment.
 const char* kRecvHelp = R"(Usage: tls-migrate recv --listen HOST:PORT --output FILE [options]
 
 Receives one migration. Pages go into a temporary file beside FILE, which is
-renamed to FILE only after the final iteration barrier and a SHA-256 check
-against the source's digest. A failed or aborted migration never leaves a file
-under FILE. Connections that fail the TLS handshake or belong to another
+renamed to FILE only after the final iteration barrier and a check of the
+image digest (XXH3-128, or SHA-256 if the source asks) against the source's.
+A failed or aborted migration never leaves a file under FILE. Connections that fail the TLS handshake or belong to another
 migration are rejected and logged; no page is read from them.
 
   --listen HOST:PORT    address to listen on (IPv6: [ADDR]:PORT)
@@ -336,8 +337,7 @@ void CheckJsonPath(const Args& a) {
     if (access(path.c_str(), W_OK) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "--json " + path + " is not writable");
     return;
   }
-  const size_t slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  const std::string dir = DirectoryOf(path);
   if (access(dir.c_str(), W_OK) != 0) {
     ThrowErrno(ErrorKind::kLocalIo, errno, "--json " + path + ": cannot create files in " + dir);
   }

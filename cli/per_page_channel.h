@@ -42,7 +42,7 @@ class PerPageChannel final : public Channel {
   FlushResult flush() override { return inner_->flush(); }
   bool wait_readable(std::chrono::milliseconds timeout) override { return inner_->wait_readable(timeout); }
   void shutdown(ShutdownHow how) override { inner_->shutdown(how); }
-  void close() override { inner_->close(); }
+  void close() noexcept override { inner_->close(); }
   void set_blocking(bool blocking) override {
     if (!blocking) throw Error(ErrorKind::kUsage, EINVAL, "the QEMU-style anchor runs blocking only");
   }

@@ -165,7 +165,10 @@ ktm_status ktm_channel_read(ktm_channel* ch, void* buf, size_t len, size_t* got)
 ktm_status ktm_channel_read_all(ktm_channel* ch, void* buf, size_t len);
 
 typedef enum ktm_shutdown { KTM_SHUT_WRITE = 1, KTM_SHUT_READ = 2, KTM_SHUT_BOTH = 3 } ktm_shutdown;
-/* WRITE: close_notify + half close (the peer reads EOF). BOTH: abort. */
+/* WRITE: close_notify + half close (the peer reads EOF); fails (KTM_E_PEER,
+ * KTM_E_TIMEOUT) when that end cannot reach the peer.
+ * READ: stop reading. BOTH: abort (nothing more is sent). READ and BOTH
+ * cannot fail on a valid channel. */
 ktm_status ktm_channel_shutdown(ktm_channel* ch, ktm_shutdown how);
 
 /* ---------------------------------------------------------------------

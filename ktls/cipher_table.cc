@@ -1,6 +1,7 @@
 #include "ktls/cipher_table.h"
 
 #include <linux/tls.h>
+#include <string.h>
 
 #include <cstddef>
 #include <cstring>
@@ -31,6 +32,10 @@ const KernelCipher kTable[] = {
 };
 
 #undef KTM_CIPHER_ROW
+
+static_assert(sizeof(tls12_crypto_info_aes_gcm_256) <= CryptoInfo::kMaxSize &&
+                  sizeof(tls12_crypto_info_chacha20_poly1305) <= CryptoInfo::kMaxSize,
+              "CryptoInfo too small for the kernel's crypto_info");
 
 }  // namespace
 
@@ -67,12 +72,13 @@ size_t FillCryptoInfo(const KernelCipher& row, TlsVersion v, const TrafficKeys& 
   // derive the whole static IV from the handshake; TLS 1.2 AES-GCM/CCM
   // derive only the 4-byte salt, and the explicit 8-byte part on the wire
   // is the record sequence number (what GnuTLS sends).
-  const bool full_iv = k.iv.size() == row.salt_size + row.iv_size;
-  const bool implicit_salt_only = !tls13 && k.iv.size() == row.salt_size && row.iv_size == k.rec_seq.size();
-  if (out_len < row.info_size || k.key.size() != row.key_size || row.rec_seq_size != k.rec_seq.size() ||
+  const std::span<const uint8_t> key = k.key(), iv = k.iv();
+  const bool full_iv = iv.size() == row.salt_size + row.iv_size;
+  const bool implicit_salt_only = !tls13 && iv.size() == row.salt_size && row.iv_size == k.rec_seq.size();
+  if (out_len < row.info_size || key.size() != row.key_size || row.rec_seq_size != k.rec_seq.size() ||
       !(full_iv || implicit_salt_only)) {
     why = std::string("unexpected key/IV sizes for ") + row.name + " from the TLS library (key " +
-          std::to_string(k.key.size()) + ", iv " + std::to_string(k.iv.size()) + " bytes)";
+          std::to_string(key.size()) + ", iv " + std::to_string(iv.size()) + " bytes)";
     return 0;
   }
   std::memset(out, 0, row.info_size);
@@ -80,11 +86,22 @@ size_t FillCryptoInfo(const KernelCipher& row, TlsVersion v, const TrafficKeys& 
   hdr.version = tls13 ? TLS_1_3_VERSION : TLS_1_2_VERSION;
   hdr.cipher_type = row.kernel_type;
   std::memcpy(out, &hdr, sizeof(hdr));
-  std::memcpy(out + row.key_offset, k.key.data(), row.key_size);
-  std::memcpy(out + row.salt_offset, k.iv.data(), row.salt_size);
-  std::memcpy(out + row.iv_offset, full_iv ? k.iv.data() + row.salt_size : k.rec_seq.data(), row.iv_size);
+  std::memcpy(out + row.key_offset, key.data(), row.key_size);
+  std::memcpy(out + row.salt_offset, iv.data(), row.salt_size);
+  std::memcpy(out + row.iv_offset, full_iv ? iv.data() + row.salt_size : k.rec_seq.data(), row.iv_size);
   std::memcpy(out + row.rec_seq_offset, k.rec_seq.data(), row.rec_seq_size);
   return row.info_size;
+}
+
+bool FillCryptoInfo(const KernelCipher& row, TlsVersion v, const TrafficKeys& k, CryptoInfo& out,
+                    std::string& why) {
+  out.set_size(FillCryptoInfo(row, v, k, out.data(), out.capacity(), why));
+  return out.size() != 0;
+}
+
+void CryptoInfo::Wipe() {
+  explicit_bzero(bytes_, sizeof(bytes_));
+  size_ = 0;
 }
 
 }  // namespace ktm

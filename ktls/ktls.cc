@@ -99,26 +99,36 @@ std::optional<std::string> InstallKtls(TlsSession& session) {
     return std::string("the TLS library holds buffered records; cannot move the session without losing them");
   }
   const KernelCipher& row = *FindKernelCipher(session.cipher());
-  const TrafficKeys tx = session.ExportKernelKeys(TlsDirection::kTransmit);
-  const TrafficKeys rx = session.ExportKernelKeys(TlsDirection::kReceive);
-  uint8_t tx_info[128], rx_info[128];
+  // Every copy of the keys made here wipes itself on the way out (return or
+  // throw): the exported TrafficKeys and the crypto_info built from them.
+  CryptoInfo tx_info, rx_info;
   std::string why;
-  const size_t tx_len = FillCryptoInfo(row, session.version(), tx, tx_info, sizeof(tx_info), why);
-  const size_t rx_len = tx_len ? FillCryptoInfo(row, session.version(), rx, rx_info, sizeof(rx_info), why) : 0;
-  if (!tx_len || !rx_len) return why;
+  {
+    const TrafficKeys tx = session.ExportKernelKeys(TlsDirection::kTransmit);
+    const TrafficKeys rx = session.ExportKernelKeys(TlsDirection::kReceive);
+    if (!FillCryptoInfo(row, session.version(), tx, tx_info, why) ||
+        !FillCryptoInfo(row, session.version(), rx, rx_info, why)) {
+      return why;
+    }
+  }
 
   const int fd = session.fd();
   if (auto why_ulp = AttachUlp(fd)) return why_ulp;
   // With the ULP attached but no keys the socket still passes bytes through
   // unchanged, so a TX refusal leaves userspace TLS usable.
-  if (setsockopt(fd, SOL_TLS, TLS_TX, tx_info, tx_len) != 0) {
+  const int tx_rc = setsockopt(fd, SOL_TLS, TLS_TX, tx_info.data(), tx_info.size());
+  const int tx_errno = errno;
+  tx_info.Wipe();  // the kernel has its own copy now (or refused it)
+  if (tx_rc != 0) {
     return std::string("kernel refused TLS_TX for ") + session.version_name() + " " + session.cipher_name() + ": " +
-           std::strerror(errno);
+           std::strerror(tx_errno);
   }
-  if (setsockopt(fd, SOL_TLS, TLS_RX, rx_info, rx_len) != 0) {
-    const int e = errno;
-    throw Error(ErrorKind::kInternal, e,
-                std::string("kernel accepted TLS_TX but refused TLS_RX (") + std::strerror(e) +
+  const int rx_rc = setsockopt(fd, SOL_TLS, TLS_RX, rx_info.data(), rx_info.size());
+  const int rx_errno = errno;
+  rx_info.Wipe();
+  if (rx_rc != 0) {
+    throw Error(ErrorKind::kInternal, rx_errno,
+                std::string("kernel accepted TLS_TX but refused TLS_RX (") + std::strerror(rx_errno) +
                     "): the connection is half in the kernel and cannot continue; retry with kTLS off",
                 Remedy::kKtlsOff);
   }
@@ -134,11 +144,11 @@ std::map<std::string, uint64_t> ReadTlsStat() {
   return m;
 }
 
-KtlsChannel::KtlsChannel(std::unique_ptr<TlsSession> session, KtlsPath path)
-    : session_(std::move(session)), path_(path) {
-  names_ = session_->version_name() + " " + session_->cipher_name();
-  fd_ = session_->release_fd();
+KtlsChannel::KtlsChannel(std::unique_ptr<TlsSession> session, KtlsPath path) : path_(path) {
+  names_ = session->version_name() + " " + session->cipher_name();
+  fd_ = session->release_fd();
   blocking_ = !IsNonBlocking(fd_.get());
+  session.reset();  // no more I/O through it; its key copy goes now
 }
 
 KtlsChannel::~KtlsChannel() = default;
@@ -313,32 +323,54 @@ ReadResult KtlsChannel::readv(std::span<const iovec> iov) {
 }
 
 void KtlsChannel::shutdown(ShutdownHow how) {
-  if (!fd_) return;
-  if (how == ShutdownHow::kBoth) {
-    ::shutdown(fd_.get(), SHUT_RDWR);  // abort: no close_notify (see Channel::shutdown)
+  if (how != ShutdownHow::kWrite) {
+    // Never throws (channel.h). kBoth is the abort: no close_notify.
+    if (fd_) (void)::shutdown(fd_.get(), how == ShutdownHow::kRead ? SHUT_RD : SHUT_RDWR);
     return;
   }
-  if (how == ShutdownHow::kWrite && !sent_close_notify_) {
-    // close_notify is an alert record: level warning (1), description 0.
-    unsigned char alert[2] = {1, kAlertCloseNotify};
-    iovec v{alert, sizeof(alert)};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(unsigned char))] = {};
-    msghdr msg{};
-    msg.msg_iov = &v;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
-    cmsghdr* cm = CMSG_FIRSTHDR(&msg);
-    cm->cmsg_level = SOL_TLS;
-    cm->cmsg_type = TLS_SET_RECORD_TYPE;
-    cm->cmsg_len = CMSG_LEN(sizeof(unsigned char));
-    *CMSG_DATA(cm) = kRecordAlert;
-    while (::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL) < 0 && errno == EINTR) {
-    }
-    sent_close_notify_ = true;
-    ::shutdown(fd_.get(), SHUT_WR);
+  if (!fd_) throw Error(ErrorKind::kInternal, EBADF, "shutdown on a closed channel");
+  if (write_shut_) return;
+  if (!sent_close_notify_) {
+    SendCloseNotify();
+    sent_close_notify_ = true;  // only now: it really left
   }
-  if (how != ShutdownHow::kWrite) ::shutdown(fd_.get(), SHUT_RD);
+  ShutdownWriteOrThrow(fd_.get(), "the kTLS peer");
+  write_shut_ = true;
+}
+
+void KtlsChannel::SendCloseNotify() {
+  // close_notify is an alert record: level warning (1), description 0.
+  unsigned char alert[2] = {1, kAlertCloseNotify};
+  iovec v{alert, sizeof(alert)};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(unsigned char))] = {};
+  msghdr msg{};
+  msg.msg_iov = &v;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+  cm->cmsg_level = SOL_TLS;
+  cm->cmsg_type = TLS_SET_RECORD_TYPE;
+  cm->cmsg_len = CMSG_LEN(sizeof(unsigned char));
+  *CMSG_DATA(cm) = kRecordAlert;
+  for (;;) {
+    const ssize_t n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
+    if (n == static_cast<ssize_t>(sizeof(alert))) return;
+    if (n >= 0) {
+      throw Error(ErrorKind::kInternal, EIO, "kTLS close_notify: the kernel took " + std::to_string(n) + " of 2 bytes");
+    }
+    const int e = errno;
+    if (e == EINTR) continue;
+    if (e == EAGAIN) {
+      if (blocking_) OnBlockingEagain(true);  // throws on the write timeout
+      else wait_io(true);
+      continue;
+    }
+    if (e == EPIPE || e == ECONNRESET) {
+      throw Error(ErrorKind::kPeer, e, "kTLS close_notify not sent: the peer closed or reset the connection");
+    }
+    ThrowErrno(SocketErrorKind(e), e, "kTLS close_notify");
+  }
 }
 
 bool KtlsChannel::wait_readable(std::chrono::milliseconds timeout) {
@@ -346,7 +378,7 @@ bool KtlsChannel::wait_readable(std::chrono::milliseconds timeout) {
   return WaitFdReadable(fd_.get(), timeout);
 }
 
-void KtlsChannel::close() { fd_.reset(); }
+void KtlsChannel::close() noexcept { fd_.reset(); }
 
 void KtlsChannel::set_blocking(bool blocking) {
   SetNonBlocking(fd_.get(), !blocking, "a kTLS channel");

@@ -53,6 +53,9 @@ enum class KtlsPath { kByLibrary, kKeyInstall };
 // state). EOF without close_notify is reported as truncation.
 class KtlsChannel : public Channel {
  public:
+  // Takes the session's fd and names, then frees the session: the TLS
+  // library's own copy of the traffic keys goes with it, since the kernel
+  // holds them now.
   KtlsChannel(std::unique_ptr<TlsSession> session, KtlsPath path);
   ~KtlsChannel() override;
 
@@ -66,13 +69,12 @@ class KtlsChannel : public Channel {
   WriteResult writev(std::span<const iovec> iov, unsigned flags) override;
   ReadResult readv(std::span<const iovec> iov) override;
   void shutdown(ShutdownHow how) override;
-  void close() override;
+  void close() noexcept override;
   void set_blocking(bool blocking) override;
   bool blocking() const override { return blocking_; }
   bool wait_readable(std::chrono::milliseconds timeout) override;
   void set_io_timeouts(std::chrono::milliseconds read, std::chrono::milliseconds write) override;
 
-  KtlsPath path() const { return path_; }
   int fd() const { return fd_.get(); }
   uint64_t session_tickets_ignored() const { return tickets_ignored_; }
 
@@ -80,12 +82,12 @@ class KtlsChannel : public Channel {
   void wait_io(bool for_write) override;
 
  private:
-  std::unique_ptr<TlsSession> session_;  // kept for names; no longer does I/O
   UniqueFd fd_;
   KtlsPath path_;
   bool blocking_ = true;
   bool saw_close_notify_ = false;
-  bool sent_close_notify_ = false;
+  bool sent_close_notify_ = false;  // set only once its sendmsg succeeded
+  bool write_shut_ = false;         // shutdown(kWrite) completed
   uint64_t tickets_ignored_ = 0;
   std::string names_;
   // Reads smaller than one record go through here, so a control record
@@ -98,6 +100,9 @@ class KtlsChannel : public Channel {
   // One recvmsg. Returns bytes and the record type, or SIZE_MAX when a
   // non-blocking read would block.
   size_t RecvRecord(std::span<const iovec> iov, unsigned char* type);
+  // Sends the close_notify alert record. Throws kPeer when the peer has
+  // gone, kTimeout when it does not read within the write timeout.
+  void SendCloseNotify();
   // EAGAIN in blocking mode: the socket timeout expired.
   void OnBlockingEagain(bool for_write);
   // Handles a non-data record held in [p, p+n). Returns true for EOF.

@@ -648,5 +648,35 @@ TEST(Usage, OutputProblemsAreFoundBeforeListening) {
   EXPECT_FALSE(Has(out, "listening on")) << out;
 }
 
+// A commit is durable only once the directory entry is: the destination
+// must fsync the output directory, and a directory it cannot open for that
+// (a write-only drop directory, mode 0300) is refused up front with a
+// clear error, never committed without the fsync. Run in a user namespace
+// without a uid map, so root's capabilities do not apply to the
+// directory's owner bits (root would open it regardless).
+TEST(Commit, OutputDirectoryThatCannotBeSyncedIsRefusedBeforeAnyTransfer) {
+  Dir d;
+  const std::string drop = d.path + "/drop";
+  ASSERT_EQ(mkdir(drop.c_str(), 0300), 0);
+  ASSERT_EQ(chmod(drop.c_str(), 0300), 0);  // past the umask
+  Subprocess recv({"unshare", "--user", Cli(), "recv", "--listen", "127.0.0.1:0", "--output", drop + "/out.img",
+                   "--no-tls", "--timeout", "60"});
+  std::string out;
+  if (recv.WaitFor("listening on", 30s)) {
+    RunCli({"send", "--connect", "127.0.0.1:" + PortFrom(recv.output()), "--size", "1M", "--no-tls", "--quiet"}, &out,
+           60s);
+  }
+  EXPECT_EQ(recv.Wait(60s), 5) << recv.output() << out;
+  EXPECT_TRUE(Has(recv.output(), "cannot open the output directory " + drop)) << recv.output();
+  EXPECT_FALSE(Has(recv.output(), "listening on")) << recv.output();
+  chmod(drop.c_str(), 0700);
+  DIR* dir = opendir(drop.c_str());
+  ASSERT_NE(dir, nullptr);
+  int entries = 0;
+  while (dirent* e = readdir(dir)) entries += e->d_name[0] != '.';
+  closedir(dir);
+  EXPECT_EQ(entries, 0) << "a file was left in " << drop;
+}
+
 }  // namespace
 }  // namespace ktm

@@ -115,6 +115,36 @@ TEST_F(KtlsVm, CloseNotifyBothWays) {
   EXPECT_FALSE(c.client.ch->read_all(b, 1));
 }
 
+// close_notify to a peer that has gone away (reset): the sendmsg fails, so
+// shutdown(kWrite) throws kPeer (channel.h's rule) and close_notify is not
+// recorded as sent: a later write reports the reset, not "write after
+// close_notify".
+TEST_F(KtlsVm, CloseNotifyToAResetPeerIsAnErrorAndNotRecordedAsSent) {
+  Connected c = Connect(kKtls, kUserspace, kDefaultPriority, /*keep_raw=*/true);
+  ASSERT_TRUE(c.client.ch && c.server.ch);
+  ResetOnClose(c.server.raw_fd);
+  c.server.ch->close();
+  close(c.server.raw_fd);
+  ASSERT_TRUE(WaitHangup(c.client.raw_fd)) << "the reset never arrived";
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    try {
+      c.client.ch->shutdown(ShutdownHow::kWrite);
+      FAIL() << "close_notify reported sent to a peer that had reset the connection (attempt " << attempt << ")";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kPeer) << e.what();
+    }
+  }
+  try {
+    c.client.ch->write_all("x", 1);
+    FAIL() << "a write to a reset peer succeeded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kPeer) << e.what();
+  }
+  EXPECT_NO_THROW(c.client.ch->shutdown(ShutdownHow::kRead));
+  EXPECT_NO_THROW(c.client.ch->shutdown(ShutdownHow::kBoth));
+  close(c.client.raw_fd);
+}
+
 TEST_F(KtlsVm, FatalAlertIsAnErrorNamingIt) {
   Connected c = Connect(kKtls, kUserspace);
   ASSERT_TRUE(c.client.ch && c.server.ch);
@@ -158,12 +188,7 @@ TEST_F(KtlsVm, PeerKeyUpdateIsAClearError) {
 // the reason says what happened (README: short streams). Deterministic: the
 // server's session is moved only after the client's FIN has arrived.
 TEST_F(KtlsVm, PeerThatHalfClosedBeforeTheMoveIsRefusedWithTheReason) {
-  Listener l = Listener::Listen("127.0.0.1:0");
-  auto accepted = std::async(std::launch::async,
-                             [&] { return HandshakeTls(l.AcceptFd(std::chrono::seconds(30)), ServerOptions()); });
-  std::unique_ptr<TlsSession> client =
-      HandshakeTls(ConnectStream(l.address(), std::chrono::seconds(10)), ClientOptions());
-  std::unique_ptr<TlsSession> server = accepted.get();
+  auto [client, server] = HandshakeSessions();
   ASSERT_EQ(::shutdown(client->fd(), SHUT_WR), 0);
   pollfd p{server->fd(), POLLRDHUP, 0};
   ASSERT_EQ(poll(&p, 1, 10000), 1) << "the FIN never arrived";

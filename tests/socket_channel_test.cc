@@ -22,6 +22,8 @@ using testing::ConnectedPair;
 using testing::DrainAndHash;
 using testing::FillPattern;
 using testing::Mapping;
+using testing::ResetOnClose;
+using testing::WaitHangup;
 using namespace std::chrono_literals;
 
 // Sends `len` bytes of the mapping in `chunk`-sized zero-copy writes, then
@@ -401,6 +403,37 @@ TEST(SocketChannel, WriteToVanishedPeerSaysSo) {
   // Completions for what was queued still arrive: nothing stays pinned.
   p.client->flush();
   EXPECT_EQ(p.client->zero_copy_counters().outstanding(), 0u);
+}
+
+// channel.h's shutdown rule on a plain socket: the end of stream that
+// cannot reach the peer is an error; kRead, kBoth and close() never throw.
+TEST(SocketChannel, ShutdownFollowsTheChannelRule) {
+  auto p = ConnectedPair("127.0.0.1:0");
+  ResetOnClose(p.server->fd());
+  p.server->close();
+  ASSERT_TRUE(WaitHangup(p.client->fd())) << "the reset never arrived";
+  try {
+    p.client->shutdown(ShutdownHow::kWrite);
+    FAIL() << "the end of stream was reported sent to a peer that had reset the connection";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kPeer) << e.what();
+  }
+  EXPECT_NO_THROW(p.client->shutdown(ShutdownHow::kRead));
+  EXPECT_NO_THROW(p.client->shutdown(ShutdownHow::kBoth));
+  p.client->close();
+  EXPECT_NO_THROW(p.client->shutdown(ShutdownHow::kRead));
+  EXPECT_NO_THROW(p.client->shutdown(ShutdownHow::kBoth));
+  EXPECT_NO_THROW(p.client->close());
+  try {
+    p.client->shutdown(ShutdownHow::kWrite);
+    FAIL() << "kWrite on a closed channel";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInternal) << e.what();
+  }
+  // Idempotent once it has succeeded.
+  auto q = ConnectedPair("127.0.0.1:0");
+  q.client->shutdown(ShutdownHow::kWrite);
+  EXPECT_NO_THROW(q.client->shutdown(ShutdownHow::kWrite));
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <linux/capability.h>
 #include <sys/mman.h>
@@ -41,6 +42,21 @@ inline Pair ConnectedPair(const std::string& listen_addr, const SocketOptions& c
   p.client = SocketChannel::Connect(l.address(), std::chrono::seconds(5), client_opts);
   p.server = AcceptChannel(l, std::chrono::seconds(5), server_opts);
   return p;
+}
+
+// Makes the socket behind `fd` end with a reset (SO_LINGER 0) once its
+// last descriptor is closed: a peer that has gone away, not one that
+// closed in order.
+inline void ResetOnClose(int fd) {
+  const linger l{1, 0};
+  if (setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l)) != 0) ThrowErrno(ErrorKind::kInternal, errno, "SO_LINGER");
+}
+
+// Waits (at most 10 s) until the connection of `fd` has been hung up or
+// reset by the peer, without consuming the error. True if it has.
+inline bool WaitHangup(int fd) {
+  pollfd p{fd, 0, 0};  // POLLHUP and POLLERR are always reported
+  return poll(&p, 1, 10000) == 1 && (p.revents & (POLLHUP | POLLERR));
 }
 
 // An anonymous private mapping, unmapped on destruction.

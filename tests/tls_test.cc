@@ -1,9 +1,15 @@
 // TLS over real loopback sockets on this host: the userspace path, the path
 // decision and its reasons, the policies, and every rejection the operator
 // must see clearly (with no application data flowing).
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
+#include <fstream>
+#include <sstream>
+
+#include "ktls/cipher_table.h"
 #include "ktls/ktls.h"
 #include "tests/tls_util.h"
 #include "tls/gnutls/gnutls_record_channel.h"
@@ -275,6 +281,179 @@ TEST(Tls, CloseNotifyIsCleanEof) {
   char buf[4];
   ASSERT_TRUE(c.ch->read_all(buf, 4));
   EXPECT_FALSE(c.ch->read_all(buf, 1));
+}
+
+// Key material (issue 17 item 6). The kernel's crypto_info layout puts the
+// key, salt and IV side by side; no other copy of the keys (GnuTLS's own
+// state, the exported TrafficKeys) has that shape. So once key install has
+// returned, that byte sequence must be nowhere in this process's writable
+// memory: every copy was wiped. Read through /proc/self/mem, so no dead
+// object is touched from C++.
+struct Region {
+  uintptr_t begin, end;
+};
+
+std::vector<Region> WritableRegions() {
+  std::vector<Region> out;
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    std::istringstream in(line);
+    std::string range, perms;
+    in >> range >> perms;
+    if (perms.size() < 2 || perms[0] != 'r' || perms[1] != 'w') continue;
+    const size_t dash = range.find('-');
+    const Region r{std::stoull(range.substr(0, dash), nullptr, 16), std::stoull(range.substr(dash + 1), nullptr, 16)};
+    // Sanitizer shadow and other huge reservations hold no copies of ours.
+    if (r.end - r.begin <= (256u << 20)) out.push_back(r);
+  }
+  return out;
+}
+
+// Places in the regions where `needle` occurs, other than `ignore` (the
+// test's own copy) and the needle itself.
+size_t CountCopies(const std::vector<Region>& regions, const std::vector<uint8_t>& needle, const void* ignore) {
+  const int fd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return SIZE_MAX;
+  std::vector<uint8_t> buf(1 << 20);
+  size_t found = 0;
+  const auto skip = reinterpret_cast<uintptr_t>(ignore);
+  for (const Region& r : regions) {
+    // Overlap by needle.size() so a copy across two reads is seen.
+    for (uintptr_t at = r.begin; at < r.end;) {
+      const size_t want = std::min<uintptr_t>(buf.size(), r.end - at);
+      const ssize_t n = pread(fd, buf.data(), want, static_cast<off_t>(at));
+      if (n <= 0) break;  // guard pages and the like
+      for (size_t i = 0; i + needle.size() <= static_cast<size_t>(n); ++i) {
+        if (buf[i] == needle[0] && std::memcmp(&buf[i], needle.data(), needle.size()) == 0 && at + i != skip &&
+            at + i != reinterpret_cast<uintptr_t>(needle.data()) &&
+            !(at + i >= reinterpret_cast<uintptr_t>(buf.data()) &&
+              at + i < reinterpret_cast<uintptr_t>(buf.data()) + buf.size())) {
+          ++found;
+        }
+      }
+      if (static_cast<size_t>(n) < needle.size() || static_cast<size_t>(n) == r.end - at) break;
+      at += static_cast<size_t>(n) - needle.size() + 1;
+    }
+  }
+  close(fd);
+  return found;
+}
+
+// Runs key install with 16 KiB of stack above it, so the scan that follows
+// (which uses far less) cannot overwrite the frame install left behind.
+[[gnu::noinline]] std::optional<std::string> InstallBelowPadding(TlsSession& s) {
+  volatile char pad[16384];
+  pad[0] = 1;
+  std::optional<std::string> why = InstallKtls(s);
+  pad[sizeof(pad) - 1] = pad[0];
+  return why;
+}
+
+// The key-holding types wipe their own storage: built in a zeroed buffer
+// with placement new, filled, destroyed; every byte of the buffer is then
+// zero again.
+// (explicit_bzero: a plain memset in a destructor is a dead store the
+// compiler may drop.)
+template <typename T, typename Fill>
+std::string NonZeroAfterDestruction(const Fill& fill) {
+  alignas(T) unsigned char storage[sizeof(T)] = {};
+  T* t = new (storage) T;
+  fill(*t);
+  t->~T();
+  std::string nonzero;
+  for (size_t i = 0; i < sizeof(storage); ++i) {
+    if (storage[i]) nonzero += std::to_string(i) + " ";
+  }
+  return nonzero;
+}
+
+TEST(TlsKeys, TrafficKeysAndCryptoInfoWipeThemselves) {
+  const std::vector<uint8_t> key(32, 0xA5), iv(12, 0x5A);
+  auto fill_keys = [&](TrafficKeys& k) {
+    k.set_key(key);
+    k.set_iv(iv);
+    k.rec_seq.fill(0x77);
+  };
+  EXPECT_EQ(NonZeroAfterDestruction<TrafficKeys>(fill_keys), "") << "bytes left at these offsets";
+  EXPECT_EQ(NonZeroAfterDestruction<CryptoInfo>([](CryptoInfo& c) {
+              std::memset(c.data(), 0xC3, c.capacity());
+              c.set_size(c.capacity());
+            }),
+            "");
+  // A move leaves no key behind in the source either.
+  EXPECT_EQ(NonZeroAfterDestruction<TrafficKeys>([&](TrafficKeys& k) {
+              fill_keys(k);
+              TrafficKeys taken(std::move(k));
+              EXPECT_EQ(taken.key().size(), 32u);
+              EXPECT_EQ(taken.key()[0], 0xA5);
+            }),
+            "");
+  TrafficKeys k;
+  EXPECT_THROW(k.set_key(std::vector<uint8_t>(33)), Error);
+}
+
+TEST(TlsKeys, KeyInstallLeavesNoCopyOfTheCryptoInfoInMemory) {
+  auto [client, server] = HandshakeSessions();
+  const KernelCipher* row = FindKernelCipher(client->cipher());
+  ASSERT_NE(row, nullptr);
+  // What install will hand the kernel for TX, on the heap (the scan skips
+  // this one copy).
+  std::vector<uint8_t> tx(256);
+  std::string why;
+  {
+    const size_t n = FillCryptoInfo(*row, client->version(), client->ExportKernelKeys(TlsDirection::kTransmit),
+                                    tx.data(), tx.size(), why);
+    ASSERT_GT(n, 0u) << why;
+    tx.resize(n);
+  }
+  // From the key to the end: skip the version/cipher header, which every
+  // crypto_info of this cipher shares.
+  const size_t from = std::min({row->iv_offset, row->key_offset, row->salt_offset});
+  const std::vector<uint8_t> needle(tx.begin() + static_cast<long>(from), tx.end());
+  const std::vector<Region> regions = WritableRegions();
+  ASSERT_EQ(CountCopies(regions, needle, tx.data() + from), 0u) << "a copy before install";
+
+  const std::optional<std::string> result = InstallBelowPadding(*client);
+  // The kernel took the keys (a kTLS kernel) or refused them (this host has
+  // no tls module): either way install has built its crypto_info copies.
+  EXPECT_EQ(CountCopies(WritableRegions(), needle, tx.data() + from), 0u)
+      << "key install left its crypto_info in memory (" << (result ? *result : "installed") << ")";
+}
+
+// close_notify to a peer that has gone away (reset): shutdown(kWrite)
+// throws kPeer (channel.h's rule), and close_notify is not recorded as
+// sent: trying again fails again, a write names the peer.
+TEST(Tls, CloseNotifyToAResetPeerIsAnErrorAndNotRecordedAsSent) {
+  Listener l = Listener::Listen("127.0.0.1:0");
+  auto fut = ServeOnce(l, ServerOptions(), {KtlsMode::kOff}, /*keep_raw=*/true);
+  TlsEnd c = ConnectTls(l.address(), ClientOptions(), {KtlsMode::kOff}, /*keep_raw=*/true);
+  TlsEnd s = fut.get();
+  ASSERT_TRUE(c.ch && s.ch) << c.error << s.error;
+  ResetOnClose(s.raw_fd);
+  s.ch->close();
+  ::close(s.raw_fd);
+  ASSERT_TRUE(WaitHangup(c.raw_fd)) << "the reset never arrived";
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    try {
+      c.ch->shutdown(ShutdownHow::kWrite);
+      FAIL() << "close_notify reported sent to a peer that had reset the connection (attempt " << attempt << ")";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kPeer) << e.what();
+    }
+  }
+  try {
+    c.ch->write_all("x", 1);
+    FAIL() << "a write to a reset peer succeeded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kPeer) << e.what();
+  }
+  EXPECT_NO_THROW(c.ch->shutdown(ShutdownHow::kRead));
+  EXPECT_NO_THROW(c.ch->shutdown(ShutdownHow::kBoth));
+  c.ch->close();
+  EXPECT_NO_THROW(c.ch->shutdown(ShutdownHow::kBoth));
+  EXPECT_THROW(c.ch->shutdown(ShutdownHow::kWrite), Error);
+  ::close(c.raw_fd);
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "certs/credentials.h"
 #include "channel/socket_channel.h"
 #include "ktls/establish.h"
+#include "tls/handshake.h"
 #include "tests/pki.h"
 #include "tests/test_util.h"
 #include "util/sha256.h"
@@ -83,6 +84,21 @@ inline TlsEnd ConnectTls(const std::string& addr, const TlsOptions& opts, Policy
     end.error = e.what();
   }
   return end;
+}
+
+// Two handshaken sessions over loopback, before any channel is chosen
+// (for tests of key install itself).
+struct SessionPair {
+  std::unique_ptr<TlsSession> client, server;
+};
+inline SessionPair HandshakeSessions() {
+  Listener l = Listener::Listen("127.0.0.1:0");
+  auto accepted = std::async(std::launch::async,
+                             [&] { return HandshakeTls(l.AcceptFd(std::chrono::seconds(30)), ServerOptions()); });
+  SessionPair p;
+  p.client = HandshakeTls(ConnectStream(l.address(), std::chrono::seconds(10)), ClientOptions());
+  p.server = accepted.get();
+  return p;
 }
 
 // Sends `len` deterministic bytes in 1 MiB writes and closes the write side

@@ -485,11 +485,10 @@ struct RawSource {
     h.page_size = 4096;
     h.page_count = static_cast<uint32_t>(offsets.size());
     h.flags = flags;
-    uint8_t hdr[wire::kHeaderSize];
-    wire::EncodeHeader(h, offsets.data(), hdr);
-    if (mutate) mutate(hdr);
-    std::string out(reinterpret_cast<char*>(hdr), sizeof(hdr));
-    out.append(reinterpret_cast<const char*>(offsets.data()), offsets.size() * 8);
+    std::vector<uint8_t> packet(wire::kHeaderSize + offsets.size() * 8);
+    wire::EncodeHeader(h, offsets.data(), packet.data());  // header, then the offsets
+    if (mutate) mutate(packet.data());
+    std::string out(reinterpret_cast<const char*>(packet.data()), packet.size());
     if (type == wire::kPages) out.append(offsets.size() * 4096, 'p');
     try {
       ch->write_all(out.data(), out.size());
@@ -529,6 +528,32 @@ void ExpectRejected(const std::function<void(RawSource&)>& drive, const std::str
   std::string err = ForgedStream(drive, dir);
   EXPECT_NE(err.find(needle), std::string::npos) << "got: '" << err << "'";
   EXPECT_TRUE(dir.Entries().empty()) << "a file was left behind";
+}
+
+// The wire format is little-endian whatever the host (protocol.h): the
+// offsets after a packet header too, not copied in host order. Golden
+// bytes, and the destination's decoding gives the values back.
+TEST(Wire, PacketOffsetsAreLittleEndianOnTheWire) {
+  wire::PacketHeader h;
+  h.type = wire::kZero;
+  h.page_size = 4096;
+  h.page_count = 2;
+  const uint64_t offsets[2] = {0x1000, 0x0000123456789000ull};
+  uint8_t packet[wire::kHeaderSize + 16];
+  wire::EncodeHeader(h, offsets, packet);
+  const uint8_t want[16] = {0x00, 0x10, 0, 0, 0, 0, 0, 0, 0x00, 0x90, 0x78, 0x56, 0x34, 0x12, 0, 0};
+  EXPECT_EQ(std::memcmp(packet + wire::kHeaderSize, want, sizeof(want)), 0);
+  EXPECT_EQ(packet[0], 0x4B);  // "KTMP", little-endian u32
+  const wire::Geometry g{1ull << 46, 4096};
+  const wire::PacketHeader got = wire::DecodeHeader(packet, g);
+  uint64_t read[2];
+  std::memcpy(read, packet + wire::kHeaderSize, sizeof(read));  // as the destination reads them
+  wire::ValidateOffsets(packet, got, read, g);
+  EXPECT_EQ(read[0], offsets[0]);
+  EXPECT_EQ(read[1], offsets[1]);
+  packet[wire::kHeaderSize + 9] ^= 1;  // the CRC covers the offset bytes
+  std::memcpy(read, packet + wire::kHeaderSize, sizeof(read));
+  EXPECT_THROW(wire::ValidateOffsets(packet, got, read, g), Error);
 }
 
 TEST(Forged, OffsetBeyondImage) {

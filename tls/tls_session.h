@@ -15,8 +15,8 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
-#include <vector>
 
 #include "base/unique_fd.h"
 #include "channel/channel.h"
@@ -28,12 +28,42 @@ enum class TlsDirection { kTransmit, kReceive };
 
 // One direction's traffic state, as TLS defines it (not as the kernel lays
 // it out: the kernel cipher table in ktls/ does that).
-struct TrafficKeys {
-  std::vector<uint8_t> key;
+//
+// Key material: the bytes live inside the object (no heap buffer that could
+// be freed, or reallocated, with the key still in it) and the destructor
+// wipes them with explicit_bzero, which the compiler may not drop as a dead
+// store. Not copyable, so no unwiped duplicate is made by accident; a move
+// wipes the source.
+class TrafficKeys {
+ public:
+  static constexpr size_t kMaxKey = 32;  // AES-256, ChaCha20
+  static constexpr size_t kMaxIv = 12;   // the TLS 1.3 / ChaCha20 static IV
+
+  TrafficKeys() = default;
+  ~TrafficKeys() { Wipe(); }
+  TrafficKeys(const TrafficKeys&) = delete;
+  TrafficKeys& operator=(const TrafficKeys&) = delete;
+  TrafficKeys(TrafficKeys&& other) noexcept;
+  TrafficKeys& operator=(TrafficKeys&& other) noexcept;
+
+  // Copies the bytes in. Throws Error(kInternal) above kMaxKey / kMaxIv.
+  void set_key(std::span<const uint8_t> key);
   // TLS 1.3, and ChaCha20-Poly1305 in TLS 1.2: the 12-byte static IV.
   // TLS 1.2 AES-GCM/CCM: the 4-byte implicit nonce part (the salt).
-  std::vector<uint8_t> iv;
+  void set_iv(std::span<const uint8_t> iv);
+  std::span<const uint8_t> key() const { return {key_.data(), key_size_}; }
+  std::span<const uint8_t> iv() const { return {iv_.data(), iv_size_}; }
+
+  // Zeroes every byte of the object (keys, IV, sequence number, sizes).
+  void Wipe();
+
   std::array<uint8_t, 8> rec_seq{};  // next record's sequence number, big-endian
+
+ private:
+  std::array<uint8_t, kMaxKey> key_{};
+  std::array<uint8_t, kMaxIv> iv_{};
+  size_t key_size_ = 0;
+  size_t iv_size_ = 0;
 };
 
 class TlsSession {
@@ -60,8 +90,9 @@ class TlsSession {
   // Bytes the library has already decrypted but nobody has read: a session
   // holding any cannot move into the kernel without losing them.
   virtual size_t buffered_plaintext() const = 0;
-  // The traffic state for one direction. Throws Error(kInternal) if the
-  // library cannot export it.
+  // The traffic state for one direction (a copy of the keys: the caller
+  // lets it go out of scope, which wipes it, as soon as it has used it).
+  // Throws Error(kInternal) if the library cannot export it.
   virtual TrafficKeys ExportKernelKeys(TlsDirection dir) const = 0;
 
   // The backend's userspace record channel over `session`; `why` (why not

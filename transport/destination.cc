@@ -17,6 +17,7 @@
 
 #include "base/error.h"
 #include "base/fd_wait.h"
+#include "base/path.h"
 #include "base/unique_fd.h"
 #include "transport/admission.h"
 #include "transport/busy_responder.h"
@@ -71,12 +72,6 @@ class IterationBarrier {
   bool aborted_ = false;
 };
 
-std::string DirOf(const std::string& output) {
-  const size_t slash = output.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : output.substr(0, slash);
-}
-
 // The mkostemp template of the temporary file beside `output`,
 // "NAME.partial.XXXXXX", with NAME cut short when the whole would pass the
 // directory's longest file name (255 bytes on Linux filesystems): every
@@ -87,7 +82,7 @@ std::string TempTemplateFor(const std::string& output) {
   const size_t slash = output.find_last_of('/');
   const size_t base = slash == std::string::npos ? 0 : slash + 1;
   std::string name = output.substr(base);
-  long max = pathconf(DirOf(output).c_str(), _PC_NAME_MAX);
+  long max = pathconf(DirectoryOf(output).c_str(), _PC_NAME_MAX);
   if (max <= 0) max = NAME_MAX;
   const size_t name_max = static_cast<size_t>(max);
   if (name.size() > name_max) {
@@ -102,7 +97,7 @@ std::string TempTemplateFor(const std::string& output) {
 // Bytes an unprivileged writer may still use on the filesystem of `output`.
 uint64_t FreeBytes(const std::string& output) {
   struct statvfs v{};
-  if (statvfs(DirOf(output).c_str(), &v) != 0) return 0;
+  if (statvfs(DirectoryOf(output).c_str(), &v) != 0) return 0;
   return static_cast<uint64_t>(v.f_bavail) * v.f_frsize;
 }
 
@@ -129,12 +124,13 @@ void CheckImageFits(const DestinationOptions& opts, uint64_t size, uint64_t padd
   if (padded > free) {
     throw Error(ErrorKind::kLocalIo, ENOSPC,
                 "not enough space for the image: needs " + Mib(padded) + ", " + Mib(free) + " free on " +
-                    DirOf(output));
+                    DirectoryOf(output));
   }
 }
 
-// The image being received: a temporary file beside the target, mapped
-// shared. Removed on destruction unless committed.
+// The image being received: a temporary file beside the target, written
+// with pwrite (or, with no output file, memory: the caller's buffer or an
+// anonymous mapping). Removed on destruction unless committed.
 class TempImage {
  public:
   // `memory`: the caller's buffer for an in-memory image (CheckImageFits has
@@ -153,6 +149,8 @@ class TempImage {
       base_ = static_cast<uint8_t*>(p);
       return;
     }
+    // Opened first: the commit cannot be durable without it.
+    dir_fd_ = OpenDirectoryForSync(DirectoryOf(output));
     path_ = TempTemplateFor(output);
     int fd = mkostemp(path_.data(), O_CLOEXEC);
     if (fd < 0) {
@@ -183,21 +181,26 @@ class TempImage {
   int fd() const { return fd_.get(); }  // the file; -1 in memory
   const std::string& path() const { return path_; }
 
-  // Makes the file durable under its final name.
+  // Makes the file durable under its final name: every step is checked,
+  // and the image counts as committed only once the directory entry is
+  // synced too (until then a crash may lose the new name). Throws
+  // Error(kLocalIo) otherwise; the destructor then removes the file, under
+  // whichever name it has, so a failed commit leaves nothing that looks
+  // committed.
   void Commit(const std::string& output) {
     if (output.empty()) return;  // in memory: verified is all there is
     if (ftruncate(fd_.get(), static_cast<off_t>(size_)) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "truncate " + path_);
-    fchmod(fd_.get(), 0644);
+    if (fchmod(fd_.get(), 0644) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "cannot set mode 0644 on " + path_);
     if (fsync(fd_.get()) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "fsync " + path_);
     if (rename(path_.c_str(), output.c_str()) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "rename to " + output);
+    path_ = output;
+    if (fsync(dir_fd_.get()) != 0) {
+      ThrowErrno(ErrorKind::kLocalIo, errno,
+                 "fsync of directory " + DirectoryOf(output) + " after renaming the image to " + output +
+                     " (its name would not survive a crash; the image was removed)");
+    }
     committed_ = true;
     if (hook_) hook_("");
-    std::string dir = output.substr(0, output.find_last_of('/') == std::string::npos ? 0 : output.find_last_of('/'));
-    int dfd = open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-      fsync(dfd);
-      close(dfd);
-    }
   }
 
  private:
@@ -212,6 +215,7 @@ class TempImage {
   }
   std::string path_;
   UniqueFd fd_;
+  UniqueFd dir_fd_;  // the output's directory, synced by Commit()
   uint8_t* base_ = nullptr;
   uint64_t size_, padded_;  // padded_: the in-memory mapping's length
   bool committed_ = false;
@@ -684,9 +688,7 @@ std::vector<Receiver> ReceiveImage(AcceptedSession& session, const wire::Geometr
           }
           barrier.Abort();
           // Wake the other receivers out of their reads.
-          for (auto& c : session.by_id) {
-            try { c.channel->shutdown(ShutdownHow::kRead); } catch (...) {}
-          }
+          for (auto& c : session.by_id) c.channel->shutdown(ShutdownHow::kRead);  // never throws
         });
       }
     });
@@ -761,9 +763,10 @@ void CheckOutputPath(const std::string& output) {
   if (stat(output.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
     throw Error(ErrorKind::kLocalIo, EISDIR, "output " + output + " is a directory; give a file name");
   }
-  const std::string dir = DirOf(output);
+  const std::string dir = DirectoryOf(output);
   if (stat(dir.c_str(), &st) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "output directory " + dir);
   if (!S_ISDIR(st.st_mode)) throw Error(ErrorKind::kLocalIo, ENOTDIR, "output directory " + dir + " is not a directory");
+  OpenDirectoryForSync(dir);  // the commit needs it: find out before anyone connects
   // The very name the temporary file will have: catches a read-only or
   // full directory and a name too long before anyone connects.
   std::string probe = TempTemplateFor(output);

@@ -39,9 +39,6 @@ OpenedChannel OpenClientChannel(const std::string& address, const SecurityConfig
 // Opens the channel on an accepted socket (the server side of TLS).
 OpenedChannel OpenServerChannel(UniqueFd accepted, const SecurityConfig& sec);
 
-// Sets the channel's io timeout (Channel::set_io_timeout) right after it is
-// opened, before the first byte of the migration protocol.
-
 // The path line of a plaintext channel (it may change after the first
 // writes, e.g. when a socket refuses io_uring SEND_ZC).
 std::string PlaintextPath(const Channel& ch);

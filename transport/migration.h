@@ -161,8 +161,8 @@ struct DestinationOptions {
 };
 
 // Checks that `output` can be written before anything is accepted: its
-// directory exists and takes new files, the name is not too long, the output
-// is not a directory. Throws Error(kLocalIo) saying which. "" (in memory) passes.
+// directory exists, takes new files and can be opened to be synced at the
+// commit, the name is not too long, the output is not a directory. Throws Error(kLocalIo) saying which. "" (in memory) passes.
 void CheckOutputPath(const std::string& output);
 
 // Accepts the channels of one migration on `listener` and writes the image.

@@ -5,24 +5,10 @@
 #include <cstring>
 
 #include "base/error.h"
+#include "base/le.h"
 
 namespace ktm::wire {
 namespace {
-
-void Put16(uint8_t* p, uint16_t v) { p[0] = v, p[1] = v >> 8; }
-void Put32(uint8_t* p, uint32_t v) { for (int i = 0; i < 4; ++i) p[i] = v >> (8 * i); }
-void Put64(uint8_t* p, uint64_t v) { for (int i = 0; i < 8; ++i) p[i] = v >> (8 * i); }
-uint16_t Get16(const uint8_t* p) { return uint16_t(p[0] | (p[1] << 8)); }
-uint32_t Get32(const uint8_t* p) {
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
-uint64_t Get64(const uint8_t* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
 
 struct Crc32cTable {
   uint32_t t[256];
@@ -68,30 +54,30 @@ uint32_t Crc32c(uint32_t crc, const void* data, size_t len) {
 
 void EncodeHello(const Hello& h, uint8_t out[kHelloSize]) {
   std::memset(out, 0, kHelloSize);
-  Put64(out, kHelloMagic);
-  Put16(out + 8, h.version);
-  Put16(out + 10, h.channel_id);
-  Put16(out + 12, h.channel_count);
-  Put16(out + 14, h.digest);
+  PutLe64(out, kHelloMagic);
+  PutLe16(out + 8, h.version);
+  PutLe16(out + 10, h.channel_id);
+  PutLe16(out + 12, h.channel_count);
+  PutLe16(out + 14, h.digest);
   std::memcpy(out + 16, h.session.data(), 16);
-  Put64(out + 32, h.image_size);
-  Put32(out + 40, h.page_size);
-  Put32(out + 56, Crc32c(0, out, 56));
+  PutLe64(out + 32, h.image_size);
+  PutLe32(out + 40, h.page_size);
+  PutLe32(out + 56, Crc32c(0, out, 56));
 }
 
 Hello DecodeHello(const uint8_t in[kHelloSize]) {
-  if (Get64(in) != kHelloMagic) {
+  if (GetLe64(in) != kHelloMagic) {
     throw Error(ErrorKind::kIntegrity, EBADMSG, "not a tls-migrate channel hello (bad magic): is the peer a tls-migrate source?");
   }
-  if (Get32(in + 56) != Crc32c(0, in, 56)) throw Error(ErrorKind::kIntegrity, EBADMSG, "channel hello checksum mismatch");
+  if (GetLe32(in + 56) != Crc32c(0, in, 56)) throw Error(ErrorKind::kIntegrity, EBADMSG, "channel hello checksum mismatch");
   Hello h;
-  h.version = Get16(in + 8);
-  h.channel_id = Get16(in + 10);
-  h.channel_count = Get16(in + 12);
-  h.digest = Get16(in + 14);
+  h.version = GetLe16(in + 8);
+  h.channel_id = GetLe16(in + 10);
+  h.channel_count = GetLe16(in + 12);
+  h.digest = GetLe16(in + 14);
   std::memcpy(h.session.data(), in + 16, 16);
-  h.image_size = Get64(in + 32);
-  h.page_size = Get32(in + 40);
+  h.image_size = GetLe64(in + 32);
+  h.page_size = GetLe32(in + 40);
   if (h.version != kVersion) {
     throw Error(ErrorKind::kIntegrity, EPROTO, "channel hello has protocol version " + std::to_string(h.version) +
                             "; this destination speaks " + std::to_string(kVersion));
@@ -112,34 +98,35 @@ Hello DecodeHello(const uint8_t in[kHelloSize]) {
   return h;
 }
 
-void EncodeHeader(const PacketHeader& h, const uint64_t* offsets, uint8_t out[kHeaderSize]) {
-  Put32(out, kPacketMagic);
-  Put16(out + 4, h.version);
-  Put16(out + 6, h.type);
-  Put64(out + 8, h.packet_num);
-  Put32(out + 16, h.iteration);
-  Put32(out + 20, h.page_size);
-  Put32(out + 24, h.page_count);
-  Put32(out + 28, h.flags);
-  Put32(out + 32, h.payload_len);
-  Put32(out + 36, 0);
+void EncodeHeader(const PacketHeader& h, const uint64_t* offsets, uint8_t* out) {
+  PutLe32(out, kPacketMagic);
+  PutLe16(out + 4, h.version);
+  PutLe16(out + 6, h.type);
+  PutLe64(out + 8, h.packet_num);
+  PutLe32(out + 16, h.iteration);
+  PutLe32(out + 20, h.page_size);
+  PutLe32(out + 24, h.page_count);
+  PutLe32(out + 28, h.flags);
+  PutLe32(out + 32, h.payload_len);
+  PutLe32(out + 36, 0);
+  uint8_t* wire_offsets = out + kHeaderSize;
+  for (uint32_t i = 0; i < h.page_count; ++i) PutLe64(wire_offsets + 8 * size_t{i}, offsets[i]);
   uint32_t crc = Crc32c(0, out, kHeaderSize);
-  // Offsets are hashed in their wire form (little-endian u64, as on x86).
-  crc = Crc32c(crc, offsets, sizeof(uint64_t) * h.page_count);
-  Put32(out + 36, crc);
+  crc = Crc32c(crc, wire_offsets, sizeof(uint64_t) * h.page_count);
+  PutLe32(out + 36, crc);
 }
 
 PacketHeader DecodeHeader(const uint8_t in[kHeaderSize], const Geometry& g) {
-  if (Get32(in) != kPacketMagic) Bad("bad magic (stream out of step, or not a tls-migrate source)");
+  if (GetLe32(in) != kPacketMagic) Bad("bad magic (stream out of step, or not a tls-migrate source)");
   PacketHeader h;
-  h.version = Get16(in + 4);
-  h.type = Get16(in + 6);
-  h.packet_num = Get64(in + 8);
-  h.iteration = Get32(in + 16);
-  h.page_size = Get32(in + 20);
-  h.page_count = Get32(in + 24);
-  h.flags = Get32(in + 28);
-  h.payload_len = Get32(in + 32);
+  h.version = GetLe16(in + 4);
+  h.type = GetLe16(in + 6);
+  h.packet_num = GetLe64(in + 8);
+  h.iteration = GetLe32(in + 16);
+  h.page_size = GetLe32(in + 20);
+  h.page_count = GetLe32(in + 24);
+  h.flags = GetLe32(in + 28);
+  h.payload_len = GetLe32(in + 32);
   if (h.version != kVersion) Bad("version " + std::to_string(h.version));
   switch (h.type) {
     case kPages:
@@ -165,14 +152,18 @@ PacketHeader DecodeHeader(const uint8_t in[kHeaderSize], const Geometry& g) {
   return h;
 }
 
-void ValidateOffsets(const uint8_t header[kHeaderSize], const PacketHeader& h, const uint64_t* offsets,
+void ValidateOffsets(const uint8_t header[kHeaderSize], const PacketHeader& h, uint64_t* offsets,
                      const Geometry& g) {
   uint8_t copy[kHeaderSize];
   std::memcpy(copy, header, kHeaderSize);
-  Put32(copy + 36, 0);
+  PutLe32(copy + 36, 0);
+  auto* wire_offsets = reinterpret_cast<uint8_t*>(offsets);
   uint32_t crc = Crc32c(0, copy, kHeaderSize);
-  crc = Crc32c(crc, offsets, sizeof(uint64_t) * h.page_count);
-  if (crc != Get32(header + 36)) Bad("header checksum mismatch (corrupted or forged)");
+  crc = Crc32c(crc, wire_offsets, sizeof(uint64_t) * h.page_count);
+  if (crc != GetLe32(header + 36)) Bad("header checksum mismatch (corrupted or forged)");
+  // In place: each 8 wire bytes become the host's u64 (a no-op on
+  // little-endian hosts, which the compiler sees).
+  for (uint32_t i = 0; i < h.page_count; ++i) offsets[i] = GetLe64(wire_offsets + 8 * size_t{i});
   const uint64_t limit = g.padded_size();
   for (uint32_t i = 0; i < h.page_count; ++i) {
     const uint64_t off = offsets[i];
@@ -186,13 +177,13 @@ void ValidateOffsets(const uint8_t header[kHeaderSize], const PacketHeader& h, c
 }
 
 void EncodeU32Pair(uint32_t magic, uint32_t status, uint8_t out[kAckSize]) {
-  Put32(out, magic);
-  Put32(out + 4, status);
+  PutLe32(out, magic);
+  PutLe32(out + 4, status);
 }
 
 uint32_t DecodeU32Pair(uint32_t magic, const uint8_t in[kAckSize], const char* what) {
-  if (Get32(in) != magic) throw Error(ErrorKind::kIntegrity, EBADMSG, std::string("bad ") + what + " from the peer");
-  return Get32(in + 4);
+  if (GetLe32(in) != magic) throw Error(ErrorKind::kIntegrity, EBADMSG, std::string("bad ") + what + " from the peer");
+  return GetLe32(in + 4);
 }
 
 std::string UuidString(const Uuid& u) {

@@ -1,5 +1,6 @@
-// Wire format of a migration. All integers little-endian, fixed layouts
-// encoded field by field (no struct punning), every field validated.
+// Wire format of a migration. All integers little-endian, whatever the
+// host's byte order (base/le.h), fixed layouts encoded field by field (no
+// struct punning), the page offsets too; every field validated.
 //
 // Per channel, after TLS (or plain TCP with TLS off):
 //   source -> dest   Hello (64 bytes)
@@ -89,9 +90,10 @@ void EncodeHello(const Hello& h, uint8_t out[kHelloSize]);
 // Throws Error describing the first invalid field.
 Hello DecodeHello(const uint8_t in[kHelloSize]);
 
-// Encodes the header; the CRC covers the header (CRC field zero) and the
-// offsets that follow it, so pass them too.
-void EncodeHeader(const PacketHeader& h, const uint64_t* offsets, uint8_t out[kHeaderSize]);
+// Encodes the header and, right after it, the h.page_count `offsets` (host
+// order) as little-endian u64: `out` holds kHeaderSize + 8 * page_count
+// bytes. The CRC covers the header (CRC field zero) and those offset bytes.
+void EncodeHeader(const PacketHeader& h, const uint64_t* offsets, uint8_t* out);
 
 // Limits the destination checks a packet against.
 struct Geometry {
@@ -105,9 +107,11 @@ struct Geometry {
 // checked by ValidateOffsets once the offsets are in.
 PacketHeader DecodeHeader(const uint8_t in[kHeaderSize], const Geometry& g);
 
-// Checks CRC over header+offsets, then each offset: inside the image, page
-// aligned, strictly increasing. Throws Error naming the problem.
-void ValidateOffsets(const uint8_t header[kHeaderSize], const PacketHeader& h, const uint64_t* offsets,
+// `offsets`: the h.page_count offsets as read from the wire. Checks the CRC
+// over header+offset bytes, converts the offsets in place to host order,
+// then checks each: inside the image, page aligned, strictly increasing.
+// Throws Error naming the problem.
+void ValidateOffsets(const uint8_t header[kHeaderSize], const PacketHeader& h, uint64_t* offsets,
                      const Geometry& g);
 
 void EncodeU32Pair(uint32_t magic, uint32_t status, uint8_t out[kAckSize]);

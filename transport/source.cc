@@ -97,9 +97,7 @@ class ChannelSender {
     h.packet_num = packet_num_++;
     h.page_size = src_.page_size();
     h.page_count = static_cast<uint32_t>(offs.size());
-    uint8_t* off_area = s.buf.data() + wire::kHeaderSize;
-    std::memcpy(off_area, offs.data(), offs.size() * sizeof(uint64_t));
-    wire::EncodeHeader(h, reinterpret_cast<const uint64_t*>(off_area), s.buf.data());
+    wire::EncodeHeader(h, offs.data(), s.buf.data());  // the offsets follow the header
     return s.buf.data();
   }
 
@@ -339,14 +337,14 @@ std::vector<OpenedChannel> OpenChannels(const PageSource& src, const SourceOptio
   return chans;
 }
 
-// Phase 2: precopy iterations until the dirty set converges (or the
-// iteration limit), then the source is frozen and the final pass runs. Each
-// iteration ends with a flush and SYNC on every channel.
 // Timestamps of the switch-over, for the downtime report.
 struct SwitchTimes {
   Clock::time_point freeze, final_sent, end_sent, done;
 };
 
+// Phase 2: precopy iterations until the dirty set converges (or the
+// iteration limit), then the source is frozen and the final pass runs. Each
+// iteration ends with a flush and SYNC on every channel.
 void StreamIterations(PageSource& src, const SourceOptions& opts, std::vector<OpenedChannel>& chans,
                       std::vector<std::unique_ptr<ChannelSender>>& senders, MigrationReport& rep, PhaseClock& phases,
                       SwitchTimes& times) {
@@ -376,9 +374,7 @@ void StreamIterations(PageSource& src, const SourceOptions& opts, std::vector<Op
     }
     failure.Record(verdict ? static_cast<const std::exception&>(*verdict) : e, [&] {
       // Unblock the other senders.
-      for (auto& c : chans) {
-        try { c.channel->shutdown(ShutdownHow::kBoth); } catch (...) {}
-      }
+      for (auto& c : chans) c.channel->shutdown(ShutdownHow::kBoth);  // never throws
     });
   };
   const uint64_t converge = opts.converge_pages ? opts.converge_pages
@@ -489,7 +485,13 @@ std::string SwitchOver(const PageSource& src, const SourceOptions& opts, std::ve
   if (st != wire::kOk) {
     throw Error(KindOfStatus(st), EIO, std::string("destination did not commit the image: ") + wire::StatusText(st));
   }
-  ch0.shutdown(ShutdownHow::kWrite);
+  try {
+    ch0.shutdown(ShutdownHow::kWrite);
+  } catch (const Error&) {
+    // DONE said the image is committed: the outcome is decided. Our end of
+    // stream only lets the destination close without waiting; if it cannot
+    // be sent, the destination's wait ends with the connection anyway.
+  }
   return DigestHex(opts.digest, digest);
 }
 

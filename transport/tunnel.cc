@@ -15,6 +15,7 @@
 
 #include "base/error.h"
 #include "base/fd_wait.h"
+#include "base/le.h"
 #include "base/unique_fd.h"
 #include "channel/address.h"
 #include "transport/admission.h"
@@ -39,39 +40,29 @@ struct TunnelHeader {
   uint64_t seq = 0;
 };
 
-void Put64(uint8_t* p, uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
-}
-uint64_t Get64(const uint8_t* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
-
 void EncodeTunnelHeader(const TunnelHeader& h, uint8_t out[kTunnelHeaderSize]) {
   std::memset(out, 0, kTunnelHeaderSize);
-  Put64(out, kTunnelMagic);
-  out[8] = kTunnelVersion & 0xff;
-  out[9] = kTunnelVersion >> 8;
+  PutLe64(out, kTunnelMagic);
+  PutLe16(out + 8, kTunnelVersion);
   std::memcpy(out + 16, h.session.data(), 16);
-  Put64(out + 32, h.seq);
+  PutLe64(out + 32, h.seq);
   const uint32_t crc = wire::Crc32c(0, out + 16, 24);
-  for (int i = 0; i < 4; ++i) out[12 + i] = static_cast<uint8_t>(crc >> (8 * i));
+  PutLe32(out + 12, crc);
 }
 
 TunnelHeader DecodeTunnelHeader(const uint8_t in[kTunnelHeaderSize]) {
-  if (Get64(in) != kTunnelMagic) {
+  if (GetLe64(in) != kTunnelMagic) {
     throw Error(ErrorKind::kIntegrity, EBADMSG, "not a tls-migrate tunnel connection (bad magic)");
   }
-  const uint16_t version = static_cast<uint16_t>(in[8] | (in[9] << 8));
+  const uint16_t version = GetLe16(in + 8);
   if (version != kTunnelVersion) {
     throw Error(ErrorKind::kIntegrity, EPROTO, "tunnel protocol version " + std::to_string(version) + " not supported");
   }
-  const uint32_t crc = in[12] | (in[13] << 8) | (in[14] << 16) | (uint32_t{in[15]} << 24);
+  const uint32_t crc = GetLe32(in + 12);
   if (crc != wire::Crc32c(0, in + 16, 24)) throw Error(ErrorKind::kIntegrity, EBADMSG, "tunnel header checksum mismatch");
   TunnelHeader h;
   std::memcpy(h.session.data(), in + 16, 16);
-  h.seq = Get64(in + 32);
+  h.seq = GetLe64(in + 32);
   return h;
 }
 
@@ -411,10 +402,7 @@ TunnelConnReport RunConnection(UniqueFd local, OpenedChannel tls, uint64_t seq, 
     }
     aborted = true;
     ::shutdown(local.get(), SHUT_RDWR);
-    try {
-      ch.shutdown(ShutdownHow::kBoth);
-    } catch (...) {
-    }
+    ch.shutdown(ShutdownHow::kBoth);  // never throws (channel.h)
   };
   const uint64_t abort_id = set.Register([&] { abort_both(kStopping); });
   // Set once the tunnel peer's stream has ended cleanly and all of it has

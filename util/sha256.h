@@ -1,5 +1,6 @@
 // Incremental SHA-256 (OpenSSL EVP). Used to prove that what arrived is what
-// was sent, in tests and in the migration's end-to-end check.
+// was sent in tests and tools, and as the migration's image digest when the
+// caller picks SHA-256 (the default is XXH3-128: util/image_digest.h).
 #pragma once
 
 #include <array>
@@ -29,11 +30,12 @@ class Sha256 {
   EVP_MD_CTX* ctx_;
 };
 
-// The migration's image digest: SHA-256 over the SHA-256 of each 4 MiB
-// chunk (in order) followed by the image length (u64 little-endian). The
-// chunks are hashed on `threads` threads (0: one per CPU), which is why it
-// is a tree and not one SHA-256 over the whole image: on the 2-CPU build
-// machines this halves the time both ends spend on the end-to-end check.
+// The former whole-image digest, which the switch-over used to compute on
+// both ends before per-page digests (util/image_digest.h) replaced it; kept
+// so the bench and tools/digest_speed can show what that cost. SHA-256 over
+// the SHA-256 of each 4 MiB chunk (in order) followed by the image length
+// (u64 little-endian); the chunks are hashed on `threads` threads (0: one
+// per CPU).
 inline constexpr size_t kImageDigestChunk = 4u << 20;
 Sha256::Digest ImageDigest(const uint8_t* data, size_t len, unsigned threads = 0);
 

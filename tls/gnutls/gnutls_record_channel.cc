@@ -82,8 +82,18 @@ void GnutlsRecordChannel::ThrowRecordError(ssize_t rc, const char* op) {
   throw Error(ErrorKind::kInternal, EPROTO, std::string("TLS ") + op + " failed: " + gnutls_strerror(r));
 }
 
+void GnutlsRecordChannel::ThrowWriteError(ssize_t rc, const char* op) {
+  try {
+    ThrowRecordError(rc, op);
+  } catch (const Error& e) {
+    write_error_ = e;
+    throw;
+  }
+}
+
 WriteResult GnutlsRecordChannel::writev(std::span<const iovec> iov, unsigned /*flags*/) {
   if (session_->fd() < 0) throw Error(ErrorKind::kInternal, EBADF, "write on a closed channel");
+  if (write_error_) throw *write_error_;
   gnutls_session_t s = session_->native();
   if (!blocking_) {
     // One record at a time so would_block can be reported exactly.
@@ -99,7 +109,7 @@ WriteResult GnutlsRecordChannel::writev(std::span<const iovec> iov, unsigned /*f
       return WriteResult{0, true, {}};
     }
     send_pending_ = false;
-    if (rc < 0) ThrowRecordError(rc, "write");
+    if (rc < 0) ThrowWriteError(rc, "write");
     return WriteResult{static_cast<size_t>(rc), false, {}};
   }
   size_t done = 0;
@@ -109,7 +119,7 @@ WriteResult GnutlsRecordChannel::writev(std::span<const iovec> iov, unsigned /*f
     // Not GNUTLS_RECORD_WAIT: that retries EAGAIN internally forever; the
     // socket timeout must surface as an error instead.
     const ssize_t rc = RetryWrite([&] { return gnutls_record_uncork(s, 0); });
-    if (rc < 0) ThrowRecordError(rc, "write");
+    if (rc < 0) ThrowWriteError(rc, "write");
     ++batches_;
     corked = 0;
   };
@@ -119,7 +129,7 @@ WriteResult GnutlsRecordChannel::writev(std::span<const iovec> iov, unsigned /*f
     while (left > 0) {
       size_t n = std::min(left, kCorkBatch - corked);
       const ssize_t rc = RetryWrite([&] { return gnutls_record_send(s, p, n); });
-      if (rc < 0) ThrowRecordError(rc, "write");
+      if (rc < 0) ThrowWriteError(rc, "write");
       p += rc;
       left -= static_cast<size_t>(rc);
       done += static_cast<size_t>(rc);
@@ -166,23 +176,24 @@ ReadResult GnutlsRecordChannel::readv(std::span<const iovec> iov) {
 }
 
 void GnutlsRecordChannel::shutdown(ShutdownHow how) {
-  if (session_->fd() < 0) return;
-  if (how == ShutdownHow::kBoth) {
-    // Abort: no close_notify (it could block on a full buffer, and another
-    // thread may be inside GnuTLS right now); wake everyone blocked.
-    ::shutdown(session_->fd(), SHUT_RDWR);
+  if (how != ShutdownHow::kWrite) {
+    // Never throws (channel.h). kBoth is the abort: no close_notify (it
+    // could block on a full buffer, and another thread may be inside
+    // GnuTLS right now); it wakes everyone blocked.
+    if (session_->fd() >= 0) (void)::shutdown(session_->fd(), how == ShutdownHow::kRead ? SHUT_RD : SHUT_RDWR);
     return;
   }
-  if (how == ShutdownHow::kWrite) {
-    int rc;
-    // Best effort: a stalled peer gets one try bounded by the socket timeout.
-    do {
-      rc = gnutls_bye(session_->native(), GNUTLS_SHUT_WR);  // sends close_notify
-    } while (rc == GNUTLS_E_INTERRUPTED);
-    ::shutdown(session_->fd(), SHUT_WR);
-  } else {
-    ::shutdown(session_->fd(), SHUT_RD);
+  if (session_->fd() < 0) throw Error(ErrorKind::kInternal, EBADF, "shutdown on a closed channel");
+  if (write_shut_) return;
+  if (write_error_) throw *write_error_;
+  if (!sent_close_notify_) {
+    // A stalled peer gets the write timeout (AgainGuard), as a write would.
+    const ssize_t rc = RetryWrite([&] { return gnutls_bye(session_->native(), GNUTLS_SHUT_WR); });
+    if (rc < 0) ThrowWriteError(rc, "close_notify");
+    sent_close_notify_ = true;
   }
+  ShutdownWriteOrThrow(session_->fd(), "the TLS peer");
+  write_shut_ = true;
 }
 
 bool GnutlsRecordChannel::wait_readable(std::chrono::milliseconds timeout) {
@@ -190,7 +201,7 @@ bool GnutlsRecordChannel::wait_readable(std::chrono::milliseconds timeout) {
   return WaitFdReadable(session_->fd(), timeout);
 }
 
-void GnutlsRecordChannel::close() { session_->release_fd().reset(); }
+void GnutlsRecordChannel::close() noexcept { session_->release_fd().reset(); }
 
 void GnutlsRecordChannel::set_blocking(bool blocking) {
   SetNonBlocking(session_->fd(), !blocking, "a TLS channel");

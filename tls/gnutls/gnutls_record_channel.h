@@ -13,8 +13,10 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 
+#include "base/error.h"
 #include "channel/channel.h"
 #include "tls/gnutls/gnutls_session.h"
 
@@ -32,7 +34,7 @@ class GnutlsRecordChannel : public Channel {
   WriteResult writev(std::span<const iovec> iov, unsigned flags) override;
   ReadResult readv(std::span<const iovec> iov) override;
   void shutdown(ShutdownHow how) override;
-  void close() override;
+  void close() noexcept override;
   void set_blocking(bool blocking) override;
   bool blocking() const override { return blocking_; }
   bool wait_readable(std::chrono::milliseconds timeout) override;
@@ -47,6 +49,10 @@ class GnutlsRecordChannel : public Channel {
 
  private:
   [[noreturn]] void ThrowRecordError(ssize_t rc, const char* op);
+  // ThrowRecordError for the write side, remembering the error: GnuTLS
+  // invalidates the session after a failed send, so later writes and
+  // shutdown(kWrite) throw this again instead of "invalid session".
+  [[noreturn]] void ThrowWriteError(ssize_t rc, const char* op);
   // Whether the socket is at end of stream (nothing left, peer closed).
   bool PeerClosed() const;
   // Runs a blocking GnuTLS write operation until it stops saying "again"
@@ -72,6 +78,9 @@ class GnutlsRecordChannel : public Channel {
   bool blocking_ = true;
   bool send_pending_ = false;  // a record is encrypted but not fully sent
   bool saw_close_notify_ = false;
+  bool sent_close_notify_ = false;  // set only once gnutls_bye succeeded
+  bool write_shut_ = false;         // shutdown(kWrite) completed
+  std::optional<Error> write_error_;  // the first failure of the write side
   uint64_t batches_ = 0;
 };
 

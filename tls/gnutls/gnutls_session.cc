@@ -263,8 +263,8 @@ TrafficKeys GnutlsSession::ExportKernelKeys(TlsDirection dir) const {
   CheckGnutls(gnutls_record_get_state(session_.get(), dir == TlsDirection::kReceive ? 1 : 0, &mac, &iv, &key,
                                       k.rec_seq.data()),
               "gnutls_record_get_state");
-  k.key.assign(key.data, key.data + key.size);
-  k.iv.assign(iv.data, iv.data + iv.size);
+  k.set_key({key.data, key.size});
+  k.set_iv({iv.data, iv.size});
   return k;
 }
 
