@@ -116,8 +116,13 @@ void BusyResponder::Answer(UniqueFd fd) {
     uint8_t ack[wire::kAckSize];
     wire::EncodeU32Pair(wire::kAckMagic, wire::kBusy, ack);
     oc.channel->write_all(ack, sizeof(ack));
-    oc.channel->shutdown(ShutdownHow::kWrite);
     if (opts_.log) opts_.log("told " + peer + " that a migration is running (session " + session_ + ")");
+    try {
+      oc.channel->shutdown(ShutdownHow::kWrite);
+    } catch (const Error&) {
+      // The source has its answer and may well have gone already (a reset
+      // refuses our close_notify); nothing is left to tell it.
+    }
   } catch (const Error& e) {
     if (opts_.log) opts_.log("rejected connection from " + peer + " during the migration: " + e.what());
   }
