@@ -79,7 +79,7 @@ class UringSender {
   static constexpr size_t kMaxChain = 32;
   // A write is split into requests of at least this many bytes (an iovec
   // run inside the registered region is always its own request).
-  static constexpr size_t kMinRequestBytes = 64 << 10;
+  static constexpr size_t kMinRequestBytes = 128 << 10;
 
   // Sets up the ring. Throws Error (with the reason) if io_uring or
   // IORING_OP_SEND_ZC is unavailable.
