@@ -152,7 +152,7 @@ struct DestinationOptions {
   // meanwhile, so a disk slower than the network paces the source, and the
   // commit's fsync finds about that much left whatever the image size. 0: no
   // bound (writeback is only started every 250 ms, never waited for).
-  uint64_t writeback_window = 16u << 20;
+  uint64_t writeback_window = 8u << 20;
   Progress* progress = nullptr;
   std::function<void(const std::string&)> log;  // notices (rejected strays, ...)
   // Called with the temporary file's path once created, "" when it is gone
