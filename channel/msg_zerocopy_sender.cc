@@ -47,7 +47,7 @@ class MsgZeroCopySender final : public ZeroCopySender {
       std::chrono::milliseconds left(-1);
       if (timeout.count() >= 0) {
         if (!deadline) deadline = Clock::now() + timeout;
-        left = std::chrono::duration_cast<std::chrono::milliseconds>(*deadline - Clock::now());
+        left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - Clock::now());
         if (left.count() <= 0) return -ETIMEDOUT;
       }
       const short ev = PollFd(fd_, POLLOUT, left);

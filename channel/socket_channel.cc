@@ -388,7 +388,7 @@ void SocketChannel::WaitWritable() {
   for (;;) {
     std::chrono::milliseconds left(-1);
     if (bounded) {
-      left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
       if (left.count() <= 0) throw IoTimeoutError(/*for_write=*/true, write_timeout_, peer_);
     }
     const short ev = PollFd(fd_.get(), POLLOUT, left);

@@ -8,12 +8,14 @@
 // KTM_TEST_KTLS=require (the kTLS VM harness) runs the TLS cases with both
 // ends in kernel TLS.
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -295,6 +297,41 @@ TEST_P(RelayFaults, SecondSourceIsToldTheDestinationIsBusy) {
   const auto [send_rc, recv_rc] = p.WaitBoth(60s);
   EXPECT_EQ(send_rc, 0) << p.Outputs();
   EXPECT_EQ(recv_rc, 0) << p.Outputs();
+}
+
+// A connection that says nothing while a migration runs is answered by
+// the busy responder (it waits for a hello); when the migration ends, the
+// destination cuts that wait short and exits at once: it used to join the
+// answer while holding the lock the answer needed to finish (forever).
+TEST_P(RelayFaults, SilentLaterConnectionDoesNotHoldTheDestination) {
+  Dir in;
+  const std::string resume = in.path + "/go";
+  Path p(GetParam(), {"stall:up:0:1M"}, {}, resume);
+  p.Send({"--size", "8M", "--channels", "2"});
+  ASSERT_TRUE(p.relay->WaitFor("stall up conn 0", 60s)) << p.Outputs();
+  const std::string port = PortFrom(p.recv->output());
+  UniqueFd silent(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_TRUE(silent);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(std::stoi(port)));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(silent.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0) << strerror(errno);
+  // A later source is answered after the silent one was accepted (the
+  // backlog is first in, first out), so the silent answer is in progress.
+  std::string out;
+  EXPECT_EQ(RunCli(Cat({"send", "--connect", "127.0.0.1:" + port, "--size", "1M", "--quiet"}, Security(GetParam())),
+                   &out),
+            1)
+      << out;
+  ASSERT_TRUE(p.recv->WaitFor("that a migration is running", 10s)) << p.Outputs();
+  const auto t0 = Clock::now();
+  std::ofstream(resume).put('1');
+  const auto [send_rc, recv_rc] = p.WaitBoth(60s);
+  EXPECT_EQ(send_rc, 0) << p.Outputs();
+  EXPECT_EQ(recv_rc, 0) << p.Outputs();
+  // Well under the 10 s hello timeout the silent answer would wait for.
+  EXPECT_LT(Clock::now() - t0, 8s) << p.Outputs();
 }
 
 INSTANTIATE_TEST_SUITE_P(PlainAndTls, RelayFaults, ::testing::Values(false, true),

@@ -4,6 +4,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <iterator>
+#include <system_error>
+
 #include "base/error.h"
 #include "transport/protocol.h"
 
@@ -43,20 +46,18 @@ size_t BusyResponder::Running() const {
 }
 
 void BusyResponder::ReapFinished(bool all) {
-  std::lock_guard<std::mutex> g(mu_);
-  if (all) {
-    for (auto& w : workers_) {
-      if (!w.done.load()) ::shutdown(w.abort.get(), SHUT_RDWR);
+  // Joined outside mu_: a finishing answer takes mu_ to say it is done.
+  std::list<Worker> finished;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    for (auto it = workers_.begin(); it != workers_.end();) {
+      auto next = std::next(it);
+      if (all && !it->done.load()) ::shutdown(it->abort.get(), SHUT_RDWR);
+      if (all || it->done.load()) finished.splice(finished.end(), workers_, it);
+      it = next;
     }
   }
-  for (auto it = workers_.begin(); it != workers_.end();) {
-    if (all || it->done.load()) {
-      it->thread.join();
-      it = workers_.erase(it);
-    } else {
-      ++it;
-    }
-  }
+  for (auto& w : finished) w.thread.join();
 }
 
 void BusyResponder::AcceptLoop() {
@@ -88,15 +89,22 @@ void BusyResponder::AcceptLoop() {
     }
     Worker& w = workers_.emplace_back();
     w.abort = std::move(abort);
-    w.thread = std::thread([this, &w, c = std::move(a->fd)]() mutable {
-      Answer(std::move(c));
-      {
-        std::lock_guard<std::mutex> lg(mu_);
-        w.done = true;
-      }
-      slot_freed_.notify_all();
-      acceptor_.Wake();  // a slot and a descriptor came back
-    });
+    try {
+      w.thread = std::thread([this, &w, c = std::move(a->fd)]() mutable {
+        Answer(std::move(c));
+        {
+          std::lock_guard<std::mutex> lg(mu_);
+          w.done = true;
+        }
+        slot_freed_.notify_all();
+        acceptor_.Wake();  // a slot and a descriptor came back
+      });
+    } catch (const std::system_error& e) {
+      // No thread to answer with (RLIMIT_NPROC, memory): the connection is
+      // closed unanswered and accepting backs off, as for a missing fd.
+      workers_.pop_back();
+      acceptor_.ShortOf(e.code().value() ? e.code().value() : EAGAIN, "cannot start an answer for " + a->peer);
+    }
   }
 }
 

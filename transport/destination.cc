@@ -184,23 +184,27 @@ class TempImage {
   // Makes the file durable under its final name: every step is checked,
   // and the image counts as committed only once the directory entry is
   // synced too (until then a crash may lose the new name). Throws
-  // Error(kLocalIo) otherwise; the destructor then removes the file, under
-  // whichever name it has, so a failed commit leaves nothing that looks
-  // committed.
+  // Error(kLocalIo) otherwise. Before the rename, the destructor then
+  // removes the temporary file, so a failed commit leaves nothing that
+  // looks committed; after it (the directory fsync failed) the output name
+  // already holds the verified image and is kept, the failure reported.
   void Commit(const std::string& output) {
     if (output.empty()) return;  // in memory: verified is all there is
     if (ftruncate(fd_.get(), static_cast<off_t>(size_)) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "truncate " + path_);
     if (fchmod(fd_.get(), 0644) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "cannot set mode 0644 on " + path_);
     if (fsync(fd_.get()) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "fsync " + path_);
     if (rename(path_.c_str(), output.c_str()) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "rename to " + output);
+    // The name now holds the verified image and whatever was there before
+    // is gone: never unlink it, even if the directory cannot be synced.
     path_ = output;
+    committed_ = true;
+    if (hook_) hook_("");
     if (fsync(dir_fd_.get()) != 0) {
       ThrowErrno(ErrorKind::kLocalIo, errno,
                  "fsync of directory " + DirectoryOf(output) + " after renaming the image to " + output +
-                     " (its name would not survive a crash; the image was removed)");
+                     ": the verified image is there, but its name may not survive a crash (the migration is "
+                     "reported failed; sync the directory or migrate again)");
     }
-    committed_ = true;
-    if (hook_) hook_("");
   }
 
  private:
@@ -633,7 +637,7 @@ AcceptedSession AcceptSession(Listener& listener, const DestinationOptions& opts
   };
 
   while (!first || accepted < first->channel_count) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) {
       throw Error(ErrorKind::kTimeout, ETIMEDOUT,
                   first ? "only " + std::to_string(accepted) + " of " + std::to_string(first->channel_count) +
@@ -792,7 +796,14 @@ MigrationReport RunDestination(Listener& listener, const DestinationOptions& opt
   phases.Begin("setup");
   AcceptedSession session = AcceptSession(listener, opts, t0 + opts.accept_timeout);
   // From now until we return, later sources hear "busy" at once.
-  BusyResponder busy(listener, BusyOptions(opts), wire::UuidString(session.first.session));
+  // Optional: a destination short of descriptors or threads still runs the
+  // migration it has accepted; later sources then wait in the backlog.
+  std::optional<BusyResponder> busy;
+  try {
+    busy.emplace(listener, BusyOptions(opts), wire::UuidString(session.first.session));
+  } catch (const std::exception& e) {
+    if (opts.log) opts.log(std::string("later sources will not be told that a migration is running: ") + e.what());
+  }
   const wire::Geometry g{session.first.image_size, session.first.page_size};
   DigestAlgorithm alg = DigestAlgorithm::kXxh3;
   DigestAlgorithmFromWire(session.first.digest, &alg);  // validated by DecodeHello

@@ -238,7 +238,7 @@ void GnutlsRecordChannel::AgainGuard::OnAgain() {
   }
   // Not a timeout yet: wait for the socket, at most for what is left.
   const auto left = timeout.count() < 0 ? timeout
-                                        : std::chrono::duration_cast<std::chrono::milliseconds>(timeout - elapsed);
+                                        : std::chrono::ceil<std::chrono::milliseconds>(timeout - elapsed);
   WaitFdReadyOrThrow(ch_.session_->fd(), for_write_, left, "the TLS peer");
 }
 

@@ -143,7 +143,7 @@ void TellPeerAndLinger(gnutls_session_t s, int fd, int rc) {
   char buf[4096];
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
   for (;;) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0 || PollFd(fd, POLLIN, left) == 0) break;
     if (::recv(fd, buf, sizeof(buf), MSG_DONTWAIT) <= 0) break;
   }
