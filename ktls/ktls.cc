@@ -25,6 +25,9 @@ namespace ktm {
 namespace {
 
 constexpr unsigned char kRecordAlert = 21;
+constexpr unsigned char kAlertLevelFatal = 2;
+constexpr unsigned char kAlertBadRecordMac = 20;
+constexpr unsigned char kAlertDecodeError = 50;
 constexpr unsigned char kRecordHandshake = 22;
 constexpr unsigned char kRecordData = 23;
 constexpr unsigned char kHandshakeNewSessionTicket = 4;
@@ -212,9 +215,11 @@ size_t KtlsChannel::RecvRecord(std::span<const iovec> iov, unsigned char* type) 
         continue;
       }
       if (e == EBADMSG) {
+        SendFatalAlertBestEffort(kAlertBadRecordMac);
         throw Error(ErrorKind::kIntegrity, e, "kTLS read: a TLS record failed authentication (forged or corrupted stream)");
       }
       if (e == EMSGSIZE || e == EINVAL) {
+        SendFatalAlertBestEffort(kAlertDecodeError);
         throw Error(ErrorKind::kIntegrity, e, "kTLS read: malformed TLS record from the peer (not a TLS stream?)");
       }
       if (e == ECONNRESET) throw Error(ErrorKind::kPeer, e, "kTLS read: the peer reset the connection");
@@ -336,6 +341,31 @@ void KtlsChannel::shutdown(ShutdownHow how) {
   }
   ShutdownWriteOrThrow(fd_.get(), "the kTLS peer");
   write_shut_ = true;
+}
+
+void KtlsChannel::SendFatalAlertBestEffort(unsigned char description) noexcept {
+  unsigned char alert[2] = {kAlertLevelFatal, description};
+  iovec v{alert, sizeof(alert)};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(unsigned char))] = {};
+  msghdr msg{};
+  msg.msg_iov = &v;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+  cm->cmsg_level = SOL_TLS;
+  cm->cmsg_type = TLS_SET_RECORD_TYPE;
+  cm->cmsg_len = CMSG_LEN(sizeof(unsigned char));
+  *CMSG_DATA(cm) = kRecordAlert;
+  // The kernel marked the socket failed (sk_err = EBADMSG) when it refused
+  // the record, and kTLS sends nothing while sk_err is set; reading
+  // SO_ERROR takes that error off the socket. The send direction and its
+  // key are intact. Never blocks: a full socket or a vanished peer leaves
+  // the error we are about to throw as the whole story.
+  int pending = 0;
+  socklen_t len = sizeof(pending);
+  (void)getsockopt(fd_.get(), SOL_SOCKET, SO_ERROR, &pending, &len);
+  (void)!::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
 void KtlsChannel::SendCloseNotify() {

@@ -103,6 +103,12 @@ class KtlsChannel : public Channel {
   // Sends the close_notify alert record. Throws kPeer when the peer has
   // gone, kTimeout when it does not read within the write timeout.
   void SendCloseNotify();
+  // Tells the peer, best effort and without blocking, why we stop reading:
+  // a fatal alert (bad_record_mac, decode_error) after the kernel refused
+  // one of its records, as the userspace channel does. Without it the peer
+  // sees a connection closed without close_notify and cannot tell a
+  // refusal of its data from a crash.
+  void SendFatalAlertBestEffort(unsigned char description) noexcept;
   // EAGAIN in blocking mode: the socket timeout expired.
   void OnBlockingEagain(bool for_write);
   // Handles a non-data record held in [p, p+n). Returns true for EOF.

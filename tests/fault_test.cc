@@ -138,8 +138,9 @@ TEST_P(RelayFaults, StalledPathEndsTheSourceWithinItsIoTimeout) {
   EXPECT_EQ(send_rc, 1) << p.Outputs();
   EXPECT_TRUE(Has(p.send->output(), "no progress for 2 s")) << p.Outputs();
   // The relay's own socket buffers take some bytes after the stall line,
-  // so the bound starts a little later than t0: 2 s + 1 s of margin.
-  EXPECT_LT(took, 3s) << "send ended " << std::chrono::duration<double>(took).count()
+  // so the bound starts a little later than t0: 2 s + 1 s of margin (3 s
+  // in the kTLS VM, whose emulated CPU is many times slower: 3.7 s seen).
+  EXPECT_LT(took, KtlsRequired() ? 5s : 3s) << "send ended " << std::chrono::duration<double>(took).count()
                       << " s after the stall with --io-timeout 2\n" << p.Outputs();
 }
 
