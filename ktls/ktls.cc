@@ -343,20 +343,35 @@ void KtlsChannel::shutdown(ShutdownHow how) {
   write_shut_ = true;
 }
 
-void KtlsChannel::SendFatalAlertBestEffort(unsigned char description) noexcept {
-  unsigned char alert[2] = {kAlertLevelFatal, description};
-  iovec v{alert, sizeof(alert)};
+// One alert record for sendmsg on a kTLS socket: the two alert bytes as
+// the payload, the record type in a TLS_SET_RECORD_TYPE cmsg. Points into
+// itself and `alert`: neither moves nor outlives the send.
+namespace {
+struct AlertRecordMsg {
+  explicit AlertRecordMsg(unsigned char (&alert)[2]) : v{alert, sizeof(alert)} {
+    msg.msg_iov = &v;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_TLS;
+    cm->cmsg_type = TLS_SET_RECORD_TYPE;
+    cm->cmsg_len = CMSG_LEN(sizeof(unsigned char));
+    *CMSG_DATA(cm) = kRecordAlert;
+  }
+  AlertRecordMsg(const AlertRecordMsg&) = delete;
+  AlertRecordMsg& operator=(const AlertRecordMsg&) = delete;
+
+  iovec v;
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(unsigned char))] = {};
   msghdr msg{};
-  msg.msg_iov = &v;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  cmsghdr* cm = CMSG_FIRSTHDR(&msg);
-  cm->cmsg_level = SOL_TLS;
-  cm->cmsg_type = TLS_SET_RECORD_TYPE;
-  cm->cmsg_len = CMSG_LEN(sizeof(unsigned char));
-  *CMSG_DATA(cm) = kRecordAlert;
+};
+}  // namespace
+
+void KtlsChannel::SendFatalAlertBestEffort(unsigned char description) noexcept {
+  unsigned char alert[2] = {kAlertLevelFatal, description};
+  AlertRecordMsg m(alert);
+  const msghdr& msg = m.msg;
   // The kernel marked the socket failed (sk_err = EBADMSG) when it refused
   // the record, and kTLS sends nothing while sk_err is set; reading
   // SO_ERROR takes that error off the socket. The send direction and its
@@ -371,18 +386,8 @@ void KtlsChannel::SendFatalAlertBestEffort(unsigned char description) noexcept {
 void KtlsChannel::SendCloseNotify() {
   // close_notify is an alert record: level warning (1), description 0.
   unsigned char alert[2] = {1, kAlertCloseNotify};
-  iovec v{alert, sizeof(alert)};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(unsigned char))] = {};
-  msghdr msg{};
-  msg.msg_iov = &v;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  cmsghdr* cm = CMSG_FIRSTHDR(&msg);
-  cm->cmsg_level = SOL_TLS;
-  cm->cmsg_type = TLS_SET_RECORD_TYPE;
-  cm->cmsg_len = CMSG_LEN(sizeof(unsigned char));
-  *CMSG_DATA(cm) = kRecordAlert;
+  AlertRecordMsg m(alert);
+  const msghdr& msg = m.msg;
   for (;;) {
     const ssize_t n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
     if (n == static_cast<ssize_t>(sizeof(alert))) return;
