@@ -211,7 +211,7 @@ WriteResult SocketChannel::writev(std::span<const iovec> iov, unsigned flags) {
   // Zero-copy sends still running (io_uring) go out first: a plain send
   // must not overtake their bytes.
   if (sender_ && !sender_refused_) {
-    if (!FinishZeroCopySends()) return WriteResult{0, true, {}};
+    if (!FinishZeroCopySends(blocking_)) return WriteResult{0, true, {}};
   }
   msghdr msg{};
   msg.msg_iov = const_cast<iovec*>(iov.data());
@@ -323,8 +323,8 @@ void SocketChannel::wait_released(ZeroCopyIds ids) {
 
 void SocketChannel::set_release_callback(ReleaseCallback cb) { tracker_.set_release_callback(std::move(cb)); }
 
-bool SocketChannel::FinishZeroCopySends() {
-  const ssize_t r = sender_->FinishPending(blocking_, write_timeout_);
+bool SocketChannel::FinishZeroCopySends(bool wait) {
+  const ssize_t r = sender_->FinishPending(wait, write_timeout_);
   if (r == 0) return true;
   if (r == -EAGAIN) return false;
   if (auto e = sender_->TakeError(); e && !pending_error_) pending_error_ = std::move(e);
@@ -345,8 +345,11 @@ void SocketChannel::shutdown(ShutdownHow how) {
   }
   CheckOpen("shutdown");
   if (write_shut_) return;
-  // Half-close after the last zero-copy bytes, not before.
-  if (sender_ && !sender_refused_ && blocking_) FinishZeroCopySends();
+  // Half-close after the last zero-copy bytes, not before, also in
+  // non-blocking mode: a FIN queued while a chain is still in flight would
+  // end the stream before the chain's bytes (and fail them). Waiting is
+  // bounded by the write timeout, as for a blocking close_notify.
+  if (sender_ && !sender_refused_) FinishZeroCopySends(/*wait=*/true);
   shut_down_.store(true, std::memory_order_relaxed);
   ShutdownWriteOrThrow(fd_.get(), "the peer");
   write_shut_ = true;

@@ -122,8 +122,9 @@ class SocketChannel : public Channel {
   // copy (then the caller copies, now and from then on).
   std::optional<WriteResult> WriteZeroCopy(std::span<const iovec> iov);
   // Waits for zero-copy sends still running to put their bytes on the
-  // socket. False: non-blocking and not done yet. Throws their failure.
-  bool FinishZeroCopySends();
+  // socket; `wait` false: only checks. False: not waiting and not done
+  // yet. Throws their failure (kTimeout after the write timeout).
+  bool FinishZeroCopySends(bool wait);
 
   UniqueFd fd_;
   int family_ = 0;

@@ -187,6 +187,34 @@ TEST(Uring, BlockingWriteReturnsWithSeveralSendsInFlight) {
               (unsigned long long)p.client->stats().max_in_flight);
 }
 
+// shutdown(kWrite) half-closes after the chain on the socket, also when
+// the channel was switched to non-blocking while that chain still runs: a
+// FIN queued before the chain's bytes would cut the stream short.
+TEST(Uring, ShutdownWaitsForTheChainInFlightAlsoWhenNonBlocking) {
+  auto p = ConnectedPair("127.0.0.1:0", Uring());
+  ASSERT_EQ(p.client->backend(), SendBackend::kIoUring) << p.client->backend_reason();
+  const int small = 64 << 10;
+  ASSERT_EQ(setsockopt(p.client->fd(), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+  ASSERT_EQ(setsockopt(p.server->fd(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+  Mapping m(8u << 20);
+  FillPattern(m.data(), m.size(), 47);
+  const Sha256::Digest want = Sha256::Of(m.data(), m.size());
+  constexpr size_t kFirst = 16 << 10;  // the first send waits for its result
+  p.client->write_all(m.data(), kFirst, kWriteZeroCopy);
+  // Returns with the rest still in flight: the peer does not read yet.
+  p.client->write_all(m.data() + kFirst, m.size() - kFirst, kWriteZeroCopy);
+  int queued = 0;
+  ASSERT_EQ(ioctl(p.client->fd(), SIOCOUTQ, &queued), 0);
+  ASSERT_LT(static_cast<size_t>(queued), m.size() - kFirst) << "nothing in flight: the test proves nothing";
+  p.client->set_blocking(false);
+  std::pair<uint64_t, Sha256::Digest> got;
+  std::thread rx([&] { got = DrainAndHash(*p.server); });
+  p.client->shutdown(ShutdownHow::kWrite);
+  rx.join();
+  EXPECT_EQ(got.first, m.size()) << "the end of stream overtook bytes still in flight";
+  EXPECT_EQ(Sha256::Hex(got.second), Sha256::Hex(want));
+}
+
 // Zero-copy chains still running and plain sends (writes below the
 // threshold) on one socket: the plain bytes must not overtake the chain's.
 TEST(Uring, PlainWritesNeverOvertakeSendsInFlight) {
