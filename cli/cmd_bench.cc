@@ -1,5 +1,4 @@
 // tls-migrate bench: every mode, same data, one run, numbers and ratios.
-#include "cli/bench.h"
 
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -19,6 +18,7 @@
 #include "certs/generate.h"
 #include "cli/args.h"
 #include "cli/bench_sections.h"
+#include "cli/commands.h"
 #include "cli/loopback.h"
 #include "cli/per_page_channel.h"
 #include "cli/process.h"
