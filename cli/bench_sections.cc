@@ -11,6 +11,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <optional>
+#include <string>
 #include <random>
 #include <thread>
 #include <vector>
@@ -136,23 +138,95 @@ Floor MeasureFloor() {
   return f;
 }
 
+namespace {
+
+// A file of `size` random bytes at `path`, on disk (fsync'd).
+void WriteRandomFile(const std::string& path, uint64_t size) {
+  auto img = MappedImage::Anonymous(size);
+  img->FillMixed(0, 3);
+  UniqueFd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!fd) ThrowErrno(ErrorKind::kLocalIo, errno, "cannot create " + path + " (--output-dir)");
+  for (uint64_t off = 0; off < size;) {
+    const ssize_t n = pwrite(fd.get(), img->data() + off, std::min<uint64_t>(size - off, 64u << 20), off);
+    if (n <= 0) ThrowErrno(ErrorKind::kLocalIo, errno, "write " + path);
+    off += static_cast<uint64_t>(n);
+  }
+  fsync(fd.get());
+}
+
+// The XXH3 image digest of a file, in hex.
+std::string FileDigest(const std::string& path) {
+  auto f = MappedImage::FromFile(path);
+  return DigestHex(DigestAlgorithm::kXxh3, ImageDigestOf(DigestAlgorithm::kXxh3, f->data(), f->size(), f->page_size()));
+}
+
+// Seconds of the tls-migrate runs: to DONE, the transfer, the destination's commit.
+struct FileRuns {
+  std::vector<double> wall, transfer, commit;
+};
+
+// One tls-migrate migration of `in` into `out` (removed afterwards),
+// checked against the digest `want`.
+void RunOursOnce(const SectionPlan& plan, const std::string& in, const std::string& out, const std::string& want,
+                 FileRuns& runs) {
+  LoopbackConfig cfg;
+  cfg.input = in;
+  cfg.output = out;
+  cfg.pki_dir = plan.pki_dir;
+  cfg.channels = 4;
+  LoopbackResult r = RunOnLoopback(cfg);
+  if (!r.verified || FileDigest(out) != want) throw Error(ErrorKind::kIntegrity, EBADMSG, "file migration differs");
+  runs.wall.push_back(r.wall_seconds);
+  runs.transfer.push_back(r.source.transfer_seconds);
+  for (const auto& p : r.destination.value("phases", nlohmann::json::array())) {
+    if (p.value("name", "") == "commit") runs.commit.push_back(p.value("wall_s", 0.0));
+  }
+  unlink(out.c_str());
+}
+
+// One socat OpenSSL copy of `in` into `out` plus `sync` (removed
+// afterwards): its seconds, or nothing with `note` saying why.
+std::optional<double> RunSocatOnce(const SectionPlan& plan, const std::string& in, const std::string& out,
+                                   const std::string& want, std::string& note) {
+  const int port = FreeTcpPort();
+  const std::string p = std::to_string(port), pki = plan.pki_dir;
+  // -T 60: socat itself gives up after a minute without traffic.
+  Program dst = Program::Start({"socat", "-u", "-T", "60",
+                                "OPENSSL-LISTEN:" + p + ",bind=127.0.0.1,reuseaddr,cert=" + pki + "/server-cert.pem,key=" +
+                                    pki + "/server-key.pem,cafile=" + pki + "/ca-cert.pem,verify=1",
+                                "CREATE:" + out});
+  const auto up_by = Clock::now() + std::chrono::seconds(10);
+  while (!TcpPortListening(port) && Clock::now() < up_by) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const auto t0 = Clock::now();
+  Program src = Program::Start({"socat", "-u", "-T", "60", "FILE:" + in,
+                                "OPENSSL:127.0.0.1:" + p + ",cert=" + pki + "/client-cert.pem,key=" + pki +
+                                    "/client-key.pem,cafile=" + pki + "/ca-cert.pem,commonname=localhost"});
+  std::string so, dout;
+  const int src_rc = src.Wait(&so);
+  // A source that never connected leaves the listener waiting forever.
+  if (src_rc != 0) dst.Signal(SIGTERM);
+  const int dst_rc = dst.Wait(&dout);
+  std::string sync_out;
+  const int sync_rc = Program::Start({"sync", out}).Wait(&sync_out);
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  std::optional<double> result;
+  if (src_rc != 0 || dst_rc != 0 || sync_rc != 0 || FileDigest(out) != want) {
+    note = "socat run failed: " + so + dout + sync_out;
+  } else {
+    result = secs;
+  }
+  unlink(out.c_str());
+  return result;
+}
+
+}  // namespace
+
 nlohmann::json FileVsSocat(const SectionPlan& plan) {
   const std::string in = plan.output_dir + "/bench-input.img", out = plan.output_dir + "/bench-output.img";
   std::printf("\nDurable file migration of %s (random) into %s: tls-migrate send/recv defaults (4 channels, TLS)\n"
               "against socat OpenSSL into a file + sync, same file, medians of %d runs\n",
               Human(double(plan.file_size)).c_str(), plan.output_dir.c_str(), plan.runs);
-  {
-    auto img = MappedImage::Anonymous(plan.file_size);
-    img->FillMixed(0, 3);
-    UniqueFd fd(open(in.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    if (!fd) ThrowErrno(ErrorKind::kLocalIo, errno, "cannot create " + in + " (--output-dir)");
-    for (uint64_t off = 0; off < plan.file_size;) {
-      const ssize_t n = pwrite(fd.get(), img->data() + off, std::min<uint64_t>(plan.file_size - off, 64u << 20), off);
-      if (n <= 0) ThrowErrno(ErrorKind::kLocalIo, errno, "write " + in);
-      off += static_cast<uint64_t>(n);
-    }
-    fsync(fd.get());
-  }
+  WriteRandomFile(in, plan.file_size);
   struct Cleanup {
     std::string a, b;
     ~Cleanup() {
@@ -160,73 +234,29 @@ nlohmann::json FileVsSocat(const SectionPlan& plan) {
       unlink(b.c_str());
     }
   } cleanup{in, out};
-  const std::string want = DigestHex(DigestAlgorithm::kXxh3, [&] {
-    auto f = MappedImage::FromFile(in);
-    return ImageDigestOf(DigestAlgorithm::kXxh3, f->data(), f->size(), f->page_size());
-  }());
-  auto digest_of = [&](const std::string& path) {
-    auto f = MappedImage::FromFile(path);
-    return DigestHex(DigestAlgorithm::kXxh3, ImageDigestOf(DigestAlgorithm::kXxh3, f->data(), f->size(), f->page_size()));
-  };
-  std::vector<double> ours, ours_transfer, ours_commit, theirs;
+  const std::string want = FileDigest(in);
+  FileRuns ours;
+  std::vector<double> theirs;
   std::string socat_note;
   for (int run = 0; run < plan.runs; ++run) {
-    LoopbackConfig cfg;
-    cfg.input = in;
-    cfg.output = out;
-    cfg.pki_dir = plan.pki_dir;
-    cfg.channels = 4;
-    LoopbackResult r = RunOnLoopback(cfg);
-    if (!r.verified || digest_of(out) != want) throw Error(ErrorKind::kIntegrity, EBADMSG, "file migration differs");
-    ours.push_back(r.wall_seconds);
-    ours_transfer.push_back(r.source.transfer_seconds);
-    for (const auto& p : r.destination.value("phases", nlohmann::json::array())) {
-      if (p.value("name", "") == "commit") ours_commit.push_back(p.value("wall_s", 0.0));
-    }
-    unlink(out.c_str());
+    RunOursOnce(plan, in, out, want, ours);
     if (!ProgramInPath("socat")) {
       socat_note = "socat not installed (apt-get install socat)";
       continue;
     }
-    const int port = FreeTcpPort();
-    const std::string p = std::to_string(port), pki = plan.pki_dir;
-    // -T 60: socat itself gives up after a minute without traffic.
-    Program dst = Program::Start({"socat", "-u", "-T", "60",
-                                  "OPENSSL-LISTEN:" + p + ",bind=127.0.0.1,reuseaddr,cert=" + pki + "/server-cert.pem,key=" +
-                                      pki + "/server-key.pem,cafile=" + pki + "/ca-cert.pem,verify=1",
-                                  "CREATE:" + out});
-    const auto up_by = Clock::now() + std::chrono::seconds(10);
-    while (!TcpPortListening(port) && Clock::now() < up_by) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    const auto t0 = Clock::now();
-    Program src = Program::Start({"socat", "-u", "-T", "60", "FILE:" + in,
-                                  "OPENSSL:127.0.0.1:" + p + ",cert=" + pki + "/client-cert.pem,key=" + pki +
-                                      "/client-key.pem,cafile=" + pki + "/ca-cert.pem,commonname=localhost"});
-    std::string so, dout;
-    const int src_rc = src.Wait(&so);
-    // A source that never connected leaves the listener waiting forever.
-    if (src_rc != 0) dst.Signal(SIGTERM);
-    const int dst_rc = dst.Wait(&dout);
-    std::string sync_out;
-    const int sync_rc = Program::Start({"sync", out}).Wait(&sync_out);
-    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-    if (src_rc != 0 || dst_rc != 0 || sync_rc != 0 || digest_of(out) != want) {
-      socat_note = "socat run failed: " + so + dout + sync_out;
-    } else {
-      theirs.push_back(secs);
-    }
-    unlink(out.c_str());
+    if (std::optional<double> secs = RunSocatOnce(plan, in, out, want, socat_note)) theirs.push_back(*secs);
   }
-  std::printf("  tls-migrate: %.2f s (transfer %.2f s, destination commit %.2f s)\n", Median(ours),
-              Median(ours_transfer), Median(ours_commit));
+  std::printf("  tls-migrate: %.2f s (transfer %.2f s, destination commit %.2f s)\n", Median(ours.wall),
+              Median(ours.transfer), Median(ours.commit));
   if (!theirs.empty()) {
     std::printf("  socat + sync: %.2f s\n", Median(theirs));
-    std::printf("  target: tls-migrate faster than socat + sync: %.2fx: %s\n", Median(theirs) / Median(ours),
-                Median(ours) < Median(theirs) ? "met" : "NOT met");
+    std::printf("  target: tls-migrate faster than socat + sync: %.2fx: %s\n", Median(theirs) / Median(ours.wall),
+                Median(ours.wall) < Median(theirs) ? "met" : "NOT met");
   } else {
     std::printf("  socat: %s\n", socat_note.c_str());
   }
-  return {{"bytes", plan.file_size},          {"tls_migrate_s", Median(ours)},
-          {"tls_migrate_transfer_s", Median(ours_transfer)}, {"tls_migrate_commit_s", Median(ours_commit)},
+  return {{"bytes", plan.file_size},          {"tls_migrate_s", Median(ours.wall)},
+          {"tls_migrate_transfer_s", Median(ours.transfer)}, {"tls_migrate_commit_s", Median(ours.commit)},
           {"socat_sync_s", theirs.empty() ? nlohmann::json(nullptr) : nlohmann::json(Median(theirs))},
           {"socat_note", socat_note}};
 }

@@ -1,4 +1,4 @@
-// The parts of `tls-migrate bench` beyond the mode table (cli/bench.cc):
+// The parts of `tls-migrate bench` beyond the mode table (cli/cmd_bench.cc):
 // the hardware floor for the work, the real file path against socat, and
 // the switch-over downtime.
 #pragma once

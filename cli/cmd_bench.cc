@@ -1,5 +1,4 @@
 // tls-migrate bench: every mode, same data, one run, numbers and ratios.
-#include "cli/bench.h"
 
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -8,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <thread>
@@ -19,6 +19,7 @@
 #include "certs/generate.h"
 #include "cli/args.h"
 #include "cli/bench_sections.h"
+#include "cli/commands.h"
 #include "cli/loopback.h"
 #include "cli/per_page_channel.h"
 #include "cli/process.h"
@@ -405,74 +406,67 @@ struct RemoveDir {
   }
 };
 
-}  // namespace
-
-int CmdBench(int argc, char** argv) {
-  Args a(argc, argv, 2,
-         {"size", "channels", "modes", "json", "png", "rss-size", "output-dir", "sections", "downtime-size", "runs"},
-         {"help"});
-  if (a.flag("help")) {
-    std::printf("%s", kBenchHelp);
-    return 0;
+// --channels LIST: "1,4" -> {1, 4}.
+std::vector<int> ParseChannelList(const std::string& list) {
+  std::vector<int> out;
+  std::stringstream ss(list);
+  std::string t;
+  while (std::getline(ss, t, ',')) {
+    std::optional<uint64_t> n = ParseUnsigned(t, 1, 64);
+    if (!n) throw Error(ErrorKind::kUsage, EINVAL, "bad --channels '" + list + "': expected e.g. 1,4");
+    out.push_back(static_cast<int>(*n));
   }
-  BenchPlan plan;
-  plan.size = ParseSize(a.get("size", "1G"), "--size");
-  {
-    std::stringstream ss(a.get("channels", "1,4"));
-    std::string t;
-    while (std::getline(ss, t, ',')) {
-      std::optional<uint64_t> n = ParseUnsigned(t, 1, 64);
-      if (!n) throw Error(ErrorKind::kUsage, EINVAL, "bad --channels '" + a.get("channels") + "': expected e.g. 1,4");
-      plan.channels.push_back(static_cast<int>(*n));
+  return out;
+}
+
+// Every --sections entry must be known (Error(kUsage) otherwise).
+void CheckSections(const std::string& list) {
+  std::stringstream ss(list);
+  std::string t;
+  while (std::getline(ss, t, ',')) {
+    if (t != "floor" && t != "file" && t != "socat" && t != "downtime" && t != "none") {
+      throw Error(ErrorKind::kUsage, EINVAL, "unknown --sections entry '" + t + "': use floor, file, socat, downtime or none");
     }
   }
-  plan.modes = "," + a.get("modes", "plain-copy,msg-zerocopy,uring,uring-fixed,tls-userspace,tls-qemu-style,ktls") + ",";
-  plan.sections = "," + a.get("sections", "floor,file,socat,downtime") + ",";
-  {
-    std::stringstream ss(a.get("sections", "floor"));
-    std::string t;
-    while (std::getline(ss, t, ',')) {
-      if (t != "floor" && t != "file" && t != "socat" && t != "downtime" && t != "none") {
-        throw Error(ErrorKind::kUsage, EINVAL, "unknown --sections entry '" + t + "': use floor, file, socat, downtime or none");
-      }
-    }
-  }
-  SectionPlan sections;
-  sections.downtime_size = ParseSize(a.get("downtime-size", "4G"), "--downtime-size");
-  sections.runs = static_cast<int>(a.number("runs", 3, 1, 100));
-  sections.file_size = plan.size;
-  if (a.has("json") && a.get("json") != "-") WriteJsonFile(a.get("json"), nlohmann::json::object());  // writable?
+}
 
+// The credentials and the file destination directory of the run, removed
+// (with everything in them) when it ends.
+struct BenchDirs {
+  RemoveDir pki_cleanup;
+  RemoveDir out_cleanup;
+};
+
+// Creates the credentials (in a temporary directory) and the directory the
+// file destinations write into, and records both in `plan` and `sections`.
+std::unique_ptr<BenchDirs> MakeBenchDirs(const Args& a, BenchPlan& plan, SectionPlan& sections) {
   char tmpl[] = "/tmp/tls-migrate-bench-XXXXXX";
   if (!mkdtemp(tmpl)) ThrowErrno(ErrorKind::kLocalIo, errno, "mkdtemp");
-  RemoveDir cleanup{tmpl};
+  auto dirs = std::make_unique<BenchDirs>();
+  dirs->pki_cleanup.path = tmpl;
   GenerateOptions g;
   g.out_dir = std::string(tmpl) + "/pki";
   g.hostname = "localhost";
   GenerateCredsDir(g);
   plan.pki_dir = g.out_dir;
-  plan.no_ktls = ProbeKtlsUlp();
   // File destinations on a real filesystem (by default the one the bench
   // runs in, i.e. the checkout's), never tmpfs unless asked.
   std::string out_tmpl = (a.has("output-dir") ? a.get("output-dir") : std::string(".")) + "/tls-migrate-bench-XXXXXX";
   if (!mkdtemp(out_tmpl.data())) {
     ThrowErrno(ErrorKind::kLocalIo, errno, "cannot create a directory in " + a.get("output-dir", ".") + " (--output-dir)");
   }
-  RemoveDir out_cleanup{out_tmpl};
+  dirs->out_cleanup.path = out_tmpl;
   plan.output_dir = out_tmpl;
   sections.pki_dir = plan.pki_dir;
   sections.output_dir = plan.output_dir;
+  return dirs;
+}
 
-  std::printf("tls-migrate bench: %s image of random pages, on %s\n", Human(double(plan.size)).c_str(),
-              MachineLine().c_str());
-  std::string iperf_note;
-  const double iperf = Iperf3Gbps(&iperf_note);
-  if (iperf > 0) std::printf("iperf3 single stream on loopback: %.2f Gbit/s = %.2f GB/s\n", iperf, iperf / 8);
-  else std::printf("iperf3: %s\n", iperf_note.c_str());
-
-  std::vector<Row> rows;
-  // Rounds: every mode once per round, so a slow spell of the machine hits
-  // all modes alike; each row is then the run with the median throughput.
+// Runs every wanted mode (and, with the file section, the file rows)
+// `runs` times and returns per slot the run with the median throughput.
+// Rounds: every mode once per round, so a slow spell of the machine hits
+// all modes alike.
+std::vector<Row> RunModes(const BenchPlan& plan, int runs) {
   struct Slot {
     const Mode* mode;
     int nch;
@@ -493,7 +487,7 @@ int CmdBench(int argc, char** argv) {
       }
     }
   }
-  for (int round = 0; round < sections.runs; ++round) {
+  for (int round = 0; round < runs; ++round) {
     for (Slot& slot : slots) {
       if (round > 0 && !slot.runs.back().ran) continue;  // it said why once
       slot.runs.push_back(RunMode(plan, *slot.mode, slot.nch, slot.to_file));
@@ -503,18 +497,20 @@ int CmdBench(int argc, char** argv) {
                    row.ran ? (std::to_string(row.gbps).substr(0, 5) + " GB/s").c_str() : row.why_not.c_str());
     }
   }
+  std::vector<Row> rows;
   for (Slot& slot : slots) {
     std::vector<Row>& r = slot.runs;
     std::sort(r.begin(), r.end(), [](const Row& a, const Row& b) { return a.gbps < b.gbps; });
     rows.push_back(r[r.size() / 2]);
     rows.back().samples = static_cast<int>(r.size());
   }
-  std::printf("\nEach row: the median-throughput run of %d (rounds over all modes). src/dst s/GiB: the whole side's "
-              "CPU per GiB; xfer: the transfer phase's only.\n",
-              sections.runs);
-  PrintTable(rows);
-  PrintTargets(plan, rows, iperf);
-  nlohmann::json j = ResultsJson(plan, rows, iperf);
+  return rows;
+}
+
+// The sections after the mode table (floor, socat, downtime, RSS), each
+// printed and added to `j`.
+void RunSections(const Args& a, const BenchPlan& plan, const SectionPlan& sections, const std::vector<Row>& rows,
+                 nlohmann::json& j) {
   Floor floor;
   if (plan.section("floor") || plan.section("downtime")) {
     floor = MeasureFloor();
@@ -529,6 +525,47 @@ int CmdBench(int argc, char** argv) {
   if (a.has("rss-size") && ParseSize(a.get("rss-size"), "--rss-size") > 0) {
     j["rss"] = MeasureRss(ParseSize(a.get("rss-size"), "--rss-size"));
   }
+}
+
+}  // namespace
+
+int CmdBench(int argc, char** argv) {
+  Args a(argc, argv, 2,
+         {"size", "channels", "modes", "json", "png", "rss-size", "output-dir", "sections", "downtime-size", "runs"},
+         {"help"});
+  if (a.flag("help")) {
+    std::printf("%s", kBenchHelp);
+    return 0;
+  }
+  BenchPlan plan;
+  plan.size = ParseSize(a.get("size", "1G"), "--size");
+  plan.channels = ParseChannelList(a.get("channels", "1,4"));
+  plan.modes = "," + a.get("modes", "plain-copy,msg-zerocopy,uring,uring-fixed,tls-userspace,tls-qemu-style,ktls") + ",";
+  plan.sections = "," + a.get("sections", "floor,file,socat,downtime") + ",";
+  CheckSections(a.get("sections", "floor"));
+  SectionPlan sections;
+  sections.downtime_size = ParseSize(a.get("downtime-size", "4G"), "--downtime-size");
+  sections.runs = static_cast<int>(a.number("runs", 3, 1, 100));
+  sections.file_size = plan.size;
+  if (a.has("json") && a.get("json") != "-") WriteJsonFile(a.get("json"), nlohmann::json::object());  // writable?
+  const std::unique_ptr<BenchDirs> dirs = MakeBenchDirs(a, plan, sections);
+  plan.no_ktls = ProbeKtlsUlp();
+
+  std::printf("tls-migrate bench: %s image of random pages, on %s\n", Human(double(plan.size)).c_str(),
+              MachineLine().c_str());
+  std::string iperf_note;
+  const double iperf = Iperf3Gbps(&iperf_note);
+  if (iperf > 0) std::printf("iperf3 single stream on loopback: %.2f Gbit/s = %.2f GB/s\n", iperf, iperf / 8);
+  else std::printf("iperf3: %s\n", iperf_note.c_str());
+
+  const std::vector<Row> rows = RunModes(plan, sections.runs);
+  std::printf("\nEach row: the median-throughput run of %d (rounds over all modes). src/dst s/GiB: the whole side's "
+              "CPU per GiB; xfer: the transfer phase's only.\n",
+              sections.runs);
+  PrintTable(rows);
+  PrintTargets(plan, rows, iperf);
+  nlohmann::json j = ResultsJson(plan, rows, iperf);
+  RunSections(a, plan, sections, rows, j);
   if (a.has("json")) WriteJsonFile(a.get("json"), j);
   if (a.has("png")) WritePng(plan, rows, a.get("png"));
   return 0;

@@ -1,0 +1,81 @@
+// tls-migrate probe: what this host supports, and what each mode would do.
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <optional>
+#include <string>
+
+#include "base/error.h"
+#include "base/proc.h"
+#include "channel/socket_channel.h"
+#include "channel/zero_copy_sender.h"
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "ktls/cipher_table.h"
+#include "ktls/ktls.h"
+#include "tls/handshake.h"
+#include "transport/migration.h"
+
+namespace ktm::cli {
+namespace {
+
+const char* kProbeHelp = R"(Usage: tls-migrate probe
+
+Reports what this host supports (kernel TLS and its ciphers, MSG_ZEROCOPY,
+io_uring SEND_ZC, locked-memory and optmem limits) and what each mode would do.
+)";
+
+}  // namespace
+
+int CmdProbe(int argc, char** argv) {
+  Args a(argc, argv, 2, {}, {"help"});
+  if (a.flag("help")) {
+    std::printf("%s", kProbeHelp);
+    return 0;
+  }
+  std::optional<std::string> ulp = ProbeKtlsUlp();
+  std::printf("kernel %s\n", ReadProcValue("/proc/sys/kernel/osrelease").c_str());
+  std::printf("%s (Debian builds it without kTLS: tls-migrate installs the keys itself)\n",
+              TlsLibraryVersion(TlsBackend::kGnutls).c_str());
+  std::printf("kernel TLS (TCP_ULP \"tls\"): %s\n", ulp ? ("no: " + *ulp).c_str() : "yes");
+  // One row per kernel cipher: does the kernel take it, and do we move
+  // sessions with it into the kernel.
+  for (const KernelCipher& row : KernelCipherTable()) {
+    std::printf("  %-18s kernel: %-28s key install: %s\n", row.name,
+                ulp ? "no (no tls module)" : ProbeKernelCipher(row).c_str(),
+                row.installable ? "yes" : (std::string("no, ") + row.why_not).c_str());
+  }
+  // MSG_ZEROCOPY
+  std::string zc;
+  try {
+    Listener l = Listener::Listen("127.0.0.1:0");
+    auto c = SocketChannel::Connect(l.address(), std::chrono::seconds(2));
+    zc = c->zero_copy_available() ? "yes (SO_ZEROCOPY accepted)" : "no: " + c->zero_copy_reason();
+  } catch (const Error& e) {
+    zc = std::string("unknown: ") + e.what();
+  }
+  std::printf("MSG_ZEROCOPY on TCP: %s\n", zc.c_str());
+  const std::optional<std::string> no_send_zc = ProbeUringSendZcOpcode();
+  std::printf("io_uring SEND_ZC: %s\n", no_send_zc ? ("no (" + *no_send_zc + ")").c_str() : "yes");
+  rlimit rl{};
+  getrlimit(RLIMIT_MEMLOCK, &rl);
+  std::printf("ulimit -l: %s%s\n",
+              rl.rlim_cur == RLIM_INFINITY ? "unlimited" : (std::to_string(rl.rlim_cur / 1024) + " KiB").c_str(),
+              geteuid() == 0 ? " (running as root: CAP_IPC_LOCK usually lifts it)" : "");
+  std::printf("net.core.optmem_max: %s bytes\n\n", ReadProcValue("/proc/sys/net/core/optmem_max").c_str());
+  std::printf("What each mode would do here:\n");
+  std::printf("  --no-tls:                 MSG_ZEROCOPY writes%s\n", zc.rfind("yes", 0) == 0 ? " (completions reported; loopback/local peers get 'copied')" : ": unavailable, copies");
+  if (!ulp) {
+    std::printf("  TLS, --ktls auto:         kTLS (keys installed into the kernel); zero copy = kernel encrypts from the pages\n");
+  } else {
+    std::printf("  TLS, --ktls auto:         userspace TLS (GnuTLS), zero copy off (GnuTLS reuses its ciphertext buffer)\n");
+    std::printf("  TLS, --ktls require:      fails: %s\n", ulp->c_str());
+    std::printf("  TLS, --zero-copy require: fails: userspace TLS cannot do zero copy\n");
+  }
+  std::printf("  TLS, --ktls off:          userspace TLS, zero copy off\n");
+  return 0;
+}
+
+}  // namespace ktm::cli
