@@ -4,9 +4,9 @@
 #include <cstring>
 #include <mutex>
 #include <optional>
-#include <thread>
 
 #include "base/error.h"
+#include "transport/channel_worker.h"
 #include "transport/first_failure.h"
 #include "transport/migration.h"
 #include "transport/phase_clock.h"
@@ -18,6 +18,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr uint32_t kDataPagesPerPacket = 64;  // 256 KiB of 4 KiB pages per sendmsg
 constexpr size_t kHeaderSlots = 64;
+// Items a channel worker's lane holds: a pass is two (pages, SYNC), END
+// one; room for the urgent requests of later protocols.
+constexpr size_t kQueueDepth = 8;
 
 // Sends one channel's share of the pages. Header+offsets live in a ring of
 // slots; a slot is reused only after the channel has released the write it
@@ -248,7 +251,7 @@ Error VerdictError(uint32_t st, const Error& cause, const std::optional<Error>& 
                std::string("the destination stopped the migration: ") + why + " (here: " + cause.what() + ")");
 }
 
-// After the workers have stopped: nobody else uses the channels now.
+// After the workers are idle: nobody else uses the channels now.
 void ThrowDestinationVerdict(std::vector<OpenedChannel>& chans, const Error& cause, std::chrono::milliseconds bound) {
   for (auto& c : chans) {
     try {
@@ -342,115 +345,169 @@ struct SwitchTimes {
   Clock::time_point freeze, final_sent, end_sent, done;
 };
 
-// Phase 2: precopy iterations until the dirty set converges (or the
-// iteration limit), then the source is frozen and the final pass runs. Each
-// iteration ends with a flush and SYNC on every channel.
-void StreamIterations(PageSource& src, const SourceOptions& opts, std::vector<OpenedChannel>& chans,
-                      std::vector<std::unique_ptr<ChannelSender>>& senders, MigrationReport& rep, PhaseClock& phases,
-                      SwitchTimes& times) {
-  FirstFailure failure;
-  std::mutex verdict_mu;
-  bool verdict_probed = false;
-  auto fail_all = [&](const std::exception& e, size_t failing) {
-    // The peer went away: if the destination said why first, that is the
-    // error (so both ends agree). Probe the other channels now, before the
-    // abort below makes their writers fail and the TLS library discard
-    // their sessions. One prober at a time: a session takes one reader.
+// Which error a failing channel reports. The peer went away: if the
+// destination said why first, that is the error (so both ends agree). The
+// other channels are probed at once, before the abort (their shutdown)
+// makes their writers fail and the TLS library discard their sessions. One
+// prober at a time: a session takes one reader. Runs as the workers'
+// failure hook.
+class FailureVerdict {
+ public:
+  FailureVerdict(std::vector<OpenedChannel>& chans, const SourceOptions& opts) : chans_(chans), opts_(opts) {}
+
+  void Record(const std::exception& e, size_t failing, FirstFailure& failure) {
     const auto* ke = dynamic_cast<const Error*>(&e);
     std::optional<Error> verdict;
     // Held through Record below, so a peer failure that waits here cannot
     // record itself ahead of the verdict.
-    std::unique_lock<std::mutex> g(verdict_mu, std::defer_lock);
+    std::unique_lock<std::mutex> g(mu_, std::defer_lock);
     if (ke && ke->kind() == ErrorKind::kPeer) {
       g.lock();
-      if (!verdict_probed) {
-        verdict_probed = true;
+      if (!probed_) {
+        probed_ = true;
         // The failing channel first: its write failed but what the
         // destination sent before resetting is still queued for reading.
         std::optional<Error> refused;
-        const uint32_t st = AwaitVerdict(chans, failing, VerdictBound(opts), &refused);
+        const uint32_t st = AwaitVerdict(chans_, failing, VerdictBound(opts_), &refused);
         if (st != wire::kOk) verdict = VerdictError(st, *ke, refused);
       }
     }
     failure.Record(verdict ? static_cast<const std::exception&>(*verdict) : e, [&] {
       // Unblock the other senders.
-      for (auto& c : chans) c.channel->shutdown(ShutdownHow::kBoth);  // never throws
+      for (auto& c : chans_) c.channel->shutdown(ShutdownHow::kBoth);  // never throws
     });
-  };
-  const uint64_t converge = opts.converge_pages ? opts.converge_pages
-                                                : std::max<uint64_t>(64, src.page_count() / 256);
-  // Pages per second of the previous iteration: what the final pass is
-  // expected to achieve (QEMU estimates its downtime the same way).
-  double page_rate = 0;
-  auto expected_seconds = [&](size_t pages) { return page_rate > 0 ? pages / page_rate : 0.0; };
-  auto converged = [&](size_t pages) {
-    if (opts.max_downtime.count() > 0) {
-      return page_rate > 0 && expected_seconds(pages) * 1000 <= static_cast<double>(opts.max_downtime.count());
-    }
-    return pages <= converge;
-  };
-  auto freeze = [&] {
-    // A static image "freezes" before its only pass: that pass is the
-    // transfer, and switch-over starts after it (RunSource).
-    if (src.live()) phases.Begin("switch-over");
-    times.freeze = Clock::now();
-    src.Freeze();
-  };
-  std::vector<uint64_t> dirty;
-  dirty.reserve(src.page_count());
-  bool final = false;
-  for (uint32_t iter = 0; !final; ++iter) {
+  }
+
+ private:
+  std::vector<OpenedChannel>& chans_;
+  const SourceOptions& opts_;
+  std::mutex mu_;
+  bool probed_ = false;
+};
+
+// The precopy policy: when the dirty set has converged (or the iterations
+// are spent) the source is frozen and the pass is the final one.
+class Precopy {
+ public:
+  Precopy(PageSource& src, const SourceOptions& opts, MigrationReport& rep, PhaseClock& phases, SwitchTimes& times)
+      : src_(src), opts_(opts), rep_(rep), phases_(phases), times_(times),
+        converge_(opts.converge_pages ? opts.converge_pages : std::max<uint64_t>(64, src.page_count() / 256)) {}
+
+  // Collects iteration `iter`'s pages into `dirty`; true for the final pass.
+  bool Collect(uint32_t iter, std::vector<uint64_t>& dirty) {
+    bool final = false;
     dirty.clear();
-    src.CollectDirty(dirty);
+    src_.CollectDirty(dirty);
     // Converged, or out of iterations: stop the guest and send the rest.
-    if (iter > 0 && (converged(dirty.size()) || iter + 1 >= opts.max_iterations)) {
-      freeze();
-      src.CollectDirty(dirty);
+    if (iter > 0 && (Converged(dirty.size()) || iter + 1 >= opts_.max_iterations)) {
+      Freeze();
+      src_.CollectDirty(dirty);
       std::sort(dirty.begin(), dirty.end());
       dirty.erase(std::unique(dirty.begin(), dirty.end()), dirty.end());
       final = true;
     }
-    if (iter == 0 && (!src.live() || opts.max_iterations <= 1)) {
-      freeze();
+    if (iter == 0 && (!src_.live() || opts_.max_iterations <= 1)) {
+      Freeze();
       final = true;
     }
     if (final) {
-      rep.downtime.measured = src.live();
-      rep.downtime.final_pages = dirty.size();
-      rep.downtime.expected_seconds = expected_seconds(dirty.size());
+      rep_.downtime.measured = src_.live();
+      rep_.downtime.final_pages = dirty.size();
+      rep_.downtime.expected_seconds = ExpectedSeconds(dirty.size());
     }
-    rep.dirty_per_iteration.push_back(dirty.size());
-    if (opts.progress) {
-      opts.progress->iteration = iter;
-      opts.progress->dirty_pages = dirty.size();
+    rep_.dirty_per_iteration.push_back(dirty.size());
+    if (opts_.progress) {
+      opts_.progress->iteration = iter;
+      opts_.progress->dirty_pages = dirty.size();
     }
+    return final;
+  }
+
+  // An iteration of `pages` took `secs`. A tiny iteration measures
+  // latency, not bandwidth: keep the last rate taken over a meaningful
+  // amount of work.
+  void Measured(size_t pages, double secs) {
+    if (secs > 0.005 && pages >= 256) page_rate_ = pages / secs;
+  }
+
+ private:
+  // Pages per second of the previous iteration: what the final pass is
+  // expected to achieve (QEMU estimates its downtime the same way).
+  double ExpectedSeconds(size_t pages) const { return page_rate_ > 0 ? pages / page_rate_ : 0.0; }
+
+  bool Converged(size_t pages) const {
+    if (opts_.max_downtime.count() > 0) {
+      return page_rate_ > 0 && ExpectedSeconds(pages) * 1000 <= static_cast<double>(opts_.max_downtime.count());
+    }
+    return pages <= converge_;
+  }
+
+  void Freeze() {
+    // A static image "freezes" before its only pass: that pass is the
+    // transfer, and switch-over starts after it (RunSource).
+    if (src_.live()) phases_.Begin("switch-over");
+    times_.freeze = Clock::now();
+    src_.Freeze();
+  }
+
+  PageSource& src_;
+  const SourceOptions& opts_;
+  MigrationReport& rep_;
+  PhaseClock& phases_;
+  SwitchTimes& times_;
+  const uint64_t converge_;
+  double page_rate_ = 0;
+};
+
+// Queues one pass on every channel's worker: its contiguous share of
+// `dirty` (neighbouring pages stay on one channel, so their iovecs merge),
+// then SYNC. `dirty` must stay untouched until the workers are idle.
+void PostPass(ChannelWorkers& workers, std::vector<std::unique_ptr<ChannelSender>>& senders,
+              const std::vector<OpenedChannel>& chans, const std::vector<uint64_t>& dirty, uint32_t iter, bool final) {
+  const size_t n = senders.size();
+  for (size_t c = 0; c < n; ++c) {
+    const size_t lo = dirty.size() * c / n, hi = dirty.size() * (c + 1) / n;
+    ChannelSender* sender = senders[c].get();
+    auto context = [&peer = chans[c].peer, c, iter, final] {
+      return "channel " + std::to_string(c) + " (to " + peer + "), " +
+             (final ? "final pass" : "iteration " + std::to_string(iter)) + ": ";
+    };
+    const bool queued = workers.Post(c, [sender, pages = dirty.data() + lo, count = hi - lo, iter, context] {
+      try {
+        sender->SendPages(pages, count, iter);
+      } catch (const Error& e) {
+        throw e.WithContext(context());
+      }
+    }) && workers.Post(c, [sender, iter, final, context] {
+      try {
+        sender->Sync(iter, final);
+      } catch (const Error& e) {
+        throw e.WithContext(context());
+      }
+    });
+    if (!queued) return;  // a channel failed: its error is recorded
+  }
+}
+
+// Phase 2: precopy iterations until the dirty set converges (or the
+// iteration limit), then the source is frozen and the final pass runs. Each
+// iteration ends with a flush and SYNC on every channel, and waits for all
+// of them (the workers' barrier) before the next dirty set is taken.
+void StreamIterations(PageSource& src, const SourceOptions& opts, std::vector<OpenedChannel>& chans,
+                      std::vector<std::unique_ptr<ChannelSender>>& senders, ChannelWorkers& workers,
+                      MigrationReport& rep, PhaseClock& phases, SwitchTimes& times) {
+  Precopy precopy(src, opts, rep, phases, times);
+  std::vector<uint64_t> dirty;
+  dirty.reserve(src.page_count());
+  bool final = false;
+  for (uint32_t iter = 0; !final; ++iter) {
+    final = precopy.Collect(iter, dirty);
     const auto iter_start = Clock::now();
-    // Contiguous shares: neighbouring pages stay on one channel, so their
-    // iovecs merge.
-    const size_t n = chans.size();
-    std::vector<std::thread> threads;
-    for (size_t c = 0; c < n; ++c) {
-      const size_t lo = dirty.size() * c / n, hi = dirty.size() * (c + 1) / n;
-      threads.emplace_back([&, c, lo, hi, iter] {
-        try {
-          senders[c]->SendPages(dirty.data() + lo, hi - lo, iter);
-          senders[c]->Sync(iter, final);
-        } catch (const Error& e) {
-          fail_all(e.WithContext("channel " + std::to_string(c) + " (to " + chans[c].peer + "), " +
-                                 (final ? "final pass" : "iteration " + std::to_string(iter)) + ": "),
-                   c);
-        } catch (const std::exception& e) {
-          fail_all(e, c);
-        }
-      });
-    }
-    for (auto& t : threads) t.join();
-    failure.ThrowIfFailed();
+    PostPass(workers, senders, chans, dirty, iter, final);
+    workers.WaitIdle();
+    workers.ThrowIfFailed();
     rep.iterations = iter + 1;
-    const double secs = std::chrono::duration<double>(Clock::now() - iter_start).count();
-    // A tiny iteration measures latency, not bandwidth: keep the last
-    // rate taken over a meaningful amount of work.
-    if (secs > 0.005 && dirty.size() >= 256) page_rate = dirty.size() / secs;
+    precopy.Measured(dirty.size(), std::chrono::duration<double>(Clock::now() - iter_start).count());
   }
   times.final_sent = Clock::now();
 }
@@ -459,11 +516,14 @@ void StreamIterations(PageSource& src, const SourceOptions& opts, std::vector<Op
 // digest (over the page digests kept while sending) is what the
 // destination must hold. END on channel 0, then wait for DONE.
 std::string SwitchOver(const PageSource& src, const SourceOptions& opts, std::vector<OpenedChannel>& chans,
-                       ChannelSender& sender0, const PageDigests& digests, SwitchTimes& times) {
+                       ChannelSender& sender0, ChannelWorkers& workers, const PageDigests& digests,
+                       SwitchTimes& times) {
   src.Validate();
   const ImageHash digest = digests.Final();
   Channel& ch0 = *chans[0].channel;
-  sender0.End(digest);
+  // Channel 0's worker writes END (its errors come back here, as they
+  // would from a direct call); the wait for DONE is this thread's.
+  workers.Call(0, [&] { sender0.End(digest); }).get();
   times.end_sent = Clock::now();
   for (size_t c = 1; c < chans.size(); ++c) chans[c].channel->shutdown(ShutdownHow::kWrite);
   // DONE comes after the destination has verified and committed the image
@@ -547,11 +607,18 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
     senders.push_back(std::make_unique<ChannelSender>(*c.channel, src, digests, opts.progress));
   }
 
+  // One worker per channel for the whole migration; declared after what
+  // its items use, so it is joined first.
+  FailureVerdict verdict(chans, opts);
+  ChannelWorkers workers(chans.size(), kQueueDepth, [&verdict](const std::exception& e, size_t c, FirstFailure& f) {
+    verdict.Record(e, c, f);
+  });
+
   phases.Begin("transfer");
   const auto transfer_start = Clock::now();
   SwitchTimes times;
   try {
-    StreamIterations(src, opts, chans, senders, rep, phases, times);
+    StreamIterations(src, opts, chans, senders, workers, rep, phases, times);
   } catch (const Error& e) {
     if (e.kind() == ErrorKind::kPeer) ThrowDestinationVerdict(chans, e, VerdictBound(opts));
     throw;
@@ -559,11 +626,12 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
   rep.transfer_seconds = std::chrono::duration<double>(Clock::now() - transfer_start).count();
   if (!src.live()) phases.Begin("switch-over");
   try {
-    rep.digest = SwitchOver(src, opts, chans, *senders[0], digests, times);
+    rep.digest = SwitchOver(src, opts, chans, *senders[0], workers, digests, times);
   } catch (const Error& e) {
     if (e.kind() == ErrorKind::kPeer) ThrowDestinationVerdict(chans, e, VerdictBound(opts));
     throw;
   }
+  workers.Stop();
   FillDowntime(times, rep.downtime);
   rep.phases = phases.Take();
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
