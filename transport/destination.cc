@@ -58,7 +58,7 @@ BusyResponder::Options BusyOptions(const DestinationOptions& opts) {
 std::vector<Receiver> ReceiveIntoImage(AcceptedSession& session, const wire::Geometry& g, TempImage& image,
                                        PageDigests& digests, const DestinationOptions& opts) {
   std::optional<Writeback> writeback;
-  if (image.fd() >= 0) writeback.emplace(image.fd(), image.path(), opts.writeback_window);
+  if (image.fd() >= 0) writeback.emplace(image.fd(), image.path(), opts.writeback_window, opts.io_timeout);
   std::vector<Receiver> rx =
       ReceiveImage(session, g, ImageTarget{image.data(), image.fd(), image.path(), writeback ? &*writeback : nullptr},
                    digests, opts.progress);

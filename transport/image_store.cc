@@ -139,12 +139,33 @@ void TempImage::Discard() {
   fd_.reset();
 }
 
+Writeback::Writeback(int fd, const std::string& path, uint64_t window, std::chrono::milliseconds stall_timeout,
+                     SyncFn sync)
+    : fd_(fd),
+      path_(path),
+      window_(window),
+      stall_timeout_(stall_timeout),
+      sync_(sync ? std::move(sync) : SyncFn([](int f, unsigned flags) { return sync_file_range(f, 0, 0, flags); })),
+      thread_([this] { Run(); }) {}
+
 void Writeback::Wrote(uint64_t bytes) {
   std::unique_lock<std::mutex> l(mu_);
   written_ += bytes;
   if (!window_) return;
   if (written_ - started_ >= window_) work_.notify_one();
-  done_.wait(l, [&] { return error_ || stopped_ || written_ - durable_ <= 2 * window_; });
+  auto caught_up = [&] { return error_ || stopped_ || written_ - durable_ <= 2 * window_; };
+  if (stall_timeout_.count() <= 0) done_.wait(l, caught_up);
+  while (!caught_up()) {
+    // The bound is on the disk's progress, not on the whole wait: any round
+    // that reaches the disk starts it again.
+    const uint64_t durable = durable_;
+    if (!done_.wait_for(l, stall_timeout_, [&] { return caught_up() || durable_ != durable; })) {
+      throw Error(ErrorKind::kLocalIo, ETIMEDOUT,
+                  "writing the image to " + path_ + ": the disk finished no writeback for " +
+                      std::to_string(stall_timeout_.count()) +
+                      " ms (the destination's I/O timeout, --io-timeout); it hangs or is far slower than the network");
+    }
+  }
   if (error_) throw *error_;
 }
 
@@ -168,8 +189,8 @@ void Writeback::Run() {
     const uint64_t target = written_;
     started_ = target;
     l.unlock();
-    int rc = sync_file_range(fd_, 0, 0, SYNC_FILE_RANGE_WRITE);
-    if (rc == 0 && window_) rc = sync_file_range(fd_, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE);
+    int rc = sync_(fd_, SYNC_FILE_RANGE_WRITE);
+    if (rc == 0 && window_) rc = sync_(fd_, SYNC_FILE_RANGE_WAIT_BEFORE);
     const int err = errno;
     l.lock();
     if (rc != 0) {

@@ -4,6 +4,7 @@
 // final name. Private to transport/.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -75,17 +76,25 @@ class TempImage {
 // cache, for the final fsync to wait out during the downtime.
 class Writeback {
  public:
+  // How a round is written out: sync_file_range(2) by default; a test's
+  // stand-in may stall.
+  using SyncFn = std::function<int(int fd, unsigned flags)>;
+
   // `window` 0: no bound; writeback is only started every 250 ms, never
-  // waited for.
-  Writeback(int fd, const std::string& path, uint64_t window)
-      : fd_(fd), path_(path), window_(window), thread_([this] { Run(); }) {}
+  // waited for. `stall_timeout`: how long Wrote() waits without the disk
+  // finishing any round before it gives up (0 or negative: forever, as for
+  // the channels' I/O timeout).
+  Writeback(int fd, const std::string& path, uint64_t window,
+            std::chrono::milliseconds stall_timeout = std::chrono::milliseconds(-1), SyncFn sync = nullptr);
   ~Writeback() { Stop(); }
   Writeback(const Writeback&) = delete;
   Writeback& operator=(const Writeback&) = delete;
 
   // After `bytes` more were written to the file: blocks while more than two
   // windows are not yet on disk. Thread safe. Throws the writeback's
-  // Error(kLocalIo) once it failed.
+  // Error(kLocalIo) once it failed, and Error(kLocalIo, ETIMEDOUT) when no
+  // round reached the disk for `stall_timeout` (a disk that hangs, or is
+  // far too slow for the window, must not hold the migration forever).
   void Wrote(uint64_t bytes);
 
   // Stops the thread; throws its error if the writeback failed. Must be
@@ -101,6 +110,8 @@ class Writeback {
   const int fd_;
   const std::string path_;
   const uint64_t window_;
+  const std::chrono::milliseconds stall_timeout_;
+  const SyncFn sync_;
   std::mutex mu_;
   std::condition_variable work_;  // the thread: a window is full, or stop
   std::condition_variable done_;  // the receivers: a round reached the disk
