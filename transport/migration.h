@@ -136,6 +136,8 @@ struct DestinationOptions {
   std::chrono::milliseconds hello_timeout{10000};
   // After the session's channels are accepted: no progress on a channel for
   // this long ends the migration (Error(kTimeout)). Negative: forever.
+  // With a file output it also bounds a receiver's wait for the disk: no
+  // writeback round finished for this long is Error(kLocalIo, ETIMEDOUT).
   std::chrono::milliseconds io_timeout{30000};
   // Largest image accepted (bytes); 0 = what the output filesystem can hold.
   // A larger hello ends the migration with Error(kLocalIo) before any page.

@@ -367,6 +367,91 @@ class ConnSet {
   ReapingThreads threads_;  // last: joined before the state they use goes
 };
 
+// How a connection's plaintext is carried, for its report.
+std::string DataPathName(Channel& ch) {
+  if (ch.splice_fd() < 0) return "userspace TLS records (256 KiB corked batches)";
+  return ch.has_feature(kFeatureEncrypted) ? "splice (kTLS: the kernel encrypts, no userspace copy)"
+                                           : "splice (plaintext)";
+}
+
+// The first failure of one connection, and aborting it: both sockets are
+// shut, so both directions' pumps return. Thread safe.
+class ConnAbort {
+ public:
+  ConnAbort(int local, Channel& ch) : local_(local), ch_(ch) {}
+
+  void Abort(const std::string& why) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (error_.empty()) error_ = why;
+    }
+    aborted_ = true;
+    ::shutdown(local_, SHUT_RDWR);
+    ch_.shutdown(ShutdownHow::kBoth);  // never throws (channel.h)
+  }
+
+  // A pump failed: aborts with `why`, unless the connection was aborted
+  // already (the failure is then a consequence of that).
+  void Failed(const std::string& why) {
+    if (!aborted_) Abort(why);
+  }
+
+  std::string error() {
+    std::lock_guard<std::mutex> l(mu_);
+    return error_;
+  }
+
+ private:
+  const int local_;
+  Channel& ch_;
+  std::mutex mu_;
+  std::string error_;
+  std::atomic<bool> aborted_{false};
+};
+
+// What moved through one connection, in both directions.
+struct ConnFlow {
+  std::atomic<uint64_t> to_ch{0}, from_ch{0};
+  std::unique_ptr<StreamDigest> to_ch_digest, from_ch_digest;  // --stream-digest; nullptr: off
+  // Set once the tunnel peer's stream has ended cleanly and all of it has
+  // been handed to the local peer.
+  std::atomic<bool> far_ended{false};
+};
+
+// channel -> local, on its own thread: the tunnel peer's close_notify
+// becomes a half-close of the local connection.
+void FromChannel(Channel& ch, int local, std::chrono::milliseconds io_timeout, ConnFlow& flow, ConnAbort& abort) {
+  try {
+    PumpFromChannel(ch, local, io_timeout, flow.from_ch, flow.from_ch_digest.get());
+    flow.far_ended = true;  // before the local peer can see the end (and reset)
+    ::shutdown(local, SHUT_WR);  // close_notify -> half-close
+  } catch (const std::exception& e) {
+    abort.Failed(std::string("from the tunnel peer: ") + e.what());
+  }
+}
+
+// local -> channel: the local EOF becomes close_notify. Returns the
+// report's note ("" for none).
+std::string ToChannel(int local, Channel& ch, std::chrono::milliseconds io_timeout, ConnFlow& flow, ConnAbort& abort) {
+  try {
+    const LocalEnd end = PumpToChannel(local, ch, io_timeout, flow.to_ch, flow.to_ch_digest.get());
+    if (end == LocalEnd::kReset && !flow.far_ended) {
+      // Data may still be on its way to a local peer that is gone: the
+      // reset goes on to the other side.
+      abort.Abort("the local peer reset the connection while the tunnel peer was still sending");
+      return "";
+    }
+    ch.shutdown(ShutdownHow::kWrite);  // local EOF -> close_notify + SHUT_WR
+    if (end == LocalEnd::kReset) {
+      return "the local peer reset the connection after the tunnel peer's stream had ended and been handed "
+             "over (it closed without reading everything it was sent)";
+    }
+  } catch (const std::exception& e) {
+    abort.Failed(std::string("to the tunnel peer: ") + e.what());
+  }
+  return "";
+}
+
 // Runs one tunnel connection: both directions until both ended. `up` is
 // local->channel on the source side, channel->local on the destination side.
 TunnelConnReport RunConnection(UniqueFd local, OpenedChannel tls, uint64_t seq, bool source_side,
@@ -376,9 +461,7 @@ TunnelConnReport RunConnection(UniqueFd local, OpenedChannel tls, uint64_t seq, 
   rep.peer = tls.peer;
   rep.path = tls.path;
   Channel& ch = *tls.channel;
-  rep.data_path = ch.splice_fd() >= 0 ? (ch.has_feature(kFeatureEncrypted) ? "splice (kTLS: the kernel encrypts, no userspace copy)"
-                                                                           : "splice (plaintext)")
-                                      : "userspace TLS records (256 KiB corked batches)";
+  rep.data_path = DataPathName(ch);
   // Writes may not stall forever, on either socket and on every data path
   // (splice, kTLS, userspace TLS records); reads may idle (a return path is
   // quiet for long stretches).
@@ -386,63 +469,25 @@ TunnelConnReport RunConnection(UniqueFd local, OpenedChannel tls, uint64_t seq, 
   SetSocketTimeouts(local.get(), no_limit, io_timeout);
   ch.set_io_timeouts(no_limit, io_timeout);
   const auto t0 = Clock::now();
-  std::atomic<uint64_t> to_ch{0}, from_ch{0};
-  std::unique_ptr<StreamDigest> to_ch_digest, from_ch_digest;
+  ConnFlow flow;
   if (stream_digest) {
-    to_ch_digest = std::make_unique<StreamDigest>();
-    from_ch_digest = std::make_unique<StreamDigest>();
+    flow.to_ch_digest = std::make_unique<StreamDigest>();
+    flow.from_ch_digest = std::make_unique<StreamDigest>();
   }
-  std::mutex err_mu;
-  std::string error;
-  std::atomic<bool> aborted{false};
-  auto abort_both = [&](const std::string& why) {
-    {
-      std::lock_guard<std::mutex> l(err_mu);
-      if (error.empty()) error = why;
-    }
-    aborted = true;
-    ::shutdown(local.get(), SHUT_RDWR);
-    ch.shutdown(ShutdownHow::kBoth);  // never throws (channel.h)
-  };
-  const uint64_t abort_id = set.Register([&] { abort_both(kStopping); });
-  // Set once the tunnel peer's stream has ended cleanly and all of it has
-  // been handed to the local peer.
-  std::atomic<bool> far_ended{false};
-  std::thread reader([&] {
-    try {
-      PumpFromChannel(ch, local.get(), io_timeout, from_ch, from_ch_digest.get());
-      far_ended = true;  // before the local peer can see the end (and reset)
-      ::shutdown(local.get(), SHUT_WR);  // close_notify -> half-close
-    } catch (const std::exception& e) {
-      if (!aborted) abort_both(std::string("from the tunnel peer: ") + e.what());
-    }
-  });
-  try {
-    const LocalEnd end = PumpToChannel(local.get(), ch, io_timeout, to_ch, to_ch_digest.get());
-    if (end == LocalEnd::kReset && !far_ended) {
-      // Data may still be on its way to a local peer that is gone: the
-      // reset goes on to the other side.
-      abort_both("the local peer reset the connection while the tunnel peer was still sending");
-    } else {
-      if (end == LocalEnd::kReset) {
-        rep.note = "the local peer reset the connection after the tunnel peer's stream had ended and been handed "
-                   "over (it closed without reading everything it was sent)";
-      }
-      ch.shutdown(ShutdownHow::kWrite);  // local EOF -> close_notify + SHUT_WR
-    }
-  } catch (const std::exception& e) {
-    if (!aborted) abort_both(std::string("to the tunnel peer: ") + e.what());
-  }
+  ConnAbort abort(local.get(), ch);
+  const uint64_t abort_id = set.Register([&] { abort.Abort(kStopping); });
+  std::thread reader([&] { FromChannel(ch, local.get(), io_timeout, flow, abort); });
+  rep.note = ToChannel(local.get(), ch, io_timeout, flow, abort);
   reader.join();
   set.Unregister(abort_id);
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  rep.bytes_up = source_side ? to_ch.load() : from_ch.load();
-  rep.bytes_down = source_side ? from_ch.load() : to_ch.load();
+  rep.bytes_up = source_side ? flow.to_ch.load() : flow.from_ch.load();
+  rep.bytes_down = source_side ? flow.from_ch.load() : flow.to_ch.load();
   if (stream_digest) {
-    rep.digest_up = (source_side ? to_ch_digest : from_ch_digest)->Hex();
-    rep.digest_down = (source_side ? from_ch_digest : to_ch_digest)->Hex();
+    rep.digest_up = (source_side ? flow.to_ch_digest : flow.from_ch_digest)->Hex();
+    rep.digest_down = (source_side ? flow.from_ch_digest : flow.to_ch_digest)->Hex();
   }
-  rep.error = error;
+  rep.error = abort.error();
   return rep;
 }
 
@@ -464,6 +509,100 @@ std::optional<UniqueFd> AcceptOrStop(Acceptor& acceptor, const TunnelOptions& o,
   }
   return std::nullopt;
 }
+
+AdmissionOptions HeaderAdmission(const TunnelOptions& opts) {
+  AdmissionOptions ao;
+  ao.security = opts.security;
+  ao.intro_size = kTunnelHeaderSize;
+  ao.intro_name = "tunnel header";
+  ao.timeout = opts.hello_timeout;
+  ao.max_pending = opts.max_pending;
+  ao.log = opts.log;
+  ao.prefix = "tunnel: ";
+  return ao;
+}
+
+// The destination's authenticated connections, each forwarded to the target
+// strictly in the source's order (per session, by the header's seq); a gap
+// older than order_timeout is skipped (logged). Used by the accept loop's
+// thread only.
+class OrderedForwarder {
+ public:
+  OrderedForwarder(const TunnelOptions& opts, ConnSet& conns) : opts_(opts), conns_(conns) {}
+
+  // Queues an admitted connection, or logs why it was rejected.
+  void Add(Admitted& a) {
+    try {
+      if (a.error) throw *a.error;
+      const TunnelHeader h = DecodeTunnelHeader(a.intro.data());
+      // Said before it may wait for its turn: tests (and operators) see
+      // which connections are authenticated and queued.
+      Log(opts_, "tunnel: connection " + std::to_string(h.seq) + " authenticated (from " + a.peer + ")");
+      ready_[{h.session, h.seq}] = Ready{std::move(a.oc), h, Clock::now()};
+    } catch (const Error& e) {
+      Log(opts_, "tunnel: rejected connection from " + a.peer + ": " + e.what());
+    }
+  }
+
+  // Forwards every ready connection whose turn it is.
+  void ForwardReady() {
+    while (std::optional<Ready> go = NextInTurn()) Forward(std::move(*go));
+  }
+
+ private:
+  struct Ready {
+    OpenedChannel tls;
+    TunnelHeader hdr;
+    Clock::time_point at;
+  };
+
+  // Takes the next connection whose turn it is, if any.
+  std::optional<Ready> NextInTurn() {
+    for (auto it = ready_.begin(); it != ready_.end(); ++it) {
+      uint64_t& next = next_seq_[it->first.first];
+      if (it->first.second > next && Clock::now() - it->second.at > opts_.order_timeout) {
+        Log(opts_, "tunnel: connection " + std::to_string(next) + " of session " + wire::UuidString(it->first.first) +
+                       " never arrived; forwarding " + std::to_string(it->first.second) + " and later ones");
+        next = it->first.second;
+      }
+      if (it->first.second == next) {
+        std::optional<Ready> go = std::move(it->second);
+        ready_.erase(it);
+        ++next;
+        return go;
+      }
+    }
+    return std::nullopt;
+  }
+
+  // Connects to the target and starts the connection's thread. The target
+  // connect completes before the next one starts: that is what keeps
+  // QEMU's main channel first.
+  void Forward(Ready go) {
+    UniqueFd target;
+    try {
+      target = ConnectStream(opts_.target, opts_.connect_timeout);
+    } catch (const Error& e) {
+      Log(opts_, std::string("tunnel: cannot forward connection ") + std::to_string(go.hdr.seq) + ": " + e.what());
+      go.tls.channel->shutdown(ShutdownHow::kBoth);
+      return;
+    }
+    Log(opts_, "tunnel: connection " + std::to_string(go.hdr.seq) + " from " + go.tls.peer + " -> " + opts_.target);
+    auto state = std::make_shared<Ready>(std::move(go));
+    auto tfd = std::make_shared<UniqueFd>(std::move(target));
+    const TunnelOptions& opts = opts_;
+    ConnSet& conns = conns_;
+    conns_.Start([state, tfd, &opts, &conns]() {
+      return RunConnection(std::move(*tfd), std::move(state->tls), state->hdr.seq, /*source_side=*/false,
+                           opts.io_timeout, opts.stream_digest, conns);
+    });
+  }
+
+  const TunnelOptions& opts_;
+  ConnSet& conns_;
+  std::map<std::pair<wire::Uuid, uint64_t>, Ready> ready_;
+  std::map<wire::Uuid, uint64_t> next_seq_;
+};
 
 }  // namespace
 
@@ -500,88 +639,14 @@ TunnelReport RunTunnelDestination(const TunnelOptions& opts) {
                 " tunnel connections, forwarding to " + opts.target);
   // Pending: handshake + header, each on its own thread with its own
   // deadline (admission.h); then ready, until it is that connection's turn.
-  AdmissionOptions ao;
-  ao.security = opts.security;
-  ao.intro_size = kTunnelHeaderSize;
-  ao.intro_name = "tunnel header";
-  ao.timeout = opts.hello_timeout;
-  ao.max_pending = opts.max_pending;
-  ao.log = opts.log;
-  ao.prefix = "tunnel: ";
-  Admission admission(l, std::move(ao));
+  Admission admission(l, HeaderAdmission(opts));
   ConnSet conns(opts, [&admission] { admission.Wake(); });
-  struct Ready {
-    OpenedChannel tls;
-    TunnelHeader hdr;
-    Clock::time_point at;
-  };
-  std::map<std::pair<wire::Uuid, uint64_t>, Ready> ready;
-  std::map<wire::Uuid, uint64_t> next_seq;
-
-  auto take_admitted = [&] {
-    for (Admitted& a : admission.TakeFinished()) {
-      try {
-        if (a.error) throw *a.error;
-        const TunnelHeader h = DecodeTunnelHeader(a.intro.data());
-        // Said before it may wait for its turn: tests (and operators) see
-        // which connections are authenticated and queued.
-        Log(opts, "tunnel: connection " + std::to_string(h.seq) + " authenticated (from " + a.peer + ")");
-        ready[{h.session, h.seq}] = Ready{std::move(a.oc), h, Clock::now()};
-      } catch (const Error& e) {
-        Log(opts, "tunnel: rejected connection from " + a.peer + ": " + e.what());
-      }
-    }
-  };
-
-  // Forwards every ready connection whose turn it is, strictly in the
-  // source's order; a gap older than order_timeout is skipped (logged).
-  auto forward_ready = [&] {
-    for (;;) {
-      std::optional<Ready> go;
-      for (auto it = ready.begin(); it != ready.end(); ++it) {
-        uint64_t& next = next_seq[it->first.first];
-        if (it->first.second == next) {
-          go = std::move(it->second);
-          ready.erase(it);
-          ++next;
-          break;
-        }
-        if (it->first.second > next && Clock::now() - it->second.at > opts.order_timeout) {
-          Log(opts, "tunnel: connection " + std::to_string(next) + " of session " + wire::UuidString(it->first.first) +
-                        " never arrived; forwarding " + std::to_string(it->first.second) + " and later ones");
-          next = it->first.second;
-          go = std::move(it->second);
-          ready.erase(it);
-          ++next;
-          break;
-        }
-      }
-      if (!go) return;
-      // The target connect completes before the next one starts: that is
-      // what keeps QEMU's main channel first.
-      UniqueFd target;
-      try {
-        target = ConnectStream(opts.target, opts.connect_timeout);
-      } catch (const Error& e) {
-        Log(opts, std::string("tunnel: cannot forward connection ") + std::to_string(go->hdr.seq) + ": " + e.what());
-        go->tls.channel->shutdown(ShutdownHow::kBoth);
-        continue;
-      }
-      Log(opts, "tunnel: connection " + std::to_string(go->hdr.seq) + " from " + go->tls.peer + " -> " + opts.target);
-      auto state = std::make_shared<Ready>(std::move(*go));
-      auto tfd = std::make_shared<UniqueFd>(std::move(target));
-      conns.Start([state, tfd, &opts, &conns]() {
-        return RunConnection(std::move(*tfd), std::move(state->tls), state->hdr.seq, /*source_side=*/false,
-                             opts.io_timeout, opts.stream_digest, conns);
-      });
-    }
-  };
-
+  OrderedForwarder forwarder(opts, conns);
   while (!Stopping(opts, conns)) {
     admission.Poll(std::chrono::milliseconds(100));  // also the order_timeout's tick
     conns.Reap();
-    take_admitted();
-    forward_ready();
+    for (Admitted& a : admission.TakeFinished()) forwarder.Add(a);
+    forwarder.ForwardReady();
   }
   return conns.Finish(opts.stop && opts.stop->load());
 }
