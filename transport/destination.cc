@@ -555,6 +555,18 @@ void TrySendU32Pair(Channel& ch, uint32_t magic, uint32_t status) {
   }
 }
 
+// Answers hello `h` (wire::EncodeHelloAnswer). A refusal is best effort,
+// like TrySendU32Pair; an acceptance that cannot be sent throws.
+void AnswerHello(Channel& ch, const wire::Hello& h, const wire::Offer& offer, uint32_t status) {
+  uint8_t ack[wire::kHelloAckSize];
+  const size_t n = wire::EncodeHelloAnswer(h, offer, status, ack);
+  try {
+    ch.write_all(ack, n);
+  } catch (const Error&) {
+    if (status == wire::kOk) throw;
+  }
+}
+
 struct AcceptedSession {
   wire::Hello first;
   std::vector<OpenedChannel> by_id;  // indexed by channel id
@@ -581,6 +593,7 @@ AcceptedSession AcceptSession(Listener& listener, const DestinationOptions& opts
   ao.max_pending = opts.max_pending;
   ao.log = opts.log;
   Admission pending(listener, std::move(ao));
+  const wire::Offer offer = wire::LocalOffer(opts.capabilities_withheld, opts.capabilities_required);
   // Validates one finished connection: it joins the session or is answered
   // with a status and dropped.
   auto settle = [&](Admitted& p) {
@@ -603,20 +616,21 @@ AcceptedSession AcceptSession(Listener& listener, const DestinationOptions& opts
       }
       return;
     }
-    uint32_t status = wire::kOk;
-    if (first) {
+    const wire::Agreement agreed = wire::Negotiate(offer, wire::Side::kDestination, h.offer());
+    uint32_t status = agreed.status;
+    if (first && status == wire::kOk) {
       if (h.session != first->session) status = wire::kRejectedSession;
       else if (h.channel_count != first->channel_count) status = wire::kRejectedChannel;
-      else if (h.image_size != first->image_size || h.page_size != first->page_size || h.digest != first->digest) {
+      else if (h.image_size != first->image_size || h.page_size != first->page_size || h.digest != first->digest ||
+               h.offered != first->offered || h.required != first->required) {
         status = wire::kRejectedGeometry;
       }
       else if (session.by_id[h.channel_id].channel) status = wire::kRejectedChannel;
     }
     if (status != wire::kOk) {
       log("rejected channel " + std::to_string(h.channel_id) + " from " + p.peer + " (session " +
-          wire::UuidString(h.session) + "): " + wire::StatusText(status));
-      TrySendU32Pair(*p.oc.channel, wire::kAckMagic, status);
-      return;
+          wire::UuidString(h.session) + "): " + (agreed.status ? agreed.why : wire::StatusText(status)));
+      return AnswerHello(*p.oc.channel, h, offer, status);
     }
     if (!first) {
       // The first valid hello fixes the session: refuse an image that
@@ -625,13 +639,13 @@ AcceptedSession AcceptSession(Listener& listener, const DestinationOptions& opts
         const wire::Geometry g{h.image_size, h.page_size};
         CheckImageFits(opts, h.image_size, g.padded_size());
       } catch (const Error&) {
-        TrySendU32Pair(*p.oc.channel, wire::kAckMagic, wire::kNoSpace);
+        AnswerHello(*p.oc.channel, h, offer, wire::kNoSpace);
         throw;
       }
       first = h;
       session.by_id.resize(h.channel_count);
     }
-    SendU32Pair(*p.oc.channel, wire::kAckMagic, wire::kOk);
+    AnswerHello(*p.oc.channel, h, offer, wire::kOk);
     session.by_id[h.channel_id] = std::move(p.oc);
     ++accepted;
   };
