@@ -11,6 +11,9 @@ CXX=$(command -v clang++ || command -v clang++-14)
 if [ -z "$CXX" ]; then echo "run-fuzz: clang++ not installed (apt-get install clang)" >&2; exit 1; fi
 "$CXX" -std=c++20 -O1 -g -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
   tests/fuzz/packet_parser_fuzz.cc transport/protocol.cc base/error.cc -o "$OUT/packet_parser_fuzz" || exit 1
+# Valid hello, acks, tunnel header and packet as seeds: past the CRCs.
+"$CXX" -std=c++20 -O1 -D_GNU_SOURCE -I. tests/fuzz/make_seeds.cc transport/protocol.cc base/error.cc \
+  -o "$OUT/make_seeds" && "$OUT/make_seeds" "$OUT/corpus" || exit 1
 log=$OUT/fuzz.log
 "$OUT/packet_parser_fuzz" -max_total_time="$SECS" -use_value_profile=1 -print_final_stats=1 \
   -artifact_prefix="$OUT/" "$OUT/corpus" >"$log" 2>&1

@@ -355,12 +355,12 @@ TEST(RelayFaultsTls, TamperedHandshakeIsCalledCorruptedNotPlaintext) {
   }
 }
 
-// Only DONE is lost (plaintext: the 8 bytes after the 8-byte ack): the
+// Only DONE is lost (plaintext: the 8 bytes after the 32-byte ack): the
 // destination has committed and exits 0; the source cannot confirm and says
 // so within its io timeout (plus 1 s per 64 MiB for the destination's
 // commit), exit 1. It never waits forever.
 TEST(RelayFaultsPlain, LostDoneIsBoundedAndSaysTheImageIsUnconfirmed) {
-  Path p(false, {"stall:down:0:8"}, {"--io-timeout", "3"});
+  Path p(false, {"stall:down:0:32"}, {"--io-timeout", "3"});
   p.Send({"--size", "16M", "--channels", "1", "--io-timeout", "3"});
   const auto t0 = Clock::now();
   const int send_rc = p.send->Wait(60s), recv_rc = p.recv->Wait(60s);

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <thread>
 
+#include "base/le.h"
 #include "base/periodic.h"
 #include "base/unique_fd.h"
 #include "tests/page_script.h"
@@ -455,10 +456,13 @@ struct RawSource {
     uint8_t buf[wire::kHelloSize];
     wire::EncodeHello(h, buf);
     ch->write_all(buf, sizeof(buf));
-    uint8_t ack[wire::kAckSize];
-    if (ch->read_all(ack, sizeof(ack))) {
-      uint32_t st = wire::DecodeU32Pair(wire::kAckMagic, ack, "ack");
-      if (ack_status) *ack_status = st;
+    uint8_t ack[wire::kHelloAckSize];
+    if (ch->read_all(ack, wire::kAckSize)) {
+      const size_t rest = wire::HelloAckRest(ack);
+      if (rest == 0 || ch->read_all(ack + wire::kAckSize, rest)) {
+        const uint32_t st = GetLe32(ack + 4);  // plain Ack and HelloAck alike
+        if (ack_status) *ack_status = st;
+      }
     }
   }
 

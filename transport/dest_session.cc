@@ -17,7 +17,8 @@ using Clock = std::chrono::steady_clock;
 // status and dropped.
 class SessionBuilder {
  public:
-  explicit SessionBuilder(const DestinationOptions& opts) : opts_(opts) {}
+  explicit SessionBuilder(const DestinationOptions& opts)
+      : opts_(opts), offer_(wire::LocalOffer(opts.capabilities_withheld, opts.capabilities_required)) {}
 
   // Validates one finished connection: it joins the session or is answered
   // with a status and dropped. Throws (after answering kNoSpace) if the
@@ -36,12 +37,51 @@ class SessionBuilder {
   void Log(const std::string& s) const {
     if (opts_.log) opts_.log(s);
   }
+  void RefuseBroken(Admitted& p) const;
+  uint32_t Fits(const wire::Hello& h) const;
 
   const DestinationOptions& opts_;
+  const wire::Offer offer_;  // what this destination offers and requires
   AcceptedSession session_;
   std::optional<wire::Hello> first_;
   size_t accepted_ = 0;
 };
+
+// Answers hello `h` (wire::EncodeHelloAnswer). A refusal is best effort,
+// like TrySendU32Pair; an acceptance that cannot be sent throws.
+void AnswerHello(Channel& ch, const wire::Hello& h, const wire::Offer& offer, uint32_t status) {
+  uint8_t ack[wire::kHelloAckSize];
+  const size_t n = wire::EncodeHelloAnswer(h, offer, status, ack);
+  try {
+    ch.write_all(ack, n);
+  } catch (const Error&) {
+    if (status == wire::kOk) throw;
+  }
+}
+
+// A connection whose handshake or hello failed: answered with a plain Ack
+// (any source version reads those) where the channel still works.
+void SessionBuilder::RefuseBroken(Admitted& p) const {
+  Log("rejected connection from " + p.peer + ": " + p.error->what());
+  if (!p.oc.channel) return;
+  const uint32_t st = p.error->code() == EPROTO                      ? wire::kRejectedVersion
+                      : p.error->kind() == ErrorKind::kIntegrity ? wire::kInvalidHello
+                                                                 : wire::kFailed;
+  TrySendU32Pair(*p.oc.channel, wire::kAckMagic, st);
+}
+
+// kOk, or why hello `h` cannot join the session the first hello fixed.
+uint32_t SessionBuilder::Fits(const wire::Hello& h) const {
+  if (!first_) return wire::kOk;
+  if (h.session != first_->session) return wire::kRejectedSession;
+  if (h.channel_count != first_->channel_count) return wire::kRejectedChannel;
+  if (h.image_size != first_->image_size || h.page_size != first_->page_size || h.digest != first_->digest ||
+      h.offered != first_->offered || h.required != first_->required) {
+    return wire::kRejectedGeometry;
+  }
+  if (session_.by_id[h.channel_id].channel) return wire::kRejectedChannel;
+  return wire::kOk;
+}
 
 void SessionBuilder::Settle(Admitted& p) {
   if (p.oc.channel) p.oc.channel->set_io_timeout(opts_.io_timeout);
@@ -53,30 +93,13 @@ void SessionBuilder::Settle(Admitted& p) {
       p.error = e;
     }
   }
-  if (p.error) {
-    Log("rejected connection from " + p.peer + ": " + p.error->what());
-    if (p.oc.channel) {
-      const uint32_t st = p.error->code() == EPROTO                      ? wire::kRejectedVersion
-                          : p.error->kind() == ErrorKind::kIntegrity ? wire::kInvalidHello
-                                                                     : wire::kFailed;
-      TrySendU32Pair(*p.oc.channel, wire::kAckMagic, st);
-    }
-    return;
-  }
-  uint32_t status = wire::kOk;
-  if (first_) {
-    if (h.session != first_->session) status = wire::kRejectedSession;
-    else if (h.channel_count != first_->channel_count) status = wire::kRejectedChannel;
-    else if (h.image_size != first_->image_size || h.page_size != first_->page_size || h.digest != first_->digest) {
-      status = wire::kRejectedGeometry;
-    }
-    else if (session_.by_id[h.channel_id].channel) status = wire::kRejectedChannel;
-  }
+  if (p.error) return RefuseBroken(p);
+  const wire::Agreement agreed = wire::Negotiate(offer_, wire::Side::kDestination, h.offer());
+  const uint32_t status = agreed.status != wire::kOk ? agreed.status : Fits(h);
   if (status != wire::kOk) {
     Log("rejected channel " + std::to_string(h.channel_id) + " from " + p.peer + " (session " +
-        wire::UuidString(h.session) + "): " + wire::StatusText(status));
-    TrySendU32Pair(*p.oc.channel, wire::kAckMagic, status);
-    return;
+        wire::UuidString(h.session) + "): " + (agreed.status ? agreed.why : wire::StatusText(status)));
+    return AnswerHello(*p.oc.channel, h, offer_, status);
   }
   if (!first_) {
     // The first valid hello fixes the session: refuse an image that
@@ -85,13 +108,13 @@ void SessionBuilder::Settle(Admitted& p) {
       const wire::Geometry g{h.image_size, h.page_size};
       CheckImageFits(opts_, h.image_size, g.padded_size());
     } catch (const Error&) {
-      TrySendU32Pair(*p.oc.channel, wire::kAckMagic, wire::kNoSpace);
+      AnswerHello(*p.oc.channel, h, offer_, wire::kNoSpace);
       throw;
     }
     first_ = h;
     session_.by_id.resize(h.channel_count);
   }
-  SendU32Pair(*p.oc.channel, wire::kAckMagic, wire::kOk);
+  AnswerHello(*p.oc.channel, h, offer_, wire::kOk);
   session_.by_id[h.channel_id] = std::move(p.oc);
   ++accepted_;
 }

@@ -111,6 +111,12 @@ struct SourceOptions {
   // Optional: wraps each opened channel before pages flow (e.g. the
   // benchmark's QEMU-style anchor, which writes one record per page).
   std::function<std::unique_ptr<Channel>(std::unique_ptr<Channel>)> wrap_channel;
+  // For tests and future use: capability bits (wire::kCap*,
+  // transport/protocol.h) this source leaves out of its hello's offer, and
+  // bits it requires on top of what it needs (its digest algorithm and
+  // zero-page packets). A bit it requires is offered whatever this says.
+  uint32_t capabilities_withheld = 0;
+  uint32_t capabilities_required = 0;
 };
 
 // Runs the source side. Throws Error on any failure (the destination then
@@ -160,6 +166,12 @@ struct DestinationOptions {
   // Called with the temporary file's path once created, "" when it is gone
   // (lets the CLI remove it on SIGINT/SIGTERM).
   std::function<void(const std::string&)> temp_file_hook;
+  // For tests and future use: capability bits (wire::kCap*,
+  // transport/protocol.h) this destination leaves out of its offer (a
+  // source that requires one is refused with kRejectedCapability, naming
+  // it), and bits it requires every source to offer (offered in any case).
+  uint32_t capabilities_withheld = 0;
+  uint32_t capabilities_required = 0;
 };
 
 // Checks that `output` can be written before anything is accepted: its

@@ -4,7 +4,9 @@
 //
 // Per channel, after TLS (or plain TCP with TLS off):
 //   source -> dest   Hello (64 bytes)
-//   dest   -> source HelloAck (8 bytes)
+//   dest   -> source HelloAck (32 bytes, magic KTMN), or a plain Ack
+//                    (8 bytes, magic KTMA: busy, unparsable hello, or a
+//                    refusal of a version-2 source)
 //   source -> dest   Packet*   (header, offsets, page data)
 //   dest   -> source Done (8 bytes, channel 0 only, after END)
 //
@@ -24,11 +26,20 @@
 
 namespace ktm::wire {
 
-// 2: the hello names the image digest algorithm; END carries that digest.
-inline constexpr uint16_t kVersion = 2;
+// Protocol versions
+//   2: the hello names the image digest algorithm; END carries that digest.
+//   3: the hello announces a version range and capability bits; the
+//      destination answers with a HelloAck saying what was chosen.
+// This build speaks kMinVersion..kMaxVersion; packets carry kVersion (the
+// only packet format so far: once there are several, the negotiated
+// version selects it).
+inline constexpr uint16_t kMinVersion = 3;
+inline constexpr uint16_t kMaxVersion = 3;
+inline constexpr uint16_t kVersion = 3;
 inline constexpr uint64_t kHelloMagic = 0x4F4C4C45484D544Bull;  // "KTMHELLO"
 inline constexpr uint32_t kPacketMagic = 0x504D544B;            // "KTMP"
 inline constexpr uint32_t kAckMagic = 0x414D544B;               // "KTMA"
+inline constexpr uint32_t kHelloAckMagic = 0x4E4D544B;          // "KTMN"
 inline constexpr uint32_t kDoneMagic = 0x444D544B;              // "KTMD"
 inline constexpr uint32_t kMaxPagesPerPacket = 1024;
 inline constexpr uint32_t kMinPageSize = 4096;
@@ -38,6 +49,7 @@ inline constexpr uint16_t kMaxChannels = 64;
 inline constexpr size_t kHelloSize = 64;
 inline constexpr size_t kHeaderSize = 40;
 inline constexpr size_t kAckSize = 8;
+inline constexpr size_t kHelloAckSize = 32;
 inline constexpr size_t kDigestSize = 32;
 
 enum PacketType : uint16_t { kPages = 1, kZero = 2, kSync = 3, kEnd = 4 };
@@ -45,15 +57,132 @@ inline constexpr uint32_t kFlagFinal = 1;
 
 using Uuid = std::array<uint8_t, 16>;
 
+// ---- Capabilities ----
+// A capability is one bit: something a peer might not implement. Each side
+// announces what it offers (can do) and what it requires (must be agreed
+// for it to go on); required bits are always offered too. The agreed set
+// is the intersection of the two offers. Rules, so that adding one later
+// (rekey, resume, ...) never breaks an older peer:
+//  - a new capability takes the next free bit, and its name goes into the
+//    table in protocol.cc; bits are never reused or renumbered;
+//  - a side only uses a feature when its bit is in the agreed set, so a
+//    peer that does not know the bit (and therefore does not offer it) just
+//    does without;
+//  - a side requires a bit only when it cannot work without it (a user's
+//    explicit choice, e.g. a digest algorithm); requiring it refuses, by
+//    name, every peer that lacks it, older peers included;
+//  - bits a side does not know are ignored in the peer's offer; a peer
+//    that requires an unknown bit is refused ("capability bit N").
+// 32 bits fit in the 64-byte hello; a version that needs more grows the
+// hello (and says so with its version range).
+enum Capability : uint32_t {
+  kCapDigestXxh3 = 1u << 0,    // image digest XXH3-128 (END, DigestAlgorithm 1)
+  kCapDigestSha256 = 1u << 1,  // image digest SHA-256 (END, DigestAlgorithm 2)
+  kCapZeroPages = 1u << 2,     // ZERO packets: all-zero pages as offsets only
+};
+// Every capability this build implements.
+inline constexpr uint32_t kKnownCaps = kCapDigestXxh3 | kCapDigestSha256 | kCapZeroPages;
+
+// "digest-xxh3", ...; "capability bit N" for a bit this build does not know.
+std::string CapabilityName(uint32_t bit);
+// Comma-separated names of the bits in `caps` ("none" for 0).
+std::string CapabilityNames(uint32_t caps);
+// The capability that stands for DigestAlgorithm `digest` (1 or 2), 0 else.
+uint32_t DigestCapability(uint16_t digest);
+
+// What one side announces: the versions it speaks, and its capabilities.
+struct Offer {
+  uint16_t min_version = kMinVersion;
+  uint16_t max_version = kMaxVersion;
+  uint32_t offered = kKnownCaps;
+  uint32_t required = 0;  // subset of offered
+};
+
+// This build's offer: every known capability but `withheld`, requiring
+// `required` (which is offered whatever `withheld` says).
+Offer LocalOffer(uint32_t withheld, uint32_t required);
+
+enum class Side { kSource, kDestination };
+
+// The outcome of a negotiation.
+struct Agreement {
+  uint32_t status = 0;     // kOk, else kRejectedVersion / kRejectedCapability / kInvalidHello
+  uint16_t version = 0;    // the highest version both speak (kOk only)
+  uint32_t caps = 0;       // offered by both (kOk only)
+  std::string why;         // refusals: a sentence naming versions or the capability
+};
+
+// Pure: what `local` (playing `local_side`) and `peer` agree on. Refuses
+// when the ranges do not overlap (the sentence names both ranges), then
+// when the source requires a capability the destination does not offer,
+// then the other way round (the sentence names the capability and the
+// lacking side's range). Both ends compute the same result, and the same
+// sentence up to "this"/"the".
+Agreement Negotiate(const Offer& local, Side local_side, const Offer& peer);
+
+// ---- Hello (source -> destination, 64 bytes) ----
+// Layout, little-endian, the same for every version >= 2 so any version
+// can read the range and refuse cleanly:
+//   0 magic "KTMHELLO" u64      8 min_version u16   10 channel_id u16
+//  12 channel_count u16        14 digest u16       16 session UUID [16]
+//  32 image_size u64           40 page_size u32    44 max_version u16
+//  46 reserved u16 (0)         48 offered caps u32 52 required caps u32
+//  56 CRC-32C of bytes 0..55   60 reserved u32 (0)
+// A version-2 hello has zeros at 44..55: it reads as range 2..2 with no
+// capabilities, and is refused (kRejectedVersion, in a plain Ack it
+// understands) naming both ranges.
 struct Hello {
-  uint16_t version = kVersion;
+  uint16_t min_version = kMinVersion;
+  uint16_t max_version = kMaxVersion;
   uint16_t channel_id = 0;
   uint16_t channel_count = 0;
   Uuid session{};
   uint64_t image_size = 0;
   uint32_t page_size = 0;
   uint16_t digest = 1;  // DigestAlgorithm (util/image_digest.h): 1 xxh3, 2 sha256
+  uint32_t offered = kKnownCaps;
+  uint32_t required = 0;
+  Offer offer() const { return {min_version, max_version, offered, required}; }
 };
+
+// ---- HelloAck (destination -> source, 32 bytes) ----
+//   0 magic "KTMN" u32   4 status u32      8 chosen version u16 (0 if refused)
+//  10 destination min_version u16         12 destination max_version u16
+//  14 reserved u16 (0)  16 agreed caps u32 (0 if refused)
+//  20 destination offered caps u32        24 destination required caps u32
+//  28 CRC-32C of bytes 0..27
+// Sent to every source whose hello parsed and announces max_version >= 3,
+// whatever the status, so a refused source can name the versions or the
+// capability itself. A plain Ack (magic KTMA + status, 8 bytes) is sent
+// instead to a version-2 source, to a hello that did not parse, and by the
+// busy responder; its first 8 bytes have the same shape as a HelloAck's, so
+// a source reads 8 bytes and then, for KTMN, the 24 more.
+struct HelloAck {
+  uint32_t status = 0;
+  uint16_t version = 0;
+  Offer destination;
+  uint32_t agreed = 0;
+};
+void EncodeHelloAck(const HelloAck& a, uint8_t out[kHelloAckSize]);
+// Throws Error(kIntegrity) on a bad magic, CRC, range or capability set.
+HelloAck DecodeHelloAck(const uint8_t in[kHelloAckSize]);
+// 24 when these first 8 acknowledgement bytes begin a HelloAck, 0 for a
+// plain Ack; throws Error(kIntegrity) for anything else.
+size_t HelloAckRest(const uint8_t first[kAckSize]);
+
+// The destination's answer to hello `h` (already decoded) with `status`:
+// a HelloAck for a version-3+ source (agreement included when kOk), a
+// plain Ack for an older one. Returns the bytes written to `out`.
+size_t EncodeHelloAnswer(const Hello& h, const Offer& destination, uint32_t status,
+                         uint8_t out[kHelloAckSize]);
+
+// The source's reading of the destination's answer: `ack` holds `len`
+// bytes (kAckSize for a plain Ack, kHelloAckSize for a HelloAck). kOk with
+// the agreement, or the refusal with a sentence: the destination's (by
+// name, from the ranges and sets it sent), or this source's own when the
+// destination agreed to less than the source requires. Throws
+// Error(kIntegrity) on a malformed answer.
+Agreement SourceVerdict(const Offer& source, const uint8_t* ack, size_t len);
 
 struct PacketHeader {
   uint16_t version = kVersion;
@@ -81,13 +210,15 @@ enum Status : uint32_t {
   kRefusedData = 10,   // DONE, sent early: the destination refused our data (invalid or forged)
   kTimedOut = 11,      // DONE, sent early: a channel made no progress within the io timeout
   kBusy = 12,          // ACK: the destination is running another migration
+  kRejectedCapability = 13,  // HELLOACK: a required capability is not offered by the other side
 };
 const char* StatusText(uint32_t s);
 
 uint32_t Crc32c(uint32_t crc, const void* data, size_t len);
 
 void EncodeHello(const Hello& h, uint8_t out[kHelloSize]);
-// Throws Error describing the first invalid field.
+// Throws Error describing the first invalid field. Does not judge the
+// version range beyond its shape (min <= max): that is Negotiate's.
 Hello DecodeHello(const uint8_t in[kHelloSize]);
 
 // Encodes the header and, right after it, the h.page_count `offsets` (host
@@ -117,6 +248,25 @@ void ValidateOffsets(const uint8_t header[kHeaderSize], const PacketHeader& h, u
 void EncodeU32Pair(uint32_t magic, uint32_t status, uint8_t out[kAckSize]);
 // Returns the status; throws if the magic is wrong.
 uint32_t DecodeU32Pair(uint32_t magic, const uint8_t in[kAckSize], const char* what);
+
+// ---- Tunnel header (transport/tunnel.h), 40 bytes ----
+// The first bytes on every tunnel connection (inside TLS, so
+// authenticated): magic "KTMTUNL1" u64, version u16 at 8, reserved u16 at
+// 10, CRC-32C of bytes 16..39 at 12, the source tunnel's session UUID at
+// 16 and the connection's sequence number u64 at 32 (the order the source
+// side accepted it). Both ends are one tunnel build: a single version,
+// refused by number when it differs.
+inline constexpr size_t kTunnelHeaderSize = 40;
+inline constexpr uint64_t kTunnelMagic = 0x314C4E55544D544Bull;  // "KTMTUNL1"
+inline constexpr uint16_t kTunnelVersion = 1;
+
+struct TunnelHeader {
+  Uuid session{};
+  uint64_t seq = 0;
+};
+void EncodeTunnelHeader(const TunnelHeader& h, uint8_t out[kTunnelHeaderSize]);
+// Throws Error(kIntegrity) on a bad magic, version or CRC.
+TunnelHeader DecodeTunnelHeader(const uint8_t in[kTunnelHeaderSize]);
 
 std::string UuidString(const Uuid& u);
 Uuid RandomUuid();

@@ -184,6 +184,7 @@ ErrorKind KindOfStatus(uint32_t st) {
     case wire::kTimedOut:
       return ErrorKind::kTimeout;
     case wire::kRejectedVersion:
+    case wire::kRejectedCapability:
     case wire::kRejectedSession:
     case wire::kRejectedChannel:
     case wire::kRejectedGeometry:
@@ -311,15 +312,26 @@ std::vector<OpenedChannel> OpenChannels(const PageSource& src, const SourceOptio
     h.image_size = src.size();
     h.page_size = src.page_size();
     h.digest = static_cast<uint16_t>(opts.digest);
+    // It cannot do without its digest algorithm, nor (yet) without ZERO packets.
+    const wire::Offer offer =
+        wire::LocalOffer(opts.capabilities_withheld,
+                         wire::DigestCapability(h.digest) | wire::kCapZeroPages | opts.capabilities_required);
+    h.offered = offer.offered;
+    h.required = offer.required;
     uint8_t buf[wire::kHelloSize];
     wire::EncodeHello(h, buf);
     chans.back().channel->write_all(buf, sizeof(buf));
-    uint8_t ack[wire::kAckSize];
+    uint8_t ack[wire::kHelloAckSize];
     ReadAck(*chans.back().channel, opts.security.tls, i, ack);
-    uint32_t st = wire::DecodeU32Pair(wire::kAckMagic, ack, "channel acknowledgement");
-    if (st != wire::kOk) {
-      throw Error(KindOfStatus(st), EPROTO,
-                  "destination refused channel " + std::to_string(i) + ": " + wire::StatusText(st));
+    const size_t rest = wire::HelloAckRest(ack);
+    if (rest && !chans.back().channel->read_all(ack + wire::kAckSize, rest)) {
+      throw Error(ErrorKind::kPeer, EPIPE,
+                  "destination closed channel " + std::to_string(i) + " in its acknowledgement");
+    }
+    const wire::Agreement agreed = wire::SourceVerdict(offer, ack, wire::kAckSize + rest);
+    if (agreed.status != wire::kOk) {
+      throw Error(KindOfStatus(agreed.status), EPROTO,
+                  "destination refused channel " + std::to_string(i) + ": " + agreed.why);
     }
   }
   if (opts.register_buffers) {

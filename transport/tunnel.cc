@@ -27,44 +27,11 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// The tunnel header, the first bytes on every tunnel connection (inside
-// TLS, so authenticated): magic "KTMTUNL1", version, CRC-32C of the rest,
-// the source tunnel's session UUID and the connection's sequence number in
-// the order the source side accepted it.
-constexpr size_t kTunnelHeaderSize = 40;
-constexpr uint64_t kTunnelMagic = 0x314C4E55544D544Bull;  // "KTMTUNL1"
-constexpr uint16_t kTunnelVersion = 1;
-
-struct TunnelHeader {
-  wire::Uuid session{};
-  uint64_t seq = 0;
-};
-
-void EncodeTunnelHeader(const TunnelHeader& h, uint8_t out[kTunnelHeaderSize]) {
-  std::memset(out, 0, kTunnelHeaderSize);
-  PutLe64(out, kTunnelMagic);
-  PutLe16(out + 8, kTunnelVersion);
-  std::memcpy(out + 16, h.session.data(), 16);
-  PutLe64(out + 32, h.seq);
-  const uint32_t crc = wire::Crc32c(0, out + 16, 24);
-  PutLe32(out + 12, crc);
-}
-
-TunnelHeader DecodeTunnelHeader(const uint8_t in[kTunnelHeaderSize]) {
-  if (GetLe64(in) != kTunnelMagic) {
-    throw Error(ErrorKind::kIntegrity, EBADMSG, "not a tls-migrate tunnel connection (bad magic)");
-  }
-  const uint16_t version = GetLe16(in + 8);
-  if (version != kTunnelVersion) {
-    throw Error(ErrorKind::kIntegrity, EPROTO, "tunnel protocol version " + std::to_string(version) + " not supported");
-  }
-  const uint32_t crc = GetLe32(in + 12);
-  if (crc != wire::Crc32c(0, in + 16, 24)) throw Error(ErrorKind::kIntegrity, EBADMSG, "tunnel header checksum mismatch");
-  TunnelHeader h;
-  std::memcpy(h.session.data(), in + 16, 16);
-  h.seq = GetLe64(in + 32);
-  return h;
-}
+// The tunnel header: its encoding lives with the other wire formats.
+using wire::DecodeTunnelHeader;
+using wire::EncodeTunnelHeader;
+using wire::kTunnelHeaderSize;
+using wire::TunnelHeader;
 
 // Writes all of [p, p+n) to a plain socket (MSG_NOSIGNAL: a vanished peer
 // is an error, not SIGPIPE). The socket's SO_SNDTIMEO is `timeout`: EAGAIN
