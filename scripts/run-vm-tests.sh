@@ -8,23 +8,58 @@
 # Fails loudly if the VM cannot boot or produces no results: it never passes
 # by skipping.
 #
-# Env: KTM_VM_XML_DIR  where to put <binary>.xml (default: a temp dir)
+# Two kernels (KTM_VM_KERNEL):
+#   6.1  Debian 12's own linux-image-amd64 from /boot + /lib/modules (default)
+#   7.3  trixie-backports' Linux 7.3, fetched once by scripts/fetch-kernel.sh
+#        into a private cache (.ko.xz modules, decompressed into the initramfs)
+# Every run ends with the guest's `uname -r` and all of /proc/net/tls_stat.
+#
+# Env: KTM_VM_KERNEL   6.1 (default) or 7.3
+#      KTM_VM_XML_DIR  where to put <binary>.xml (default: a temp dir)
 #      KTM_VM_TIMEOUT  seconds before the VM is killed (default 900)
 #      KTM_VM_ONLY     space-separated run names to run alone (default: all)
 #      KTM_VM_GTEST_ARGS  extra GoogleTest flags for each run (e.g. --gtest_repeat=5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-KVER=""
-for d in /lib/modules/*; do
-  if [ -f "$d/kernel/net/tls/tls.ko" ] && [ -f "/boot/vmlinuz-$(basename "$d")" ]; then KVER=$(basename "$d"); fi
-done
-if [ -z "$KVER" ]; then
-  echo "run-vm-tests: no kernel with tls.ko in /lib/modules + /boot (apt-get install linux-image-amd64)" >&2
-  exit 1
-fi
-KERNEL=/boot/vmlinuz-$KVER
-MODDIR=/lib/modules/$KVER/kernel
+# virtio + 9p for the shared root, tls itself, and the crypto the kernel's
+# TLS needs for gcm(aes) and rfc7539(chacha20,poly1305): without those the
+# TLS_TX setsockopt fails with ENOENT (the guest has no modprobe to load them
+# on demand). modprobe --show-depends gives the order. The list differs by
+# kernel because the crypto modules were reorganised between them.
+VM_KERNEL=${KTM_VM_KERNEL:-6.1}
+case "$VM_KERNEL" in
+  6.1)
+    KVER=""
+    for d in /lib/modules/*; do
+      if [ -f "$d/kernel/net/tls/tls.ko" ] && [ -f "/boot/vmlinuz-$(basename "$d")" ]; then KVER=$(basename "$d"); fi
+    done
+    if [ -z "$KVER" ]; then
+      echo "run-vm-tests: no kernel with tls.ko in /lib/modules + /boot (apt-get install linux-image-amd64)" >&2
+      exit 1
+    fi
+    KERNEL=/boot/vmlinuz-$KVER
+    MODBASE=/
+    WANT="virtio_pci 9pnet_virtio 9p tls gcm ctr ghash-generic ghash-clmulni-intel aesni-intel chacha20poly1305
+          chacha_generic poly1305_generic seqiv"
+    ;;
+  7.3)
+    # virtio-pci and ghash are built in; chacha20 is crypto/chacha.ko over
+    # lib/crypto's libchacha, and poly1305 is a library only.
+    KVER="" KERNEL="" MODBASE=""
+    while IFS='=' read -r k v; do
+      case "$k" in KVER) KVER=$v;; VMLINUZ) KERNEL=$v;; MODBASE) MODBASE=$v;; esac
+    done < <(bash scripts/fetch-kernel.sh)
+    if [ -z "$KVER" ] || [ ! -f "$KERNEL" ] || [ -z "$MODBASE" ]; then
+      echo "run-vm-tests: scripts/fetch-kernel.sh did not provide the 7.3 kernel" >&2
+      exit 1
+    fi
+    WANT="9pnet_virtio 9p tls gcm ctr aesni-intel chacha20poly1305 chacha seqiv"
+    ;;
+  *)
+    echo "run-vm-tests: KTM_VM_KERNEL=$VM_KERNEL: expected 6.1 or 7.3" >&2
+    exit 1;;
+esac
 
 bazel build //tests:ktls_vm_test //tests:interop_test //tests:transport_test //tests:fault_test //tests:tunnel_test //cli:tls-migrate \
   //tools:fault_relay >&2
@@ -56,18 +91,26 @@ mkdir -p "$XML_DIR"
 ROOT=$WORK/initramfs
 mkdir -p "$ROOT"/{bin,mod,proc,sys,dev,host}
 cp /bin/busybox "$ROOT/bin/busybox"
-for t in sh mount insmod ip chroot poweroff cat echo mkdir base64 sleep; do ln -s busybox "$ROOT/bin/$t"; done
-# virtio + 9p for the shared root, tls itself, and the crypto the kernel's
-# TLS needs for gcm(aes) and rfc7539(chacha20,poly1305): without those the
-# TLS_TX setsockopt fails with ENOENT (the guest has no modprobe to load them
-# on demand). modprobe --show-depends gives the order.
-WANT="virtio_pci 9pnet_virtio 9p tls gcm ctr ghash-generic ghash-clmulni-intel aesni-intel chacha20poly1305
-      chacha_generic poly1305_generic seqiv"
+for t in sh mount insmod ip chroot poweroff cat echo mkdir base64 sleep uname; do ln -s busybox "$ROOT/bin/$t"; done
+# A module the list names but the kernel lacks would surface much later as
+# ENOENT from setsockopt(TLS_TX): refuse here instead.
+DEPS=$WORK/deps
+for m in $WANT; do
+  if ! modprobe -d "$MODBASE" -S "$KVER" --show-depends "$m" >>"$DEPS"; then
+    echo "run-vm-tests: module $m not found for $KVER" >&2
+    exit 1
+  fi
+done
 ORDER=""
-for ko in $(for m in $WANT; do modprobe -S "$KVER" --show-depends "$m" | awk '$1 == "insmod" {print $2}'; done | awk '!seen[$0]++'); do
-  case "$ko" in *.ko) ;; *) echo "run-vm-tests: compressed module $ko not supported" >&2; exit 1;; esac
-  cp "$ko" "$ROOT/mod/"
-  ORDER="$ORDER $(basename "$ko" .ko)"
+# busybox insmod takes plain .ko files only: compressed ones are unpacked.
+for ko in $(awk '$1 == "insmod" && !seen[$2]++ {print $2}' "$DEPS"); do
+  case "$ko" in
+    *.ko) base=$(basename "$ko" .ko); cp "$ko" "$ROOT/mod/$base.ko";;
+    *.ko.xz) base=$(basename "$ko" .ko.xz); xz -dc "$ko" >"$ROOT/mod/$base.ko";;
+    *.ko.zst) base=$(basename "$ko" .ko.zst); zstd -qdc "$ko" >"$ROOT/mod/$base.ko";;
+    *) echo "run-vm-tests: module $ko: unknown compression" >&2; exit 1;;
+  esac
+  ORDER="$ORDER $base"
 done
 
 {
@@ -99,14 +142,15 @@ done
     echo "base64 /host/tmp/$name.xml"
     echo "echo KTM-VM-XML-END"
   done
-  echo 'echo "KTM-VM: tls_stat at the end:"; cat /proc/net/tls_stat'
+  # Between markers, for the host's summary below.
+  echo 'echo "KTM-VM-END kernel $(uname -r)"; cat /proc/net/tls_stat; echo KTM-VM-END-STAT'
   echo 'poweroff -f'
 } > "$ROOT/init"
 chmod +x "$ROOT/init"
 (cd "$ROOT" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initramfs.gz"
 
 LOG=$WORK/console.log
-echo "run-vm-tests: booting $KERNEL under QEMU TCG (this takes a minute or two)" >&2
+echo "run-vm-tests: booting $KERNEL ($VM_KERNEL) under QEMU TCG (this takes a minute or two)" >&2
 set +e
 timeout "${KTM_VM_TIMEOUT:-900}" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2048 \
   -nographic -no-reboot -monitor none -serial stdio \
@@ -117,13 +161,29 @@ timeout "${KTM_VM_TIMEOUT:-900}" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -
 qrc=$?
 set -e
 tr -d '\r' <"$LOG" >"$LOG.clean"
+
+# The last lines of every run: which kernel ran (as the guest saw it) and all
+# of its kTLS counters, rekey ones included where the kernel has them.
+print_kernel_summary() {
+  local k
+  k=$(sed -n 's/^KTM-VM-END kernel //p' "$LOG.clean" | head -n 1)
+  if [ -z "$k" ]; then
+    echo "run-vm-tests: the VM did not reach its end (no kernel/tls_stat summary; qemu exit $qrc)" >&2
+    return
+  fi
+  echo "run-vm-tests: kernel $k (KTM_VM_KERNEL=$VM_KERNEL), /proc/net/tls_stat at the end:"
+  sed -n '/^KTM-VM-END kernel /,/^KTM-VM-END-STAT$/p' "$LOG.clean" | sed '1d;$d' | sed 's/^/  /'
+}
+
 if [ "${KTM_VM_DEMO:-0}" = 1 ] || [ "${KTM_VM_BENCH:-0}" = 1 ]; then
-  grep -v '^\s*$' "$LOG.clean" | sed -n '/tls-migrate \(demo\|bench\):/,$p' | grep -v 'reboot: Power down'
+  grep -v '^\s*$' "$LOG.clean" | sed -n '/tls-migrate \(demo\|bench\):/,$p' | sed '/^KTM-VM-END kernel /,$d'
+  print_kernel_summary
   grep -q '^KTM-VM-RC 0$' "$LOG.clean"
   exit $?
 fi
 # Show the guest's own words (not the XML) so a failure can be read.
-sed -n '/KTM-VM-XML-BEGIN/,/KTM-VM-XML-END/!p' "$LOG.clean" | grep -v '^\s*$' | tail -n 200
+sed -n '/KTM-VM-XML-BEGIN/,/KTM-VM-XML-END/!p' "$LOG.clean" | sed '/^KTM-VM-END kernel /,$d' | grep -v '^\s*$' | tail -n 200
+print_kernel_summary
 status=0
 for r in "${RUNS[@]}"; do
   name=${r%%|*}
