@@ -101,7 +101,7 @@ fi
 # kTLS needs a kernel with CONFIG_TLS; the build machines have none, so a
 # VM with Debian's kernel runs those tests (scripts/run-vm-tests.sh).
 if [ "${KTM_SKIP_VM:-0}" != 1 ]; then
-  run_external "kTLS VM" KTM_VM_XML_DIR bash scripts/run-vm-tests.sh
+  run_external "kTLS VM (Linux ${KTM_VM_KERNEL:-6.1})" KTM_VM_XML_DIR bash scripts/run-vm-tests.sh
 fi
 
 # The library as a package: staged make install, the C example built with

@@ -30,6 +30,15 @@ SocketOptions Uring() {
   return o;
 }
 
+// Small socket buffers on an io_uring pair, so a large write leaves
+// requests in flight until the peer reads.
+void ShrinkBuffers(testing::Pair& p) {
+  ASSERT_EQ(p.client->backend(), SendBackend::kIoUring) << p.client->backend_reason();
+  const int small = 64 << 10;
+  ASSERT_EQ(setsockopt(p.client->fd(), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+  ASSERT_EQ(setsockopt(p.server->fd(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+}
+
 void TransferAndCheck(bool registered, size_t size) {
   Mapping m(size);
   FillPattern(m.data(), size, registered ? 21 : 22);
@@ -141,10 +150,7 @@ TEST(Uring, FlushBlocksWhilePeerStalledAndReleasedMeansDone) {
 // behaviour) would block in the write until the peer read.
 TEST(Uring, BlockingWriteReturnsWithSeveralSendsInFlight) {
   auto p = ConnectedPair("127.0.0.1:0", Uring());
-  ASSERT_EQ(p.client->backend(), SendBackend::kIoUring) << p.client->backend_reason();
-  const int small = 64 << 10;
-  ASSERT_EQ(setsockopt(p.client->fd(), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
-  ASSERT_EQ(setsockopt(p.server->fd(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+  ASSERT_NO_FATAL_FAILURE(ShrinkBuffers(p));
   Mapping m(4u << 20);
   FillPattern(m.data(), m.size(), 41);
   const Sha256::Digest want = Sha256::Of(m.data(), m.size());
@@ -192,10 +198,7 @@ TEST(Uring, BlockingWriteReturnsWithSeveralSendsInFlight) {
 // FIN queued before the chain's bytes would cut the stream short.
 TEST(Uring, ShutdownWaitsForTheChainInFlightAlsoWhenNonBlocking) {
   auto p = ConnectedPair("127.0.0.1:0", Uring());
-  ASSERT_EQ(p.client->backend(), SendBackend::kIoUring) << p.client->backend_reason();
-  const int small = 64 << 10;
-  ASSERT_EQ(setsockopt(p.client->fd(), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
-  ASSERT_EQ(setsockopt(p.server->fd(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+  ASSERT_NO_FATAL_FAILURE(ShrinkBuffers(p));
   Mapping m(8u << 20);
   FillPattern(m.data(), m.size(), 47);
   const Sha256::Digest want = Sha256::Of(m.data(), m.size());
