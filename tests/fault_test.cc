@@ -213,8 +213,8 @@ TEST_P(RelayFaults, FlippedOrDuplicatedByteIsExit4OnBothEndsWithOneChannel) {
 }
 
 // The input shrinks while it is being sent: the source has read a snapshot
-// (no SIGBUS), notices at switch-over and exits 5 naming the file; the
-// destination sees the source go away before the end and keeps nothing.
+// (no SIGBUS), notices at switch-over and exits 5 naming the file; it
+// tells the destination why (ABORT), which exits 5 too and keeps nothing.
 TEST_P(RelayFaults, InputShrinkingDuringTheMigrationIsExit5) {
   Dir in;
   const std::string input = in.path + "/guest.img", resume = in.path + "/go";
@@ -232,15 +232,18 @@ TEST_P(RelayFaults, InputShrinkingDuringTheMigrationIsExit5) {
   const int send_rc = p.send->Wait(60s), recv_rc = p.recv->Wait(60s);
   EXPECT_EQ(send_rc, 5) << p.Outputs();
   EXPECT_TRUE(Has(p.send->output(), "changed during the migration (size ")) << p.Outputs();
-  EXPECT_EQ(recv_rc, 1) << p.Outputs();
+  // The source said why before it closed (ABORT): the same exit code.
+  EXPECT_EQ(recv_rc, 5) << p.Outputs();
+  EXPECT_TRUE(Has(p.recv->output(), "the source gave up: input " + input + " changed during the migration"))
+      << p.Outputs();
   p.ExpectNothingLeft();
 }
 
 // The input is rewritten in place (same size: only its middle changes)
 // while the migration runs. What was sent is neither the old nor the new
 // file as a whole, so the source must not let it be committed: exit 5
-// naming the file, before END; the destination sees the source go away
-// before the end and keeps nothing.
+// naming the file, before END; the destination hears why (ABORT), exits 5
+// too and keeps nothing.
 TEST_P(RelayFaults, InputRewrittenInPlaceIsExit5AndNotCommitted) {
   Dir in;
   const std::string input = in.path + "/guest.img", resume = in.path + "/go";
@@ -268,7 +271,9 @@ TEST_P(RelayFaults, InputRewrittenInPlaceIsExit5AndNotCommitted) {
   const int send_rc = p.send->Wait(60s), recv_rc = p.recv->Wait(60s);
   EXPECT_EQ(send_rc, 5) << p.Outputs();
   EXPECT_TRUE(Has(p.send->output(), input) && Has(p.send->output(), "changed during the migration")) << p.Outputs();
-  EXPECT_EQ(recv_rc, 1) << p.Outputs();
+  EXPECT_EQ(recv_rc, 5) << p.Outputs();
+  EXPECT_TRUE(Has(p.recv->output(), "the source gave up: input " + input + " changed during the migration"))
+      << p.Outputs();
   EXPECT_FALSE(Has(p.recv->output(), "verified")) << p.Outputs();
   p.ExpectNothingLeft();
 }

@@ -101,13 +101,13 @@ TEST(Negotiate, UnknownBitsAreIgnoredUnlessRequired) {
 }
 
 TEST(Negotiate, CapabilityNames) {
-  EXPECT_EQ(wire::CapabilityNames(wire::kKnownCaps), "digest-xxh3, digest-sha256, zero-pages");
+  EXPECT_EQ(wire::CapabilityNames(wire::kKnownCaps), "digest-xxh3, digest-sha256, zero-pages, abort-reason");
   EXPECT_EQ(wire::CapabilityNames(0), "none");
   EXPECT_EQ(wire::DigestCapability(1), wire::kCapDigestXxh3);
   EXPECT_EQ(wire::DigestCapability(2), wire::kCapDigestSha256);
   EXPECT_EQ(wire::DigestCapability(3), 0u);
   const Offer o = wire::LocalOffer(wire::kCapDigestSha256 | wire::kCapZeroPages, wire::kCapZeroPages);
-  EXPECT_EQ(o.offered, wire::kCapDigestXxh3 | wire::kCapZeroPages);  // a required bit stays offered
+  EXPECT_EQ(o.offered, wire::kCapDigestXxh3 | wire::kCapZeroPages | wire::kCapAbortReason);  // required stays offered
   EXPECT_EQ(o.required, wire::kCapZeroPages);
 }
 
@@ -210,7 +210,7 @@ TEST(HelloAck, SourceReadsTheAgreement) {
   const Agreement a = wire::SourceVerdict(src, ack, sizeof(ack));
   EXPECT_EQ(a.status, wire::kOk) << a.why;
   EXPECT_EQ(a.version, 3);
-  EXPECT_EQ(a.caps, wire::kCapDigestXxh3 | wire::kCapDigestSha256);
+  EXPECT_EQ(a.caps, wire::kCapDigestXxh3 | wire::kCapDigestSha256 | wire::kCapAbortReason);
 }
 
 TEST(HelloAck, SourceNamesTheDestinationsRefusal) {
@@ -285,12 +285,29 @@ TEST(TunnelHeader, RoundTripsAndRejectsTampering) {
   EXPECT_THROW(wire::DecodeTunnelHeader(bad), Error);
 }
 
+TEST(Abort, PayloadRoundTripsAndRejectsLiesAndEscapes) {
+  uint8_t buf[wire::kMaxAbortPayload];
+  wire::AbortNote a;
+  a.kind = wire::kAbortLocalIo;
+  a.reason = "input changed\x1b[2J";
+  const size_t n = wire::EncodeAbortPayload(a, buf);
+  ASSERT_EQ(n, 8 + a.reason.size());
+  const wire::AbortNote b = wire::DecodeAbortPayload(buf, n);
+  EXPECT_EQ(b.kind, wire::kAbortLocalIo);
+  EXPECT_EQ(b.reason, "input changed?[2J");  // no terminal escape from the wire
+  EXPECT_THROW(wire::DecodeAbortPayload(buf, n - 1), Error);  // length disagrees
+  buf[0] = 9;
+  EXPECT_THROW(wire::DecodeAbortPayload(buf, n), Error);  // unknown kind
+  a.reason.assign(4000, 'x');
+  EXPECT_EQ(wire::EncodeAbortPayload(a, buf), wire::kMaxAbortPayload);  // cut, never overflows
+}
+
 // ---- end to end, over loopback sockets ----
 
 struct Outcome {
   MigrationReport src;
   std::string src_error, dst_error;
-  ErrorKind src_kind = ErrorKind::kInternal;
+  ErrorKind src_kind = ErrorKind::kInternal, dst_kind = ErrorKind::kInternal;
   std::vector<std::string> logs;
   std::vector<uint8_t> received;
 };
@@ -314,6 +331,9 @@ Outcome Migrate(PageSource& img, DigestAlgorithm digest, const std::function<voi
     if (tweak_dst) tweak_dst(d);
     try {
       RunDestination(l, d);
+    } catch (const Error& e) {
+      o.dst_error = e.what();
+      o.dst_kind = e.kind();
     } catch (const std::exception& e) {
       o.dst_error = e.what();
     }
@@ -370,6 +390,49 @@ TEST(Negotiation, SourceWithoutAnOptionalCapabilityStillMigrates) {
   ASSERT_EQ(o.src_error, "");
   ASSERT_EQ(o.dst_error, "");
   EXPECT_EQ(std::memcmp(o.received.data(), img->data(), img->size()), 0);
+}
+
+// An image whose source refuses to vouch for it at switch-over, as when
+// the input file changed during the migration.
+class RefusingImage final : public PageSource {
+ public:
+  explicit RefusingImage(PageSource& inner) : inner_(inner) {}
+  const uint8_t* data() const override { return inner_.data(); }
+  uint64_t size() const override { return inner_.size(); }
+  uint32_t page_size() const override { return inner_.page_size(); }
+  void CollectDirty(std::vector<uint64_t>& pages) override { inner_.CollectDirty(pages); }
+  void Validate() const override {
+    throw Error(ErrorKind::kLocalIo, EIO, "input /tmp/guest.img changed during the migration (new mtime)");
+  }
+
+ private:
+  PageSource& inner_;
+};
+
+// abort-reason agreed: the source says why it gives up, and the
+// destination fails with the same kind of error (both exit 5), not as if
+// the source had vanished.
+TEST(Negotiation, SourceThatGivesUpTellsTheDestinationWhy) {
+  auto img = Image();
+  RefusingImage refusing(*img);
+  Outcome o = Migrate(refusing, DigestAlgorithm::kXxh3, nullptr, nullptr);
+  EXPECT_EQ(o.src_kind, ErrorKind::kLocalIo) << o.src_error;
+  EXPECT_EQ(o.dst_kind, ErrorKind::kLocalIo) << o.dst_error;
+  EXPECT_NE(o.dst_error.find("the source gave up: input /tmp/guest.img changed during the migration (new mtime)"),
+            std::string::npos)
+      << o.dst_error;
+}
+
+// A destination without abort-reason (an older build) is never sent ABORT:
+// it sees the source go away, as before.
+TEST(Negotiation, DestinationWithoutAbortReasonSeesAVanishedSource) {
+  auto img = Image();
+  RefusingImage refusing(*img);
+  Outcome o = Migrate(refusing, DigestAlgorithm::kXxh3, nullptr,
+                      [](DestinationOptions& d) { d.capabilities_withheld = wire::kCapAbortReason; });
+  EXPECT_EQ(o.src_kind, ErrorKind::kLocalIo) << o.src_error;
+  EXPECT_EQ(o.dst_kind, ErrorKind::kPeer) << o.dst_error;
+  EXPECT_EQ(o.dst_error.find("gave up"), std::string::npos) << o.dst_error;
 }
 
 TEST(Negotiation, SourceRequiringWhatTheDestinationLacksIsRefusedByName) {

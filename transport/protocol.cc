@@ -68,6 +68,7 @@ constexpr CapabilityEntry kCapabilityNames[] = {
     {kCapDigestXxh3, "digest-xxh3"},
     {kCapDigestSha256, "digest-sha256"},
     {kCapZeroPages, "zero-pages"},
+    {kCapAbortReason, "abort-reason"},
 };
 
 std::string RangeText(const Offer& o) { return std::to_string(o.min_version) + ".." + std::to_string(o.max_version); }
@@ -255,6 +256,11 @@ PacketHeader DecodeHeader(const uint8_t in[kHeaderSize], const Geometry& g) {
       break;
     case kEnd:
       if (h.page_count != 0 || h.payload_len != kDigestSize || h.flags != 0) Bad("malformed END");
+      break;
+    case kAbort:
+      if (h.page_count != 0 || h.payload_len < 8 || h.payload_len > kMaxAbortPayload || h.flags != 0) {
+        Bad("malformed ABORT");
+      }
       break;
     default:
       Bad("unknown type " + std::to_string(h.type));
@@ -444,6 +450,31 @@ Uuid RandomUuid() {
   u[6] = (u[6] & 0x0F) | 0x40;
   u[8] = (u[8] & 0x3F) | 0x80;
   return u;
+}
+
+size_t EncodeAbortPayload(const AbortNote& a, uint8_t* out) {
+  const size_t n = std::min(a.reason.size(), kMaxAbortReason);
+  PutLe32(out, a.kind);
+  PutLe32(out + 4, static_cast<uint32_t>(n));
+  std::memcpy(out + 8, a.reason.data(), n);
+  return 8 + n;
+}
+
+AbortNote DecodeAbortPayload(const uint8_t* in, size_t len) {
+  if (len < 8 || len > kMaxAbortPayload) throw Error(ErrorKind::kIntegrity, EBADMSG, "ABORT payload of " + std::to_string(len) + " bytes");
+  AbortNote a;
+  a.kind = GetLe32(in);
+  const uint32_t n = GetLe32(in + 4);
+  if (n != len - 8) throw Error(ErrorKind::kIntegrity, EBADMSG, "ABORT reason length disagrees with its packet");
+  if (a.kind < kAbortUsage || a.kind > kAbortInternal) {
+    throw Error(ErrorKind::kIntegrity, EBADMSG, "ABORT of unknown kind " + std::to_string(a.kind));
+  }
+  a.reason.reserve(n);
+  for (uint32_t i = 0; i < n; ++i) {
+    const char c = static_cast<char>(in[8 + i]);
+    a.reason.push_back(c >= 0x20 && c < 0x7f ? c : '?');  // never a terminal escape from the wire
+  }
+  return a;
 }
 
 }  // namespace ktm::wire

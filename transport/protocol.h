@@ -17,6 +17,8 @@
 //          the last one)
 //   END:   channel 0 only, after the final barrier: the 32-byte image digest
 //          (util/image_digest.h, the hello's algorithm) at switch-over
+//   ABORT: instead of END, when abort-reason was agreed: why the source
+//          gives up (see below); the destination fails with that kind
 #pragma once
 
 #include <array>
@@ -52,7 +54,7 @@ inline constexpr size_t kAckSize = 8;
 inline constexpr size_t kHelloAckSize = 32;
 inline constexpr size_t kDigestSize = 32;
 
-enum PacketType : uint16_t { kPages = 1, kZero = 2, kSync = 3, kEnd = 4 };
+enum PacketType : uint16_t { kPages = 1, kZero = 2, kSync = 3, kEnd = 4, kAbort = 5 };
 inline constexpr uint32_t kFlagFinal = 1;
 
 using Uuid = std::array<uint8_t, 16>;
@@ -79,9 +81,10 @@ enum Capability : uint32_t {
   kCapDigestXxh3 = 1u << 0,    // image digest XXH3-128 (END, DigestAlgorithm 1)
   kCapDigestSha256 = 1u << 1,  // image digest SHA-256 (END, DigestAlgorithm 2)
   kCapZeroPages = 1u << 2,     // ZERO packets: all-zero pages as offsets only
+  kCapAbortReason = 1u << 3,   // ABORT packets: the source says why it gives up
 };
 // Every capability this build implements.
-inline constexpr uint32_t kKnownCaps = kCapDigestXxh3 | kCapDigestSha256 | kCapZeroPages;
+inline constexpr uint32_t kKnownCaps = kCapDigestXxh3 | kCapDigestSha256 | kCapZeroPages | kCapAbortReason;
 
 // "digest-xxh3", ...; "capability bit N" for a bit this build does not know.
 std::string CapabilityName(uint32_t bit);
@@ -194,6 +197,29 @@ struct PacketHeader {
   uint32_t flags = 0;
   uint32_t payload_len = 0;  // END: kDigestSize; others: 0 (pages are implied)
 };
+
+// ---- ABORT (source -> destination, any channel, capability
+// abort-reason) ----
+// The source gives up for a reason of its own (its input changed, a local
+// failure) and says so before it closes, so the destination fails with
+// the same kind of error, and both ends exit with the same code, instead
+// of reading a vanished peer. Header: type kAbort, page_count 0, flags 0,
+// payload_len 8 + n. Payload: u32 kind (AbortKind), u32 n, n bytes of
+// reason (ASCII; the destination prints it with control bytes replaced).
+// A source sends it only when abort-reason was agreed.
+enum AbortKind : uint32_t { kAbortUsage = 1, kAbortLocalIo = 2, kAbortInternal = 3 };
+inline constexpr size_t kMaxAbortReason = 480;
+inline constexpr size_t kMaxAbortPayload = 8 + kMaxAbortReason;
+
+struct AbortNote {
+  uint32_t kind = kAbortInternal;
+  std::string reason;
+};
+// Writes the payload (reason cut to kMaxAbortReason) to `out` (at least
+// kMaxAbortPayload bytes); returns its length.
+size_t EncodeAbortPayload(const AbortNote& a, uint8_t* out);
+// Throws Error(kIntegrity) when the lengths disagree or the kind is unknown.
+AbortNote DecodeAbortPayload(const uint8_t* in, size_t len);
 
 // Ack/Done status codes.
 enum Status : uint32_t {

@@ -75,6 +75,7 @@ class ChannelReceiver {
   void MemoryPages(const wire::PacketHeader& h);
   bool OnSync(const wire::PacketHeader& h);  // false: another channel failed
   void OnEnd();
+  [[noreturn]] void OnAbort(const wire::PacketHeader& h);
 
   Error Invalid(const std::string& what) const {
     return Error(ErrorKind::kIntegrity, EBADMSG, ch_.who() + "invalid packet: " + what);
@@ -144,6 +145,8 @@ void ChannelReceiver::Run() {
       case wire::kEnd:
         OnEnd();
         return;
+      case wire::kAbort:
+        OnAbort(h);
     }
   }
 }
@@ -260,11 +263,30 @@ void ChannelReceiver::OnEnd() {
   r_.end_digest = d;
 }
 
+// The source gave up and said why: fail with its kind of error (so both
+// ends exit with the same code), not as a vanished peer.
+void ChannelReceiver::OnAbort(const wire::PacketHeader& h) {
+  uint8_t payload[wire::kMaxAbortPayload];
+  if (!ch_.Read(payload, h.payload_len)) throw Error(ErrorKind::kPeer, EPIPE, ch_.who() + "stream ended inside ABORT");
+  wire::AbortNote note;
+  try {
+    note = wire::DecodeAbortPayload(payload, h.payload_len);
+  } catch (const Error& e) {
+    throw e.WithContext(ch_.who());
+  }
+  const ErrorKind kind = note.kind == wire::kAbortLocalIo ? ErrorKind::kLocalIo
+                         : note.kind == wire::kAbortUsage ? ErrorKind::kUsage
+                                                          : ErrorKind::kInternal;
+  throw Error(kind, ECANCELED,
+              "the source gave up: " + note.reason + " (the image is incomplete and was discarded)");
+}
+
 // The DONE status that tells the source why the destination failed;
 // kFailed: none that the source would read.
 uint32_t DoneStatusFor(const std::exception& e) {
   const auto* ke = dynamic_cast<const Error*>(&e);
   const ErrorKind kind = ke ? ke->kind() : ErrorKind::kInternal;
+  if (ke && ke->code() == ECANCELED) return wire::kFailed;  // the source's own ABORT
   return kind == ErrorKind::kIntegrity ? wire::kRefusedData
          : kind == ErrorKind::kLocalIo ? wire::kCommitFailed
          : kind == ErrorKind::kTimeout ? wire::kTimedOut

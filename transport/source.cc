@@ -77,6 +77,17 @@ class ChannelSender {
     SendControl(h, digest.data(), digest.size());
   }
 
+  // The source gives up: tells the destination why (capability
+  // abort-reason), so it fails with the same kind of error.
+  void Abort(const wire::AbortNote& note) {
+    uint8_t payload[wire::kMaxAbortPayload];
+    wire::PacketHeader h;
+    h.type = wire::kAbort;
+    h.iteration = iteration_;
+    h.payload_len = static_cast<uint32_t>(wire::EncodeAbortPayload(note, payload));
+    SendControl(h, payload, h.payload_len);
+  }
+
   uint64_t pages() const { return pages_; }
   uint64_t zero_pages() const { return zero_pages_; }
   uint64_t data_bytes() const { return data_bytes_; }
@@ -148,7 +159,7 @@ class ChannelSender {
   }
 
   void SendControl(wire::PacketHeader& h, const uint8_t* payload, size_t len) {
-    uint8_t buf[wire::kHeaderSize + wire::kDigestSize];
+    uint8_t buf[wire::kHeaderSize + std::max(wire::kDigestSize, wire::kMaxAbortPayload)];
     h.packet_num = packet_num_++;
     h.page_size = src_.page_size();
     h.page_count = 0;
@@ -300,7 +311,10 @@ void ReadAck(Channel& ch, bool tls, int i, uint8_t ack[wire::kAckSize]) {
 
 // Phase 1: connect and introduce every channel before any page moves, so a
 // bad certificate or a refusing destination stops the migration up front.
-std::vector<OpenedChannel> OpenChannels(const PageSource& src, const SourceOptions& opts, const wire::Uuid& uuid) {
+// `agreed_caps`: the capabilities agreed with the destination (the same on
+// every channel: one destination, one session).
+std::vector<OpenedChannel> OpenChannels(const PageSource& src, const SourceOptions& opts, const wire::Uuid& uuid,
+                                        uint32_t& agreed_caps) {
   std::vector<OpenedChannel> chans;
   for (int i = 0; i < opts.channels; ++i) {
     chans.push_back(OpenClientChannel(opts.address, opts.security, opts.connect_timeout));
@@ -333,6 +347,7 @@ std::vector<OpenedChannel> OpenChannels(const PageSource& src, const SourceOptio
       throw Error(KindOfStatus(agreed.status), EPROTO,
                   "destination refused channel " + std::to_string(i) + ": " + agreed.why);
     }
+    agreed_caps = agreed.caps;
   }
   if (opts.register_buffers) {
     const uint64_t padded = src.page_count() * src.page_size();
@@ -527,10 +542,34 @@ void StreamIterations(PageSource& src, const SourceOptions& opts, std::vector<Op
 // Phase 3: switch-over. The image is frozen and every page is out; its
 // digest (over the page digests kept while sending) is what the
 // destination must hold. END on channel 0, then wait for DONE.
+// The source's own failure before END: where the destination understands
+// ABORT, tell it why on channel 0 (best effort, through that channel's
+// worker: the workers are idle after the final pass), then fail.
+[[noreturn]] void AbortMigration(const Error& e, uint32_t agreed_caps, ChannelSender& sender0,
+                                 ChannelWorkers& workers) {
+  if (agreed_caps & wire::kCapAbortReason) {
+    wire::AbortNote note;
+    note.kind = e.kind() == ErrorKind::kLocalIo ? wire::kAbortLocalIo
+                : e.kind() == ErrorKind::kUsage ? wire::kAbortUsage
+                                                : wire::kAbortInternal;
+    note.reason = e.what();
+    try {
+      workers.Call(0, [&] { sender0.Abort(note); }).get();
+    } catch (const std::exception&) {
+      // The destination learns of the end anyway, as a vanished source.
+    }
+  }
+  throw e;
+}
+
 std::string SwitchOver(const PageSource& src, const SourceOptions& opts, std::vector<OpenedChannel>& chans,
                        ChannelSender& sender0, ChannelWorkers& workers, const PageDigests& digests,
-                       SwitchTimes& times) {
-  src.Validate();
+                       SwitchTimes& times, uint32_t agreed_caps) {
+  try {
+    src.Validate();
+  } catch (const Error& e) {
+    AbortMigration(e, agreed_caps, sender0, workers);
+  }
   const ImageHash digest = digests.Final();
   Channel& ch0 = *chans[0].channel;
   // Channel 0's worker writes END (its errors come back here, as they
@@ -612,7 +651,8 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
   PhaseClock phases;
   phases.Begin("setup");
 
-  std::vector<OpenedChannel> chans = OpenChannels(src, opts, uuid);
+  uint32_t agreed_caps = 0;
+  std::vector<OpenedChannel> chans = OpenChannels(src, opts, uuid, agreed_caps);
   PageDigests digests(opts.digest, src.size(), src.page_size());
   std::vector<std::unique_ptr<ChannelSender>> senders;
   for (auto& c : chans) {
@@ -638,7 +678,7 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
   rep.transfer_seconds = std::chrono::duration<double>(Clock::now() - transfer_start).count();
   if (!src.live()) phases.Begin("switch-over");
   try {
-    rep.digest = SwitchOver(src, opts, chans, *senders[0], workers, digests, times);
+    rep.digest = SwitchOver(src, opts, chans, *senders[0], workers, digests, times, agreed_caps);
   } catch (const Error& e) {
     if (e.kind() == ErrorKind::kPeer) ThrowDestinationVerdict(chans, e, VerdictBound(opts));
     throw;

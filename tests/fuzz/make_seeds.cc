@@ -66,5 +66,15 @@ int main(int argc, char** argv) {
   uint8_t pkt[kHeaderSize + 16];
   EncodeHeader(p, offsets, pkt);
   Write(dir, "zero", 0, pkt, sizeof(pkt));
+  AbortNote note;
+  note.kind = kAbortLocalIo;
+  note.reason = "input changed during the migration";
+  uint8_t abort_pkt[kHeaderSize + kMaxAbortPayload];
+  PacketHeader ap;
+  ap.type = kAbort;
+  ap.page_size = 4096;
+  ap.payload_len = static_cast<uint32_t>(EncodeAbortPayload(note, abort_pkt + kHeaderSize));
+  EncodeHeader(ap, nullptr, abort_pkt);
+  Write(dir, "abort", 0, abort_pkt, kHeaderSize + ap.payload_len);
   return 0;
 }

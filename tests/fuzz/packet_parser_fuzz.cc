@@ -1,6 +1,6 @@
 // libFuzzer target: the parsing of untrusted bytes on both ends (channel
 // hello and its negotiation, the hello acknowledgement as the source reads
-// it, packet header, offsets, tunnel header). Anything may be rejected with
+// it, packet header, offsets, ABORT's reason, tunnel header). Anything may be rejected with
 // ktm::Error; nothing may crash, and whatever is accepted must satisfy the
 // invariants the code after it relies on.
 #include <cstdint>
@@ -70,6 +70,15 @@ void FuzzPacket(const uint8_t* data, size_t size) {
   const Geometry g{(1u << 20) + 123, 4096};
   PacketHeader h = DecodeHeader(data, g);
   Check(h.page_count <= kMaxPagesPerPacket);
+  if (h.type == kAbort) {
+    // The receiver reads payload_len bytes into a kMaxAbortPayload buffer.
+    Check(h.payload_len >= 8 && h.payload_len <= kMaxAbortPayload);
+    if (size - kHeaderSize < h.payload_len) return;
+    const AbortNote a = DecodeAbortPayload(data + kHeaderSize, h.payload_len);
+    Check(a.kind >= kAbortUsage && a.kind <= kAbortInternal && a.reason.size() == h.payload_len - 8);
+    for (char c : a.reason) Check(c >= 0x20 && c < 0x7f);
+    return;
+  }
   if (h.type != kPages && h.type != kZero) return;
   const size_t need = size_t{h.page_count} * 8;
   if (size - kHeaderSize < need) return;
