@@ -212,18 +212,27 @@ TEST_P(RelayFaults, FlippedOrDuplicatedByteIsExit4OnBothEndsWithOneChannel) {
   }
 }
 
+// A 32 MiB input file with a pattern (no zero pages).
+void WriteInput32M(const std::string& input) {
+  std::ofstream f(input, std::ios::binary);
+  std::vector<char> chunk(1 << 20);
+  for (size_t i = 0; i < chunk.size(); ++i) chunk[i] = static_cast<char>(i * 7 + 1);
+  for (int i = 0; i < 32; ++i) f.write(chunk.data(), chunk.size());
+}
+
+// The source gave up on its changed input and told the destination why.
+void ExpectDestinationHeardWhy(Path& p, const std::string& input) {
+  EXPECT_TRUE(Has(p.recv->output(), "the source gave up: input " + input + " changed during the migration"))
+      << p.Outputs();
+}
+
 // The input shrinks while it is being sent: the source has read a snapshot
 // (no SIGBUS), notices at switch-over and exits 5 naming the file; it
 // tells the destination why (ABORT), which exits 5 too and keeps nothing.
 TEST_P(RelayFaults, InputShrinkingDuringTheMigrationIsExit5) {
   Dir in;
   const std::string input = in.path + "/guest.img", resume = in.path + "/go";
-  {
-    std::ofstream f(input, std::ios::binary);
-    std::vector<char> chunk(1 << 20);
-    for (size_t i = 0; i < chunk.size(); ++i) chunk[i] = static_cast<char>(i * 7 + 1);
-    for (int i = 0; i < 32; ++i) f.write(chunk.data(), chunk.size());
-  }
+  WriteInput32M(input);
   Path p(GetParam(), {"stall:up:0:1M"}, {}, resume);
   p.Send({"--input", input, "--channels", "1"});
   ASSERT_TRUE(p.relay->WaitFor("stall up conn 0", 60s)) << p.Outputs();
@@ -234,8 +243,7 @@ TEST_P(RelayFaults, InputShrinkingDuringTheMigrationIsExit5) {
   EXPECT_TRUE(Has(p.send->output(), "changed during the migration (size ")) << p.Outputs();
   // The source said why before it closed (ABORT): the same exit code.
   EXPECT_EQ(recv_rc, 5) << p.Outputs();
-  EXPECT_TRUE(Has(p.recv->output(), "the source gave up: input " + input + " changed during the migration"))
-      << p.Outputs();
+  ExpectDestinationHeardWhy(p, input);
   p.ExpectNothingLeft();
 }
 
@@ -247,12 +255,7 @@ TEST_P(RelayFaults, InputShrinkingDuringTheMigrationIsExit5) {
 TEST_P(RelayFaults, InputRewrittenInPlaceIsExit5AndNotCommitted) {
   Dir in;
   const std::string input = in.path + "/guest.img", resume = in.path + "/go";
-  {
-    std::ofstream f(input, std::ios::binary);
-    std::vector<char> chunk(1 << 20);
-    for (size_t i = 0; i < chunk.size(); ++i) chunk[i] = static_cast<char>(i * 7 + 1);
-    for (int i = 0; i < 32; ++i) f.write(chunk.data(), chunk.size());
-  }
+  WriteInput32M(input);
   Path p(GetParam(), {"stall:up:0:1M"}, {}, resume);
   p.Send({"--input", input, "--channels", "1"});
   // Bytes reached the relay: the source has read its input and is sending.
@@ -272,8 +275,7 @@ TEST_P(RelayFaults, InputRewrittenInPlaceIsExit5AndNotCommitted) {
   EXPECT_EQ(send_rc, 5) << p.Outputs();
   EXPECT_TRUE(Has(p.send->output(), input) && Has(p.send->output(), "changed during the migration")) << p.Outputs();
   EXPECT_EQ(recv_rc, 5) << p.Outputs();
-  EXPECT_TRUE(Has(p.recv->output(), "the source gave up: input " + input + " changed during the migration"))
-      << p.Outputs();
+  ExpectDestinationHeardWhy(p, input);
   EXPECT_FALSE(Has(p.recv->output(), "verified")) << p.Outputs();
   p.ExpectNothingLeft();
 }
