@@ -103,6 +103,19 @@ struct ChannelStats {
   uint64_t max_in_flight = 0;           // io_uring: most sends awaiting their result at once
   uint64_t records_batched = 0;         // userspace TLS: uncorked batches sent
   uint64_t session_tickets_ignored = 0; // kTLS: NewSessionTicket records skipped
+  // TLS key lifetime (RFC 8446 4.6.3, 5.5): meaningful when rekey.applies.
+  struct Rekey {
+    bool applies = false;             // a TLS channel that counts its records
+    uint64_t sent = 0;                // KeyUpdates we sent (our send key changed)
+    uint64_t received = 0;            // KeyUpdates the peer sent that we followed
+    uint64_t limit_records = 0;       // our send key changes before this many records...
+    uint64_t limit_bytes = 0;         // ...or this many bytes (0: no byte limit)
+    bool can_rekey = false;           // this channel can change keys (kTLS: the kernel can)
+    std::string detail;               // why not, or how ("kernel re-keys kTLS")
+  } rekey;
+  // kTLS receive: TLS_RX_EXPECT_NO_PAD (decrypt straight into the reader's buffer).
+  bool rx_no_pad = false;
+  std::string rx_no_pad_detail;
 };
 
 enum class ShutdownHow { kRead, kWrite, kBoth };
@@ -133,6 +146,22 @@ class Channel {
   // Before reading from it, take what pending_read() says the channel
   // already holds with readv(): those bytes are no longer in the socket.
   virtual int splice_fd() const { return -1; }
+
+  // For callers that write straight to splice_fd(): call before each
+  // write of up to `want` bytes to it. The channel first does what must
+  // precede more data (a TLS key update that is due or that the peer
+  // asked for) and returns how many of those bytes may go now (at least 1
+  // when want > 0); the caller writes at most that many and calls again
+  // for the rest. Counts them as written (write fewer, and the next key
+  // update merely comes early). Throws Error(kSecurity) when the send key
+  // is exhausted and cannot change. Not thread-safe against writev().
+  virtual size_t prepare_direct_write(size_t want) { return want; }
+
+  // TLS: whether the peer can follow a KeyUpdate from us (the migration
+  // hello says; default true, as TLS 1.3 requires of every peer). When
+  // false the channel never sends one and refuses to write past its key's
+  // limit instead.
+  virtual void set_peer_follows_key_updates(bool follows) { (void)follows; }
 
   // Plaintext the channel has already taken from the socket and not yet
   // returned (a kTLS record read into its scratch buffer, GnuTLS records).

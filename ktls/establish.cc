@@ -40,7 +40,7 @@ std::unique_ptr<Channel> EstablishTls(UniqueFd fd, const TlsOptions& tls, KtlsMo
   if (session->library_enabled_ktls()) {
     r.kind = TlsPathKind::kKtlsByLibrary;
     r.reason = "the TLS library enabled kTLS for both directions";
-    ch = std::make_unique<KtlsChannel>(std::move(session), KtlsPath::kByLibrary);
+    ch = std::make_unique<KtlsChannel>(std::move(session), KtlsPath::kByLibrary, tls.rekey_after_bytes);
   } else if (ktls == KtlsMode::kOff) {
     r.kind = TlsPathKind::kUserspace;
     r.reason = "kTLS turned off by policy";
@@ -49,7 +49,7 @@ std::unique_ptr<Channel> EstablishTls(UniqueFd fd, const TlsOptions& tls, KtlsMo
     if (!why) {
       r.kind = TlsPathKind::kKtlsKeyInstall;
       r.reason = "the TLS library in this build has no kTLS; its traffic keys were moved into the kernel";
-      ch = std::make_unique<KtlsChannel>(std::move(session), KtlsPath::kKeyInstall);
+      ch = std::make_unique<KtlsChannel>(std::move(session), KtlsPath::kKeyInstall, tls.rekey_after_bytes);
     } else if (ktls == KtlsMode::kRequire) {
       throw Error(ErrorKind::kSecurity, EOPNOTSUPP,
                   "kTLS was required but cannot be used: " + *why +

@@ -31,7 +31,6 @@ constexpr unsigned char kAlertDecodeError = 50;
 constexpr unsigned char kRecordHandshake = 22;
 constexpr unsigned char kRecordData = 23;
 constexpr unsigned char kHandshakeNewSessionTicket = 4;
-constexpr unsigned char kHandshakeKeyUpdate = 24;
 
 // A connected loopback TCP pair, for asking the kernel questions.
 struct LoopbackPair {
@@ -147,11 +146,56 @@ std::map<std::string, uint64_t> ReadTlsStat() {
   return m;
 }
 
-KtlsChannel::KtlsChannel(std::unique_ptr<TlsSession> session, KtlsPath path) : path_(path) {
+KtlsChannel::KtlsChannel(std::unique_ptr<TlsSession> session, KtlsPath path, uint64_t rekey_after_bytes)
+    : path_(path) {
   names_ = session->version_name() + " " + session->cipher_name();
+  SetUpKeyLifetime(*session, rekey_after_bytes);
   fd_ = session->release_fd();
   blocking_ = !IsNonBlocking(fd_.get());
   session.reset();  // no more I/O through it; its key copy goes now
+  SetUpRxNoPad();
+}
+
+void KtlsChannel::SetUpKeyLifetime(TlsSession& session, uint64_t rekey_after_bytes) {
+  version_ = session.version();
+  cipher_ = session.cipher();
+  limit_records_ = RecordLimit(cipher_);
+  limit_bytes_ = rekey_after_bytes;
+  const KernelCipher* row = FindKernelCipher(cipher_);
+  if (version_ != TlsVersion::kTls13 || !row) {
+    rekey_detail_ = "TLS 1.2 has no key update";
+    return;
+  }
+  const KtlsKernelFeatures& kf = ProbeKtlsKernelFeatures();
+  kernel_rekey_ = kf.rekey;
+  rekey_detail_ = kf.rekey ? "the kernel re-keys kTLS" : "this kernel cannot re-key kTLS (" + kf.rekey_detail + ")";
+  tx_keys_ = TrafficKeySchedule(*row, cipher_, session.ExportKernelKeys(TlsDirection::kTransmit));
+  rx_keys_ = TrafficKeySchedule(*row, cipher_, session.ExportKernelKeys(TlsDirection::kReceive));
+  if (!tx_keys_.valid() || !rx_keys_.valid()) {
+    kernel_rekey_ = false;
+    rekey_detail_ = "the TLS library did not report its TLS 1.3 traffic secrets";
+  }
+}
+
+void KtlsChannel::SetUpRxNoPad() {
+  if (version_ != TlsVersion::kTls13) {
+    rx_no_pad_detail_ = "off: TLS 1.2 records carry no padding to rule out";
+    return;
+  }
+  const KtlsKernelFeatures& kf = ProbeKtlsKernelFeatures();
+  if (!kf.rx_no_pad) {
+    rx_no_pad_detail_ = "off: " + kf.rx_no_pad_detail;
+    return;
+  }
+  // Our peers never pad; a peer that does costs the kernel a retry per
+  // padded record (TlsRxNoPadViolation), never data.
+  const int one = 1;
+  if (setsockopt(fd_.get(), SOL_TLS, TLS_RX_EXPECT_NO_PAD, &one, sizeof(one)) == 0) {
+    rx_no_pad_ = true;
+    rx_no_pad_detail_ = "on: records are decrypted straight into the reader's buffer";
+  } else {
+    rx_no_pad_detail_ = std::string("off: TLS_RX_EXPECT_NO_PAD refused (") + strerrorname_np(errno) + ")";
+  }
 }
 
 KtlsChannel::~KtlsChannel() = default;
@@ -165,12 +209,125 @@ std::string KtlsChannel::describe() const {
 ChannelStats KtlsChannel::stats() const {
   ChannelStats st;
   st.session_tickets_ignored = tickets_ignored_;
+  st.rekey.applies = true;
+  st.rekey.sent = updates_sent_.load();
+  st.rekey.received = updates_received_.load();
+  st.rekey.limit_records = limit_records_;
+  st.rekey.limit_bytes = limit_bytes_;
+  const std::string why_not = WhyNoTxRekey();
+  st.rekey.can_rekey = why_not.empty();
+  st.rekey.detail = why_not.empty() ? rekey_detail_ : why_not;
+  st.rx_no_pad = rx_no_pad_;
+  st.rx_no_pad_detail = rx_no_pad_detail_;
   return st;
+}
+
+// --- key lifetime ---------------------------------------------------------
+
+namespace {
+constexpr uint64_t kMaxRecordPayload = 16384;  // TLS plaintext per record (2^14)
+}  // namespace
+
+std::string KtlsChannel::WhyNoTxRekey() const {
+  if (version_ != TlsVersion::kTls13 || !kernel_rekey_) return rekey_detail_;
+  if (!peer_follows_) return "the peer cannot follow a key update (it said so in the hello)";
+  return "";
+}
+
+uint64_t KtlsChannel::TxBytesLeft() const {
+  const uint64_t records = tx_records_ + 1 >= limit_records_ ? 0 : limit_records_ - tx_records_ - 1;
+  uint64_t left = records > UINT64_MAX / kMaxRecordPayload ? UINT64_MAX : records * kMaxRecordPayload;
+  if (limit_bytes_ > 0) left = std::min(left, tx_bytes_ >= limit_bytes_ ? 0 : limit_bytes_ - tx_bytes_);
+  return left;
+}
+
+void KtlsChannel::CountTx(size_t n) {
+  tx_bytes_ += n;
+  tx_records_ += (n + kMaxRecordPayload - 1) / kMaxRecordPayload;
+}
+
+size_t KtlsChannel::BudgetTx(size_t want) {
+  if (want == 0) return 0;
+  // RFC 8446 4.6.3: answer a requested update before our next data.
+  if (update_requested_.exchange(false)) SendKeyUpdate(kKeyUpdateNotRequested);
+  uint64_t left = TxBytesLeft();
+  if (left == 0) {
+    if (const std::string why = WhyNoTxRekey(); !why.empty()) {
+      throw Error(ErrorKind::kSecurity, EKEYEXPIRED,
+                  "the send key has protected " + std::to_string(tx_records_) + " records (" +
+                      std::to_string(tx_bytes_) + " bytes), its limit, and cannot change: " + why +
+                      "; nothing more is sent under it (run on a kernel that re-keys kTLS, 6.14+, or with kTLS off)",
+                  Remedy::kKtlsOff);
+    }
+    SendKeyUpdate(kKeyUpdateNotRequested);
+    left = TxBytesLeft();
+  }
+  return static_cast<size_t>(std::min<uint64_t>(want, left));
+}
+
+size_t KtlsChannel::prepare_direct_write(size_t want) {
+  const size_t n = BudgetTx(want);
+  CountTx(n);
+  return n;
+}
+
+void KtlsChannel::SendKeyUpdate(unsigned char request) {
+  // The next key first: if it cannot be made, nothing was sent and the
+  // connection is still whole.
+  CryptoInfo next;
+  std::string why;
+  if (!tx_keys_.Next(next, why)) throw Error(ErrorKind::kInternal, EINVAL, "TLS key update: " + why);
+  const unsigned char msg[5] = {kHandshakeKeyUpdate, 0, 0, 1, request};
+  SendControlRecord(kRecordHandshake, msg, sizeof(msg), "TLS KeyUpdate");
+  if (setsockopt(fd_.get(), SOL_TLS, TLS_TX, next.data(), next.size()) != 0) {
+    const int e = errno;
+    throw Error(ErrorKind::kInternal, e,
+                std::string("the kernel refused the next send key (") + strerrorname_np(e) +
+                    ") after our KeyUpdate left: the connection cannot continue");
+  }
+  tx_records_ = tx_bytes_ = 0;
+  ++updates_sent_;
+}
+
+void KtlsChannel::FollowKeyUpdate(unsigned char request) {
+  if (version_ != TlsVersion::kTls13 || !kernel_rekey_) {
+    throw Error(ErrorKind::kSecurity, EOPNOTSUPP,
+                "the peer re-keyed (TLS 1.3 KeyUpdate) and this kernel TLS path cannot follow it: " +
+                    rekey_detail_ + "; run with kTLS off, or on a kernel that re-keys kTLS (6.14+)",
+                Remedy::kKtlsOff);
+  }
+  CryptoInfo next;
+  std::string why;
+  if (!rx_keys_.Next(next, why)) throw Error(ErrorKind::kInternal, EINVAL, "TLS key update: " + why);
+  if (setsockopt(fd_.get(), SOL_TLS, TLS_RX, next.data(), next.size()) != 0) {
+    const int e = errno;
+    throw Error(ErrorKind::kInternal, e,
+                std::string("the kernel refused the peer's next key (") + strerrorname_np(e) +
+                    "): nothing more can be read from this connection");
+  }
+  ++updates_received_;
+  if (request == kKeyUpdateRequested) update_requested_ = true;
 }
 
 WriteResult KtlsChannel::writev(std::span<const iovec> iov, unsigned /*flags*/) {
   if (!fd_) throw Error(ErrorKind::kInternal, EBADF, "write on a closed channel");
   if (sent_close_notify_) throw Error(ErrorKind::kInternal, EPIPE, "write after close_notify");
+  size_t want = 0;
+  for (const auto& v : iov) want += v.iov_len;
+  // What the send key may still carry; the iovecs are cut there (a short
+  // write, as a full socket would make) and the caller goes on after the
+  // key update the next call makes.
+  const size_t budget = BudgetTx(want);
+  std::vector<iovec> cut;
+  if (budget < want) {
+    size_t left = budget;
+    for (const auto& v : iov) {
+      if (left == 0) break;
+      cut.push_back({v.iov_base, std::min(v.iov_len, left)});
+      left -= cut.back().iov_len;
+    }
+    iov = cut;
+  }
   msghdr msg{};
   msg.msg_iov = const_cast<iovec*>(iov.data());
   msg.msg_iovlen = iov.size();
@@ -181,7 +338,10 @@ WriteResult KtlsChannel::writev(std::span<const iovec> iov, unsigned /*flags*/) 
     // queued before blocking, and the next call would wait the full timeout
     // again (see SocketChannel::writev).
     ssize_t n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n >= 0) return WriteResult{static_cast<size_t>(n), false, {}};
+    if (n >= 0) {
+      CountTx(static_cast<size_t>(n));
+      return WriteResult{static_cast<size_t>(n), false, {}};
+    }
     int e = errno;
     if (e == EINTR) continue;
     if (e == EAGAIN) {
@@ -223,12 +383,24 @@ size_t KtlsChannel::RecvRecord(std::span<const iovec> iov, unsigned char* type) 
         throw Error(ErrorKind::kIntegrity, e, "kTLS read: malformed TLS record from the peer (not a TLS stream?)");
       }
       if (e == ECONNRESET) throw Error(ErrorKind::kPeer, e, "kTLS read: the peer reset the connection");
+      if (e == EKEYEXPIRED) {
+        // Only if a KeyUpdate was taken off the socket without TLS_RX being
+        // set after it: not something this channel does.
+        throw Error(ErrorKind::kInternal, e, "kTLS read: the peer's key changed and the next one was not set");
+      }
       ThrowErrno(SocketErrorKind(e), e, "kTLS read");
     }
+    bool record = false;
     *type = kRecordData;
     for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
-      if (cm->cmsg_level == SOL_TLS && cm->cmsg_type == TLS_GET_RECORD_TYPE) *type = *CMSG_DATA(cm);
+      if (cm->cmsg_level == SOL_TLS && cm->cmsg_type == TLS_GET_RECORD_TYPE) {
+        *type = *CMSG_DATA(cm);
+        record = true;
+      }
     }
+    // An empty application data record (legal in TLS) is not end of stream:
+    // only a read that found no record at all is.
+    if (n == 0 && record && *type == kRecordData) continue;
     return static_cast<size_t>(n);
   }
 }
@@ -245,10 +417,14 @@ bool KtlsChannel::HandleControlRecord(unsigned char type, const uint8_t* p, size
       const uint8_t msg_type = p[off];
       const size_t len = (size_t{p[off + 1]} << 16) | (size_t{p[off + 2]} << 8) | p[off + 3];
       if (msg_type == kHandshakeKeyUpdate) {
-        throw Error(ErrorKind::kSecurity, EOPNOTSUPP,
-                    "the peer re-keyed (TLS 1.3 KeyUpdate); this kernel TLS path cannot follow it (needs kernel "
-                    "6.14+ re-keying); run with kTLS off",
-                    Remedy::kKtlsOff);
+        // RFC 8446 5.1: a key change ends its record; the kernel has
+        // paused decryption after this one until TLS_RX gets the next key.
+        if (len != 1 || off + 5 != n || p[off + 4] > kKeyUpdateRequested) {
+          SendFatalAlertBestEffort(kAlertDecodeError);
+          throw Error(ErrorKind::kIntegrity, EPROTO, "malformed TLS KeyUpdate from the peer");
+        }
+        FollowKeyUpdate(p[off + 4]);
+        return false;
       }
       if (msg_type != kHandshakeNewSessionTicket) {
         throw Error(ErrorKind::kIntegrity, EPROTO, "unexpected TLS handshake message type " + std::to_string(msg_type) +
@@ -343,12 +519,13 @@ void KtlsChannel::shutdown(ShutdownHow how) {
   write_shut_ = true;
 }
 
-// One alert record for sendmsg on a kTLS socket: the two alert bytes as
-// the payload, the record type in a TLS_SET_RECORD_TYPE cmsg. Points into
-// itself and `alert`: neither moves nor outlives the send.
+// One control record for sendmsg on a kTLS socket: the bytes as the
+// payload, the record type in a TLS_SET_RECORD_TYPE cmsg. Points into
+// itself and `bytes`: neither moves nor outlives the send.
 namespace {
-struct AlertRecordMsg {
-  explicit AlertRecordMsg(unsigned char (&alert)[2]) : v{alert, sizeof(alert)} {
+struct ControlRecordMsg {
+  ControlRecordMsg(unsigned char type, const unsigned char* bytes, size_t len)
+      : v{const_cast<unsigned char*>(bytes), len} {
     msg.msg_iov = &v;
     msg.msg_iovlen = 1;
     msg.msg_control = control;
@@ -357,10 +534,10 @@ struct AlertRecordMsg {
     cm->cmsg_level = SOL_TLS;
     cm->cmsg_type = TLS_SET_RECORD_TYPE;
     cm->cmsg_len = CMSG_LEN(sizeof(unsigned char));
-    *CMSG_DATA(cm) = kRecordAlert;
+    *CMSG_DATA(cm) = type;
   }
-  AlertRecordMsg(const AlertRecordMsg&) = delete;
-  AlertRecordMsg& operator=(const AlertRecordMsg&) = delete;
+  ControlRecordMsg(const ControlRecordMsg&) = delete;
+  ControlRecordMsg& operator=(const ControlRecordMsg&) = delete;
 
   iovec v;
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(unsigned char))] = {};
@@ -370,7 +547,7 @@ struct AlertRecordMsg {
 
 void KtlsChannel::SendFatalAlertBestEffort(unsigned char description) noexcept {
   unsigned char alert[2] = {kAlertLevelFatal, description};
-  AlertRecordMsg m(alert);
+  ControlRecordMsg m(kRecordAlert, alert, sizeof(alert));
   const msghdr& msg = m.msg;
   // The kernel marked the socket failed (sk_err = EBADMSG) when it refused
   // the record, and kTLS sends nothing while sk_err is set; reading
@@ -385,14 +562,19 @@ void KtlsChannel::SendFatalAlertBestEffort(unsigned char description) noexcept {
 
 void KtlsChannel::SendCloseNotify() {
   // close_notify is an alert record: level warning (1), description 0.
-  unsigned char alert[2] = {1, kAlertCloseNotify};
-  AlertRecordMsg m(alert);
+  const unsigned char alert[2] = {1, kAlertCloseNotify};
+  SendControlRecord(kRecordAlert, alert, sizeof(alert), "kTLS close_notify");
+}
+
+void KtlsChannel::SendControlRecord(unsigned char type, const unsigned char* bytes, size_t len, const char* what) {
+  ControlRecordMsg m(type, bytes, len);
   const msghdr& msg = m.msg;
   for (;;) {
     const ssize_t n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
-    if (n == static_cast<ssize_t>(sizeof(alert))) return;
+    if (n == static_cast<ssize_t>(len)) return;
     if (n >= 0) {
-      throw Error(ErrorKind::kInternal, EIO, "kTLS close_notify: the kernel took " + std::to_string(n) + " of 2 bytes");
+      throw Error(ErrorKind::kInternal, EIO, std::string(what) + ": the kernel took " + std::to_string(n) + " of " +
+                                                 std::to_string(len) + " bytes");
     }
     const int e = errno;
     if (e == EINTR) continue;
@@ -402,9 +584,9 @@ void KtlsChannel::SendCloseNotify() {
       continue;
     }
     if (e == EPIPE || e == ECONNRESET) {
-      throw Error(ErrorKind::kPeer, e, "kTLS close_notify not sent: the peer closed or reset the connection");
+      throw Error(ErrorKind::kPeer, e, std::string(what) + " not sent: the peer closed or reset the connection");
     }
-    ThrowErrno(SocketErrorKind(e), e, "kTLS close_notify");
+    ThrowErrno(SocketErrorKind(e), e, what);
   }
 }
 

@@ -7,6 +7,7 @@
 // kernel encrypts and decrypts.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <optional>
@@ -16,6 +17,7 @@
 #include "channel/channel.h"
 #include "base/unique_fd.h"
 #include "ktls/cipher_table.h"
+#include "ktls/rekey.h"
 #include "tls/tls_session.h"
 
 namespace ktm {
@@ -49,14 +51,25 @@ enum class KtlsPath { kByLibrary, kKeyInstall };
 // no ids to wait for either.
 // Reads: application data is returned; close_notify is a clean EOF; any
 // other alert is an Error naming it; TLS 1.3 NewSessionTicket is consumed
-// and ignored; KeyUpdate is an Error (this code does not re-key the kernel
-// state). EOF without close_notify is reported as truncation.
+// and ignored. EOF without close_notify is reported as truncation.
+//
+// Key updates (TLS 1.3, see rekey.h): a peer's KeyUpdate is followed (the
+// next receive key set with TLS_RX) where the kernel can re-key, and is an
+// Error(kSecurity) where it cannot. The send key changes (KeyUpdate sent,
+// then TLS_TX) before RecordLimit() records or `rekey_after_bytes` bytes,
+// and before the next data when the peer asked for it. Where it cannot
+// change (TLS 1.2, a kernel without re-keying, a peer that cannot follow),
+// writes past the limit fail with Error(kSecurity) instead of going out
+// under a worn-out key. Threads: one reader and one writer may run at once
+// (the reader only flags a requested update; the writer sends it).
 class KtlsChannel : public Channel {
  public:
   // Takes the session's fd and names, then frees the session: the TLS
   // library's own copy of the traffic keys goes with it, since the kernel
-  // holds them now.
-  KtlsChannel(std::unique_ptr<TlsSession> session, KtlsPath path);
+  // holds them now (TLS 1.3: this channel keeps the traffic secrets, to
+  // derive the next keys from). rekey_after_bytes: change the send key
+  // after this many bytes as well (0: only at the cipher's record limit).
+  KtlsChannel(std::unique_ptr<TlsSession> session, KtlsPath path, uint64_t rekey_after_bytes = 0);
   ~KtlsChannel() override;
 
   unsigned features() const override {
@@ -74,6 +87,8 @@ class KtlsChannel : public Channel {
   bool blocking() const override { return blocking_; }
   bool wait_readable(std::chrono::milliseconds timeout) override;
   void set_io_timeouts(std::chrono::milliseconds read, std::chrono::milliseconds write) override;
+  size_t prepare_direct_write(size_t want) override;
+  void set_peer_follows_key_updates(bool follows) override { peer_follows_ = follows; }
 
   int fd() const { return fd_.get(); }
   uint64_t session_tickets_ignored() const { return tickets_ignored_; }
@@ -96,6 +111,41 @@ class KtlsChannel : public Channel {
   // data waits in [pending_off_, pending_end_).
   std::vector<uint8_t> scratch_;
   size_t pending_off_ = 0, pending_end_ = 0;
+
+  // Key lifetime. The send side's state belongs to the writer; the reader
+  // touches only rx_keys_ and the atomics.
+  TlsVersion version_ = TlsVersion::kOther;
+  TlsCipher cipher_ = TlsCipher::kOther;
+  TrafficKeySchedule tx_keys_, rx_keys_;
+  bool kernel_rekey_ = false;
+  std::string rekey_detail_;
+  uint64_t limit_records_ = 0, limit_bytes_ = 0;
+  uint64_t tx_records_ = 0, tx_bytes_ = 0;  // under the current send key
+  std::atomic<bool> update_requested_{false};
+  std::atomic<bool> peer_follows_{true};
+  std::atomic<uint64_t> updates_sent_{0}, updates_received_{0};
+  bool rx_no_pad_ = false;
+  std::string rx_no_pad_detail_;
+
+  void SetUpKeyLifetime(TlsSession& session, uint64_t rekey_after_bytes);
+  void SetUpRxNoPad();
+  // Why the send key cannot change ("" when it can).
+  std::string WhyNoTxRekey() const;
+  // Bytes the current send key may still protect (one record kept back
+  // for the KeyUpdate itself).
+  uint64_t TxBytesLeft() const;
+  // Before `want` bytes of data: sends a requested or due KeyUpdate;
+  // returns how many bytes may go now. Throws when the key is exhausted.
+  size_t BudgetTx(size_t want);
+  void CountTx(size_t n);
+  // Sends KeyUpdate(request) under the current key, then sets TLS_TX to
+  // the next. Throws on failure (after the KeyUpdate left, fatally).
+  void SendKeyUpdate(unsigned char request);
+  // A peer's KeyUpdate (its body byte): sets TLS_RX to its next key.
+  void FollowKeyUpdate(unsigned char request);
+  // Sends one record of `type` holding `len` bytes, waiting for room up
+  // to the write timeout.
+  void SendControlRecord(unsigned char type, const unsigned char* bytes, size_t len, const char* what);
 
   // One recvmsg. Returns bytes and the record type, or SIZE_MAX when a
   // non-blocking read would block.

@@ -8,6 +8,7 @@
 #include <future>
 #include <memory>
 #include <string>
+#include <mutex>
 #include <thread>
 
 #include "certs/credentials.h"
@@ -130,16 +131,21 @@ inline std::string ExchangeBothWays(Channel& a, Channel& b, size_t len) {
   Sha256::Digest sent_a{}, sent_b{};
   std::pair<uint64_t, Sha256::Digest> got_a, got_b;
   std::string err;
+  std::mutex mu;
+  auto fail = [&](const char* who, const std::exception& e) {
+    std::lock_guard<std::mutex> lock(mu);
+    err += std::string(who) + ": " + e.what() + "; ";
+  };
   std::thread ta([&] {
-    try { sent_a = SendPattern(a, len, 1); } catch (const std::exception& e) { err += std::string("a send: ") + e.what(); }
+    try { sent_a = SendPattern(a, len, 1); } catch (const std::exception& e) { fail("a send", e); }
   });
   std::thread tb([&] {
-    try { sent_b = SendPattern(b, len, 2); } catch (const std::exception& e) { err += std::string("b send: ") + e.what(); }
+    try { sent_b = SendPattern(b, len, 2); } catch (const std::exception& e) { fail("b send", e); }
   });
   std::thread ra([&] {
-    try { got_a = ReceiveAll(a); } catch (const std::exception& e) { err += std::string("a recv: ") + e.what(); }
+    try { got_a = ReceiveAll(a); } catch (const std::exception& e) { fail("a recv", e); }
   });
-  try { got_b = ReceiveAll(b); } catch (const std::exception& e) { err += std::string("b recv: ") + e.what(); }
+  try { got_b = ReceiveAll(b); } catch (const std::exception& e) { fail("b recv", e); }
   ta.join();
   tb.join();
   ra.join();

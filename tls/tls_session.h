@@ -38,6 +38,7 @@ class TrafficKeys {
  public:
   static constexpr size_t kMaxKey = 32;  // AES-256, ChaCha20
   static constexpr size_t kMaxIv = 12;   // the TLS 1.3 / ChaCha20 static IV
+  static constexpr size_t kMaxSecret = 48;  // SHA-384 (TLS_AES_256_GCM_SHA384)
 
   TrafficKeys() = default;
   ~TrafficKeys() { Wipe(); }
@@ -51,8 +52,14 @@ class TrafficKeys {
   // TLS 1.3, and ChaCha20-Poly1305 in TLS 1.2: the 12-byte static IV.
   // TLS 1.2 AES-GCM/CCM: the 4-byte implicit nonce part (the salt).
   void set_iv(std::span<const uint8_t> iv);
+  // TLS 1.3 only: the direction's application traffic secret, from which
+  // the key and IV were derived, and from which the next ones are derived
+  // after a KeyUpdate (RFC 8446 7.2). Empty for TLS 1.2, or when the
+  // library did not report it.
+  void set_secret(std::span<const uint8_t> secret);
   std::span<const uint8_t> key() const { return {key_.data(), key_size_}; }
   std::span<const uint8_t> iv() const { return {iv_.data(), iv_size_}; }
+  std::span<const uint8_t> secret() const { return {secret_.data(), secret_size_}; }
 
   // Zeroes every byte of the object (keys, IV, sequence number, sizes).
   void Wipe();
@@ -62,8 +69,10 @@ class TrafficKeys {
  private:
   std::array<uint8_t, kMaxKey> key_{};
   std::array<uint8_t, kMaxIv> iv_{};
+  std::array<uint8_t, kMaxSecret> secret_{};
   size_t key_size_ = 0;
   size_t iv_size_ = 0;
+  size_t secret_size_ = 0;
 };
 
 class TlsSession {
@@ -92,7 +101,9 @@ class TlsSession {
   virtual size_t buffered_plaintext() const = 0;
   // The traffic state for one direction (a copy of the keys: the caller
   // lets it go out of scope, which wipes it, as soon as it has used it).
-  // Throws Error(kInternal) if the library cannot export it.
+  // TLS 1.3: with the traffic secret too (see TrafficKeys::secret()), for
+  // the kernel path's own re-keying. Throws Error(kInternal) if the library
+  // cannot export it.
   virtual TrafficKeys ExportKernelKeys(TlsDirection dir) const = 0;
 
   // The backend's userspace record channel over `session`; `why` (why not

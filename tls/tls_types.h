@@ -41,6 +41,10 @@ struct TlsOptions {
   // Protocol versions and ciphers, in the backend's syntax.
   std::string priority = kDefaultPriority;
   std::chrono::milliseconds handshake_timeout{30000};
+  // Change our send key (TLS 1.3 KeyUpdate) after this many bytes as well
+  // as before the cipher's record limit; 0: at the record limit only. A
+  // low value lets tests re-key hundreds of times in one transfer.
+  uint64_t rekey_after_bytes = 0;
 };
 
 // TLS alert descriptions (RFC 8446 6.2) by number.

@@ -6,6 +6,8 @@
 #include <gnutls/socket.h>
 
 
+#include <string.h>
+
 #include <cstring>
 
 #include "base/error.h"
@@ -56,15 +58,6 @@ std::string VerifyFailureMessage(gnutls_session_t s, const TlsOptions& o) {
     msg += printed.str();
   }
   return msg;
-}
-
-// Counts the handshake messages the peer sent us (the hook runs as each
-// arrives, before it is processed): once there is one, the peer speaks TLS,
-// and a record that fails later was corrupted on the way, not plaintext.
-int CountPeerHandshakeMessage(gnutls_session_t s, unsigned /*htype*/, unsigned /*when*/, unsigned incoming,
-                              const gnutls_datum_t* /*msg*/) {
-  if (incoming) ++*static_cast<unsigned*>(gnutls_session_get_ptr(s));
-  return 0;
 }
 
 Error HandshakeFailure(int rc, gnutls_session_t s, const TlsOptions& o, unsigned peer_messages) {
@@ -151,6 +144,35 @@ void TellPeerAndLinger(gnutls_session_t s, int fd, int rc) {
 
 }  // namespace
 
+// Counts the handshake messages the peer sent us (the hook runs as each
+// arrives, before it is processed): once there is one, the peer speaks TLS,
+// and a record that fails later was corrupted on the way, not plaintext.
+int CountPeerHandshakeMessage(gnutls_session_t s, unsigned /*htype*/, unsigned /*when*/, unsigned incoming,
+                              const gnutls_datum_t* /*msg*/) {
+  if (incoming) ++static_cast<GnutlsSession*>(gnutls_session_get_ptr(s))->peer_handshake_messages_;
+  return 0;
+}
+
+// GnuTLS reports each traffic secret as it installs it; the application
+// level's are the ones the kernel path needs to follow and initiate TLS 1.3
+// KeyUpdates after the session has moved into the kernel. A side may be
+// NULL when only one direction changes.
+int ReportSecrets(gnutls_session_t s, gnutls_record_encryption_level_t level, const void* secret_read,
+                  const void* secret_write, size_t secret_size) {
+  if (level != GNUTLS_ENCRYPTION_LEVEL_APPLICATION) return 0;
+  auto* me = static_cast<GnutlsSession*>(gnutls_session_get_ptr(s));
+  if (secret_size > me->secret_rx_.size()) return GNUTLS_E_INTERNAL_ERROR;
+  me->secret_size_ = secret_size;
+  if (secret_read) std::memcpy(me->secret_rx_.data(), secret_read, secret_size);
+  if (secret_write) std::memcpy(me->secret_tx_.data(), secret_write, secret_size);
+  return 0;
+}
+
+GnutlsSession::~GnutlsSession() {
+  explicit_bzero(secret_rx_.data(), secret_rx_.size());
+  explicit_bzero(secret_tx_.data(), secret_tx_.size());
+}
+
 void GnutlsSession::CheckPriority(const std::string& priority) {
   gnutls_priority_t cache = nullptr;
   const char* err_pos = nullptr;
@@ -194,8 +216,9 @@ std::unique_ptr<GnutlsSession> GnutlsSession::Handshake(UniqueFd fd, const TlsOp
     // checked during the handshake so nothing flows if any fails.
     if (o.verify_peer) gnutls_session_set_verify_cert(s, o.peer_name.c_str(), 0);
   }
-  gnutls_session_set_ptr(s, &t->peer_handshake_messages_);
+  gnutls_session_set_ptr(s, t.get());
   gnutls_handshake_set_hook_function(s, GNUTLS_HANDSHAKE_ANY, GNUTLS_HOOK_PRE, CountPeerHandshakeMessage);
+  gnutls_handshake_set_secret_function(s, ReportSecrets);
   gnutls_transport_set_int(s, t->fd_.get());
   gnutls_handshake_set_timeout(s, static_cast<unsigned>(o.handshake_timeout.count()));
   do {
@@ -265,6 +288,10 @@ TrafficKeys GnutlsSession::ExportKernelKeys(TlsDirection dir) const {
               "gnutls_record_get_state");
   k.set_key({key.data, key.size});
   k.set_iv({iv.data, iv.size});
+  if (version() == TlsVersion::kTls13 && secret_size_ > 0) {
+    const auto& secret = dir == TlsDirection::kReceive ? secret_rx_ : secret_tx_;
+    k.set_secret({secret.data(), secret_size_});
+  }
   return k;
 }
 

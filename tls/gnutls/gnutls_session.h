@@ -4,6 +4,7 @@
 
 #include <gnutls/gnutls.h>
 
+#include <array>
 #include <memory>
 #include <string>
 
@@ -14,6 +15,8 @@ namespace ktm {
 
 class GnutlsSession final : public TlsSession {
  public:
+  ~GnutlsSession() override;
+
   // See HandshakeTls().
   static std::unique_ptr<GnutlsSession> Handshake(UniqueFd fd, const TlsOptions& opts);
 
@@ -47,6 +50,14 @@ class GnutlsSession final : public TlsSession {
   // Handshake messages received from the peer (a GnuTLS hook counts them):
   // tells a peer that never spoke TLS from a handshake corrupted in transit.
   unsigned peer_handshake_messages_ = 0;
+  // TLS 1.3 application traffic secrets as GnuTLS reported them (its
+  // secret callback): what ExportKernelKeys() hands on for re-keying. Wiped
+  // by the destructor.
+  std::array<uint8_t, TrafficKeys::kMaxSecret> secret_rx_{}, secret_tx_{};
+  size_t secret_size_ = 0;
+
+  friend int ReportSecrets(gnutls_session_t, gnutls_record_encryption_level_t, const void*, const void*, size_t);
+  friend int CountPeerHandshakeMessage(gnutls_session_t, unsigned, unsigned, unsigned, const gnutls_datum_t*);
 };
 
 }  // namespace ktm
