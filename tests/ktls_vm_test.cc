@@ -32,6 +32,9 @@ class KtlsVm : public ::testing::Test {
     std::optional<std::string> why = ProbeKtlsUlp();
     ASSERT_FALSE(why.has_value()) << "no kernel TLS here (" << *why
                                   << "): run this through `make test-ktls`, which boots a VM";
+    // The feature probe (once per process) configures a socket of its own:
+    // done before any test takes its tls_stat baseline.
+    (void)ProbeKtlsKernelFeatures();
   }
 };
 
