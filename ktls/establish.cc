@@ -31,6 +31,10 @@ std::unique_ptr<Channel> EstablishTls(UniqueFd fd, const TlsOptions& tls, KtlsMo
                 "policy",
                 Remedy::kAllowKtls);
   }
+  // Before the handshake, while the connection is surely ESTABLISHED: see
+  // AttachKtlsUlpEarly (a peer's short stream may be complete by the time
+  // our handshake returns).
+  if (ktls != KtlsMode::kOff) AttachKtlsUlpEarly(fd.get());
   std::unique_ptr<TlsSession> session = HandshakeTls(std::move(fd), tls);
   r.version = session->version_name();
   r.cipher = session->cipher_name();

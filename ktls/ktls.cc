@@ -45,8 +45,17 @@ LoopbackPair ConnectLoopback() {
   return p;
 }
 
-// Attaches the "tls" ULP; nullopt on success, else the reason.
+// Whether the "tls" ULP is attached to `fd` already (AttachKtlsUlpEarly).
+bool UlpIsTls(int fd) {
+  char name[16] = {};
+  socklen_t len = sizeof(name) - 1;
+  return getsockopt(fd, SOL_TCP, TCP_ULP, name, &len) == 0 && std::strcmp(name, "tls") == 0;
+}
+
+// Attaches the "tls" ULP (or finds it attached); nullopt on success, else
+// the reason.
 std::optional<std::string> AttachUlp(int fd) {
+  if (UlpIsTls(fd)) return std::nullopt;
   if (setsockopt(fd, SOL_TCP, TCP_ULP, "tls", sizeof("tls")) == 0) return std::nullopt;
   const int e = errno;
   if (e == ENOENT) {
@@ -57,6 +66,8 @@ std::optional<std::string> AttachUlp(int fd) {
     // The kernel attaches TLS only to an ESTABLISHED socket: a peer that
     // sent everything and half-closed before our handshake finished (a short
     // stream) leaves it in CLOSE_WAIT. Nothing is wrong with the peer.
+    // EstablishTls attaches the ULP before the handshake for this reason;
+    // this is left for sockets that reach InstallKtls without it.
     return std::string("TCP_ULP \"tls\" refused (ENOTCONN): the peer had already finished sending and closed its "
                        "side before kernel TLS could be set up; the kernel takes TLS only on an established "
                        "connection");
@@ -92,6 +103,8 @@ std::string ProbeKernelCipher(const KernelCipher& row) {
     return std::string("unknown (") + e.what() + ")";
   }
 }
+
+void AttachKtlsUlpEarly(int fd) noexcept { (void)AttachUlp(fd); }
 
 std::optional<std::string> InstallKtls(TlsSession& session) {
   if (auto why = KtlsCipherUnsupported(session.version(), session.cipher())) return why;

@@ -31,7 +31,19 @@ std::optional<std::string> ProbeKtlsUlp();
 // zeroed keys, on a loopback connection with the ULP. "yes", or "no (why)".
 std::string ProbeKernelCipher(const KernelCipher& row);
 
-// Installs TX and RX for the session on its fd. Returns nullopt on success,
+// Attaches the "tls" ULP to a connected TCP socket before its TLS handshake,
+// best effort (a failure shows again, with its reason, in InstallKtls).
+// Why before: the kernel attaches the ULP only to an ESTABLISHED socket, and
+// a peer may send its whole (short) stream, close_notify and its FIN right
+// after its own handshake, before ours has returned: the socket is then in
+// CLOSE_WAIT and TCP_ULP fails with ENOTCONN, although the keys could still
+// be installed and every record read. Without keys the ULP passes bytes
+// through unchanged, so the handshake (and a userspace fallback) run as if
+// it were absent. Never throws.
+void AttachKtlsUlpEarly(int fd) noexcept;
+
+// Installs TX and RX for the session on its fd (attaching the ULP unless
+// AttachKtlsUlpEarly already did). Returns nullopt on success,
 // or the reason nothing was installed. Both directions or neither: if the
 // kernel accepts TX and then refuses RX the connection can no longer be used
 // in any mode and this throws Error(kInternal).

@@ -13,6 +13,9 @@ PKGS=(
   nlohmann-json3-dev libxxhash-dev
   clang libclang-rt-14-dev
   qemu-system-x86 linux-image-amd64 busybox-static cpio kmod
+  # scripts/fetch-kernel.sh (the 7.3 kernel for the kTLS VM): trixie's
+  # archive key, and xz for its .ko.xz modules.
+  debian-archive-keyring xz-utils
   iproute2 procps libcap2-bin iperf3 gnuplot-nox socat
   help2man lintian pkg-config
 )

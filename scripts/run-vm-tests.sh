@@ -16,7 +16,9 @@
 #
 # Env: KTM_VM_KERNEL   6.1 (default) or 7.3
 #      KTM_VM_XML_DIR  where to put <binary>.xml (default: a temp dir)
-#      KTM_VM_TIMEOUT  seconds before the VM is killed (default 900)
+#      KTM_VM_TIMEOUT  seconds before the VM is killed (default 1800: the
+#                      whole suite takes about 6 minutes under TCG on a quiet
+#                      machine, two to three times that on a loaded one)
 #      KTM_VM_ONLY     space-separated run names to run alone (default: all)
 #      KTM_VM_GTEST_ARGS  extra GoogleTest flags for each run (e.g. --gtest_repeat=5)
 set -euo pipefail
@@ -151,8 +153,10 @@ chmod +x "$ROOT/init"
 
 LOG=$WORK/console.log
 echo "run-vm-tests: booting $KERNEL ($VM_KERNEL) under QEMU TCG (this takes a minute or two)" >&2
+VM_TIMEOUT=${KTM_VM_TIMEOUT:-1800}
+vm_t0=$SECONDS
 set +e
-timeout "${KTM_VM_TIMEOUT:-900}" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2048 \
+timeout "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2048 \
   -nographic -no-reboot -monitor none -serial stdio \
   -kernel "$KERNEL" -initrd "$WORK/initramfs.gz" \
   -append "console=ttyS0 quiet loglevel=1 panic=-1" \
@@ -160,7 +164,19 @@ timeout "${KTM_VM_TIMEOUT:-900}" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -
   -nic none </dev/null >"$LOG" 2>&1
 qrc=$?
 set -e
+vm_seconds=$((SECONDS - vm_t0))
 tr -d '\r' <"$LOG" >"$LOG.clean"
+
+# A VM killed at the time limit looks like a hang in whatever test was
+# running: say that it was the limit, and where the guest was.
+report_time_limit() {
+  [ "$qrc" = 124 ] || return 0
+  local run test
+  run=$(sed -n 's/^KTM-VM: running //p' "$LOG.clean" | tail -n 1)
+  test=$(grep -a '\[ RUN      \]' "$LOG.clean" | tail -n 1 | sed 's/.*\] *//; s/\x1b\[[0-9;]*m//g')
+  echo "run-vm-tests: FAILED: the VM was stopped at its time limit (KTM_VM_TIMEOUT=$VM_TIMEOUT s) while running" \
+    "${run:-?}, in ${test:-?}: a hang, or a machine too loaded for the limit" >&2
+}
 
 # The last lines of every run: which kernel ran (as the guest saw it) and all
 # of its kTLS counters, rekey ones included where the kernel has them.
@@ -171,7 +187,7 @@ print_kernel_summary() {
     echo "run-vm-tests: the VM did not reach its end (no kernel/tls_stat summary; qemu exit $qrc)" >&2
     return
   fi
-  echo "run-vm-tests: kernel $k (KTM_VM_KERNEL=$VM_KERNEL), /proc/net/tls_stat at the end:"
+  echo "run-vm-tests: kernel $k (KTM_VM_KERNEL=$VM_KERNEL), VM ran ${vm_seconds} s, /proc/net/tls_stat at the end:"
   sed -n '/^KTM-VM-END kernel /,/^KTM-VM-END-STAT$/p' "$LOG.clean" | sed '1d;$d' | sed 's/^/  /'
 }
 
@@ -184,6 +200,7 @@ fi
 # Show the guest's own words (not the XML) so a failure can be read.
 sed -n '/KTM-VM-XML-BEGIN/,/KTM-VM-XML-END/!p' "$LOG.clean" | sed '/^KTM-VM-END kernel /,$d' | grep -v '^\s*$' | tail -n 200
 print_kernel_summary
+report_time_limit
 status=0
 for r in "${RUNS[@]}"; do
   name=${r%%|*}

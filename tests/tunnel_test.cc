@@ -239,6 +239,38 @@ TEST(Tunnel, NoStreamDigestUnlessAsked) {
   t.Stop();
 }
 
+// Short streams that end at once (one byte, then the client's half-close)
+// each reach the target whole. The source side then sends its header, the
+// byte, close_notify and its end of stream right after its handshake, often
+// before the destination side has finished its own: in the kTLS VM the
+// destination must still be able to put that connection's keys into the
+// kernel (the kernel refuses TCP_ULP on a socket whose peer has already
+// closed its side) and forward it.
+TEST(Tunnel, ShortStreamsThatEndAtOnceAllReachTheTarget) {
+  Listener target = Listener::Listen("127.0.0.1:0");
+  TunnelPair t = StartPair(target.address());
+  constexpr int kConns = 30;
+  for (int i = 0; i < kConns; ++i) {
+    UniqueFd c = ConnectStream(t.addr, 10s);
+    const uint8_t b = static_cast<uint8_t>(i);
+    SendAllFd(c.get(), &b, 1);
+    ::shutdown(c.get(), SHUT_WR);
+    ASSERT_TRUE(WaitFdReadable(target.fd(), 30s)) << "connection " << i << " never reached the target\n"
+                                                  << t.Outputs();
+    UniqueFd served = target.AcceptFd(10s);
+    const auto got = DrainFd(served.get());
+    EXPECT_EQ(got.first, 1u) << "connection " << i << "\n" << t.Outputs();
+    served.reset();
+    EXPECT_EQ(DrainFd(c.get()).first, 0u);  // the target's close came back
+  }
+  ASSERT_TRUE(testing::WaitForCount(*t.src, " done: ", kConns, 30s)) << t.Outputs();
+  EXPECT_FALSE(Has(t.dst->output(), "rejected")) << t.Outputs();
+  if (KtlsRequired()) {
+    EXPECT_TRUE(Has(t.dst->output(), "splice (kTLS")) << t.Outputs();
+  }
+  t.Stop();
+}
+
 // Connections reach the target in the order the source side accepted them,
 // even when the first one's TLS is held back until the others have arrived.
 void ExpectOrder(bool hold_first) {
