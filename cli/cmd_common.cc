@@ -61,6 +61,7 @@ SecurityConfig BuildSecurity(const Args& a, TlsRole role, const std::string& pee
   s.ktls = ParsePolicy(a.get("ktls", "auto"), "--ktls value");
   s.zero_copy = ParsePolicy(a.get("zero-copy", "auto"), "--zero-copy value");
   s.backend = ParseSendBackend(a.get("backend", "sendmsg"));
+  const uint64_t rekey_after = ParseRekeyAfter(a);  // checked with --no-tls too
   if (a.flag("no-tls")) {
     std::fprintf(stderr, "WARNING: --no-tls: guest memory crosses the network in PLAINTEXT.\n");
     s.tls = false;
@@ -88,7 +89,7 @@ SecurityConfig BuildSecurity(const Args& a, TlsRole role, const std::string& pee
     // Now, not at the first handshake: a recv would listen and refuse every source.
     CheckTlsPriority(s.tls_options.backend, s.tls_options.priority);
   }
-  s.tls_options.rekey_after_bytes = ParseRekeyAfter(a);
+  s.tls_options.rekey_after_bytes = rekey_after;
   if (a.flag("no-verify-peer")) {
     std::fprintf(stderr, "WARNING: --no-verify-peer: the peer is NOT authenticated; anyone on the path "
                          "can impersonate it.\n");

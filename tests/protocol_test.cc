@@ -111,6 +111,19 @@ TEST(Negotiate, CapabilityNames) {
   EXPECT_EQ(o.required, wire::kCapZeroPages);
 }
 
+// 'rekey' is offered unless a TLS channel cannot follow a KeyUpdate, and
+// is optional: a peer without it still agrees, just without the bit.
+TEST(Negotiate, RekeyIsWithheldOnlyByTlsChannelsThatCannotFollow) {
+  EXPECT_EQ(wire::CapabilityName(wire::kCapRekey), "rekey");
+  EXPECT_EQ(wire::kCapRekey, 1u << 4);  // the next free bit, for ever
+  EXPECT_EQ(wire::RekeyWithheld(/*tls=*/false, false), 0u);
+  EXPECT_EQ(wire::RekeyWithheld(/*tls=*/true, /*can_rekey=*/true), 0u);
+  EXPECT_EQ(wire::RekeyWithheld(/*tls=*/true, /*can_rekey=*/false), wire::kCapRekey);
+  const Agreement a = wire::Negotiate(wire::LocalOffer(wire::kCapRekey, 0), Side::kDestination, Range(3, 3));
+  EXPECT_EQ(a.status, wire::kOk) << a.why;
+  EXPECT_EQ(a.caps, wire::kKnownCaps & ~wire::kCapRekey);
+}
+
 // ---- hello ----
 
 wire::Hello SampleHello() {
