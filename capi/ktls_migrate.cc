@@ -123,6 +123,7 @@ struct ktm_config {
   DigestAlgorithm digest = DigestAlgorithm::kXxh3;
   std::chrono::milliseconds max_downtime{0};
   uint32_t max_iterations = 30;
+  uint64_t rekey_after = 0;  // TlsOptions::rekey_after_bytes
 
   SecurityConfig Security(TlsRole role, const std::string& address) const {
     SecurityConfig s;
@@ -136,6 +137,7 @@ struct ktm_config {
     s.tls_options.role = role;
     s.tls_options.creds = creds;
     s.tls_options.priority = priority;
+    s.tls_options.rekey_after_bytes = rekey_after;
     if (role == TlsRole::kClient) {
       s.tls_options.peer_name = hostname;
       if (s.tls_options.peer_name.empty()) {
@@ -246,6 +248,7 @@ KTM_SETTER(ktm_config_set_ktls, ktm_policy, c->ktls = PolicyOf(RawEnum(v)))
 KTM_SETTER(ktm_config_set_zero_copy, ktm_policy, c->zero_copy = PolicyOf(RawEnum(v)))
 KTM_SETTER(ktm_config_set_io_timeout_ms, int64_t, c->io_timeout = std::chrono::milliseconds(v))
 KTM_SETTER(ktm_config_set_max_downtime_ms, int64_t, c->max_downtime = std::chrono::milliseconds(v < 0 ? 0 : v))
+KTM_SETTER(ktm_config_set_rekey_after, uint64_t, c->rekey_after = v)
 KTM_SETTER(ktm_config_set_max_iterations, uint32_t, c->max_iterations = v ? v : 1)
 KTM_SETTER(ktm_config_set_connect_timeout_ms, int64_t,
            c->connect_timeout = std::chrono::milliseconds(v < 0 ? 86400000 : v))

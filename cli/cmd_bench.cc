@@ -19,6 +19,7 @@
 #include "certs/generate.h"
 #include "cli/args.h"
 #include "cli/bench_sections.h"
+#include "cli/cmd_common.h"
 #include "cli/commands.h"
 #include "cli/loopback.h"
 #include "cli/per_page_channel.h"
@@ -160,6 +161,7 @@ struct BenchPlan {
   std::string output_dir;
   std::string sections;  // ",floor,file,socat,downtime,"
   std::optional<std::string> no_ktls;
+  uint64_t rekey_after = 0;  // --rekey-after (TLS rows)
   bool section(const char* name) const { return sections.find(std::string(",") + name + ",") != std::string::npos; }
   bool wants(const Mode& m) const { return modes.find(std::string(",") + m.name + ",") != std::string::npos; }
 };
@@ -195,6 +197,7 @@ Row RunMode(const BenchPlan& plan, const Mode& m, int nch, bool to_file = false)
   cfg.zero_percent = 0;
   cfg.channels = nch;
   cfg.pki_dir = plan.pki_dir;
+  cfg.rekey_after = plan.rekey_after;
   m.apply(cfg);
   if (to_file) cfg.output = plan.output_dir + "/bench-" + m.name + ".img";
   try {
@@ -531,14 +534,16 @@ void RunSections(const Args& a, const BenchPlan& plan, const SectionPlan& sectio
 
 int CmdBench(int argc, char** argv) {
   Args a(argc, argv, 2,
-         {"size", "channels", "modes", "json", "png", "rss-size", "output-dir", "sections", "downtime-size", "runs"},
+         {"size", "channels", "modes", "json", "png", "rss-size", "output-dir", "sections", "downtime-size", "runs",
+          "rekey-after"},
          {"help"});
   if (a.flag("help")) {
-    std::printf("%s", kBenchHelp);
+    std::printf("%s%s", kBenchHelp, kRekeyAfterHelp);
     return 0;
   }
   BenchPlan plan;
   plan.size = ParseSize(a.get("size", "1G"), "--size");
+  plan.rekey_after = ParseRekeyAfter(a);
   plan.channels = ParseChannelList(a.get("channels", "1,4"));
   plan.modes = "," + a.get("modes", "plain-copy,msg-zerocopy,uring,uring-fixed,tls-userspace,tls-qemu-style,ktls") + ",";
   plan.sections = "," + a.get("sections", "floor,file,socat,downtime") + ",";

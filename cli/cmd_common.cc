@@ -24,6 +24,9 @@ server-key.pem, client-cert.pem, client-key.pem):
   --tls-hostname NAME   name the destination's certificate must hold (send;
                         default: the HOST of --connect)
   --tls-priority STR    GnuTLS priority string (default: TLS 1.3, 1.2 allowed, AEAD only)
+  --rekey-after BYTES   change the TLS key after this many bytes per direction
+                        (TLS 1.3 KeyUpdate; K, M, G suffixes); default: before
+                        the cipher's limit (2^24 records for AES-GCM)
   --no-verify-peer      do not verify the peer's certificate (DANGEROUS)
   --no-tls              plaintext (DANGEROUS: guest memory in the clear)
 
@@ -38,9 +41,14 @@ Transport options:
   --quiet               no progress bar
 )";
 
+const char* const kRekeyAfterHelp = R"(  --rekey-after BYTES   change the TLS key after this many bytes per direction
+                        (TLS 1.3 KeyUpdate; K, M, G suffixes); default: before
+                        the cipher's limit (2^24 records for AES-GCM)
+)";
+
 const std::set<std::string> kSecValue = {"tls-creds", "tls-ca", "tls-cert", "tls-key", "tls-crl",
                                          "tls-hostname", "tls-priority", "ktls", "zero-copy", "json",
-                                         "backend"};
+                                         "backend", "rekey-after"};
 const std::set<std::string> kSecBool = {"no-verify-peer", "no-tls", "quiet", "help"};
 
 std::set<std::string> Join(std::set<std::string> a, const std::set<std::string>& b) {
@@ -53,6 +61,7 @@ SecurityConfig BuildSecurity(const Args& a, TlsRole role, const std::string& pee
   s.ktls = ParsePolicy(a.get("ktls", "auto"), "--ktls value");
   s.zero_copy = ParsePolicy(a.get("zero-copy", "auto"), "--zero-copy value");
   s.backend = ParseSendBackend(a.get("backend", "sendmsg"));
+  const uint64_t rekey_after = ParseRekeyAfter(a);  // checked with --no-tls too
   if (a.flag("no-tls")) {
     std::fprintf(stderr, "WARNING: --no-tls: guest memory crosses the network in PLAINTEXT.\n");
     s.tls = false;
@@ -80,12 +89,25 @@ SecurityConfig BuildSecurity(const Args& a, TlsRole role, const std::string& pee
     // Now, not at the first handshake: a recv would listen and refuse every source.
     CheckTlsPriority(s.tls_options.backend, s.tls_options.priority);
   }
+  s.tls_options.rekey_after_bytes = rekey_after;
   if (a.flag("no-verify-peer")) {
     std::fprintf(stderr, "WARNING: --no-verify-peer: the peer is NOT authenticated; anyone on the path "
                          "can impersonate it.\n");
     s.tls_options.verify_peer = false;
   }
   return s;
+}
+
+uint64_t ParseRekeyAfter(const Args& a) {
+  if (!a.has("rekey-after")) return 0;
+  const uint64_t n = ParseSize(a.get("rekey-after"), "--rekey-after");
+  // Below one full record every record would need its own key.
+  if (n < kMinRekeyAfter) {
+    throw Error(ErrorKind::kUsage, EINVAL,
+                "bad --rekey-after '" + a.get("rekey-after") +
+                    "': at least 16K (one TLS record); leave it out for the cipher's limit");
+  }
+  return n;
 }
 
 std::string HostOf(const std::string& addr) {

@@ -31,6 +31,13 @@ std::set<std::string> Join(std::set<std::string> a, const std::set<std::string>&
 // The security settings the certificate and transport flags ask for. Prints
 // the warnings of dangerous flags and of the credentials on stderr; throws
 // Error(kUsage) without credentials unless --no-tls.
+// --rekey-after (TlsOptions::rekey_after_bytes): 0 when absent; a size
+// with K/M/G of at least kMinRekeyAfter, else Error(kUsage).
+inline constexpr uint64_t kMinRekeyAfter = 16384;
+uint64_t ParseRekeyAfter(const Args& a);
+// The --rekey-after line of the help texts.
+extern const char* const kRekeyAfterHelp;
+
 SecurityConfig BuildSecurity(const Args& a, TlsRole role, const std::string& peer_host);
 
 // HOST of "HOST:PORT" or "[ADDR]:PORT".

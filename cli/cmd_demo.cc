@@ -57,6 +57,7 @@ LoopbackConfig MakeDemoConfig(const Args& a, const std::string& dir) {
   cfg.max_iterations = static_cast<uint32_t>(a.number("max-iterations", 30, 1, UINT32_MAX));
   cfg.max_downtime = std::chrono::milliseconds(a.number("max-downtime", 0, 0, 86400000));
   cfg.digest = ParseDigestAlgorithm(a.get("digest", "xxh3"));
+  cfg.rekey_after = ParseRekeyAfter(a);
   cfg.output = dir + "/received.img";
   if (cfg.tls) {
     GenerateOptions g;
@@ -109,10 +110,10 @@ int ReportDemo(const Args& a, const LoopbackConfig& cfg, const LoopbackResult& r
 int CmdDemo(int argc, char** argv) {
   Args a(argc, argv, 2,
          {"size", "channels", "dirty-rate", "ktls", "zero-copy", "json", "max-iterations", "max-downtime", "digest",
-          "backend"},
+          "backend", "rekey-after"},
          {"live", "no-tls", "help", "quiet", "register-buffers"});
   if (a.flag("help")) {
-    std::printf("%s", kDemoHelp);
+    std::printf("%s%s", kDemoHelp, kRekeyAfterHelp);
     return 0;
   }
   char tmpl[] = "/tmp/tls-migrate-demo-XXXXXX";

@@ -15,6 +15,7 @@
 #include "cli/commands.h"
 #include "ktls/cipher_table.h"
 #include "ktls/ktls.h"
+#include "ktls/rekey.h"
 #include "tls/handshake.h"
 #include "transport/migration.h"
 
@@ -24,7 +25,9 @@ namespace {
 const char* kProbeHelp = R"(Usage: tls-migrate probe
 
 Reports what this host supports (kernel TLS and its ciphers, MSG_ZEROCOPY,
-io_uring SEND_ZC, locked-memory and optmem limits) and what each mode would do.
+io_uring SEND_ZC, locked-memory and optmem limits, whether the kernel re-keys
+kTLS sessions (TLS 1.3 KeyUpdate) and decrypts without padding checks) and what
+each mode would do.
 )";
 
 }  // namespace
@@ -47,6 +50,12 @@ int CmdProbe(int argc, char** argv) {
                 ulp ? "no (no tls module)" : ProbeKernelCipher(row).c_str(),
                 row.installable ? "yes" : (std::string("no, ") + row.why_not).c_str());
   }
+  // Beyond installing keys once: TLS 1.3 key updates and no-pad receive.
+  const KtlsKernelFeatures& kf = ProbeKtlsKernelFeatures();
+  const std::string no_ktls = ulp ? "no: " + *ulp : "";
+  std::printf("  TLS 1.3 key update (a second TLS_TX/TLS_RX): %s\n", ulp ? no_ktls.c_str() : kf.rekey_detail.c_str());
+  std::printf("  TLS_RX_EXPECT_NO_PAD: %s\n", ulp ? no_ktls.c_str() : kf.rx_no_pad_detail.c_str());
+  std::printf("  userspace TLS (GnuTLS) re-keys in any case: it follows and starts key updates itself\n");
   // MSG_ZEROCOPY
   std::string zc;
   try {

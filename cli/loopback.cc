@@ -18,6 +18,7 @@ SecurityConfig MakeSecurity(const LoopbackConfig& c, TlsRole role) {
     s.tls_options.role = role;
     s.tls_options.creds = Credentials::Load(CredsDirFiles(c.pki_dir, role), role);
     s.tls_options.peer_name = "localhost";
+    s.tls_options.rekey_after_bytes = c.rekey_after;
   }
   return s;
 }

@@ -34,6 +34,7 @@ struct LoopbackConfig {
   std::string output;              // "" = destination keeps the image in memory
   uint64_t writeback_window = DestinationOptions{}.writeback_window;  // file output: its bound (0: none)
   bool progress = false;
+  uint64_t rekey_after = 0;        // TlsOptions::rekey_after_bytes (0: the cipher's limit)
 };
 
 struct LoopbackResult {

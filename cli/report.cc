@@ -41,6 +41,27 @@ void WriteJsonFile(const std::string& path, const nlohmann::json& j) {
   }
 }
 
+namespace {
+
+// "2^24" for powers of two, else the number.
+std::string RecordCount(uint64_t n) {
+  if (n && (n & (n - 1)) == 0) return "2^" + std::to_string(__builtin_ctzll(n));
+  return std::to_string(n);
+}
+
+}  // namespace
+
+void PrintKeyLifetime(const ChannelStats& st) {
+  if (!st.rekey.applies) return;
+  const ChannelStats::Rekey& k = st.rekey;
+  std::string limit = RecordCount(k.limit_records) + " records";
+  if (k.limit_bytes) limit += " or " + Human(double(k.limit_bytes)) + " (--rekey-after)";
+  std::printf("             key updates: %llu sent, %llu received; send key changes before %s; %s: %s\n",
+              (unsigned long long)k.sent, (unsigned long long)k.received, limit.c_str(),
+              k.can_rekey ? "re-keying on" : "re-keying off", k.detail.c_str());
+  std::printf("             no-pad receive %s\n", st.rx_no_pad_detail.c_str());
+}
+
 void PrintReport(const char* role, const MigrationReport& r, const SideCpu* cpu) {
   std::printf("%s: session %s\n", role, r.session.c_str());
   std::printf("  image %s in %u iteration(s): %llu page transmissions (%llu zero pages as offsets only)\n",
@@ -97,6 +118,13 @@ void PrintReport(const char* role, const MigrationReport& r, const SideCpu* cpu)
                   (unsigned long long)zc.zero_copied, (unsigned long long)zc.copied,
                   zc.copied == zc.sends ? " (local delivery: the kernel copies; real NICs avoid it)" : "");
     }
+    // A group's key updates are its channels' together.
+    ChannelStats group = c.stats;
+    for (size_t k = i + 1; k < j; ++k) {
+      group.rekey.sent += r.channels[k].stats.rekey.sent;
+      group.rekey.received += r.channels[k].stats.rekey.received;
+    }
+    PrintKeyLifetime(group);
     i = j;
   }
 }

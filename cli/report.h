@@ -18,6 +18,10 @@ struct SideCpu {
 SideCpu SelfCpu();                 // this process so far (all threads)
 std::string Human(double bytes);   // "1.5 GiB"
 nlohmann::json ReportJson(const char* role, const MigrationReport& r, const SideCpu* cpu);
+// The key lifetime lines of a TLS channel (key updates each way, the limit
+// in force, whether the key can change and why, no-pad receive); nothing
+// for plaintext channels.
+void PrintKeyLifetime(const ChannelStats& st);
 void PrintReport(const char* role, const MigrationReport& r, const SideCpu* cpu);
 
 // Writes `j` to `path` ("-" = stdout). Throws Error(kLocalIo) naming the file.

@@ -99,6 +99,12 @@ ktm_status ktm_config_set_hostname(ktm_config* c, const char* hostname);
 ktm_status ktm_config_set_priority(ktm_config* c, const char* priority);
 ktm_status ktm_config_set_ktls(ktm_config* c, ktm_policy p);
 ktm_status ktm_config_set_zero_copy(ktm_config* c, ktm_policy p);
+/* Change the TLS key after this many bytes per direction (TLS 1.3
+ * KeyUpdate), as well as before the cipher's limit (2^24 records for
+ * AES-GCM); 0 (default): at that limit only. Where the key cannot change
+ * (TLS 1.2, a kernel TLS path without re-keying, a peer that cannot follow)
+ * a channel stops with KTM_E_SECURITY at the limit instead. */
+ktm_status ktm_config_set_rekey_after(ktm_config* c, uint64_t bytes);
 /* No progress for this long on a channel fails with KTM_E_TIMEOUT; < 0 = forever. */
 ktm_status ktm_config_set_io_timeout_ms(ktm_config* c, int64_t ms);
 ktm_status ktm_config_set_connect_timeout_ms(ktm_config* c, int64_t ms);

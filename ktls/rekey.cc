@@ -74,17 +74,6 @@ const KtlsKernelFeatures& ProbeKtlsKernelFeatures() {
   return features;
 }
 
-uint64_t RecordLimit(TlsCipher c) {
-  switch (c) {
-    case TlsCipher::kAes128Gcm:
-    case TlsCipher::kAes256Gcm: return uint64_t{1} << 24;
-    case TlsCipher::kAes128Ccm: return uint64_t{1} << 21;
-    case TlsCipher::kChacha20Poly1305: return uint64_t{1} << 62;
-    case TlsCipher::kOther: break;
-  }
-  return uint64_t{1} << 21;  // unknown AEAD: the strictest figure we keep
-}
-
 HkdfHash SuiteHash(TlsCipher c) { return c == TlsCipher::kAes256Gcm ? HkdfHash::kSha384 : HkdfHash::kSha256; }
 
 TrafficKeySchedule::TrafficKeySchedule(const KernelCipher& row, TlsCipher cipher, const TrafficKeys& keys)

@@ -33,12 +33,7 @@ struct KtlsKernelFeatures {
 // /proc/net/tls_stat's TlsTxRekeyOk, once per process.
 const KtlsKernelFeatures& ProbeKtlsKernelFeatures();
 
-// Records one key may protect before it must change, with margin under the
-// published limits: AES-GCM 2^24 (RFC 8446 5.5 gives 2^24.5 full records),
-// AES-CCM 2^21 (the strictest published figure, RFC 9001 6.6's 2^21.5
-// packets), ChaCha20-Poly1305 2^62 (no practical limit: its bound exceeds
-// the sequence number space RFC 8446 leaves).
-uint64_t RecordLimit(TlsCipher c);
+// RecordLimit(TlsCipher): see tls/tls_types.h (the userspace path needs it too).
 
 // The hash of the TLS 1.3 cipher suite (SHA-384 for AES-256-GCM).
 HkdfHash SuiteHash(TlsCipher c);

@@ -340,6 +340,51 @@ TEST(CApi, MigrationIntoTheCallersBufferAndABufferTooSmall) {
   }
 }
 
+// ktm_config_set_rekey_after reaches the channels (userspace TLS here),
+// and the report's JSON says how often each channel changed keys.
+TEST(CApi, RekeyAfterChangesKeysAndTheReportSaysSo) {
+  Pki pki;
+  constexpr size_t kSize = 8u << 20;
+  Aligned src_mem(kSize);
+  std::vector<uint8_t> shadow(kSize);
+  for (size_t i = 0; i < kSize; ++i) shadow[i] = src_mem.p[i] = static_cast<uint8_t>((i >> 12) ^ (i * 7));
+  ktm_listener* l = ktm_listen("127.0.0.1:0");
+  ktm_config* srv = pki.Config(KTM_SERVER);
+  ktm_config* cli = pki.Config(KTM_CLIENT);
+  for (ktm_config* c : {srv, cli}) {
+    ASSERT_EQ(ktm_config_set_ktls(c, KTM_OFF), KTM_OK);
+    ASSERT_EQ(ktm_config_set_rekey_after(c, 256u << 10), KTM_OK);
+  }
+  ktm_config_set_channels(cli, 1);
+  std::vector<uint8_t> dst(kSize);
+  auto server = std::async(std::launch::async, [&] {
+    ktm_report* rep = nullptr;
+    const ktm_status st = ktm_migrate_destination(l, srv, nullptr, dst.data(), dst.size(), 20000, nullptr, nullptr, &rep);
+    return std::make_pair(st, rep);
+  });
+  Image img{&shadow};
+  ktm_source_ops ops{CollectAll, nullptr, 0};
+  ktm_report* rep = nullptr;
+  const ktm_status st =
+      ktm_migrate_source(ktm_listener_address(l), cli, src_mem.p, kSize, 4096, &ops, &img, nullptr, nullptr, &rep);
+  ASSERT_EQ(st, KTM_OK) << ktm_last_error();
+  auto [dst_st, dst_rep] = server.get();
+  ASSERT_EQ(dst_st, KTM_OK);
+  EXPECT_EQ(std::memcmp(dst.data(), shadow.data(), kSize), 0);
+  // 8 MiB at 256 KiB: the 8 updates a GnuTLS peer takes per window.
+  EXPECT_TRUE(Has(ktm_report_json(rep), "\"rekey\":{\"detail\":\"GnuTLS follows and starts key updates in "
+                                       "userspace\",\"limit_bytes\":262144,\"limit_records\":16777216,"
+                                       "\"possible\":true,\"received\":0,\"sent\":8}"))
+      << ktm_report_json(rep);
+  EXPECT_TRUE(Has(ktm_report_json(dst_rep), "\"received\":8,\"sent\":0}")) << ktm_report_json(dst_rep);
+  EXPECT_TRUE(Has(ktm_report_json(rep), "\"rx_no_pad\":false")) << ktm_report_json(rep);
+  ktm_report_free(rep);
+  ktm_report_free(dst_rep);
+  ktm_config_free(srv);
+  ktm_config_free(cli);
+  ktm_listener_free(l);
+}
+
 struct Scripted {
   uint8_t* mem;
   unsigned calls = 0;

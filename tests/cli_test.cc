@@ -52,7 +52,7 @@ TEST(Cli, HelpAndUsageErrors) {
 TEST(Cli, ProbeReportsThisHost) {
   std::string out;
   EXPECT_EQ(RunCli({"probe"}, &out), 0) << out;
-  for (const char* s : {"kernel TLS", "MSG_ZEROCOPY", "io_uring SEND_ZC", "ulimit -l", "optmem_max",
+  for (const char* s : {"kernel TLS", "TLS 1.3 key update", "TLS_RX_EXPECT_NO_PAD", "MSG_ZEROCOPY", "io_uring SEND_ZC", "ulimit -l", "optmem_max",
                         "What each mode would do"}) {
     EXPECT_NE(out.find(s), std::string::npos) << s << "\n" << out;
   }
@@ -92,6 +92,44 @@ TEST(Cli, FileMigrationWithCertificatesAndJson) {
   ASSERT_EQ(j.at("channels").size(), 3u);
   EXPECT_EQ(j.at("channels")[0].at("id"), 0);
   EXPECT_NE(out.find("channels 0-2:"), std::string::npos) << out;
+}
+
+// --rekey-after on a userspace TLS migration: both sides change keys, and
+// the path lines and --json say how often, under which limit, and why
+// no-pad is off. A bad value is a usage error (exit 2) naming the flag.
+TEST(Cli, RekeyAfterIsAppliedAndReported) {
+  Dir d;
+  GenerateCerts(d.path + "/pki", "localhost", "127.0.0.1");
+  const std::string port = std::to_string(FreePort());
+  Subprocess recv({Cli(), "recv", "--listen", "127.0.0.1:" + port, "--output", d.path + "/out.img", "--tls-creds",
+                   d.path + "/pki", "--ktls", "off", "--rekey-after", "256K", "--json", d.path + "/recv.json",
+                   "--timeout", "20"});
+  ASSERT_TRUE(recv.WaitFor("listening on", 10s)) << recv.output();
+  std::string out;
+  EXPECT_EQ(RunCli({"send", "--connect", "127.0.0.1:" + port, "--size", "16M", "--tls-creds", d.path + "/pki",
+                    "--ktls", "off", "--rekey-after", "256K", "--channels", "1", "--json", d.path + "/send.json"},
+                   &out),
+            0)
+      << out;
+  EXPECT_EQ(recv.Wait(30s), 0) << recv.output();
+  EXPECT_NE(out.find("key updates: 8 sent, 0 received; send key changes before 2^24 records or 256.0 KiB "
+                     "(--rekey-after); re-keying on"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("no-pad receive off: a kTLS receive option"), std::string::npos) << out;
+  std::ifstream sj(d.path + "/send.json"), rj(d.path + "/recv.json");
+  const nlohmann::json s = nlohmann::json::parse(sj), r = nlohmann::json::parse(rj);
+  const nlohmann::json& sk = s.at("channels")[0].at("rekey");
+  EXPECT_EQ(sk.at("sent"), 8) << s.dump(1);  // 16 MiB at 256 KiB: the pace's first window
+  EXPECT_EQ(sk.at("limit_bytes"), 256 << 10);
+  EXPECT_EQ(sk.at("limit_records"), 1 << 24);
+  EXPECT_EQ(sk.at("possible"), true);
+  EXPECT_EQ(r.at("channels")[0].at("rekey").at("received"), sk.at("sent")) << r.dump(1);
+  EXPECT_EQ(s.at("channels")[0].at("rx_no_pad"), false);
+  EXPECT_EQ(RunCli({"send", "--connect", "127.0.0.1:1", "--size", "1M", "--no-tls", "--rekey-after", "1K"}, &out), 2);
+  EXPECT_NE(out.find("--rekey-after '1K': at least 16K"), std::string::npos) << out;
+  EXPECT_EQ(RunCli({"send", "--connect", "127.0.0.1:1", "--size", "1M", "--no-tls", "--rekey-after", "lots"}, &out), 2);
+  EXPECT_NE(out.find("bad --rekey-after 'lots'"), std::string::npos) << out;
 }
 
 TEST(Cli, WrongHostnameExitsWithSecurityCode) {

@@ -101,14 +101,27 @@ TEST(Negotiate, UnknownBitsAreIgnoredUnlessRequired) {
 }
 
 TEST(Negotiate, CapabilityNames) {
-  EXPECT_EQ(wire::CapabilityNames(wire::kKnownCaps), "digest-xxh3, digest-sha256, zero-pages, abort-reason");
+  EXPECT_EQ(wire::CapabilityNames(wire::kKnownCaps), "digest-xxh3, digest-sha256, zero-pages, abort-reason, rekey");
   EXPECT_EQ(wire::CapabilityNames(0), "none");
   EXPECT_EQ(wire::DigestCapability(1), wire::kCapDigestXxh3);
   EXPECT_EQ(wire::DigestCapability(2), wire::kCapDigestSha256);
   EXPECT_EQ(wire::DigestCapability(3), 0u);
   const Offer o = wire::LocalOffer(wire::kCapDigestSha256 | wire::kCapZeroPages, wire::kCapZeroPages);
-  EXPECT_EQ(o.offered, wire::kCapDigestXxh3 | wire::kCapZeroPages | wire::kCapAbortReason);  // required stays offered
+  EXPECT_EQ(o.offered, wire::kCapDigestXxh3 | wire::kCapZeroPages | wire::kCapAbortReason | wire::kCapRekey);  // required stays offered
   EXPECT_EQ(o.required, wire::kCapZeroPages);
+}
+
+// 'rekey' is offered unless a TLS channel cannot follow a KeyUpdate, and
+// is optional: a peer without it still agrees, just without the bit.
+TEST(Negotiate, RekeyIsWithheldOnlyByTlsChannelsThatCannotFollow) {
+  EXPECT_EQ(wire::CapabilityName(wire::kCapRekey), "rekey");
+  EXPECT_EQ(wire::kCapRekey, 1u << 4);  // the next free bit, for ever
+  EXPECT_EQ(wire::RekeyWithheld(/*tls=*/false, false), 0u);
+  EXPECT_EQ(wire::RekeyWithheld(/*tls=*/true, /*can_rekey=*/true), 0u);
+  EXPECT_EQ(wire::RekeyWithheld(/*tls=*/true, /*can_rekey=*/false), wire::kCapRekey);
+  const Agreement a = wire::Negotiate(wire::LocalOffer(wire::kCapRekey, 0), Side::kDestination, Range(3, 3));
+  EXPECT_EQ(a.status, wire::kOk) << a.why;
+  EXPECT_EQ(a.caps, wire::kKnownCaps & ~wire::kCapRekey);
 }
 
 // ---- hello ----
@@ -210,7 +223,7 @@ TEST(HelloAck, SourceReadsTheAgreement) {
   const Agreement a = wire::SourceVerdict(src, ack, sizeof(ack));
   EXPECT_EQ(a.status, wire::kOk) << a.why;
   EXPECT_EQ(a.version, 3);
-  EXPECT_EQ(a.caps, wire::kCapDigestXxh3 | wire::kCapDigestSha256 | wire::kCapAbortReason);
+  EXPECT_EQ(a.caps, wire::kCapDigestXxh3 | wire::kCapDigestSha256 | wire::kCapAbortReason | wire::kCapRekey);
 }
 
 TEST(HelloAck, SourceNamesTheDestinationsRefusal) {

@@ -456,5 +456,132 @@ TEST(Tls, CloseNotifyToAResetPeerIsAnErrorAndNotRecordedAsSent) {
   ::close(c.raw_fd);
 }
 
+// --- key updates on the userspace path (RFC 8446 4.6.3) -------------------
+
+// A userspace pair where each end changes its send key every `rekey_after`
+// bytes (0: only at the cipher's record limit).
+struct UserspacePair {
+  TlsEnd c, s;
+  GnutlsRecordChannel& client() { return dynamic_cast<GnutlsRecordChannel&>(*c.ch); }
+  GnutlsRecordChannel& server() { return dynamic_cast<GnutlsRecordChannel&>(*s.ch); }
+};
+UserspacePair ConnectUserspace(uint64_t rekey_after, const char* priority = nullptr) {
+  Listener l = Listener::Listen("127.0.0.1:0");
+  TlsOptions so = ServerOptions(), co = ClientOptions();
+  so.rekey_after_bytes = co.rekey_after_bytes = rekey_after;
+  if (priority) so.priority = co.priority = priority;
+  auto fut = ServeOnce(l, so, {KtlsMode::kOff});
+  UserspacePair p;
+  p.c = ConnectTls(l.address(), co, {KtlsMode::kOff});
+  p.s = fut.get();
+  if (!p.c.ch || !p.s.ch) throw std::runtime_error("TLS setup failed: " + p.c.error + p.s.error);
+  // A failure ends in seconds, not at the test's timeout.
+  p.c.ch->set_io_timeout(std::chrono::seconds(10));
+  p.s.ch->set_io_timeout(std::chrono::seconds(10));
+  return p;
+}
+
+// GnuTLS takes at most 8 KeyUpdates a second from its peer (more is a
+// flood to it), so a 64 KiB limit re-keys at that pace, not every 64 KiB:
+// 32 MiB would need 511 updates, which at 8 a second is a minute.
+TEST(TlsRekey, UserspaceRekeysAtTheByteLimitBothWaysAndCountsAgree) {
+  UserspacePair p = ConnectUserspace(64u << 10);
+  EXPECT_EQ(ExchangeBothWays(*p.c.ch, *p.s.ch, 32u << 20), "");
+  const ChannelStats::Rekey c = p.c.ch->stats().rekey, s = p.s.ch->stats().rekey;
+  EXPECT_GE(c.sent, uint64_t{KeyUpdatePace::kPerWindow});
+  EXPECT_GE(s.sent, uint64_t{KeyUpdatePace::kPerWindow});
+  EXPECT_LE(c.sent, 511u);
+  EXPECT_LE(s.sent, 511u);
+  RecordProperty("updates_client_to_server", std::to_string(c.sent));
+  RecordProperty("updates_server_to_client", std::to_string(s.sent));
+  EXPECT_EQ(c.sent, s.received);
+  EXPECT_EQ(s.sent, c.received);
+  EXPECT_TRUE(c.applies);
+  EXPECT_TRUE(c.can_rekey) << c.detail;
+  EXPECT_EQ(c.limit_records, uint64_t{1} << 24);  // AES-128-GCM, the default suite
+  EXPECT_EQ(c.limit_bytes, 64u << 10);
+  ExpectContains(c.detail, "GnuTLS");
+  EXPECT_FALSE(p.c.ch->stats().rx_no_pad);
+}
+
+TEST(TlsRekey, PaceAllowsEightUpdatesPerWindow) {
+  KeyUpdatePace pace;
+  const auto t0 = KeyUpdatePace::Clock::now();
+  for (int i = 0; i < KeyUpdatePace::kPerWindow; ++i) {
+    ASSERT_TRUE(pace.may_send(t0 + std::chrono::milliseconds(i)));
+    pace.sent(t0 + std::chrono::milliseconds(i));
+  }
+  EXPECT_FALSE(pace.may_send(t0 + std::chrono::milliseconds(1000)));  // GnuTLS would refuse this one
+  EXPECT_FALSE(pace.may_send(t0 + KeyUpdatePace::kWindow));
+  EXPECT_TRUE(pace.may_send(t0 + KeyUpdatePace::kWindow + std::chrono::milliseconds(1)));
+}
+
+// Past 8 a second, a GnuTLS receiver refuses: the pace is not overcautious.
+TEST(TlsRekey, GnutlsRefusesAnUnpacedNinthUpdate) {
+  UserspacePair p = ConnectUserspace(0);
+  gnutls_session_t c = p.client().session().native();
+  for (int i = 0; i <= KeyUpdatePace::kPerWindow; ++i) ASSERT_EQ(gnutls_session_key_update(c, 0), 0);
+  p.c.ch->write_all("x", 1);
+  char in = 0;
+  try {
+    p.s.ch->read_all(&in, 1);
+    FAIL() << "GnuTLS took 9 KeyUpdates within a second";
+  } catch (const Error& e) {
+    ExpectContains(e.what(), "Too many handshake packets");
+  }
+}
+
+TEST(TlsRekey, PeerThatCannotFollowGetsNoKeyUpdateAndTheWriterStopsAtTheLimit) {
+  UserspacePair p = ConnectUserspace(64u << 10);
+  p.c.ch->set_peer_follows_key_updates(false);
+  auto got = std::async(std::launch::async, [&] { return ReceiveAll(*p.s.ch); });
+  std::vector<uint8_t> buf(1 << 20, 0x5a);
+  try {
+    p.c.ch->write_all(buf.data(), buf.size());
+    FAIL() << "wrote past the key's limit toward a peer that cannot follow a key update";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kSecurity) << e.what();
+    EXPECT_EQ(e.code(), EKEYEXPIRED) << e.what();
+    ExpectContains(e.what(), "cannot follow a key update");
+  }
+  p.c.ch->shutdown(ShutdownHow::kWrite);  // close_notify: the reader sees a clean end
+  EXPECT_EQ(got.get().first, 64u << 10);  // exactly what the key was allowed to carry
+  const ChannelStats::Rekey c = p.c.ch->stats().rekey, s = p.s.ch->stats().rekey;
+  EXPECT_EQ(c.sent, 0u);
+  EXPECT_EQ(s.received, 0u);
+  EXPECT_FALSE(c.can_rekey);
+  ExpectContains(c.detail, "cannot follow");
+}
+
+TEST(TlsRekey, GnutlsPeerAskingForAnUpdateIsAnswered) {
+  UserspacePair p = ConnectUserspace(0);
+  // The server side asks, as any GnuTLS application may: KeyUpdate with
+  // update_requested, then data.
+  ASSERT_EQ(gnutls_session_key_update(p.server().session().native(), GNUTLS_KU_PEER), 0);
+  std::vector<uint8_t> buf(1 << 20, 0x33), in(buf.size());
+  p.s.ch->write_all(buf.data(), buf.size());
+  ASSERT_TRUE(p.c.ch->read_all(in.data(), in.size()));
+  EXPECT_EQ(p.c.ch->stats().rekey.received, 1u);
+  // The client's next data goes under a new key, announced first.
+  p.c.ch->write_all(buf.data(), buf.size());
+  ASSERT_TRUE(p.s.ch->read_all(in.data(), in.size()));
+  EXPECT_EQ(in, buf);
+  const ChannelStats::Rekey c = p.c.ch->stats().rekey, s = p.s.ch->stats().rekey;
+  EXPECT_EQ(c.sent, 1u);
+  EXPECT_EQ(s.received, 1u);
+  EXPECT_EQ(s.sent, 1u);
+  EXPECT_EQ(c.limit_bytes, 0u);
+}
+
+TEST(TlsRekey, Tls12SaysItHasNoKeyUpdate) {
+  UserspacePair p = ConnectUserspace(0, "NORMAL:-VERS-ALL:+VERS-TLS1.2:-CIPHER-ALL:+AES-128-GCM");
+  EXPECT_EQ(ExchangeBothWays(*p.c.ch, *p.s.ch, 1u << 20), "");
+  const ChannelStats::Rekey c = p.c.ch->stats().rekey;
+  EXPECT_TRUE(c.applies);
+  EXPECT_FALSE(c.can_rekey);
+  ExpectContains(c.detail, "TLS 1.2 has no key update");
+  EXPECT_EQ(c.sent + c.received, 0u);
+}
+
 }  // namespace
 }  // namespace ktm

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <functional>
 #include <future>
+#include <optional>
 #include <mutex>
 #include <thread>
 
@@ -86,6 +87,7 @@ TEST(Transport, TlsChannelSocketsHaveNagleOff) {
 struct Outcome {
   MigrationReport src, dst;
   std::string src_error, dst_error;
+  std::optional<ErrorKind> src_kind, dst_kind;  // when the error was an Error
   std::vector<std::string> logs;
 };
 
@@ -104,6 +106,9 @@ Outcome Migrate(PageSource& src, int channels, SecurityConfig src_sec, SecurityC
     if (tweak_dst) tweak_dst(d);
     try {
       o.dst = RunDestination(l, d);
+    } catch (const Error& e) {
+      o.dst_error = e.what();
+      o.dst_kind = e.kind();
     } catch (const std::exception& e) {
       o.dst_error = e.what();
     }
@@ -119,6 +124,9 @@ Outcome Migrate(PageSource& src, int channels, SecurityConfig src_sec, SecurityC
   if (tweak) tweak(s);
   try {
     o.src = RunSource(src, s);
+  } catch (const Error& e) {
+    o.src_error = e.what();
+    o.src_kind = e.kind();
   } catch (const std::exception& e) {
     o.src_error = e.what();
   }
@@ -434,6 +442,61 @@ TEST(Transport, WrongCertificatesRejectedBeforeAnyPage) {
   ASSERT_FALSE(o.logs.empty());
   EXPECT_NE(o.logs[0].find("rejected connection"), std::string::npos) << o.logs[0];
   EXPECT_TRUE(dir.Entries().empty());  // not even a temp file: no page was read
+}
+
+// ---- TLS key updates and the 'rekey' capability ----
+
+// Userspace TLS on both ends (whatever KTM_TEST_KTLS says), changing keys
+// every `rekey_after` bytes.
+SecurityConfig UserspaceTls(TlsRole role, uint64_t rekey_after) {
+  SecurityConfig s = Tls(role);
+  s.ktls = KtlsMode::kOff;
+  s.tls_options.rekey_after_bytes = rekey_after;
+  return s;
+}
+
+// Both offer 'rekey': every channel re-keys (at the pace a GnuTLS peer
+// takes, see KeyUpdatePace) and the counts agree end to end.
+TEST(Rekey, UserspaceMigrationWithTheCapabilityRekeysEveryChannel) {
+  testing::TempDir dir;
+  auto img = MappedImage::Anonymous(24u << 20);
+  img->FillMixed(0, 5);
+  const std::string out = dir.path + "/image.bin";
+  Outcome o = Migrate(*img, 2, UserspaceTls(TlsRole::kClient, 256u << 10), UserspaceTls(TlsRole::kServer, 256u << 10),
+                      out);
+  ExpectIntact(o, *img, out);
+  ASSERT_EQ(o.src.channels.size(), 2u);
+  ASSERT_EQ(o.dst.channels.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    const ChannelStats::Rekey& s = o.src.channels[i].stats.rekey;
+    const ChannelStats::Rekey& d = o.dst.channels[i].stats.rekey;
+    // 12 MiB per channel at 256 KiB: at least the pace's first window.
+    EXPECT_GE(s.sent, uint64_t{KeyUpdatePace::kPerWindow}) << "channel " << i;
+    EXPECT_EQ(d.received, s.sent) << "channel " << i;
+    EXPECT_EQ(s.received, d.sent) << "channel " << i;
+    EXPECT_TRUE(s.can_rekey) << s.detail;
+    EXPECT_EQ(s.limit_bytes, 256u << 10);
+  }
+}
+
+// A destination that does not offer 'rekey' (e.g. kTLS on a kernel that
+// cannot re-key) is never sent a KeyUpdate: the source stops at its key's
+// limit with a security error and says why; the destination keeps no
+// partial image. (It sees a vanished source: ABORT cannot follow on a
+// channel whose key is spent, and ABORT is a switch-over message today.)
+TEST(Rekey, PeerWithoutTheCapabilityGetsNoKeyUpdateAndTheMigrationFailsCleanly) {
+  testing::TempDir dir;
+  auto img = MappedImage::Anonymous(8u << 20);
+  img->FillMixed(0, 6);
+  const std::string out = dir.path + "/image.bin";
+  Outcome o = Migrate(*img, 1, UserspaceTls(TlsRole::kClient, 256u << 10), UserspaceTls(TlsRole::kServer, 0), out,
+                      std::chrono::seconds(20), nullptr,
+                      [](DestinationOptions& d) { d.capabilities_withheld = wire::kCapRekey; });
+  EXPECT_EQ(o.src_kind, ErrorKind::kSecurity) << o.src_error;
+  EXPECT_NE(o.src_error.find("cannot follow a key update"), std::string::npos) << o.src_error;
+  EXPECT_EQ(o.dst_kind, ErrorKind::kPeer) << o.dst_error;
+  EXPECT_NE(o.dst_error.find("the image is incomplete and was discarded"), std::string::npos) << o.dst_error;
+  EXPECT_TRUE(dir.Entries().empty());  // no image, no temp file
 }
 
 // ---- a hand-driven source for forged streams ----

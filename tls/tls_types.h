@@ -19,6 +19,43 @@ enum class TlsCipher { kAes128Gcm, kAes256Gcm, kChacha20Poly1305, kAes128Ccm, kO
 const char* ToString(TlsVersion v);
 const char* ToString(TlsCipher c);
 
+// Records one key may protect before it must change, with margin under the
+// published limits: AES-GCM 2^24 (RFC 8446 5.5 gives 2^24.5 full records),
+// AES-CCM 2^21 (the strictest published figure, RFC 9001 6.6's 2^21.5
+// packets), ChaCha20-Poly1305 2^62 (no practical limit: its bound exceeds
+// the sequence number space RFC 8446 leaves).
+uint64_t RecordLimit(TlsCipher c);
+
+// Spaces the TLS 1.3 KeyUpdates a sender starts for its own reasons (a
+// byte limit): GnuTLS (3.6.14 on, Debian's 3.7.9 included) refuses more
+// than 8 KeyUpdates from its peer within one second as a flood
+// (GNUTLS_E_TOO_MANY_HANDSHAKE_PACKETS, "Too many handshake packets"), and
+// the peer may be GnuTLS. So at most kPerWindow updates start within
+// kWindow, which is longer than GnuTLS's 1 s by a margin for updates that
+// wait longer in the socket than the first of their window did. A due
+// update that must wait leaves the byte limit overrun for that long; the
+// record limit (RecordLimit) is never overrun: that update goes anyway.
+class KeyUpdatePace {
+ public:
+  using Clock = std::chrono::steady_clock;
+  static constexpr int kPerWindow = 8;
+  static constexpr std::chrono::milliseconds kWindow{1500};
+  // Whether an update may start at `now`.
+  bool may_send(Clock::time_point now) const { return count_ < kPerWindow || now - start_ > kWindow; }
+  // An update left at `now` (any update, answers to the peer included).
+  void sent(Clock::time_point now) {
+    if (count_ == 0 || now - start_ > kWindow) {
+      start_ = now;
+      count_ = 0;
+    }
+    ++count_;
+  }
+
+ private:
+  Clock::time_point start_{};
+  int count_ = 0;
+};
+
 // Which TLS library runs the handshake and userspace records.
 enum class TlsBackend { kGnutls };
 

@@ -94,12 +94,16 @@ void SessionBuilder::Settle(Admitted& p) {
     }
   }
   if (p.error) return RefuseBroken(p);
-  const wire::Agreement agreed = wire::Negotiate(offer_, wire::Side::kDestination, h.offer());
+  // This channel's offer: kCapRekey only if it can follow a KeyUpdate.
+  wire::Offer offer = offer_;
+  const ChannelStats st = p.oc.channel->stats();
+  offer.offered &= ~(wire::RekeyWithheld(st.rekey.applies, st.rekey.can_rekey) & ~offer.required);
+  const wire::Agreement agreed = wire::Negotiate(offer, wire::Side::kDestination, h.offer());
   const uint32_t status = agreed.status != wire::kOk ? agreed.status : Fits(h);
   if (status != wire::kOk) {
     Log("rejected channel " + std::to_string(h.channel_id) + " from " + p.peer + " (session " +
         wire::UuidString(h.session) + "): " + (agreed.status ? agreed.why : wire::StatusText(status)));
-    return AnswerHello(*p.oc.channel, h, offer_, status);
+    return AnswerHello(*p.oc.channel, h, offer, status);
   }
   if (!first_) {
     // The first valid hello fixes the session: refuse an image that
@@ -108,13 +112,14 @@ void SessionBuilder::Settle(Admitted& p) {
       const wire::Geometry g{h.image_size, h.page_size};
       CheckImageFits(opts_, h.image_size, g.padded_size());
     } catch (const Error&) {
-      AnswerHello(*p.oc.channel, h, offer_, wire::kNoSpace);
+      AnswerHello(*p.oc.channel, h, offer, wire::kNoSpace);
       throw;
     }
     first_ = h;
     session_.by_id.resize(h.channel_count);
   }
-  AnswerHello(*p.oc.channel, h, offer_, wire::kOk);
+  AnswerHello(*p.oc.channel, h, offer, wire::kOk);
+  p.oc.channel->set_peer_follows_key_updates((agreed.caps & wire::kCapRekey) != 0);
   session_.by_id[h.channel_id] = std::move(p.oc);
   ++accepted_;
 }

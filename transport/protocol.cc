@@ -69,6 +69,7 @@ constexpr CapabilityEntry kCapabilityNames[] = {
     {kCapDigestSha256, "digest-sha256"},
     {kCapZeroPages, "zero-pages"},
     {kCapAbortReason, "abort-reason"},
+    {kCapRekey, "rekey"},
 };
 
 std::string RangeText(const Offer& o) { return std::to_string(o.min_version) + ".." + std::to_string(o.max_version); }

@@ -82,9 +82,21 @@ enum Capability : uint32_t {
   kCapDigestSha256 = 1u << 1,  // image digest SHA-256 (END, DigestAlgorithm 2)
   kCapZeroPages = 1u << 2,     // ZERO packets: all-zero pages as offsets only
   kCapAbortReason = 1u << 3,   // ABORT packets: the source says why it gives up
+  kCapRekey = 1u << 4,         // TLS 1.3 KeyUpdate: this side's channel follows the peer's
 };
 // Every capability this build implements.
-inline constexpr uint32_t kKnownCaps = kCapDigestXxh3 | kCapDigestSha256 | kCapZeroPages | kCapAbortReason;
+inline constexpr uint32_t kKnownCaps =
+    kCapDigestXxh3 | kCapDigestSha256 | kCapZeroPages | kCapAbortReason | kCapRekey;
+
+// kCapRekey when a channel cannot follow a peer's TLS 1.3 KeyUpdate, else 0:
+// `tls` is ChannelStats::rekey.applies, `can_rekey` its can_rekey before the
+// hello (userspace TLS 1.3: yes; kTLS: whether the kernel re-keys, which
+// covers both directions; TLS 1.2: no). A plaintext channel offers it:
+// there is nothing to follow. After the hello each side tells every
+// channel whether the peer offered it (Channel::set_peer_follows_key_updates):
+// a channel never sends a KeyUpdate to a peer that did not, and stops at
+// its key's limit instead.
+inline uint32_t RekeyWithheld(bool tls, bool can_rekey) { return tls && !can_rekey ? uint32_t{kCapRekey} : 0u; }
 
 // "digest-xxh3", ...; "capability bit N" for a bit this build does not know.
 std::string CapabilityName(uint32_t bit);

@@ -47,6 +47,18 @@ nlohmann::json MigrationReportJson(const MigrationReport& r) {
     }
     if (st.records_batched) cj["tls_batches"] = st.records_batched;
     if (st.session_tickets_ignored) cj["session_tickets_ignored"] = st.session_tickets_ignored;
+    if (st.rekey.applies) {
+      // TLS key lifetime: updates each way, the limit in force (bytes 0:
+      // none), and whether the send key can change (why not, if not).
+      cj["rekey"] = {{"sent", st.rekey.sent},
+                     {"received", st.rekey.received},
+                     {"limit_records", st.rekey.limit_records},
+                     {"limit_bytes", st.rekey.limit_bytes},
+                     {"possible", st.rekey.can_rekey},
+                     {"detail", st.rekey.detail}};
+      cj["rx_no_pad"] = st.rx_no_pad;
+      cj["rx_no_pad_detail"] = st.rx_no_pad_detail;
+    }
     chans.push_back(std::move(cj));
   }
   j["channels"] = std::move(chans);

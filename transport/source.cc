@@ -316,9 +316,14 @@ void ReadAck(Channel& ch, bool tls, int i, uint8_t ack[wire::kAckSize]) {
 std::vector<OpenedChannel> OpenChannels(const PageSource& src, const SourceOptions& opts, const wire::Uuid& uuid,
                                         uint32_t& agreed_caps) {
   std::vector<OpenedChannel> chans;
+  uint32_t rekey_withheld = 0;  // from channel 0: the hello's offer is the same on every channel
   for (int i = 0; i < opts.channels; ++i) {
     chans.push_back(OpenClientChannel(opts.address, opts.security, opts.connect_timeout));
     chans.back().channel->set_io_timeout(opts.io_timeout);
+    if (i == 0) {
+      const ChannelStats st = chans.back().channel->stats();
+      rekey_withheld = wire::RekeyWithheld(st.rekey.applies, st.rekey.can_rekey);
+    }
     wire::Hello h;
     h.channel_id = static_cast<uint16_t>(i);
     h.channel_count = static_cast<uint16_t>(opts.channels);
@@ -328,7 +333,7 @@ std::vector<OpenedChannel> OpenChannels(const PageSource& src, const SourceOptio
     h.digest = static_cast<uint16_t>(opts.digest);
     // It cannot do without its digest algorithm, nor (yet) without ZERO packets.
     const wire::Offer offer =
-        wire::LocalOffer(opts.capabilities_withheld,
+        wire::LocalOffer(opts.capabilities_withheld | rekey_withheld,
                          wire::DigestCapability(h.digest) | wire::kCapZeroPages | opts.capabilities_required);
     h.offered = offer.offered;
     h.required = offer.required;
@@ -348,6 +353,7 @@ std::vector<OpenedChannel> OpenChannels(const PageSource& src, const SourceOptio
                   "destination refused channel " + std::to_string(i) + ": " + agreed.why);
     }
     agreed_caps = agreed.caps;
+    chans.back().channel->set_peer_follows_key_updates((agreed.caps & wire::kCapRekey) != 0);
   }
   if (opts.register_buffers) {
     const uint64_t padded = src.page_count() * src.page_size();

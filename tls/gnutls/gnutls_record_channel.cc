@@ -1,5 +1,6 @@
 #include "tls/gnutls/gnutls_record_channel.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -12,13 +13,14 @@ namespace {
 // Bytes corked before an uncork: big enough to fill several 16 KiB records
 // per syscall, small enough that GnuTLS's cork buffer stays modest.
 constexpr size_t kCorkBatch = 256 << 10;
+constexpr uint64_t kMaxRecordPayload = 16384;  // TLS plaintext per record (2^14)
 }  // namespace
 
 template <typename Op>
 ssize_t GnutlsRecordChannel::RetryWrite(const Op& op) {
   AgainGuard again(*this, /*for_write=*/true);
   for (;;) {
-    const ssize_t rc = op();
+    const ssize_t rc = Locked(op);
     if (rc == GNUTLS_E_INTERRUPTED) continue;
     if (rc != GNUTLS_E_AGAIN) return rc;
     again.OnAgain();
@@ -28,6 +30,10 @@ ssize_t GnutlsRecordChannel::RetryWrite(const Op& op) {
 GnutlsRecordChannel::GnutlsRecordChannel(std::unique_ptr<GnutlsSession> session, std::string why_userspace)
     : session_(std::move(session)), why_userspace_(std::move(why_userspace)) {
   blocking_ = !IsNonBlocking(session_->fd());
+  SetNonBlocking(session_->fd(), true, "a TLS channel");  // see the class comment
+  version_ = session_->version();
+  limit_records_ = RecordLimit(session_->cipher());
+  limit_bytes_ = session_->rekey_after_bytes();
 }
 
 GnutlsRecordChannel::~GnutlsRecordChannel() = default;
@@ -41,7 +47,83 @@ std::string GnutlsRecordChannel::describe() const {
 ChannelStats GnutlsRecordChannel::stats() const {
   ChannelStats st;
   st.records_batched = batches_;
+  st.rekey.applies = true;
+  st.rekey.sent = session_->key_updates_sent();
+  st.rekey.received = session_->key_updates_received();
+  st.rekey.limit_records = limit_records_;
+  st.rekey.limit_bytes = limit_bytes_;
+  const std::string why_not = WhyNoRekey();
+  st.rekey.can_rekey = why_not.empty();
+  st.rekey.detail = why_not.empty() ? "GnuTLS follows and starts key updates in userspace" : why_not;
+  st.rx_no_pad_detail = "off: a kTLS receive option; GnuTLS decrypts in userspace";
   return st;
+}
+
+// --- key lifetime ---------------------------------------------------------
+
+std::string GnutlsRecordChannel::WhyNoRekey() const {
+  if (version_ != TlsVersion::kTls13) return "TLS 1.2 has no key update";
+  if (!peer_follows_) return "the peer cannot follow a key update (it said so in the hello)";
+  return "";
+}
+
+uint64_t GnutlsRecordChannel::TxRecordBytesLeft() const {
+  const uint64_t records = tx_records_ + 1 >= limit_records_ ? 0 : limit_records_ - tx_records_ - 1;
+  return records > UINT64_MAX / kMaxRecordPayload ? UINT64_MAX : records * kMaxRecordPayload;
+}
+
+uint64_t GnutlsRecordChannel::TxBytesLeft() const {
+  uint64_t left = TxRecordBytesLeft();
+  if (limit_bytes_ > 0) left = std::min(left, tx_bytes_ >= limit_bytes_ ? 0 : limit_bytes_ - tx_bytes_);
+  return left;
+}
+
+void GnutlsRecordChannel::CountTx(size_t n) {
+  if (const uint64_t sent = session_->key_updates_sent(); sent != updates_seen_) {
+    updates_seen_ = sent;
+    tx_records_ = tx_bytes_ = 0;
+  }
+  tx_bytes_ += n;
+  tx_records_ += (n + kMaxRecordPayload - 1) / kMaxRecordPayload;
+}
+
+size_t GnutlsRecordChannel::BudgetTx(size_t want, const std::function<void()>& flush) {
+  if (want == 0) return 0;
+  // RFC 8446 4.6.3: answer a requested update before our next data. An
+  // extra KeyUpdate (GnuTLS may have answered too) is harmless.
+  if (version_ == TlsVersion::kTls13 && session_->TakeKeyUpdateRequest()) {
+    flush();
+    SendKeyUpdate();
+  }
+  uint64_t left = TxBytesLeft();
+  if (left == 0) {
+    const std::string why = WhyNoRekey();
+    const uint64_t hard_left = TxRecordBytesLeft();
+    if (why.empty() && hard_left > 0 && !pace_.may_send(KeyUpdatePace::Clock::now())) {
+      // Only the byte limit is reached: go on under this key until the
+      // peer may take another update (see KeyUpdatePace).
+      return static_cast<size_t>(std::min<uint64_t>(want, hard_left));
+    }
+    flush();
+    if (!why.empty()) {
+      throw Error(ErrorKind::kSecurity, EKEYEXPIRED,
+                  "the send key has protected " + std::to_string(tx_records_) + " records (" +
+                      std::to_string(tx_bytes_) + " bytes), its limit, and cannot change: " + why +
+                      "; nothing more is sent under it");
+    }
+    SendKeyUpdate();
+    left = TxBytesLeft();
+  }
+  return static_cast<size_t>(std::min<uint64_t>(want, left));
+}
+
+void GnutlsRecordChannel::SendKeyUpdate() {
+  // Flags 0: we change our key and do not ask the peer to change its own.
+  const ssize_t rc = RetryWrite([&] { return gnutls_session_key_update(session_->native(), 0); });
+  if (rc < 0) ThrowWriteError(rc, "key update");
+  pace_.sent(KeyUpdatePace::Clock::now());
+  updates_seen_ = session_->key_updates_sent();
+  tx_records_ = tx_bytes_ = 0;
 }
 
 bool GnutlsRecordChannel::PeerClosed() const {
@@ -72,7 +154,7 @@ void GnutlsRecordChannel::ThrowRecordError(ssize_t rc, const char* op) {
     // closed without close_notify and cannot tell a refusal from a crash.
     // GnuTLS still sends alerts on a session a bad record invalidated.
     // Best effort: the error below is what matters here.
-    (void)gnutls_alert_send_appropriate(session_->native(), r);
+    (void)Locked([&] { return gnutls_alert_send_appropriate(session_->native(), r); });
     throw Error(ErrorKind::kIntegrity, EBADMSG, std::string("TLS record rejected during ") + op +
                              " (forged, corrupted or non-TLS data): " + gnutls_strerror(r));
   }
@@ -102,20 +184,31 @@ WriteResult GnutlsRecordChannel::writev(std::span<const iovec> iov, unsigned /*f
       if (v.iov_len) { first = &v; break; }
     }
     if (!first) return {};
-    ssize_t rc = send_pending_ ? gnutls_record_send(s, nullptr, 0)
-                               : gnutls_record_send(s, first->iov_base, first->iov_len);
+    // A pending record was budgeted when it was first tried.
+    const size_t n = send_pending_ ? 0 : BudgetTx(first->iov_len, [] {});
+    ssize_t rc = Locked([&] {
+      return send_pending_ ? gnutls_record_send(s, nullptr, 0) : gnutls_record_send(s, first->iov_base, n);
+    });
     if (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED) {
       send_pending_ = true;
       return WriteResult{0, true, {}};
     }
     send_pending_ = false;
     if (rc < 0) ThrowWriteError(rc, "write");
+    CountTx(static_cast<size_t>(rc));
     return WriteResult{static_cast<size_t>(rc), false, {}};
   }
+  return WriteBlocking(iov);
+}
+
+WriteResult GnutlsRecordChannel::WriteBlocking(std::span<const iovec> iov) {
+  gnutls_session_t s = session_->native();
   size_t done = 0;
   size_t corked = 0;
-  gnutls_record_cork(s);
-  auto uncork = [&] {
+  bool is_corked = false;
+  auto flush = [&] {
+    if (!is_corked) return;
+    is_corked = false;
     // Not GNUTLS_RECORD_WAIT: that retries EAGAIN internally forever; the
     // socket timeout must surface as an error instead.
     const ssize_t rc = RetryWrite([&] { return gnutls_record_uncork(s, 0); });
@@ -127,20 +220,22 @@ WriteResult GnutlsRecordChannel::writev(std::span<const iovec> iov, unsigned /*f
     const char* p = static_cast<const char*>(v.iov_base);
     size_t left = v.iov_len;
     while (left > 0) {
-      size_t n = std::min(left, kCorkBatch - corked);
+      const size_t n = BudgetTx(std::min(left, kCorkBatch - corked), flush);
+      if (!is_corked) {
+        Locked([&] { gnutls_record_cork(s); });
+        is_corked = true;
+      }
       const ssize_t rc = RetryWrite([&] { return gnutls_record_send(s, p, n); });
       if (rc < 0) ThrowWriteError(rc, "write");
+      CountTx(static_cast<size_t>(rc));
       p += rc;
       left -= static_cast<size_t>(rc);
       done += static_cast<size_t>(rc);
       corked += static_cast<size_t>(rc);
-      if (corked >= kCorkBatch) {
-        uncork();
-        gnutls_record_cork(s);
-      }
+      if (corked >= kCorkBatch) flush();
     }
   }
-  uncork();
+  flush();
   return WriteResult{done, false, {}};
 }
 
@@ -154,8 +249,8 @@ ReadResult GnutlsRecordChannel::readv(std::span<const iovec> iov) {
     size_t off = 0;
     while (off < v.iov_len) {
       // After the first record, only take what GnuTLS already decrypted.
-      if (total > 0 && gnutls_record_check_pending(s) == 0) return ReadResult{total, false};
-      ssize_t rc = gnutls_record_recv(s, static_cast<char*>(v.iov_base) + off, v.iov_len - off);
+      if (total > 0 && Locked([&] { return gnutls_record_check_pending(s); }) == 0) return ReadResult{total, false};
+      ssize_t rc = Locked([&] { return gnutls_record_recv(s, static_cast<char*>(v.iov_base) + off, v.iov_len - off); });
       if (rc == GNUTLS_E_INTERRUPTED) continue;
       if (rc == GNUTLS_E_AGAIN) {
         if (total > 0) return ReadResult{total, false};
@@ -197,14 +292,15 @@ void GnutlsRecordChannel::shutdown(ShutdownHow how) {
 }
 
 bool GnutlsRecordChannel::wait_readable(std::chrono::milliseconds timeout) {
-  if (gnutls_record_check_pending(session_->native()) > 0) return true;
+  if (Locked([&] { return gnutls_record_check_pending(session_->native()); }) > 0) return true;
   return WaitFdReadable(session_->fd(), timeout);
 }
 
 void GnutlsRecordChannel::close() noexcept { session_->release_fd().reset(); }
 
 void GnutlsRecordChannel::set_blocking(bool blocking) {
-  SetNonBlocking(session_->fd(), !blocking, "a TLS channel");
+  // The fd stays non-blocking (see the class comment); blocking reads and
+  // writes wait in AgainGuard.
   blocking_ = blocking;
 }
 
@@ -222,7 +318,12 @@ void GnutlsRecordChannel::AgainGuard::OnAgain() {
   // But GnuTLS 3.7 also answers it when the stream ends inside a record
   // (recv returned 0 mid-record) and, now and then, right after the peer
   // reset: a cut, not a stall. Only time that really passed is a timeout.
-  if (ch_.PeerClosed()) {
+  // The socket is non-blocking, so "again" is normally just a full send
+  // buffer or no data yet. It is suspect only when the socket is ready
+  // (or, reading, at its end).
+  const int fd = ch_.session_->fd();
+  const bool ready = PollFd(fd, for_write_ ? POLLOUT : POLLIN, std::chrono::milliseconds(0)) != 0;
+  if ((ready || !for_write_) && ch_.PeerClosed()) {
     throw Error(ErrorKind::kPeer, EPIPE,
                 for_write_ ? std::string("TLS write failed: the peer closed or reset the connection")
                            : std::string("TLS stream truncated in the middle of a record: the peer or the path "
@@ -231,7 +332,7 @@ void GnutlsRecordChannel::AgainGuard::OnAgain() {
   const auto timeout = ch_.io_timeout(for_write_);
   const auto elapsed = std::chrono::steady_clock::now() - start_;
   if (timeout.count() >= 0 && elapsed >= timeout) throw IoTimeoutError(for_write_, timeout, "the TLS peer");
-  if (++fast_agains_ > 1000) {
+  if (ready && ++fast_agains_ > 1000) {
     throw Error(ErrorKind::kPeer, EIO,
                 std::string("TLS ") + (for_write_ ? "write" : "read") +
                     " keeps answering 'try again' on a blocking socket: the connection is broken");

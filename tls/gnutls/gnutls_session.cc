@@ -147,9 +147,23 @@ void TellPeerAndLinger(gnutls_session_t s, int fd, int rc) {
 // Counts the handshake messages the peer sent us (the hook runs as each
 // arrives, before it is processed): once there is one, the peer speaks TLS,
 // and a record that fails later was corrupted on the way, not plaintext.
-int CountPeerHandshakeMessage(gnutls_session_t s, unsigned /*htype*/, unsigned /*when*/, unsigned incoming,
-                              const gnutls_datum_t* /*msg*/) {
-  if (incoming) ++static_cast<GnutlsSession*>(gnutls_session_get_ptr(s))->peer_handshake_messages_;
+// After the handshake it also counts TLS 1.3 KeyUpdates both ways (GnuTLS
+// runs the hook for the ones it sends too) and notes a peer's request for
+// ours: GnuTLS's own pending answer is lost when the channel corks again
+// (gnutls_record_cork overwrites that state), so the channel answers.
+int CountPeerHandshakeMessage(gnutls_session_t s, unsigned htype, unsigned /*when*/, unsigned incoming,
+                              const gnutls_datum_t* msg) {
+  auto* me = static_cast<GnutlsSession*>(gnutls_session_get_ptr(s));
+  if (htype == GNUTLS_HANDSHAKE_KEY_UPDATE) {
+    if (!incoming) {
+      ++me->key_updates_sent_;
+    } else {
+      ++me->key_updates_received_;
+      // The body is one byte: update_requested (1) or not (0).
+      if (msg && msg->size > 0 && msg->data[msg->size - 1] == 1) me->key_update_requested_ = true;
+    }
+  }
+  if (incoming) ++me->peer_handshake_messages_;
   return 0;
 }
 
@@ -191,10 +205,16 @@ std::unique_ptr<GnutlsSession> GnutlsSession::Handshake(UniqueFd fd, const TlsOp
   }
   std::unique_ptr<GnutlsSession> t(new GnutlsSession());
   t->fd_ = std::move(fd);
+  t->rekey_after_bytes_ = o.rekey_after_bytes;
   gnutls_session_t s;
   // GNUTLS_NO_SIGNAL: GnuTLS sends with MSG_NOSIGNAL, so a vanished peer is
   // an error to report, never a SIGPIPE that kills the process.
-  unsigned flags = (o.role == TlsRole::kServer ? GNUTLS_SERVER : GNUTLS_CLIENT) | GNUTLS_NO_SIGNAL;
+  // GNUTLS_NO_AUTO_REKEY: GnuTLS would re-key a TLS 1.3 session by itself
+  // after 2^24 records, even toward a peer that said (in the migration
+  // hello) it cannot follow; GnutlsRecordChannel applies the same policy
+  // as the kernel path instead (RecordLimit, rekey_after_bytes).
+  unsigned flags =
+      (o.role == TlsRole::kServer ? GNUTLS_SERVER : GNUTLS_CLIENT) | GNUTLS_NO_SIGNAL | GNUTLS_NO_AUTO_REKEY;
   CheckGnutls(gnutls_init(&s, flags), "gnutls_init");
   t->session_.reset(s);
   const char* err_pos = nullptr;

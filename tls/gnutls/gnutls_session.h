@@ -5,6 +5,7 @@
 #include <gnutls/gnutls.h>
 
 #include <array>
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -40,6 +41,18 @@ class GnutlsSession final : public TlsSession {
   size_t buffered_plaintext() const override;
   TrafficKeys ExportKernelKeys(TlsDirection dir) const override;
 
+  // TLS 1.3 key updates (RFC 8446 4.6.3) as GnuTLS sent and received them,
+  // counted by a handshake hook. GnuTLS itself never starts one (the
+  // session is made with GNUTLS_NO_AUTO_REKEY: the record channel decides
+  // when, see GnutlsRecordChannel); it follows the peer's, and answers one
+  // that asks for ours before our next data. Safe from any thread.
+  uint64_t key_updates_sent() const { return key_updates_sent_.load(); }
+  uint64_t key_updates_received() const { return key_updates_received_.load(); }
+  // True once per KeyUpdate received with update_requested set.
+  bool TakeKeyUpdateRequest() { return key_update_requested_.exchange(false); }
+  // TlsOptions::rekey_after_bytes of the handshake (0: the record limit only).
+  uint64_t rekey_after_bytes() const { return rekey_after_bytes_; }
+
  protected:
   std::unique_ptr<Channel> MakeRecordChannel(std::unique_ptr<TlsSession> self, std::string why) override;
 
@@ -55,6 +68,11 @@ class GnutlsSession final : public TlsSession {
   // by the destructor.
   std::array<uint8_t, TrafficKeys::kMaxSecret> secret_rx_{}, secret_tx_{};
   size_t secret_size_ = 0;
+  uint64_t rekey_after_bytes_ = 0;
+  // Outgoing KeyUpdates are counted on the writer's thread, incoming ones
+  // on the reader's; stats() reads both from anywhere.
+  std::atomic<uint64_t> key_updates_sent_{0}, key_updates_received_{0};
+  std::atomic<bool> key_update_requested_{false};
 
   friend int ReportSecrets(gnutls_session_t, gnutls_record_encryption_level_t, const void*, const void*, size_t);
   friend int CountPeerHandshakeMessage(gnutls_session_t, unsigned, unsigned, unsigned, const gnutls_datum_t*);
