@@ -247,9 +247,13 @@ std::string KtlsChannel::WhyNoTxRekey() const {
   return "";
 }
 
-uint64_t KtlsChannel::TxBytesLeft() const {
+uint64_t KtlsChannel::TxRecordBytesLeft() const {
   const uint64_t records = tx_records_ + 1 >= limit_records_ ? 0 : limit_records_ - tx_records_ - 1;
-  uint64_t left = records > UINT64_MAX / kMaxRecordPayload ? UINT64_MAX : records * kMaxRecordPayload;
+  return records > UINT64_MAX / kMaxRecordPayload ? UINT64_MAX : records * kMaxRecordPayload;
+}
+
+uint64_t KtlsChannel::TxBytesLeft() const {
+  uint64_t left = TxRecordBytesLeft();
   if (limit_bytes_ > 0) left = std::min(left, tx_bytes_ >= limit_bytes_ ? 0 : limit_bytes_ - tx_bytes_);
   return left;
 }
@@ -272,8 +276,15 @@ size_t KtlsChannel::BudgetTx(size_t want) {
                       "; nothing more is sent under it (run on a kernel that re-keys kTLS, 6.14+, or with kTLS off)",
                   Remedy::kKtlsOff);
     }
-    SendKeyUpdate(kKeyUpdateNotRequested);
-    left = TxBytesLeft();
+    if (TxRecordBytesLeft() > 0 && !pace_.may_send(KeyUpdatePace::Clock::now())) {
+      // Only the byte limit is due, and the peer may not take another
+      // update yet (a GnuTLS receiver refuses a 9th within a second): go on
+      // under this key, up to its record limit, and ask again next write.
+      left = TxRecordBytesLeft();
+    } else {
+      SendKeyUpdate(kKeyUpdateNotRequested);
+      left = TxBytesLeft();
+    }
   }
   return static_cast<size_t>(std::min<uint64_t>(want, left));
 }
@@ -299,6 +310,7 @@ void KtlsChannel::SendKeyUpdate(unsigned char request) {
                     ") after our KeyUpdate left: the connection cannot continue");
   }
   tx_records_ = tx_bytes_ = 0;
+  pace_.sent(KeyUpdatePace::Clock::now());
   ++updates_sent_;
 }
 

@@ -69,7 +69,9 @@ enum class KtlsPath { kByLibrary, kKeyInstall };
 // next receive key set with TLS_RX) where the kernel can re-key, and is an
 // Error(kSecurity) where it cannot. The send key changes (KeyUpdate sent,
 // then TLS_TX) before RecordLimit() records or `rekey_after_bytes` bytes,
-// and before the next data when the peer asked for it. Where it cannot
+// and before the next data when the peer asked for it. Updates for the
+// byte limit keep KeyUpdatePace (tls_types.h: a GnuTLS peer takes at most 8
+// a second); the record limit never waits. Where it cannot
 // change (TLS 1.2, a kernel without re-keying, a peer that cannot follow),
 // writes past the limit fail with Error(kSecurity) instead of going out
 // under a worn-out key. Threads: one reader and one writer may run at once
@@ -133,6 +135,7 @@ class KtlsChannel : public Channel {
   std::string rekey_detail_;
   uint64_t limit_records_ = 0, limit_bytes_ = 0;
   uint64_t tx_records_ = 0, tx_bytes_ = 0;  // under the current send key
+  KeyUpdatePace pace_;                      // updates for the byte limit wait for it
   std::atomic<bool> update_requested_{false};
   std::atomic<bool> peer_follows_{true};
   std::atomic<uint64_t> updates_sent_{0}, updates_received_{0};
@@ -144,7 +147,9 @@ class KtlsChannel : public Channel {
   // Why the send key cannot change ("" when it can).
   std::string WhyNoTxRekey() const;
   // Bytes the current send key may still protect (one record kept back
-  // for the KeyUpdate itself).
+  // for the KeyUpdate itself): by its record limit alone, and also by the
+  // byte limit.
+  uint64_t TxRecordBytesLeft() const;
   uint64_t TxBytesLeft() const;
   // Before `want` bytes of data: sends a requested or due KeyUpdate;
   // returns how many bytes may go now. Throws when the key is exhausted.
