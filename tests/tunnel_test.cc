@@ -728,9 +728,13 @@ TEST(TunnelRekey, KeyLimitOnAKernelThatCannotReKeyResetsTheConnection) {
   EXPECT_TRUE(Has(s.error, "cannot change")) << s.error;
   EXPECT_FALSE(s.rekey.can_rekey);
   EXPECT_EQ(s.rekey.sent, 0u);
-  // The tunnel header went first under the same key.
-  EXPECT_EQ(arrived, kAfter - wire::kTunnelHeaderSize) << t.Logs();
-  EXPECT_EQ(s.bytes_up, arrived);
+  // The tunnel header went first under the same key: the source end sent
+  // exactly the rest of the key's allowance. What arrived may be less (the
+  // destination end's reset of the target drops what it had not yet
+  // delivered), never more.
+  EXPECT_EQ(s.bytes_up, kAfter - wire::kTunnelHeaderSize) << t.Logs();
+  EXPECT_LE(arrived, kAfter - wire::kTunnelHeaderSize) << t.Logs();
+  EXPECT_GT(arrived, 0u) << t.Logs();
   EXPECT_FALSE(t.dst->Report().conns.empty()) << t.Logs();
 }
 

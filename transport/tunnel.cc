@@ -131,8 +131,10 @@ enum class LocalEnd { kEof, kReset };
 // socket), never more at a time than the channel allows: a kTLS send key
 // changes (TLS 1.3 KeyUpdate) between two splices when it is due or the
 // peer asked for it, and where it cannot change the channel throws
-// Error(kSecurity) at its limit, so no byte is sent past it.
-void DrainPipeToChannel(Pipe& pipe, size_t n, Channel& ch, std::chrono::milliseconds timeout) {
+// Error(kSecurity) at its limit, so no byte is sent past it. `bytes` counts
+// what was sent as it goes (a failure part-way reports the true count).
+void DrainPipeToChannel(Pipe& pipe, size_t n, Channel& ch, std::chrono::milliseconds timeout,
+                        std::atomic<uint64_t>& bytes) {
   const int out = ch.splice_fd();
   while (n > 0) {
     // Counted by the channel as sent: spend all of it before asking again,
@@ -144,6 +146,7 @@ void DrainPipeToChannel(Pipe& pipe, size_t n, Channel& ch, std::chrono::millisec
       if (m < 0) ThrowErrno(SocketErrorKind(static_cast<int>(-m)), static_cast<int>(-m), "splice to the tunnel peer");
       allowed -= static_cast<size_t>(m);
       n -= static_cast<size_t>(m);
+      bytes += static_cast<uint64_t>(m);
     }
   }
 }
@@ -165,8 +168,7 @@ LocalEnd PumpToChannel(int local, Channel& ch, std::chrono::milliseconds write_t
       if (n == -ECONNRESET) return LocalEnd::kReset;
       if (n < 0) ThrowErrno(SocketErrorKind(static_cast<int>(-n)), static_cast<int>(-n), "splice from the local connection");
       if (digest) HashPipe(pipe, *copy, static_cast<size_t>(n), *digest, dbuf);
-      DrainPipeToChannel(pipe, static_cast<size_t>(n), ch, write_timeout);
-      bytes += static_cast<uint64_t>(n);
+      DrainPipeToChannel(pipe, static_cast<size_t>(n), ch, write_timeout, bytes);
     }
   }
   std::vector<uint8_t> buf(256 << 10);
