@@ -4,6 +4,8 @@
 // policy: unset/auto on the host (userspace there), require in the VM.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cstdlib>
 
 #include "ktls/ktls.h"
@@ -149,6 +151,172 @@ TEST(Interop, GnutlsServEchoBothWays) {
   }
   EXPECT_EQ(Sha256::Hex(got.Final()), Sha256::Hex(sent.Final()));
   c.ch->shutdown(ShutdownHow::kWrite);
+}
+
+// --- TLS 1.3 KeyUpdate with independent OpenSSL peers (issue 19) ----------
+//
+// openssl s_server / s_client without -rev take commands and data on their
+// stdin: "k" sends a KeyUpdate, "K" one that asks for ours (s_server(1),
+// s_client(1) "CONNECTED COMMANDS"); other lines go to us as data, and what
+// we send is printed on their stdout. So data flows both ways under each
+// new key, and every step waits for a line the peer printed. Lines are
+// digits only: a read of the peer's stdin that starts with a command
+// letter would be taken as a command.
+//
+// Our side is userspace GnuTLS on the host (it follows by itself) and kTLS
+// in the VM: on a kernel that re-keys (7.3) the channel follows (counted
+// in ChannelStats::rekey and the kernel's TlsRxRekeyOk); where it cannot
+// (6.1) the read fails with the clear "cannot follow" error.
+
+bool OurSideIsKtls(Channel& ch) { return dynamic_cast<KtlsChannel*>(&ch) != nullptr; }
+
+uint64_t TlsStat(const char* k) {
+  const auto m = ReadTlsStat();
+  return m.count(k) ? m.at(k) : 0;
+}
+
+bool WaitForCount(Subprocess& p, const std::string& needle, size_t count) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  for (;;) {
+    const std::string& out = p.output();
+    size_t n = 0;
+    for (size_t at = out.find(needle); at != std::string::npos; at = out.find(needle, at + 1)) ++n;
+    if (n >= count) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    usleep(20 * 1000);
+  }
+}
+
+// `n` lines of digits, each unique to (tag, line number), about 1 KiB each.
+std::vector<std::string> DigitLines(int tag, int n) {
+  std::vector<std::string> v;
+  uint64_t x = 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(tag + 1);
+  for (int i = 0; i < n; ++i) {
+    std::string line = std::to_string(1000000 + tag * 10000 + i);
+    while (line.size() < 1000) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      line += static_cast<char>('0' + x % 10);
+    }
+    v.push_back(line + "\n");
+  }
+  return v;
+}
+
+// The peer -> us: lines written to the peer's stdin arrive through our
+// channel, byte-exact (our side follows any key update on the way).
+void PeerToUs(Subprocess& peer, Channel& ch, int tag) {
+  std::string want;
+  for (const auto& l : DigitLines(tag, 64)) want += l;
+  ASSERT_TRUE(peer.WriteStdin(want)) << peer.output();
+  std::string got(want.size(), '\0');
+  ASSERT_TRUE(ch.read_all(got.data(), got.size())) << "the peer closed early";
+  EXPECT_EQ(got, want);
+}
+
+// Us -> the peer: lines we write are printed by the peer, each whole and in
+// order (the peer's own messages may come between its reads).
+void UsToPeer(Channel& ch, Subprocess& peer, int tag) {
+  const auto lines = DigitLines(tag, 64);
+  for (const auto& l : lines) ch.write_all(l.data(), l.size());
+  ASSERT_TRUE(peer.WaitFor(lines.back(), std::chrono::seconds(30))) << "the peer did not print our last line";
+  const std::string out = peer.output();
+  size_t at = 0;
+  for (const auto& l : lines) {
+    at = out.find(l, at);
+    ASSERT_NE(at, std::string::npos) << "line " << l.substr(0, 7) << " missing or out of order";
+  }
+}
+
+// After the peer took a key update command: on a kTLS side that cannot
+// follow, the next read fails with the clear error (true: nothing more to
+// test). A line of data makes the peer send (s_client sends its KeyUpdate
+// only with its next data).
+bool ExpectCannotFollow(Subprocess& peer, Channel& ch) {
+  if (!OurSideIsKtls(ch) || ProbeKtlsKernelFeatures().rekey) return false;
+  EXPECT_TRUE(peer.WriteStdin(DigitLines(99, 1)[0]));
+  char b;
+  try {
+    ch.read_all(&b, 1);
+    ADD_FAILURE() << "the peer's KeyUpdate went unnoticed";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("re-keyed"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("cannot follow"), std::string::npos) << e.what();
+    EXPECT_EQ(e.remedy(), Remedy::kKtlsOff) << e.what();
+  }
+  return true;
+}
+
+// One peer command ("k" or "K") mid-stream, then data both ways under the
+// new keys; on kTLS the counts (ours and the kernel's) say what happened.
+// `taken`: what the peer prints once it has taken the command.
+void PeerReKeys(Subprocess& peer, Channel& ch, char cmd, int round, const std::string& taken) {
+  SCOPED_TRACE(std::string("peer command ") + cmd);
+  const bool ktls = OurSideIsKtls(ch);
+  const ChannelStats::Rekey r0 = ch.stats().rekey;
+  const uint64_t rx0 = ktls ? TlsStat("TlsRxRekeyOk") : 0, tx0 = ktls ? TlsStat("TlsTxRekeyOk") : 0;
+  ASSERT_TRUE(peer.WriteStdin(std::string(1, cmd) + "\n"));
+  ASSERT_TRUE(WaitForCount(peer, taken, static_cast<size_t>(round))) << peer.output();
+  if (ExpectCannotFollow(peer, ch)) return;
+  PeerToUs(peer, ch, 10 * round + 1);  // read across the peer's KeyUpdate
+  // With "K" our answer goes out before these lines: the peer reading them
+  // proves it took our new key.
+  UsToPeer(ch, peer, 10 * round + 2);
+  if (!ktls) return;
+  const ChannelStats::Rekey r = ch.stats().rekey;
+  const uint64_t answered = cmd == 'K' ? 1 : 0;
+  std::printf("  %c: our kTLS side received %llu, sent %llu KeyUpdates; tls_stat TlsRxRekeyOk +%llu, "
+              "TlsTxRekeyOk +%llu\n",
+              cmd, (unsigned long long)(r.received - r0.received), (unsigned long long)(r.sent - r0.sent),
+              (unsigned long long)(TlsStat("TlsRxRekeyOk") - rx0), (unsigned long long)(TlsStat("TlsTxRekeyOk") - tx0));
+  EXPECT_EQ(r.received - r0.received, 1u);
+  EXPECT_EQ(r.sent - r0.sent, answered);
+  EXPECT_EQ(TlsStat("TlsRxRekeyOk") - rx0, 1u);
+  EXPECT_EQ(TlsStat("TlsTxRekeyOk") - tx0, answered);
+}
+
+// Our client and `openssl s_server`, which re-keys mid-stream by itself
+// ("k") and then asks for our update too ("K").
+TEST(InteropKeyUpdate, OpensslSServerReKeysMidStream) {
+  const Pki& p = Pki::Get();
+  const int port = FreePort();
+  // stdbuf: s_server's own messages go through stdio, fully buffered into
+  // a file; line buffering lets the test see them as they happen.
+  Subprocess srv({"stdbuf", "-oL", "openssl", "s_server", "-accept", "127.0.0.1:" + std::to_string(port), "-tls1_3", "-cert",
+                  p.server_cert(), "-key", p.server_key(), "-CAfile", p.ca(), "-Verify", "1", "-verify_return_error",
+                  "-naccept", "1"},
+                 Subprocess::kStdinPipe);
+  ASSERT_TRUE(srv.WaitFor("ACCEPT", std::chrono::seconds(20))) << srv.output();
+  TlsEnd c = ConnectTls("127.0.0.1:" + std::to_string(port), ClientOptions(), {PolicyFromEnv()});
+  ASSERT_TRUE(c.ch) << c.error << "\nserver said: " << srv.output();
+  ExpectPath(c.report);
+  UsToPeer(*c.ch, srv, 1);  // under the first keys, both ways
+  PeerToUs(srv, *c.ch, 2);
+  // s_server sends the KeyUpdate at once and then prints this.
+  PeerReKeys(srv, *c.ch, 'k', 1, "SSL_do_handshake -> 1");
+  if (HasFailure() || (OurSideIsKtls(*c.ch) && !ProbeKtlsKernelFeatures().rekey)) return;
+  PeerReKeys(srv, *c.ch, 'K', 2, "SSL_do_handshake -> 1");
+  c.ch->shutdown(ShutdownHow::kWrite);
+}
+
+// `openssl s_client` against our server: it re-keys ("k"), then asks for
+// ours ("K"). s_client sends its KeyUpdate with its next data; it prints
+// KEYUPDATE when it takes the command.
+TEST(InteropKeyUpdate, OpensslSClientReKeysAgainstOurServer) {
+  const Pki& p = Pki::Get();
+  Listener l = Listener::Listen("127.0.0.1:0");
+  auto served = ServeOnce(l, ServerOptions(), {PolicyFromEnv()});
+  Subprocess cli({"openssl", "s_client", "-connect", l.address(), "-tls1_3", "-CAfile", p.ca(), "-verify_return_error",
+                  "-verify_hostname", "localhost", "-cert", p.client_cert(), "-key", p.client_key()},
+                 Subprocess::kStdinPipe);
+  TlsEnd s = served.get();
+  ASSERT_TRUE(s.ch) << s.error << "\nclient said: " << cli.output();
+  ExpectPath(s.report);
+  PeerToUs(cli, *s.ch, 3);
+  UsToPeer(*s.ch, cli, 4);
+  PeerReKeys(cli, *s.ch, 'k', 1, "KEYUPDATE");
+  if (HasFailure() || (OurSideIsKtls(*s.ch) && !ProbeKtlsKernelFeatures().rekey)) return;
+  PeerReKeys(cli, *s.ch, 'K', 2, "KEYUPDATE");
+  s.ch->shutdown(ShutdownHow::kWrite);
 }
 
 }  // namespace

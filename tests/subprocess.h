@@ -1,9 +1,12 @@
-// A child process with its stdout+stderr on a pipe; killed and reaped on
+// A child process with its stdout+stderr in a file; killed and reaped on
 // destruction. Used to run the real openssl s_server / gnutls-serv peers.
+// Its stdin is /dev/null, or with kStdinPipe a stream the test writes to
+// (WriteStdin): how openssl s_server / s_client take their commands.
 #pragma once
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -19,26 +22,38 @@ class Subprocess {
  public:
   // Output goes to a temp file, not a pipe: a chatty peer (gnutls-serv logs
   // every line it echoes) must never block on a pipe nobody drains.
-  explicit Subprocess(std::vector<std::string> argv) {
+  enum Stdin { kStdinNull, kStdinPipe };
+  explicit Subprocess(std::vector<std::string> argv, Stdin in = kStdinNull) {
     char tmpl[] = "/tmp/ktm-peer-XXXXXX";
     out_fd_ = mkstemp(tmpl);
     if (out_fd_ < 0) ThrowErrno(ErrorKind::kInternal, errno, "mkstemp");
     unlink(tmpl);
+    int in_fds[2] = {-1, -1};
+    // A socket pair, not a pipe: writes to a child that has gone then fail
+    // with EPIPE under MSG_NOSIGNAL instead of raising SIGPIPE.
+    if (in == kStdinPipe && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, in_fds) != 0) {
+      ThrowErrno(ErrorKind::kInternal, errno, "socketpair");
+    }
     pid_ = fork();
     if (pid_ < 0) ThrowErrno(ErrorKind::kInternal, errno, "fork");
     if (pid_ == 0) {
       dup2(out_fd_, 1);
       dup2(out_fd_, 2);
-      int devnull = open("/dev/null", O_RDONLY);
-      dup2(devnull, 0);
+      const int stdin_fd = in == kStdinPipe ? in_fds[0] : open("/dev/null", O_RDONLY);
+      dup2(stdin_fd, 0);  // dup2 clears O_CLOEXEC on fd 0
       std::vector<char*> args;
       for (auto& a : argv) args.push_back(a.data());
       args.push_back(nullptr);
       execvp(args[0], args.data());
       _exit(127);
     }
+    if (in == kStdinPipe) {
+      close(in_fds[0]);
+      stdin_fd_ = in_fds[1];
+    }
   }
   ~Subprocess() {
+    if (stdin_fd_ >= 0) close(stdin_fd_);
     if (pid_ > 0) {
       kill(pid_, SIGTERM);
       waitpid(pid_, nullptr, 0);
@@ -61,6 +76,19 @@ class Subprocess {
   const std::string& output() {
     Refresh();
     return output_;
+  }
+
+  // Writes all of `s` to the child's stdin (kStdinPipe only). A child that
+  // has exited makes this fail (EPIPE), never SIGPIPE.
+  bool WriteStdin(const std::string& s) {
+    size_t off = 0;
+    while (stdin_fd_ >= 0 && off < s.size()) {
+      const ssize_t w = send(stdin_fd_, s.data() + off, s.size() - off, MSG_NOSIGNAL);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) break;
+      off += static_cast<size_t>(w);
+    }
+    return off == s.size();
   }
 
   void Signal(int sig) {
@@ -102,6 +130,7 @@ class Subprocess {
   }
   pid_t pid_ = -1;
   int out_fd_ = -1;
+  int stdin_fd_ = -1;  // kStdinPipe: the write end
   std::string output_;
 };
 

@@ -127,6 +127,30 @@ std::unique_ptr<Pipe> DigestPipeFor(const Pipe& pipe) {
 // How the local side's stream ended.
 enum class LocalEnd { kEof, kReset };
 
+// Moves everything in the pipe into the channel's own fd (kTLS or plain
+// socket), never more at a time than the channel allows: a kTLS send key
+// changes (TLS 1.3 KeyUpdate) between two splices when it is due or the
+// peer asked for it, and where it cannot change the channel throws
+// Error(kSecurity) at its limit, so no byte is sent past it. `bytes` counts
+// what was sent as it goes (a failure part-way reports the true count).
+void DrainPipeToChannel(Pipe& pipe, size_t n, Channel& ch, std::chrono::milliseconds timeout,
+                        std::atomic<uint64_t>& bytes) {
+  const int out = ch.splice_fd();
+  while (n > 0) {
+    // Counted by the channel as sent: spend all of it before asking again,
+    // so the count stays exact (the 6.1 policy test counts the bytes).
+    size_t allowed = ch.prepare_direct_write(n);
+    while (allowed > 0) {
+      const ssize_t m = SpliceRetry(pipe.r(), out, allowed, SPLICE_F_MOVE);
+      if (m == -EAGAIN) throw IoTimeoutError(/*for_write=*/true, timeout, "the tunnel peer");
+      if (m < 0) ThrowErrno(SocketErrorKind(static_cast<int>(-m)), static_cast<int>(-m), "splice to the tunnel peer");
+      allowed -= static_cast<size_t>(m);
+      n -= static_cast<size_t>(m);
+      bytes += static_cast<uint64_t>(m);
+    }
+  }
+}
+
 // local plaintext socket -> channel, until local EOF or reset (ECONNRESET:
 // the local peer closed with data unread; RunConnection decides whether that
 // is a failure).
@@ -144,8 +168,7 @@ LocalEnd PumpToChannel(int local, Channel& ch, std::chrono::milliseconds write_t
       if (n == -ECONNRESET) return LocalEnd::kReset;
       if (n < 0) ThrowErrno(SocketErrorKind(static_cast<int>(-n)), static_cast<int>(-n), "splice from the local connection");
       if (digest) HashPipe(pipe, *copy, static_cast<size_t>(n), *digest, dbuf);
-      DrainPipe(pipe, static_cast<size_t>(n), out, write_timeout, "the tunnel peer");
-      bytes += static_cast<uint64_t>(n);
+      DrainPipeToChannel(pipe, static_cast<size_t>(n), ch, write_timeout, bytes);
     }
   }
   std::vector<uint8_t> buf(256 << 10);
@@ -343,17 +366,33 @@ std::string DataPathName(Channel& ch) {
 
 // The first failure of one connection, and aborting it: both sockets are
 // shut, so both directions' pumps return. Thread safe.
+//
+// A failure resets the local connection (RST, no FIN before it): the local
+// tool must see its stream broken, never a clean end of stream where data
+// was lost (a send key at its limit on a kernel that cannot re-key, a
+// truncated TLS stream, a stalled peer). So the local socket gets SO_LINGER
+// 0 and only SHUT_RD (which sends nothing and wakes a blocked local read);
+// the RST leaves when RunConnection closes it. A pump blocked writing to a
+// local peer that does not read is bounded by the io timeout.
 class ConnAbort {
  public:
   ConnAbort(int local, Channel& ch) : local_(local), ch_(ch) {}
 
-  void Abort(const std::string& why) {
+  // `reset_local`: end the local connection with RST (failures); else with
+  // shutdown(SHUT_RDWR) (a stop request: prompt, every pump wakes).
+  void Abort(const std::string& why, bool reset_local = true) {
     {
       std::lock_guard<std::mutex> l(mu_);
       if (error_.empty()) error_ = why;
     }
     aborted_ = true;
-    ::shutdown(local_, SHUT_RDWR);
+    if (reset_local) {
+      const linger rst{1, 0};
+      (void)setsockopt(local_, SOL_SOCKET, SO_LINGER, &rst, sizeof(rst));  // best effort (no-op on UNIX sockets)
+      ::shutdown(local_, SHUT_RD);
+    } else {
+      ::shutdown(local_, SHUT_RDWR);
+    }
     ch_.shutdown(ShutdownHow::kBoth);  // never throws (channel.h)
   }
 
@@ -362,6 +401,8 @@ class ConnAbort {
   void Failed(const std::string& why) {
     if (!aborted_) Abort(why);
   }
+
+  bool aborted() const { return aborted_; }
 
   std::string error() {
     std::lock_guard<std::mutex> l(mu_);
@@ -390,6 +431,9 @@ struct ConnFlow {
 void FromChannel(Channel& ch, int local, std::chrono::milliseconds io_timeout, ConnFlow& flow, ConnAbort& abort) {
   try {
     PumpFromChannel(ch, local, io_timeout, flow.from_ch, flow.from_ch_digest.get());
+    // An abort can end the channel's stream too: then no FIN, the local
+    // connection is reset (ConnAbort).
+    if (abort.aborted()) return;
     flow.far_ended = true;  // before the local peer can see the end (and reset)
     ::shutdown(local, SHUT_WR);  // close_notify -> half-close
   } catch (const std::exception& e) {
@@ -442,7 +486,7 @@ TunnelConnReport RunConnection(UniqueFd local, OpenedChannel tls, uint64_t seq, 
     flow.from_ch_digest = std::make_unique<StreamDigest>();
   }
   ConnAbort abort(local.get(), ch);
-  const uint64_t abort_id = set.Register([&] { abort.Abort(kStopping); });
+  const uint64_t abort_id = set.Register([&] { abort.Abort(kStopping, /*reset_local=*/false); });
   std::thread reader([&] { FromChannel(ch, local.get(), io_timeout, flow, abort); });
   rep.note = ToChannel(local.get(), ch, io_timeout, flow, abort);
   reader.join();
@@ -454,6 +498,7 @@ TunnelConnReport RunConnection(UniqueFd local, OpenedChannel tls, uint64_t seq, 
     rep.digest_up = (source_side ? flow.to_ch_digest : flow.from_ch_digest)->Hex();
     rep.digest_down = (source_side ? flow.from_ch_digest : flow.to_ch_digest)->Hex();
   }
+  rep.rekey = ch.stats().rekey;
   rep.error = abort.error();
   return rep;
 }

@@ -26,6 +26,17 @@
 // consumed through the channel and splicing goes on). Without kTLS, userspace
 // TLS with large corked records (256 KiB batches), never a record per small
 // write.
+//
+// Key lifetime (TLS 1.3): each splice into a kTLS socket is first cleared
+// with Channel::prepare_direct_write, so the send key changes (KeyUpdate)
+// before its record limit or SecurityConfig::tls_options.rekey_after_bytes,
+// and a peer's KeyUpdate (which stops splice reads like any control record)
+// is followed by the channel. On a kernel that cannot re-key (before 6.14)
+// a connection whose send key reaches its limit fails with a kSecurity
+// error and its local connection is reset: nothing is sent past the limit.
+// Every failed connection ends its local connection with a reset (RST), so
+// the tool never mistakes a broken stream for its end; a stop request shuts
+// it down instead.
 #pragma once
 
 #include <atomic>
@@ -59,6 +70,14 @@ struct TunnelConnReport {
   // connection's digests on the two ends are equal when the tunnel delivered
   // exactly what it was given (compare by seq).
   std::string digest_up, digest_down;
+  // TLS key lifetime of this connection's channel (channel.h), as it ended:
+  // KeyUpdates sent (our send key changed) and received (followed), the
+  // limit in force, whether the key can change and why not. On the splice
+  // path the send key changes between two splices (kTLS on a kernel that
+  // re-keys, 6.14+); where it cannot change, the connection fails at the
+  // limit (error: "the send key has protected ...") and its local
+  // connection is reset: a byte stream has no point at which to pause.
+  ChannelStats::Rekey rekey;
 };
 
 struct TunnelReport {
