@@ -81,10 +81,14 @@ void PrintConnDone(const TunnelConnReport& r) {
   std::lock_guard<std::mutex> l(g_print_mu);
   const std::string digests =
       r.digest_up.empty() ? "" : "; stream digest up " + r.digest_up + ", down " + r.digest_down;
-  std::fprintf(stderr, "tls-migrate tunnel: connection %llu %s: %s; %s; up %s, down %s in %.2f s%s%s\n",
+  const std::string keys = !r.rekey.applies ? ""
+                           : "; key updates sent " + std::to_string(r.rekey.sent) + ", received " +
+                                 std::to_string(r.rekey.received) +
+                                 (r.rekey.can_rekey ? "" : " (re-keying off: " + r.rekey.detail + ")");
+  std::fprintf(stderr, "tls-migrate tunnel: connection %llu %s: %s; %s; up %s, down %s in %.2f s%s%s%s\n",
                (unsigned long long)r.seq, r.error.empty() ? "done" : ("FAILED (" + r.error + ")").c_str(),
                r.path.c_str(), r.data_path.c_str(), Human(double(r.bytes_up)).c_str(),
-               Human(double(r.bytes_down)).c_str(), r.seconds, digests.c_str(),
+               Human(double(r.bytes_down)).c_str(), r.seconds, digests.c_str(), keys.c_str(),
                r.note.empty() ? "" : ("; note: " + r.note).c_str());
 }
 
@@ -110,6 +114,14 @@ nlohmann::json TunnelJson(const TunnelReport& rep, bool source) {
     conns.push_back({{"seq", c.seq}, {"peer", c.peer}, {"path", c.path}, {"data_path", c.data_path},
                      {"bytes_up", c.bytes_up}, {"bytes_down", c.bytes_down}, {"seconds", c.seconds},
                      {"error", c.error}, {"note", c.note}, {"ktls", c.path.find("kTLS (") != std::string::npos}});
+    if (c.rekey.applies) {
+      conns.back()["rekey"] = {{"sent", c.rekey.sent},
+                               {"received", c.rekey.received},
+                               {"limit_records", c.rekey.limit_records},
+                               {"limit_bytes", c.rekey.limit_bytes},
+                               {"possible", c.rekey.can_rekey},
+                               {"detail", c.rekey.detail}};
+    }
     if (!c.digest_up.empty()) {
       conns.back()["digest_up"] = c.digest_up;
       conns.back()["digest_down"] = c.digest_down;
