@@ -13,6 +13,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <fcntl.h>
 #include <sys/mount.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -21,6 +22,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "base/unique_fd.h"
 #include "channel/zero_copy_sender.h"
 #include "ktls/ktls.h"
 #include "tls/handshake.h"
@@ -474,11 +476,19 @@ TEST_F(KtlsVm, IoUringSendZcIsRefusedOnKtlsSocketsWithTheReason) {
 
 constexpr const char* kTracing = "/sys/kernel/tracing";
 
-bool WriteTracing(const std::string& file, const std::string& line, bool append = true) {
-  std::ofstream f(std::string(kTracing) + "/" + file, append ? std::ios::app : std::ios::trunc);
-  f << line << "\n";
-  f.flush();
-  return static_cast<bool>(f);
+// One write(2) of `line` to a tracefs file (as `echo line >> file`).
+// Returns "" or what went wrong, with the tracer's own error_log.
+std::string WriteTracing(const std::string& file, const std::string& line, bool append = true) {
+  const std::string path = std::string(kTracing) + "/" + file;
+  UniqueFd fd(open(path.c_str(), O_WRONLY | (append ? O_APPEND : O_TRUNC)));
+  if (!fd) return path + ": " + strerror(errno);
+  const std::string text = line + "\n";
+  if (write(fd.get(), text.data(), text.size()) == static_cast<ssize_t>(text.size())) return "";
+  const int e = errno;
+  std::ifstream log(std::string(kTracing) + "/error_log");
+  std::stringstream ss;
+  ss << log.rdbuf();
+  return "'" + line + "' > " + path + ": " + strerror(e) + "; error_log: " + ss.str();
 }
 
 std::string ReadTracing(const std::string& file) {
@@ -502,11 +512,10 @@ class CopyProbes {
     }
     Remove();
     // x86-64: the 4th argument (int len) is in %cx.
-    if (!WriteTracing("kprobe_events", "p:ktm_copy skb_copy_datagram_iter len=%cx:s32") ||
-        !WriteTracing("kprobe_events", "p:ktm_decrypt crypto_aead_decrypt")) {
-      why = "kprobe_events refused the probes";
-      return;
-    }
+    why = WriteTracing("kprobe_events", "p:ktm_copy skb_copy_datagram_iter len=%cx:s32");
+    if (!why.empty()) return;
+    // Context only (records decrypted): the measure works without it.
+    decrypt_why = WriteTracing("kprobe_events", "p:ktm_decrypt crypto_aead_decrypt");
     WriteTracing("events/kprobes/ktm_copy/enable", "1", false);
     WriteTracing("events/kprobes/ktm_decrypt/enable", "1", false);
     ok = true;
@@ -518,7 +527,8 @@ class CopyProbes {
   };
   // Starts a phase: a fresh hist trigger sums the copies' lengths.
   void Begin() {
-    hist_ = WriteTracing("events/kprobes/ktm_copy/trigger", "hist:keys=len:vals=hitcount");
+    hist_why_ = WriteTracing("events/kprobes/ktm_copy/trigger", "hist:keys=len:vals=hitcount");
+    hist_ = hist_why_.empty();
     start_ = Hits();
   }
   Counts End() {
@@ -530,9 +540,10 @@ class CopyProbes {
     return c;
   }
   bool has_bytes() const { return hist_; }
+  const std::string& hist_why() const { return hist_why_; }
 
   bool ok = false;
-  std::string why;
+  std::string why, decrypt_why;
 
  private:
   static void Remove() {
@@ -568,6 +579,7 @@ class CopyProbes {
     return sum;
   }
   bool hist_ = false;
+  std::string hist_why_;
   Counts start_;
 };
 
@@ -669,6 +681,8 @@ TEST_F(KtlsVm, ZzInPlaceDecryptKernelCopiesPerGiB) {
   for (Layout layout : {Layout::kOneWrite, Layout::kSplit}) {
     for (bool no_pad : {false, true}) res.push_back(MeasurePhase(probes, layout, no_pad, bytes));
   }
+  if (!probes.decrypt_why.empty()) std::printf("  no decrypt count (%s)\n", probes.decrypt_why.c_str());
+  if (!probes.has_bytes()) std::printf("  no byte sums (hist trigger: %s)\n", probes.hist_why().c_str());
   std::printf("  %zu MiB per phase, TLS 1.3 AES-128-GCM, 64-page packets; per GiB of page data:\n", bytes >> 20);
   std::printf("  %-22s %14s %16s %12s %10s %10s\n", "layout / rx", "kernel copies", "bytes copied", "decrypts",
               "NoPadViol", "DecRetry");
