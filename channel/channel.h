@@ -46,6 +46,13 @@ enum Feature : unsigned {
   kFeatureZeroCopyWrite = 1u << 0,  // kWriteZeroCopy avoids the userspace copy
   kFeatureShutdown = 1u << 1,       // shutdown() half-closes
   kFeatureEncrypted = 1u << 2,      // bytes on the wire are encrypted
+  // Each writev() ends the TLS records it makes (kTLS: full 16 KiB records,
+  // the tail short), and a read whose buffers hold whole records gets them
+  // decrypted in place, without a copy. A writer should put a small header
+  // and the bulk data after it in separate writes, so the bulk arrives in
+  // records of its own. Without the bit, fewer, larger writes are better
+  // (userspace TLS corks them into records; plain sockets: fewer syscalls).
+  kFeatureRecordWrites = 1u << 3,
 };
 
 // A half-open range [first, end) of zero-copy write ids. Empty when the
@@ -164,7 +171,8 @@ class Channel {
   virtual void set_peer_follows_key_updates(bool follows) { (void)follows; }
 
   // Plaintext the channel has already taken from the socket and not yet
-  // returned (a kTLS record read into its scratch buffer, GnuTLS records).
+  // returned (GnuTLS records; kTLS keeps none: a record partly read stays
+  // in the kernel, decrypted, where splice(2) from splice_fd() finds it).
   virtual size_t pending_read() const { return 0; }
 
   // Partial write of the iovec. Blocking mode: blocks until at least one

@@ -381,8 +381,9 @@ WriteResult KtlsChannel::writev(std::span<const iovec> iov, unsigned /*flags*/) 
   }
 }
 
-size_t KtlsChannel::RecvRecord(std::span<const iovec> iov, unsigned char* type) {
+size_t KtlsChannel::RecvRecord(std::span<const iovec> iov, unsigned char* type, bool* record_end) {
   *type = kRecordData;
+  *record_end = false;
   for (;;) {
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(unsigned char))];
     msghdr msg{};
@@ -426,6 +427,9 @@ size_t KtlsChannel::RecvRecord(std::span<const iovec> iov, unsigned char* type) 
     // An empty application data record (legal in TLS) is not end of stream:
     // only a read that found no record at all is.
     if (n == 0 && record && *type == kRecordData) continue;
+    // The kernel flags a read that took a record's last byte (tls_sw_recvmsg,
+    // process_rx_list): a control record cut short by a small buffer lacks it.
+    *record_end = (msg.msg_flags & MSG_EOR) != 0;
     return static_cast<size_t>(n);
   }
 }
@@ -463,69 +467,78 @@ bool KtlsChannel::HandleControlRecord(unsigned char type, const uint8_t* p, size
   throw Error(ErrorKind::kIntegrity, EPROTO, "unexpected TLS record type " + std::to_string(type));
 }
 
+// Every read goes straight to the caller's buffers, whatever their size
+// (scratch_ only gathers control records). The kernel decrypts a record in
+// place there when the buffers hold all of it (TLS 1.3: with
+// TLS_RX_EXPECT_NO_PAD); otherwise it decrypts into its own buffer, copies
+// what fits and keeps the rest, decrypted, for the next read. And one
+// recvmsg goes on to the next records while it has room and they have
+// arrived. So a small read must not bring a big buffer: a scratch buffer
+// under a 40-byte header read let the kernel go on into the page run's
+// first record, which did not fit the room left and so was copied twice
+// (into scratch, then out of it) instead of being decrypted in place. With
+// reads sized as asked, a reader that takes a header and then a run of
+// whole records (the migration's packets on kTLS, see
+// kFeatureRecordWrites) gets the run decrypted in place, and the small
+// header record costs one kernel copy of its few bytes. The price: many
+// tiny reads from one big record are one syscall each.
 ReadResult KtlsChannel::readv(std::span<const iovec> iov) {
   if (!fd_) throw Error(ErrorKind::kInternal, EBADF, "read on a closed channel");
   size_t want = 0;
   for (const auto& v : iov) want += v.iov_len;
   if (want == 0) return {};
-  auto copy_out = [&](const uint8_t* src, size_t n) {
-    size_t done = 0;
-    for (const auto& v : iov) {
-      size_t k = std::min(v.iov_len, n - done);
-      std::memcpy(v.iov_base, src + done, k);
-      done += k;
-      if (done == n) break;
-    }
-    return done;
-  };
-  if (pending_off_ < pending_end_) {
-    size_t n = copy_out(scratch_.data() + pending_off_, std::min(want, pending_end_ - pending_off_));
-    pending_off_ += n;
-    return ReadResult{n, false};
-  }
   if (saw_close_notify_) return {};
-  // Max TLS plaintext per record is 2^14 bytes.
-  constexpr size_t kMaxRecord = 16384;
-  const bool direct = want >= kMaxRecord;
   for (;;) {
     unsigned char type;
-    size_t n;
-    if (direct) {
-      n = RecvRecord(iov, &type);
-    } else {
-      scratch_.resize(kMaxRecord + 256);
-      iovec s{scratch_.data(), scratch_.size()};
-      n = RecvRecord(std::span<const iovec>(&s, 1), &type);
-    }
+    bool record_end;
+    const size_t n = RecvRecord(iov, &type, &record_end);
     if (n == SIZE_MAX) return ReadResult{0, true};  // before n is used as a length
-    const uint8_t* rec = direct ? static_cast<const uint8_t*>(iov[0].iov_base) : scratch_.data();
-    if (direct && type != kRecordData && iov[0].iov_len < n) {
-      // A control record (at most kMaxRecord bytes) spread across iovecs: gather it.
-      scratch_.resize(kMaxRecord + 256);
-      size_t got = 0;
-      for (const auto& v : iov) {
-        size_t k = std::min(v.iov_len, n - got);
-        std::memcpy(scratch_.data() + got, v.iov_base, k);
-        got += k;
-      }
-      rec = scratch_.data();
-    }
     if (type == kRecordData) {
       if (n == 0) {
         throw Error(ErrorKind::kPeer, EPIPE, "TLS stream truncated: the peer closed the connection without "
                            "close_notify; the data may be incomplete");
       }
-      if (direct) return ReadResult{n, false};
-      size_t k = copy_out(rec, std::min(n, want));
-      pending_off_ = k;
-      pending_end_ = n;
-      return ReadResult{k, false};
+      return ReadResult{n, false};
     }
-    if (HandleControlRecord(type, rec, n)) {
+    const size_t len = GatherControlRecord(iov, n, record_end, type);
+    if (HandleControlRecord(type, scratch_.data(), len)) {
       saw_close_notify_ = true;
       return {};
     }
   }
+}
+
+// A control record (alert, handshake) arrived in the caller's buffers:
+// gathers it whole into scratch_, reading its rest when the buffers were
+// smaller than it (the kernel keeps the rest and returns it next, alone).
+// Returns its length.
+size_t KtlsChannel::GatherControlRecord(std::span<const iovec> iov, size_t n, bool record_end, unsigned char type) {
+  constexpr size_t kMaxRecord = 16384;  // TLS plaintext per record: 2^14
+  scratch_.resize(kMaxRecord + 256);
+  size_t got = 0;
+  for (const auto& v : iov) {
+    const size_t k = std::min(v.iov_len, n - got);
+    std::memcpy(scratch_.data() + got, v.iov_base, k);
+    got += k;
+    if (got == n) break;
+  }
+  while (!record_end) {
+    if (got == scratch_.size()) {
+      throw Error(ErrorKind::kIntegrity, EMSGSIZE, "kTLS read: a TLS control record longer than 2^14 bytes");
+    }
+    iovec rest{scratch_.data() + got, scratch_.size() - got};
+    unsigned char more_type;
+    const size_t m = RecvRecord(std::span<const iovec>(&rest, 1), &more_type, &record_end);
+    if (m == SIZE_MAX) {  // non-blocking: the rest is queued, so this is brief
+      wait_io(/*for_write=*/false);
+      continue;
+    }
+    if (more_type != type || m == 0) {
+      throw Error(ErrorKind::kInternal, EPROTO, "kTLS read: a control record's rest did not follow it");
+    }
+    got += m;
+  }
+  return got;
 }
 
 void KtlsChannel::shutdown(ShutdownHow how) {
@@ -616,7 +629,6 @@ void KtlsChannel::SendControlRecord(unsigned char type, const unsigned char* byt
 }
 
 bool KtlsChannel::wait_readable(std::chrono::milliseconds timeout) {
-  if (pending_off_ < pending_end_) return true;
   return WaitFdReadable(fd_.get(), timeout);
 }
 

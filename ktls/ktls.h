@@ -87,12 +87,11 @@ class KtlsChannel : public Channel {
   ~KtlsChannel() override;
 
   unsigned features() const override {
-    return kFeatureShutdown | kFeatureEncrypted | kFeatureZeroCopyWrite;
+    return kFeatureShutdown | kFeatureEncrypted | kFeatureZeroCopyWrite | kFeatureRecordWrites;
   }
   std::string describe() const override;
   ChannelStats stats() const override;
   int splice_fd() const override { return fd_.get(); }
-  size_t pending_read() const override { return pending_end_ - pending_off_; }
   WriteResult writev(std::span<const iovec> iov, unsigned flags) override;
   ReadResult readv(std::span<const iovec> iov) override;
   void shutdown(ShutdownHow how) override;
@@ -119,12 +118,10 @@ class KtlsChannel : public Channel {
   bool write_shut_ = false;         // shutdown(kWrite) completed
   uint64_t tickets_ignored_ = 0;
   std::string names_;
-  // Reads smaller than one record go through here, so a control record
-  // (alert, ticket) always arrives whole: the kernel would otherwise hand
-  // it out in pieces and its type byte would be lost. Leftover application
-  // data waits in [pending_off_, pending_end_).
+  // A control record (alert, ticket, KeyUpdate) is gathered here whole,
+  // even when it came in pieces into a reader's small buffer. Application
+  // data never passes through it (see readv), so nothing is pending.
   std::vector<uint8_t> scratch_;
-  size_t pending_off_ = 0, pending_end_ = 0;
 
   // Key lifetime. The send side's state belongs to the writer; the reader
   // touches only rx_keys_ and the atomics.
@@ -164,9 +161,10 @@ class KtlsChannel : public Channel {
   // to the write timeout.
   void SendControlRecord(unsigned char type, const unsigned char* bytes, size_t len, const char* what);
 
-  // One recvmsg. Returns bytes and the record type, or SIZE_MAX when a
-  // non-blocking read would block.
-  size_t RecvRecord(std::span<const iovec> iov, unsigned char* type);
+  // One recvmsg. Returns bytes, the record type and whether the read took
+  // the record's last byte, or SIZE_MAX when a non-blocking read would block.
+  size_t RecvRecord(std::span<const iovec> iov, unsigned char* type, bool* record_end);
+  size_t GatherControlRecord(std::span<const iovec> iov, size_t n, bool record_end, unsigned char type);
   // Sends the close_notify alert record. Throws kPeer when the peer has
   // gone, kTimeout when it does not read within the write timeout.
   void SendCloseNotify();

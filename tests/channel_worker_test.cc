@@ -3,6 +3,7 @@
 // (the first failure is the one reported, the others are stopped, nothing
 // waits forever). Waits for events (futures, latches), never for a time.
 #include <gtest/gtest.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <cerrno>
@@ -13,6 +14,8 @@
 #include <vector>
 
 #include "base/error.h"
+#include "base/unique_fd.h"
+#include "channel/socket_channel.h"
 #include "transport/channel_worker.h"
 
 namespace ktm {
@@ -173,6 +176,77 @@ TEST(ChannelWorkers, NonLibraryExceptionsAreInternalAndCallKeepsItsError) {
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kInternal);
   }
+}
+
+
+// WritePacket's layout over a real socket pair: the writes it makes (what
+// a kTLS socket turns into record boundaries) and the bytes that arrive.
+class RecordingChannel : public SocketChannel {
+ public:
+  RecordingChannel(UniqueFd fd, bool record_writes)
+      : SocketChannel(std::move(fd), NoZeroCopy()), record_writes_(record_writes) {}
+  unsigned features() const override {
+    return SocketChannel::features() | (record_writes_ ? unsigned{kFeatureRecordWrites} : 0u);
+  }
+  WriteResult writev(std::span<const iovec> iov, unsigned flags) override {
+    WriteResult r = SocketChannel::writev(iov, flags);
+    writes.push_back({r.bytes, flags});
+    return r;
+  }
+  static SocketOptions NoZeroCopy() {
+    SocketOptions o;
+    o.zero_copy = ZeroCopyMode::kOff;
+    return o;
+  }
+  std::vector<std::pair<size_t, unsigned>> writes;  // bytes taken, flags
+
+ private:
+  const bool record_writes_;
+};
+
+// Sends a 552-byte header and 16 scattered pages; returns the writes made
+// and checks the bytes that arrived.
+std::vector<std::pair<size_t, unsigned>> SendOnePacket(bool record_writes) {
+  int sv[2];
+  EXPECT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  RecordingChannel tx(UniqueFd(sv[0]), record_writes);
+  SocketChannel rx(UniqueFd(sv[1]), RecordingChannel::NoZeroCopy());
+  std::vector<uint8_t> head(552, 0xab), image(32 * 4096);
+  for (size_t i = 0; i < image.size(); ++i) image[i] = static_cast<uint8_t>(i * 31 + 1);
+  std::vector<iovec> iov{{head.data(), head.size()}};
+  std::vector<uint8_t> want(head);
+  for (size_t k = 0; k < 16; ++k) {
+    iov.push_back({image.data() + 2 * k * 4096, 4096});
+    want.insert(want.end(), image.begin() + 2 * k * 4096, image.begin() + (2 * k + 1) * 4096);
+  }
+  std::vector<uint8_t> got(want.size());
+  auto reader = std::async(std::launch::async, [&] { return rx.read_all(got.data(), got.size()); });
+  WritePacket(tx, iov);
+  EXPECT_TRUE(reader.get());
+  EXPECT_EQ(got, want);
+  return tx.writes;
+}
+
+TEST(WritePacket, RecordWritesChannelGetsTheHeaderAndTheRunInSeparateWrites) {
+  const auto w = SendOnePacket(/*record_writes=*/true);
+  ASSERT_GE(w.size(), 2u);
+  EXPECT_EQ(w[0].first, 552u);  // the header alone: its own kTLS record
+  EXPECT_EQ(w[0].second, 0u);
+  size_t run = 0;
+  for (size_t i = 1; i < w.size(); ++i) {
+    run += w[i].first;
+    EXPECT_EQ(w[i].second, kWriteZeroCopy);
+  }
+  EXPECT_EQ(run, 16u * 4096);  // the run from its first byte: records fall on it
+}
+
+TEST(WritePacket, OtherChannelsGetOneWriteAsBefore) {
+  const auto w = SendOnePacket(/*record_writes=*/false);
+  ASSERT_GE(w.size(), 1u);
+  EXPECT_GT(w[0].first, 552u);  // header and pages together
+  size_t all = 0;
+  for (const auto& x : w) all += x.first;
+  EXPECT_EQ(all, 552u + 16u * 4096);
 }
 
 }  // namespace

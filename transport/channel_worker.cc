@@ -147,4 +147,10 @@ void ChannelWorkers::Finished(size_t n) {
   if (outstanding_ == 0) idle_.notify_all();
 }
 
+ZeroCopyIds WritePacket(Channel& ch, std::span<const iovec> iov) {
+  if (!ch.has_feature(kFeatureRecordWrites) || iov.size() < 2) return ch.writev_all(iov, kWriteZeroCopy);
+  ch.writev_all(iov.first(1), 0);
+  return ch.writev_all(iov.subspan(1), kWriteZeroCopy);
+}
+
 }  // namespace ktm

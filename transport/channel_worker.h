@@ -41,6 +41,11 @@
 #include <thread>
 #include <vector>
 
+#include <sys/uio.h>
+
+#include <span>
+
+#include "channel/channel.h"
 #include "transport/first_failure.h"
 
 namespace ktm {
@@ -120,5 +125,16 @@ class ChannelWorkers {
   bool failed_ = false;
   std::vector<std::thread> threads_;  // last: started once the rest is ready
 };
+
+// Writes one packet: iov[0] its header (and offsets), the rest its page
+// run. On a channel with kFeatureRecordWrites (kTLS) the header goes in a
+// write of its own and the run in a second one, so the run travels in
+// whole 16 KiB records of its own, which the destination, reading the
+// header and then the run into the image (receive_channel.cc), has the
+// kernel decrypt in place. Elsewhere in one writev: userspace TLS corks it
+// into full records anyway, and a plain socket saves a syscall. The header
+// is written without kWriteZeroCopy (kTLS has no zero-copy ids), the run
+// with it. Returns the zero-copy ids of the writes.
+ZeroCopyIds WritePacket(Channel& ch, std::span<const iovec> iov);
 
 }  // namespace ktm

@@ -222,7 +222,12 @@ void ChannelReceiver::FilePages(const wire::PacketHeader& h) {
   CountData(h.page_count);
 }
 
-// Receive straight into the image in memory.
+// Receive straight into the image in memory. On kTLS the source sends the
+// run in whole records of its own (WritePacket), and the header and offsets
+// were read with reads of their own size: so this one read covers whole
+// records and the kernel decrypts them in place, into the image (TLS 1.3:
+// with TLS_RX_EXPECT_NO_PAD). Reading header and run in one go, or the
+// header into a bigger buffer, would make it copy a record of the run.
 void ChannelReceiver::MemoryPages(const wire::PacketHeader& h) {
   iov_.clear();
   for (uint32_t i = 0; i < h.page_count; ++i) {

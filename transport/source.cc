@@ -134,7 +134,7 @@ class ChannelSender {
         iov_.push_back({p, ps});
       }
     }
-    s.ids = ch_.writev_all(iov_, kWriteZeroCopy);
+    s.ids = WritePacket(ch_, iov_);  // kTLS: header and run in records of their own
     pages_ += data_.size();
     data_bytes_ += data_.size() * ps;
     if (progress_) {
