@@ -75,9 +75,6 @@ constexpr Policy kKtls{KtlsMode::kRequire, ZeroCopyMode::kAuto};
 constexpr Policy kUserspace{KtlsMode::kOff, ZeroCopyMode::kAuto};
 
 TEST_F(KtlsVm, BothEndsInKernelLargeTransferBothWaysAndCountersMove) {
-  // The kernel probe (once per process, at the first kTLS channel) installs
-  // a loopback socket of its own: done first, so only our two count below.
-  (void)ProbeKtlsKernelFeatures();
   const uint64_t tx0 = Stat("TlsTxSw"), rx0 = Stat("TlsRxSw");
   Connected c = Connect(kKtls, kKtls);
   ASSERT_TRUE(c.client.ch) << c.client.error;
