@@ -40,6 +40,12 @@ namespace ktm {
 
 // Write flags (bit set).
 inline constexpr unsigned kWriteZeroCopy = 1u << 0;  // may hand pages to the kernel
+// The channel's last words before it is abandoned (a migration's ABORT): a
+// TLS channel whose send key is spent and cannot change may still carry
+// this one short message (at most one record, once) in the record it
+// keeps back for a key update, so the peer learns why instead of seeing a
+// vanished sender.
+inline constexpr unsigned kWriteLastWords = 1u << 1;
 
 // Feature bits a channel advertises; test with has_feature(), not type checks.
 enum Feature : unsigned {
@@ -169,6 +175,14 @@ class Channel {
   // false the channel never sends one and refuses to write past its key's
   // limit instead.
   virtual void set_peer_follows_key_updates(bool follows) { (void)follows; }
+
+  // TLS: bytes this channel can still send before its send key is spent,
+  // when that key cannot change (TLS 1.2, kTLS on a kernel that cannot
+  // re-key, a peer that cannot follow); UINT64_MAX when it can change or
+  // the channel has no key limit. A writer of framed messages checks it
+  // before a message, so the channel never fails in the middle of one and
+  // its last words (kWriteLastWords) land on a message boundary.
+  virtual uint64_t send_budget() const { return UINT64_MAX; }
 
   // Plaintext the channel has already taken from the socket and not yet
   // returned (GnuTLS records; kTLS keeps none: a record partly read stays

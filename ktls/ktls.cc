@@ -263,13 +263,18 @@ void KtlsChannel::CountTx(size_t n) {
   tx_records_ += (n + kMaxRecordPayload - 1) / kMaxRecordPayload;
 }
 
-size_t KtlsChannel::BudgetTx(size_t want) {
+size_t KtlsChannel::BudgetTx(size_t want, bool last_words) {
   if (want == 0) return 0;
   // RFC 8446 4.6.3: answer a requested update before our next data.
   if (update_requested_.exchange(false)) SendKeyUpdate(kKeyUpdateNotRequested);
   uint64_t left = TxBytesLeft();
   if (left == 0) {
     if (const std::string why = WhyNoTxRekey(); !why.empty()) {
+      if (last_words && !last_words_spent_) {
+        // The record kept back for a KeyUpdate that cannot happen.
+        last_words_spent_ = true;
+        return static_cast<size_t>(std::min<uint64_t>(want, kMaxRecordPayload));
+      }
       throw Error(ErrorKind::kSecurity, EKEYEXPIRED,
                   "the send key has protected " + std::to_string(tx_records_) + " records (" +
                       std::to_string(tx_bytes_) + " bytes), its limit, and cannot change: " + why +
@@ -334,7 +339,7 @@ void KtlsChannel::FollowKeyUpdate(unsigned char request) {
   if (request == kKeyUpdateRequested) update_requested_ = true;
 }
 
-WriteResult KtlsChannel::writev(std::span<const iovec> iov, unsigned /*flags*/) {
+WriteResult KtlsChannel::writev(std::span<const iovec> iov, unsigned flags) {
   if (!fd_) throw Error(ErrorKind::kInternal, EBADF, "write on a closed channel");
   if (sent_close_notify_) throw Error(ErrorKind::kInternal, EPIPE, "write after close_notify");
   size_t want = 0;
@@ -342,7 +347,7 @@ WriteResult KtlsChannel::writev(std::span<const iovec> iov, unsigned /*flags*/) 
   // What the send key may still carry; the iovecs are cut there (a short
   // write, as a full socket would make) and the caller goes on after the
   // key update the next call makes.
-  const size_t budget = BudgetTx(want);
+  const size_t budget = BudgetTx(want, (flags & kWriteLastWords) != 0);
   std::vector<iovec> cut;
   if (budget < want) {
     size_t left = budget;

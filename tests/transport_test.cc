@@ -482,9 +482,9 @@ TEST(Rekey, UserspaceMigrationWithTheCapabilityRekeysEveryChannel) {
 
 // A destination that does not offer 'rekey' (e.g. kTLS on a kernel that
 // cannot re-key) is never sent a KeyUpdate: the source stops at its key's
-// limit with a security error and says why; the destination keeps no
-// partial image. (It sees a vanished source: ABORT cannot follow on a
-// channel whose key is spent, and ABORT is a switch-over message today.)
+// limit with a security error and says why, and its last words (ABORT, in
+// the record the channel kept back for a key update) give the destination
+// the same error: both ends exit 3; the destination keeps no partial image.
 TEST(Rekey, PeerWithoutTheCapabilityGetsNoKeyUpdateAndTheMigrationFailsCleanly) {
   testing::TempDir dir;
   auto img = MappedImage::Anonymous(8u << 20);
@@ -495,7 +495,9 @@ TEST(Rekey, PeerWithoutTheCapabilityGetsNoKeyUpdateAndTheMigrationFailsCleanly) 
                       [](DestinationOptions& d) { d.capabilities_withheld = wire::kCapRekey; });
   EXPECT_EQ(o.src_kind, ErrorKind::kSecurity) << o.src_error;
   EXPECT_NE(o.src_error.find("cannot follow a key update"), std::string::npos) << o.src_error;
-  EXPECT_EQ(o.dst_kind, ErrorKind::kPeer) << o.dst_error;
+  EXPECT_EQ(o.dst_kind, ErrorKind::kSecurity) << o.dst_error;
+  EXPECT_NE(o.dst_error.find("the source gave up"), std::string::npos) << o.dst_error;
+  EXPECT_NE(o.dst_error.find("cannot follow a key update"), std::string::npos) << o.dst_error;
   EXPECT_NE(o.dst_error.find("the image is incomplete and was discarded"), std::string::npos) << o.dst_error;
   EXPECT_TRUE(dir.Entries().empty());  // no image, no temp file
 }
@@ -856,6 +858,7 @@ TEST(Transport, LiveMigrationReKeysEveryMebibyteOnEveryChannelOrStopsCleanly) {
     // A kernel without kTLS re-keying (6.1): the documented stop.
     EXPECT_EQ(KtlsFromEnv(), KtlsMode::kRequire) << o.src_error;
     EXPECT_NE(o.dst_error, "") << "the destination must not report success";
+    EXPECT_EQ(o.src_kind, ErrorKind::kSecurity) << o.src_error;
     EXPECT_EQ(dir.Entries(), std::vector<std::string>{}) << "no partial image kept";
     std::printf("  stopped cleanly: %s\n", o.src_error.c_str());
     return;

@@ -467,7 +467,7 @@ AbortNote DecodeAbortPayload(const uint8_t* in, size_t len) {
   a.kind = GetLe32(in);
   const uint32_t n = GetLe32(in + 4);
   if (n != len - 8) throw Error(ErrorKind::kIntegrity, EBADMSG, "ABORT reason length disagrees with its packet");
-  if (a.kind < kAbortUsage || a.kind > kAbortInternal) {
+  if (a.kind < kAbortUsage || a.kind > kAbortSecurity) {
     throw Error(ErrorKind::kIntegrity, EBADMSG, "ABORT of unknown kind " + std::to_string(a.kind));
   }
   a.reason.reserve(n);

@@ -219,7 +219,8 @@ struct PacketHeader {
 // payload_len 8 + n. Payload: u32 kind (AbortKind), u32 n, n bytes of
 // reason (ASCII; the destination prints it with control bytes replaced).
 // A source sends it only when abort-reason was agreed.
-enum AbortKind : uint32_t { kAbortUsage = 1, kAbortLocalIo = 2, kAbortInternal = 3 };
+// kAbortSecurity: a TLS send key reached its limit and could not change.
+enum AbortKind : uint32_t { kAbortUsage = 1, kAbortLocalIo = 2, kAbortInternal = 3, kAbortSecurity = 4 };
 inline constexpr size_t kMaxAbortReason = 480;
 inline constexpr size_t kMaxAbortPayload = 8 + kMaxAbortReason;
 

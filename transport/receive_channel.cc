@@ -279,9 +279,10 @@ void ChannelReceiver::OnAbort(const wire::PacketHeader& h) {
   } catch (const Error& e) {
     throw e.WithContext(ch_.who());
   }
-  const ErrorKind kind = note.kind == wire::kAbortLocalIo ? ErrorKind::kLocalIo
-                         : note.kind == wire::kAbortUsage ? ErrorKind::kUsage
-                                                          : ErrorKind::kInternal;
+  const ErrorKind kind = note.kind == wire::kAbortLocalIo    ? ErrorKind::kLocalIo
+                         : note.kind == wire::kAbortUsage    ? ErrorKind::kUsage
+                         : note.kind == wire::kAbortSecurity ? ErrorKind::kSecurity
+                                                             : ErrorKind::kInternal;
   throw Error(kind, ECANCELED,
               "the source gave up: " + note.reason + " (the image is incomplete and was discarded)");
 }

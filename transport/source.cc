@@ -85,7 +85,7 @@ class ChannelSender {
     h.type = wire::kAbort;
     h.iteration = iteration_;
     h.payload_len = static_cast<uint32_t>(wire::EncodeAbortPayload(note, payload));
-    SendControl(h, payload, h.payload_len);
+    SendControl(h, payload, h.payload_len, kWriteLastWords);
   }
 
   uint64_t pages() const { return pages_; }
@@ -118,6 +118,7 @@ class ChannelSender {
   void FlushData() {
     if (data_.empty()) return;
     const uint32_t ps = src_.page_size();
+    EnsurePacketFits(wire::kHeaderSize + data_.size() * (sizeof(uint64_t) + ps));
     Slot& s = NextSlot();
     wire::PacketHeader h;
     h.type = wire::kPages;
@@ -146,6 +147,7 @@ class ChannelSender {
 
   void FlushZero() {
     if (zero_.empty()) return;
+    EnsurePacketFits(wire::kHeaderSize + zero_.size() * sizeof(uint64_t));
     Slot& s = NextSlot();
     wire::PacketHeader h;
     h.type = wire::kZero;
@@ -158,14 +160,29 @@ class ChannelSender {
     zero_.clear();
   }
 
-  void SendControl(wire::PacketHeader& h, const uint8_t* payload, size_t len) {
+  // A packet this channel's send key can no longer carry whole (the key
+  // cannot change: see Channel::send_budget) is not started: the failure
+  // comes between packets, where the ABORT that follows can be read.
+  // Two records of margin: a packet may end in a short record per write.
+  void EnsurePacketFits(size_t bytes) {
+    const uint64_t budget = ch_.send_budget();
+    if (budget == UINT64_MAX || bytes + 2 * 16384 <= budget) return;
+    const ChannelStats st = ch_.stats();
+    throw Error(ErrorKind::kSecurity, EKEYEXPIRED,
+                "the TLS send key reached its limit (" + std::to_string(st.rekey.limit_records) + " records" +
+                    (st.rekey.limit_bytes ? " or " + std::to_string(st.rekey.limit_bytes) + " bytes" : "") +
+                    ") and cannot change: " + st.rekey.detail + "; nothing more is sent under it");
+  }
+
+  void SendControl(wire::PacketHeader& h, const uint8_t* payload, size_t len, unsigned flags = 0) {
+    if (!(flags & kWriteLastWords)) EnsurePacketFits(wire::kHeaderSize + len);
     uint8_t buf[wire::kHeaderSize + std::max(wire::kDigestSize, wire::kMaxAbortPayload)];
     h.packet_num = packet_num_++;
     h.page_size = src_.page_size();
     h.page_count = 0;
     wire::EncodeHeader(h, nullptr, buf);
     if (len) std::memcpy(buf + wire::kHeaderSize, payload, len);
-    ch_.write_all(buf, wire::kHeaderSize + len, 0);
+    ch_.write_all(buf, wire::kHeaderSize + len, flags);
   }
 
   Channel& ch_;
@@ -386,10 +403,13 @@ struct SwitchTimes {
 // failure hook.
 class FailureVerdict {
  public:
-  FailureVerdict(std::vector<OpenedChannel>& chans, const SourceOptions& opts) : chans_(chans), opts_(opts) {}
+  FailureVerdict(std::vector<OpenedChannel>& chans, const SourceOptions& opts,
+                 std::vector<std::unique_ptr<ChannelSender>>& senders, uint32_t agreed_caps)
+      : chans_(chans), opts_(opts), senders_(senders), agreed_caps_(agreed_caps) {}
 
   void Record(const std::exception& e, size_t failing, FirstFailure& failure) {
     const auto* ke = dynamic_cast<const Error*>(&e);
+    if (ke && ke->kind() == ErrorKind::kSecurity && ke->code() == EKEYEXPIRED) TellKeySpent(*ke, failing);
     std::optional<Error> verdict;
     // Held through Record below, so a peer failure that waits here cannot
     // record itself ahead of the verdict.
@@ -412,8 +432,26 @@ class FailureVerdict {
   }
 
  private:
+  // A channel's send key reached its limit and cannot change: its last
+  // words (the record it kept back) tell the destination why, so both
+  // ends fail with the security error. This is the failing channel's own
+  // worker thread, its only writer. Best effort.
+  void TellKeySpent(const Error& e, size_t failing) {
+    if (!(agreed_caps_ & wire::kCapAbortReason)) return;
+    wire::AbortNote note;
+    note.kind = wire::kAbortSecurity;
+    note.reason = std::string(e.what()).substr(0, wire::kMaxAbortReason);
+    try {
+      senders_[failing]->Abort(note);
+    } catch (const std::exception&) {
+      // The destination then sees a vanished source.
+    }
+  }
+
   std::vector<OpenedChannel>& chans_;
   const SourceOptions& opts_;
+  std::vector<std::unique_ptr<ChannelSender>>& senders_;
+  const uint32_t agreed_caps_;
   std::mutex mu_;
   bool probed_ = false;
 };
@@ -667,7 +705,7 @@ MigrationReport RunSource(PageSource& src, const SourceOptions& opts) {
 
   // One worker per channel for the whole migration; declared after what
   // its items use, so it is joined first.
-  FailureVerdict verdict(chans, opts);
+  FailureVerdict verdict(chans, opts, senders, agreed_caps);
   ChannelWorkers workers(chans.size(), kQueueDepth, [&verdict](const std::exception& e, size_t c, FirstFailure& f) {
     verdict.Record(e, c, f);
   });

@@ -106,6 +106,11 @@ size_t GnutlsRecordChannel::BudgetTx(size_t want, const std::function<void()>& f
     }
     flush();
     if (!why.empty()) {
+      if (last_words_ && !last_words_spent_) {
+        // The record kept back for a KeyUpdate that cannot happen.
+        last_words_spent_ = true;
+        return static_cast<size_t>(std::min<uint64_t>(want, 16384));
+      }
       throw Error(ErrorKind::kSecurity, EKEYEXPIRED,
                   "the send key has protected " + std::to_string(tx_records_) + " records (" +
                       std::to_string(tx_bytes_) + " bytes), its limit, and cannot change: " + why +
@@ -173,8 +178,9 @@ void GnutlsRecordChannel::ThrowWriteError(ssize_t rc, const char* op) {
   }
 }
 
-WriteResult GnutlsRecordChannel::writev(std::span<const iovec> iov, unsigned /*flags*/) {
+WriteResult GnutlsRecordChannel::writev(std::span<const iovec> iov, unsigned flags) {
   if (session_->fd() < 0) throw Error(ErrorKind::kInternal, EBADF, "write on a closed channel");
+  last_words_ = (flags & kWriteLastWords) != 0;
   if (write_error_) throw *write_error_;
   gnutls_session_t s = session_->native();
   if (!blocking_) {

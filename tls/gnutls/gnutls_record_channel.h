@@ -62,6 +62,7 @@ class GnutlsRecordChannel : public Channel {
   bool wait_readable(std::chrono::milliseconds timeout) override;
   void set_io_timeouts(std::chrono::milliseconds read, std::chrono::milliseconds write) override;
   void set_peer_follows_key_updates(bool follows) override { peer_follows_ = follows; }
+  uint64_t send_budget() const override { return WhyNoRekey().empty() ? UINT64_MAX : TxBytesLeft(); }
 
   GnutlsSession& session() { return *session_; }
   // Syscall-level batching visible to tests: records sent and uncorks done.
@@ -89,6 +90,8 @@ class GnutlsRecordChannel : public Channel {
   // it was counted against; returns how many bytes may go now. Throws
   // Error(kSecurity) (after `flush`) when the key is exhausted for good.
   size_t BudgetTx(size_t want, const std::function<void()>& flush);
+  bool last_words_ = false;        // this write has kWriteLastWords
+  bool last_words_spent_ = false;  // ...and used the kept-back record
   // `n` bytes sent; restarts the count if GnuTLS changed the key meanwhile
   // (it answers a peer's request on its own when it can).
   void CountTx(size_t n);
