@@ -1,8 +1,6 @@
 #include "ktls/ktls.h"
 
-#include <linux/tls.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 
@@ -11,15 +9,9 @@
 #include <sstream>
 
 #include "base/error.h"
+#include "ktls/uapi.h"
 #include "base/fd_wait.h"
 #include "channel/address.h"
-
-#ifndef SOL_TLS
-#define SOL_TLS 282
-#endif
-#ifndef TCP_ULP
-#define TCP_ULP 31
-#endif
 
 namespace ktm {
 namespace {
@@ -172,8 +164,7 @@ KtlsChannel::KtlsChannel(std::unique_ptr<TlsSession> session, KtlsPath path, uin
 void KtlsChannel::SetUpKeyLifetime(TlsSession& session, uint64_t rekey_after_bytes) {
   version_ = session.version();
   cipher_ = session.cipher();
-  limit_records_ = RecordLimit(cipher_);
-  limit_bytes_ = rekey_after_bytes;
+  tx_use_.set_limits(RecordLimit(cipher_), rekey_after_bytes);
   const KernelCipher* row = FindKernelCipher(cipher_);
   if (version_ != TlsVersion::kTls13 || !row) {
     rekey_detail_ = "TLS 1.2 has no key update";
@@ -225,8 +216,8 @@ ChannelStats KtlsChannel::stats() const {
   st.rekey.applies = true;
   st.rekey.sent = updates_sent_.load();
   st.rekey.received = updates_received_.load();
-  st.rekey.limit_records = limit_records_;
-  st.rekey.limit_bytes = limit_bytes_;
+  st.rekey.limit_records = tx_use_.limit_records();
+  st.rekey.limit_bytes = tx_use_.limit_bytes();
   const std::string why_not = WhyNoTxRekey();
   st.rekey.can_rekey = why_not.empty();
   st.rekey.detail = why_not.empty() ? rekey_detail_ : why_not;
@@ -237,58 +228,38 @@ ChannelStats KtlsChannel::stats() const {
 
 // --- key lifetime ---------------------------------------------------------
 
-namespace {
-constexpr uint64_t kMaxRecordPayload = 16384;  // TLS plaintext per record (2^14)
-}  // namespace
-
 std::string KtlsChannel::WhyNoTxRekey() const {
   if (version_ != TlsVersion::kTls13 || !kernel_rekey_) return rekey_detail_;
   if (!peer_follows_) return "the peer cannot follow a key update (it said so in the hello)";
   return "";
 }
 
-uint64_t KtlsChannel::TxRecordBytesLeft() const {
-  const uint64_t records = tx_records_ + 1 >= limit_records_ ? 0 : limit_records_ - tx_records_ - 1;
-  return records > UINT64_MAX / kMaxRecordPayload ? UINT64_MAX : records * kMaxRecordPayload;
-}
-
-uint64_t KtlsChannel::TxBytesLeft() const {
-  uint64_t left = TxRecordBytesLeft();
-  if (limit_bytes_ > 0) left = std::min(left, tx_bytes_ >= limit_bytes_ ? 0 : limit_bytes_ - tx_bytes_);
-  return left;
-}
-
-void KtlsChannel::CountTx(size_t n) {
-  tx_bytes_ += n;
-  tx_records_ += (n + kMaxRecordPayload - 1) / kMaxRecordPayload;
-}
-
 size_t KtlsChannel::BudgetTx(size_t want, bool last_words) {
   if (want == 0) return 0;
   // RFC 8446 4.6.3: answer a requested update before our next data.
   if (update_requested_.exchange(false)) SendKeyUpdate(kKeyUpdateNotRequested);
-  uint64_t left = TxBytesLeft();
+  uint64_t left = tx_use_.BytesLeft();
   if (left == 0) {
     if (const std::string why = WhyNoTxRekey(); !why.empty()) {
       if (last_words && !last_words_spent_) {
         // The record kept back for a KeyUpdate that cannot happen.
         last_words_spent_ = true;
-        return static_cast<size_t>(std::min<uint64_t>(want, kMaxRecordPayload));
+        return static_cast<size_t>(std::min<uint64_t>(want, SendKeyUse::kMaxRecordPayload));
       }
       throw Error(ErrorKind::kSecurity, EKEYEXPIRED,
-                  "the send key has protected " + std::to_string(tx_records_) + " records (" +
-                      std::to_string(tx_bytes_) + " bytes), its limit, and cannot change: " + why +
+                  "the send key has protected " + std::to_string(tx_use_.records()) + " records (" +
+                      std::to_string(tx_use_.bytes()) + " bytes), its limit, and cannot change: " + why +
                       "; nothing more is sent under it (run on a kernel that re-keys kTLS, 6.14+, or with kTLS off)",
                   Remedy::kKtlsOff);
     }
-    if (TxRecordBytesLeft() > 0 && !pace_.may_send(KeyUpdatePace::Clock::now())) {
+    if (tx_use_.RecordBytesLeft() > 0 && !pace_.may_send(KeyUpdatePace::Clock::now())) {
       // Only the byte limit is due, and the peer may not take another
       // update yet (a GnuTLS receiver refuses a 9th within a second): go on
       // under this key, up to its record limit, and ask again next write.
-      left = TxRecordBytesLeft();
+      left = tx_use_.RecordBytesLeft();
     } else {
       SendKeyUpdate(kKeyUpdateNotRequested);
-      left = TxBytesLeft();
+      left = tx_use_.BytesLeft();
     }
   }
   return static_cast<size_t>(std::min<uint64_t>(want, left));
@@ -296,7 +267,7 @@ size_t KtlsChannel::BudgetTx(size_t want, bool last_words) {
 
 size_t KtlsChannel::prepare_direct_write(size_t want) {
   const size_t n = BudgetTx(want);
-  CountTx(n);
+  tx_use_.Count(n);
   return n;
 }
 
@@ -314,7 +285,7 @@ void KtlsChannel::SendKeyUpdate(unsigned char request) {
                 std::string("the kernel refused the next send key (") + strerrorname_np(e) +
                     ") after our KeyUpdate left: the connection cannot continue");
   }
-  tx_records_ = tx_bytes_ = 0;
+  tx_use_.Reset();
   pace_.sent(KeyUpdatePace::Clock::now());
   ++updates_sent_;
 }
@@ -369,7 +340,7 @@ WriteResult KtlsChannel::writev(std::span<const iovec> iov, unsigned flags) {
     // again (see SocketChannel::writev).
     ssize_t n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n >= 0) {
-      CountTx(static_cast<size_t>(n));
+      tx_use_.Count(static_cast<size_t>(n));
       return WriteResult{static_cast<size_t>(n), false, {}};
     }
     int e = errno;

@@ -102,7 +102,7 @@ class KtlsChannel : public Channel {
   void set_io_timeouts(std::chrono::milliseconds read, std::chrono::milliseconds write) override;
   size_t prepare_direct_write(size_t want) override;
   void set_peer_follows_key_updates(bool follows) override { peer_follows_ = follows; }
-  uint64_t send_budget() const override { return WhyNoTxRekey().empty() ? UINT64_MAX : TxBytesLeft(); }
+  uint64_t send_budget() const override { return WhyNoTxRekey().empty() ? UINT64_MAX : tx_use_.BytesLeft(); }
 
   int fd() const { return fd_.get(); }
   uint64_t session_tickets_ignored() const { return tickets_ignored_; }
@@ -131,8 +131,7 @@ class KtlsChannel : public Channel {
   TrafficKeySchedule tx_keys_, rx_keys_;
   bool kernel_rekey_ = false;
   std::string rekey_detail_;
-  uint64_t limit_records_ = 0, limit_bytes_ = 0;
-  uint64_t tx_records_ = 0, tx_bytes_ = 0;  // under the current send key
+  SendKeyUse tx_use_;                       // under the current send key
   KeyUpdatePace pace_;                      // updates for the byte limit wait for it
   bool last_words_spent_ = false;           // kWriteLastWords used its record
   std::atomic<bool> update_requested_{false};
@@ -145,16 +144,10 @@ class KtlsChannel : public Channel {
   void SetUpRxNoPad();
   // Why the send key cannot change ("" when it can).
   std::string WhyNoTxRekey() const;
-  // Bytes the current send key may still protect (one record kept back
-  // for the KeyUpdate itself): by its record limit alone, and also by the
-  // byte limit.
-  uint64_t TxRecordBytesLeft() const;
-  uint64_t TxBytesLeft() const;
   // Before `want` bytes of data: sends a requested or due KeyUpdate;
   // returns how many bytes may go now. Throws when the key is exhausted.
   // last_words: kWriteLastWords (may use the kept-back record, once).
   size_t BudgetTx(size_t want, bool last_words = false);
-  void CountTx(size_t n);
   // Sends KeyUpdate(request) under the current key, then sets TLS_TX to
   // the next. Throws on failure (after the KeyUpdate left, fatally).
   void SendKeyUpdate(unsigned char request);

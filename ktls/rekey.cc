@@ -1,7 +1,5 @@
 #include "ktls/rekey.h"
 
-#include <linux/tls.h>
-#include <netinet/tcp.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -9,14 +7,8 @@
 #include <vector>
 
 #include "base/error.h"
+#include "ktls/uapi.h"
 #include "channel/address.h"
-
-#ifndef SOL_TLS
-#define SOL_TLS 282
-#endif
-#ifndef TCP_ULP
-#define TCP_ULP 31
-#endif
 
 namespace ktm {
 namespace {

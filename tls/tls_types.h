@@ -2,6 +2,7 @@
 // runs the handshake: protocol versions, ciphers, options, alerts.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -54,6 +55,48 @@ class KeyUpdatePace {
  private:
   Clock::time_point start_{};
   int count_ = 0;
+};
+
+// What one direction's send key has protected, against its limits: the
+// cipher's record limit and, optionally, a byte limit (--rekey-after).
+// Shared by every TLS channel, kernel or userspace, so both count alike.
+// Writer-thread state: not thread-safe.
+class SendKeyUse {
+ public:
+  static constexpr uint64_t kMaxRecordPayload = 16384;  // TLS plaintext per record (2^14)
+
+  void set_limits(uint64_t records, uint64_t bytes) {
+    limit_records_ = records;
+    limit_bytes_ = bytes;
+  }
+  uint64_t limit_records() const { return limit_records_; }
+  uint64_t limit_bytes() const { return limit_bytes_; }
+  uint64_t records() const { return records_; }
+  uint64_t bytes() const { return bytes_; }
+
+  // Bytes the key may still protect by its record limit alone, one record
+  // kept back for the KeyUpdate itself (assumes full records).
+  uint64_t RecordBytesLeft() const {
+    const uint64_t r = records_ + 1 >= limit_records_ ? 0 : limit_records_ - records_ - 1;
+    return r > UINT64_MAX / kMaxRecordPayload ? UINT64_MAX : r * kMaxRecordPayload;
+  }
+  // ...and also by the byte limit.
+  uint64_t BytesLeft() const {
+    const uint64_t left = RecordBytesLeft();
+    if (limit_bytes_ == 0) return left;
+    return std::min(left, bytes_ >= limit_bytes_ ? 0 : limit_bytes_ - bytes_);
+  }
+  // One write of n bytes: it ends its records, so ceil(n / 2^14) of them.
+  void Count(uint64_t n) {
+    bytes_ += n;
+    records_ += (n + kMaxRecordPayload - 1) / kMaxRecordPayload;
+  }
+  // A new key.
+  void Reset() { records_ = bytes_ = 0; }
+
+ private:
+  uint64_t limit_records_ = 0, limit_bytes_ = 0;
+  uint64_t records_ = 0, bytes_ = 0;
 };
 
 // Which TLS library runs the handshake and userspace records.

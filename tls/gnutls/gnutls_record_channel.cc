@@ -13,7 +13,6 @@ namespace {
 // Bytes corked before an uncork: big enough to fill several 16 KiB records
 // per syscall, small enough that GnuTLS's cork buffer stays modest.
 constexpr size_t kCorkBatch = 256 << 10;
-constexpr uint64_t kMaxRecordPayload = 16384;  // TLS plaintext per record (2^14)
 }  // namespace
 
 template <typename Op>
@@ -32,8 +31,7 @@ GnutlsRecordChannel::GnutlsRecordChannel(std::unique_ptr<GnutlsSession> session,
   blocking_ = !IsNonBlocking(session_->fd());
   SetNonBlocking(session_->fd(), true, "a TLS channel");  // see the class comment
   version_ = session_->version();
-  limit_records_ = RecordLimit(session_->cipher());
-  limit_bytes_ = session_->rekey_after_bytes();
+  tx_use_.set_limits(RecordLimit(session_->cipher()), session_->rekey_after_bytes());
 }
 
 GnutlsRecordChannel::~GnutlsRecordChannel() = default;
@@ -50,8 +48,8 @@ ChannelStats GnutlsRecordChannel::stats() const {
   st.rekey.applies = true;
   st.rekey.sent = session_->key_updates_sent();
   st.rekey.received = session_->key_updates_received();
-  st.rekey.limit_records = limit_records_;
-  st.rekey.limit_bytes = limit_bytes_;
+  st.rekey.limit_records = tx_use_.limit_records();
+  st.rekey.limit_bytes = tx_use_.limit_bytes();
   const std::string why_not = WhyNoRekey();
   st.rekey.can_rekey = why_not.empty();
   st.rekey.detail = why_not.empty() ? "GnuTLS follows and starts key updates in userspace" : why_not;
@@ -67,24 +65,12 @@ std::string GnutlsRecordChannel::WhyNoRekey() const {
   return "";
 }
 
-uint64_t GnutlsRecordChannel::TxRecordBytesLeft() const {
-  const uint64_t records = tx_records_ + 1 >= limit_records_ ? 0 : limit_records_ - tx_records_ - 1;
-  return records > UINT64_MAX / kMaxRecordPayload ? UINT64_MAX : records * kMaxRecordPayload;
-}
-
-uint64_t GnutlsRecordChannel::TxBytesLeft() const {
-  uint64_t left = TxRecordBytesLeft();
-  if (limit_bytes_ > 0) left = std::min(left, tx_bytes_ >= limit_bytes_ ? 0 : limit_bytes_ - tx_bytes_);
-  return left;
-}
-
 void GnutlsRecordChannel::CountTx(size_t n) {
   if (const uint64_t sent = session_->key_updates_sent(); sent != updates_seen_) {
     updates_seen_ = sent;
-    tx_records_ = tx_bytes_ = 0;
+    tx_use_.Reset();
   }
-  tx_bytes_ += n;
-  tx_records_ += (n + kMaxRecordPayload - 1) / kMaxRecordPayload;
+  tx_use_.Count(n);
 }
 
 size_t GnutlsRecordChannel::BudgetTx(size_t want, const std::function<void()>& flush) {
@@ -95,10 +81,10 @@ size_t GnutlsRecordChannel::BudgetTx(size_t want, const std::function<void()>& f
     flush();
     SendKeyUpdate();
   }
-  uint64_t left = TxBytesLeft();
+  uint64_t left = tx_use_.BytesLeft();
   if (left == 0) {
     const std::string why = WhyNoRekey();
-    const uint64_t hard_left = TxRecordBytesLeft();
+    const uint64_t hard_left = tx_use_.RecordBytesLeft();
     if (why.empty() && hard_left > 0 && !pace_.may_send(KeyUpdatePace::Clock::now())) {
       // Only the byte limit is reached: go on under this key until the
       // peer may take another update (see KeyUpdatePace).
@@ -112,12 +98,12 @@ size_t GnutlsRecordChannel::BudgetTx(size_t want, const std::function<void()>& f
         return static_cast<size_t>(std::min<uint64_t>(want, 16384));
       }
       throw Error(ErrorKind::kSecurity, EKEYEXPIRED,
-                  "the send key has protected " + std::to_string(tx_records_) + " records (" +
-                      std::to_string(tx_bytes_) + " bytes), its limit, and cannot change: " + why +
+                  "the send key has protected " + std::to_string(tx_use_.records()) + " records (" +
+                      std::to_string(tx_use_.bytes()) + " bytes), its limit, and cannot change: " + why +
                       "; nothing more is sent under it");
     }
     SendKeyUpdate();
-    left = TxBytesLeft();
+    left = tx_use_.BytesLeft();
   }
   return static_cast<size_t>(std::min<uint64_t>(want, left));
 }
@@ -128,7 +114,7 @@ void GnutlsRecordChannel::SendKeyUpdate() {
   if (rc < 0) ThrowWriteError(rc, "key update");
   pace_.sent(KeyUpdatePace::Clock::now());
   updates_seen_ = session_->key_updates_sent();
-  tx_records_ = tx_bytes_ = 0;
+  tx_use_.Reset();
 }
 
 bool GnutlsRecordChannel::PeerClosed() const {

@@ -62,7 +62,7 @@ class GnutlsRecordChannel : public Channel {
   bool wait_readable(std::chrono::milliseconds timeout) override;
   void set_io_timeouts(std::chrono::milliseconds read, std::chrono::milliseconds write) override;
   void set_peer_follows_key_updates(bool follows) override { peer_follows_ = follows; }
-  uint64_t send_budget() const override { return WhyNoRekey().empty() ? UINT64_MAX : TxBytesLeft(); }
+  uint64_t send_budget() const override { return WhyNoRekey().empty() ? UINT64_MAX : tx_use_.BytesLeft(); }
 
   GnutlsSession& session() { return *session_; }
   // Syscall-level batching visible to tests: records sent and uncorks done.
@@ -82,9 +82,6 @@ class GnutlsRecordChannel : public Channel {
   // Key lifetime (writer's state; peer_follows_ may be set from anywhere).
   // Why the send key cannot change ("" when it can).
   std::string WhyNoRekey() const;
-  // Bytes the current send key may still protect (one record kept back
-  // for the KeyUpdate itself).
-  uint64_t TxBytesLeft() const;
   // Before `want` bytes of data: answers a peer's request and sends a due
   // KeyUpdate, calling `flush` first so corked data leaves under the key
   // it was counted against; returns how many bytes may go now. Throws
@@ -126,8 +123,7 @@ class GnutlsRecordChannel : public Channel {
   std::optional<Error> write_error_;  // the first failure of the write side
   uint64_t batches_ = 0;
   TlsVersion version_ = TlsVersion::kOther;
-  uint64_t limit_records_ = 0, limit_bytes_ = 0;
-  uint64_t tx_records_ = 0, tx_bytes_ = 0;  // under the current send key
+  SendKeyUse tx_use_;  // under the current send key
   uint64_t updates_seen_ = 0;               // key_updates_sent() when the count restarted
   std::atomic<bool> peer_follows_{true};
   KeyUpdatePace pace_;
@@ -139,9 +135,6 @@ class GnutlsRecordChannel : public Channel {
     std::lock_guard<std::mutex> lock(gnutls_mu_);
     return op();
   }
-  // Bytes left under the record limit alone (the byte limit may wait for
-  // the pace, the record limit never does).
-  uint64_t TxRecordBytesLeft() const;
 };
 
 }  // namespace ktm
