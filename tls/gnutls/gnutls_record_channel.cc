@@ -332,7 +332,8 @@ void GnutlsRecordChannel::AgainGuard::OnAgain() {
   // Not a timeout yet: wait for the socket, at most for what is left.
   const auto left = timeout.count() < 0 ? timeout
                                         : std::chrono::ceil<std::chrono::milliseconds>(timeout - elapsed);
-  WaitFdReadyOrThrow(ch_.session_->fd(), for_write_, left, "the TLS peer");
+  // A timeout names the io timeout, not the slice that was left of it.
+  if (PollFd(fd, for_write_ ? POLLOUT : POLLIN, left) == 0) throw IoTimeoutError(for_write_, timeout, "the TLS peer");
 }
 
 }  // namespace ktm
