@@ -75,7 +75,7 @@ void FuzzPacket(const uint8_t* data, size_t size) {
     Check(h.payload_len >= 8 && h.payload_len <= kMaxAbortPayload);
     if (size - kHeaderSize < h.payload_len) return;
     const AbortNote a = DecodeAbortPayload(data + kHeaderSize, h.payload_len);
-    Check(a.kind >= kAbortUsage && a.kind <= kAbortInternal && a.reason.size() == h.payload_len - 8);
+    Check(a.kind >= kAbortUsage && a.kind <= kAbortSecurity && a.reason.size() == h.payload_len - 8);
     for (char c : a.reason) Check(c >= 0x20 && c < 0x7f);
     return;
   }
