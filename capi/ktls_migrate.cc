@@ -116,7 +116,7 @@ struct ktm_creds {
 struct ktm_config {
   bool tls = true;
   std::shared_ptr<Credentials> creds;
-  std::string hostname, priority = kDefaultPriority;
+  std::string hostname, priority;  // priority: the backend override ("" for the policy)
   PolicyMode ktls = PolicyMode::kAuto, zero_copy = PolicyMode::kAuto;
   std::chrono::milliseconds io_timeout{30000}, connect_timeout{10000};
   int channels = 4;
@@ -136,7 +136,7 @@ struct ktm_config {
     }
     s.tls_options.role = role;
     s.tls_options.creds = creds;
-    s.tls_options.priority = priority;
+    s.tls_options.policy.library_override = priority;
     s.tls_options.rekey_after_bytes = rekey_after;
     if (role == TlsRole::kClient) {
       s.tls_options.peer_name = hostname;
@@ -268,7 +268,7 @@ KTM_SETTER(ktm_config_set_creds, const ktm_creds*, {
   c->creds = v->creds;
 })
 KTM_SETTER(ktm_config_set_hostname, const char*, c->hostname = v ? v : "")
-KTM_SETTER(ktm_config_set_priority, const char*, c->priority = v ? v : kDefaultPriority)
+KTM_SETTER(ktm_config_set_priority, const char*, c->priority = v ? v : "")
 
 #undef KTM_SETTER
 

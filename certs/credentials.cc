@@ -161,6 +161,16 @@ std::string KeyModeWarning(const std::string& file) {
 
 const CredentialsNative& NativeOf(const Credentials& c) { return *c.native_; }
 
+std::shared_ptr<void> Credentials::BackendState(const std::string& key,
+                                                const std::function<std::shared_ptr<void>()>& build) const {
+  std::lock_guard<std::mutex> lock(backend_mu_);
+  auto it = backend_state_.find(key);
+  if (it != backend_state_.end()) return it->second;
+  std::shared_ptr<void> made = build();
+  backend_state_.emplace(key, made);
+  return made;
+}
+
 std::shared_ptr<Credentials> Credentials::Load(const CredentialFiles& files, TlsRole role) {
   auto c = std::shared_ptr<Credentials>(new Credentials());
   c->files_ = files;

@@ -7,7 +7,10 @@
 // them checked before a migration starts, and every error names the file.
 #pragma once
 
+#include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -51,11 +54,22 @@ class Credentials {
   bool has_own_cert() const { return !files_.cert.empty(); }
   bool has_crl() const { return !files_.crl.empty(); }
 
+  // A TLS backend's own objects for these credentials (an SSL_CTX, GnuTLS
+  // certificate credentials), built by `build` at the first handshake that
+  // asks for `key` and shared by later ones, so a tunnel's hundredth
+  // connection does not re-read the files. Thread-safe; `build` may throw
+  // (nothing is kept then). `key` names the backend and whatever else the
+  // object depends on ("openssl server <policy>").
+  std::shared_ptr<void> BackendState(const std::string& key,
+                                     const std::function<std::shared_ptr<void>()>& build) const;
+
  private:
   friend const CredentialsNative& NativeOf(const Credentials& c);
   std::shared_ptr<CredentialsNative> native_;
   CredentialFiles files_;
   std::vector<std::string> warnings_;
+  mutable std::mutex backend_mu_;
+  mutable std::map<std::string, std::shared_ptr<void>> backend_state_;
 };
 
 

@@ -85,9 +85,9 @@ SecurityConfig BuildSecurity(const Args& a, TlsRole role, const std::string& pee
   for (const std::string& w : s.tls_options.creds->warnings()) std::fprintf(stderr, "WARNING: %s\n", w.c_str());
   s.tls_options.peer_name = a.get("tls-hostname", peer_host);
   if (a.has("tls-priority")) {
-    s.tls_options.priority = a.get("tls-priority");
+    s.tls_options.policy.library_override = a.get("tls-priority");
     // Now, not at the first handshake: a recv would listen and refuse every source.
-    CheckTlsPriority(s.tls_options.backend, s.tls_options.priority);
+    CheckTlsPolicy(s.tls_options.backend, s.tls_options.policy);
   }
   s.tls_options.rekey_after_bytes = rekey_after;
   if (a.flag("no-verify-peer")) {

@@ -41,7 +41,7 @@ std::unique_ptr<Channel> EstablishTls(UniqueFd fd, const TlsOptions& tls, KtlsMo
   r.peer = session->peer_common_name();
 
   std::unique_ptr<Channel> ch;
-  if (session->library_enabled_ktls()) {
+  if (session->library_ktls(TlsDirection::kTransmit) && session->library_ktls(TlsDirection::kReceive)) {
     r.kind = TlsPathKind::kKtlsByLibrary;
     r.reason = "the TLS library enabled kTLS for both directions";
     ch = std::make_unique<KtlsChannel>(std::move(session), KtlsPath::kByLibrary, tls.rekey_after_bytes);

@@ -51,13 +51,13 @@ struct Connected {
   TlsEnd client, server;
 };
 
-Connected Connect(Policy client_pol, Policy server_pol, const std::string& prio = kDefaultPriority,
+Connected Connect(Policy client_pol, Policy server_pol, const std::string& prio = std::string(),
                   bool keep_raw = false) {
   Listener l = Listener::Listen("127.0.0.1:0");
   TlsOptions so = ServerOptions();
-  so.priority = prio;
+  so.policy.library_override = prio;
   TlsOptions co = ClientOptions();
-  co.priority = prio;
+  co.policy.library_override = prio;
   auto fut = ServeOnce(l, so, server_pol, keep_raw);
   Connected c;
   c.client = ConnectTls(l.address(), co, client_pol, keep_raw);
@@ -133,7 +133,7 @@ TEST_F(KtlsVm, CloseNotifyBothWays) {
 // recorded as sent: a later write reports the reset, not "write after
 // close_notify".
 TEST_F(KtlsVm, CloseNotifyToAResetPeerIsAnErrorAndNotRecordedAsSent) {
-  Connected c = Connect(kKtls, kUserspace, kDefaultPriority, /*keep_raw=*/true);
+  Connected c = Connect(kKtls, kUserspace, std::string(), /*keep_raw=*/true);
   ASSERT_TRUE(c.client.ch && c.server.ch);
   ResetOnClose(c.server.raw_fd);
   c.server.ch->close();
@@ -261,10 +261,10 @@ TEST_F(KtlsVm, PeerRequestedKeyUpdateIsAnsweredBeforeOurNextData) {
   EXPECT_EQ(ExchangeBothWays(*c.client.ch, *c.server.ch, 4u << 20), "");
 }
 
-Connected ConnectRekeying(uint64_t after_bytes, const std::string& prio = kDefaultPriority) {
+Connected ConnectRekeying(uint64_t after_bytes, const std::string& prio = std::string()) {
   Listener l = Listener::Listen("127.0.0.1:0");
   TlsOptions so = ServerOptions(), co = ClientOptions();
-  so.priority = co.priority = prio;
+  so.policy.library_override = co.policy.library_override = prio;
   so.rekey_after_bytes = co.rekey_after_bytes = after_bytes;
   auto fut = ServeOnce(l, so, kKtls);
   Connected c;
@@ -375,7 +375,7 @@ TEST_F(KtlsVm, PeerThatHalfClosedBeforeTheMoveIsRefusedWithTheReason) {
 }
 
 TEST_F(KtlsVm, TruncationWithoutCloseNotifyIsReported) {
-  Connected c = Connect(kKtls, kUserspace, kDefaultPriority, /*keep_raw=*/true);
+  Connected c = Connect(kKtls, kUserspace, std::string(), /*keep_raw=*/true);
   ASSERT_TRUE(c.client.ch && c.server.ch);
   c.server.ch->write_all("partial", 7);
   ::shutdown(c.server.raw_fd, SHUT_RDWR);
@@ -392,7 +392,7 @@ TEST_F(KtlsVm, TruncationWithoutCloseNotifyIsReported) {
 
 TEST_F(KtlsVm, ForgedRecordIsRejectedByTheKernel) {
   const uint64_t err0 = Stat("TlsDecryptError");
-  Connected c = Connect(kKtls, kUserspace, kDefaultPriority, /*keep_raw=*/true);
+  Connected c = Connect(kKtls, kUserspace, std::string(), /*keep_raw=*/true);
   ASSERT_TRUE(c.client.ch && c.server.ch);
   // Let the tickets through first so the forged record is the next one.
   c.server.ch->write_all("ok", 2);
@@ -413,7 +413,7 @@ TEST_F(KtlsVm, ForgedRecordIsRejectedByTheKernel) {
 }
 
 TEST_F(KtlsVm, KernelRefusesMsgZerocopyOnKtlsSocketSoWeNeverPassIt) {
-  Connected c = Connect(kKtls, kKtls, kDefaultPriority, /*keep_raw=*/true);
+  Connected c = Connect(kKtls, kKtls, std::string(), /*keep_raw=*/true);
   ASSERT_TRUE(c.client.ch && c.server.ch);
   int one = 1;
   int rc = setsockopt(c.client.raw_fd, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one));

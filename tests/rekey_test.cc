@@ -25,7 +25,7 @@ using namespace testing;
 SessionPair HandshakeWith(const std::string& priority) {
   Listener l = Listener::Listen("127.0.0.1:0");
   TlsOptions so = ServerOptions(), co = ClientOptions();
-  so.priority = co.priority = priority;
+  so.policy.library_override = co.policy.library_override = priority;
   auto accepted =
       std::async(std::launch::async, [&] { return HandshakeTls(l.AcceptFd(std::chrono::seconds(30)), so); });
   SessionPair p;

@@ -90,10 +90,10 @@ TEST(Tls, Tls12AndEveryKtlsCipherNegotiate) {
     SCOPED_TRACE(prio);
     Listener l = Listener::Listen("127.0.0.1:0");
     TlsOptions so = ServerOptions();
-    so.priority = prio;
+    so.policy.library_override = prio;
     auto fut = ServeOnce(l, so, {KtlsMode::kOff});
     TlsOptions co = ClientOptions();
-    co.priority = prio;
+    co.policy.library_override = prio;
     TlsEnd c = ConnectTls(l.address(), co, {KtlsMode::kOff});
     TlsEnd s = fut.get();
     ASSERT_TRUE(c.ch) << c.error;
@@ -469,7 +469,7 @@ UserspacePair ConnectUserspace(uint64_t rekey_after, const char* priority = null
   Listener l = Listener::Listen("127.0.0.1:0");
   TlsOptions so = ServerOptions(), co = ClientOptions();
   so.rekey_after_bytes = co.rekey_after_bytes = rekey_after;
-  if (priority) so.priority = co.priority = priority;
+  if (priority) so.policy.library_override = co.policy.library_override = priority;
   auto fut = ServeOnce(l, so, {KtlsMode::kOff});
   UserspacePair p;
   p.c = ConnectTls(l.address(), co, {KtlsMode::kOff});

@@ -4,6 +4,7 @@
 
 #include <sys/socket.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <future>
 #include <memory>
@@ -21,8 +22,19 @@
 
 namespace ktm::testing {
 
+// The backend every TLS test runs with: KTM_TEST_TLS_BACKEND (gnutls or
+// openssl; tests/BUILD runs each TLS test target once per backend, the
+// *_openssl targets setting it), GnuTLS when unset.
+inline TlsBackend TestBackend() {
+  const char* b = getenv("KTM_TEST_TLS_BACKEND");
+  return b && *b ? ParseTlsBackend(b, "KTM_TEST_TLS_BACKEND") : TlsBackend::kGnutls;
+}
+// "gnutls"/"openssl", for the CLI's --tls-backend in tests that run it.
+inline std::string TestBackendName() { return ToString(TestBackend()); }
+
 inline TlsOptions ServerOptions(const CredentialFiles& f) {
   TlsOptions o;
+  o.backend = TestBackend();
   o.role = TlsRole::kServer;
   o.creds = Credentials::Load(f, TlsRole::kServer);
   o.handshake_timeout = std::chrono::seconds(10);
@@ -34,6 +46,7 @@ inline TlsOptions ServerOptions() {
 
 inline TlsOptions ClientOptions(const CredentialFiles& f, const std::string& name = "localhost") {
   TlsOptions o;
+  o.backend = TestBackend();
   o.role = TlsRole::kClient;
   o.creds = Credentials::Load(f, TlsRole::kClient);
   o.peer_name = name;

@@ -19,12 +19,19 @@ namespace ktm {
 // data has flowed by then.
 std::unique_ptr<TlsSession> HandshakeTls(UniqueFd fd, const TlsOptions& opts);
 
-// Parses `priority` as the backend would at every handshake, so a bad
-// string is refused at startup, not after a peer connected: throws
-// Error(kUsage) naming the string and where it stops making sense.
-void CheckTlsPriority(TlsBackend backend, const std::string& priority);
+// Turns `policy` into the backend's settings as it would at every
+// handshake, so a bad policy (or library_override) is refused at startup,
+// not after a peer connected: throws Error(kUsage) naming the setting and
+// why the library refused it.
+void CheckTlsPolicy(TlsBackend backend, const TlsCryptoPolicy& policy);
 
 // "GnuTLS 3.7.9" for the backend, for reports and `tls-migrate probe`.
 std::string TlsLibraryVersion(TlsBackend backend);
+
+// What kTLS the backend's library, as built and linked here, can enable by
+// itself, one sentence: "none: Debian builds GnuTLS without kTLS" or
+// "TLS 1.2 send and receive, TLS 1.3 send (OpenSSL 3.0 receives TLS 1.3
+// in userspace)". Says nothing of the kernel (ktls/ probes that).
+std::string TlsLibraryKtlsAbility(TlsBackend backend);
 
 }  // namespace ktm

@@ -88,22 +88,32 @@ class TlsSession {
   virtual std::string cipher_name() const = 0;
   // CN of the verified peer certificate ("" if none).
   virtual std::string peer_common_name() const = 0;
+  // Its subject DN in RFC 4514 form, "CN=host1,O=Example" ("" if none):
+  // what TlsOptions::allowed_clients matches. Both backends print it alike.
+  virtual std::string peer_subject() const = 0;
+  // The library running this session.
+  virtual TlsBackend backend() const = 0;
 
   // The socket (still owned by the session).
   virtual int fd() const = 0;
   // Takes the fd away; the session must no longer be used for I/O.
   virtual UniqueFd release_fd() = 0;
 
-  // True when the TLS library itself moved both directions into the kernel.
-  virtual bool library_enabled_ktls() const = 0;
+  // True when the TLS library itself moved direction `dir` into the kernel
+  // (OpenSSL with SSL_OP_ENABLE_KTLS: TLS 1.2 both ways; 3.0 sends TLS 1.3
+  // records in the kernel but receives them itself). A direction the
+  // library did not take may still be installed by us (ktls/InstallKtls).
+  virtual bool library_ktls(TlsDirection dir) const = 0;
   // Bytes the library has already decrypted but nobody has read: a session
   // holding any cannot move into the kernel without losing them.
   virtual size_t buffered_plaintext() const = 0;
   // The traffic state for one direction (a copy of the keys: the caller
   // lets it go out of scope, which wipes it, as soon as it has used it).
   // TLS 1.3: with the traffic secret too (see TrafficKeys::secret()), for
-  // the kernel path's own re-keying. Throws Error(kInternal) if the library
-  // cannot export it.
+  // the kernel path's own re-keying. For a direction the library moved into
+  // the kernel itself, the key and sequence number may be stale (the kernel
+  // holds the live ones); the secret is what counts. Throws
+  // Error(kInternal) if the library cannot export it.
   virtual TrafficKeys ExportKernelKeys(TlsDirection dir) const = 0;
 
   // The backend's userspace record channel over `session`; `why` (why not

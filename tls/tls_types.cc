@@ -1,5 +1,10 @@
 #include "tls/tls_types.h"
 
+#include <fnmatch.h>
+#include <strings.h>
+
+#include <cerrno>
+
 namespace ktm {
 
 const char* ToString(TlsVersion v) {
@@ -20,6 +25,117 @@ const char* ToString(TlsCipher c) {
     case TlsCipher::kOther: return "other cipher";
   }
   return "?";
+}
+
+const char* ToString(TlsBackend b) {
+  switch (b) {
+    case TlsBackend::kGnutls: return "gnutls";
+    case TlsBackend::kOpenssl: return "openssl";
+  }
+  return "?";
+}
+
+const char* LibraryName(TlsBackend b) {
+  switch (b) {
+    case TlsBackend::kGnutls: return "GnuTLS";
+    case TlsBackend::kOpenssl: return "OpenSSL";
+  }
+  return "?";
+}
+
+TlsBackend ParseTlsBackend(const std::string& s, const std::string& what) {
+  for (TlsBackend b : kAllTlsBackends) {
+    if (strcasecmp(s.c_str(), ToString(b)) == 0) return b;
+  }
+  throw Error(ErrorKind::kUsage, EINVAL, "bad " + what + " '" + s + "': expected gnutls or openssl");
+}
+
+namespace {
+
+std::vector<std::string> SplitList(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  for (;;) {
+    const size_t comma = s.find(',', start);
+    std::string item = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    while (!item.empty() && item.front() == ' ') item.erase(item.begin());
+    while (!item.empty() && item.back() == ' ') item.pop_back();
+    out.push_back(item);
+    if (comma == std::string::npos) return out;
+    start = comma + 1;
+  }
+}
+
+template <typename T>
+void AddOnce(std::vector<T>& v, T x) {
+  if (std::find(v.begin(), v.end(), x) == v.end()) v.push_back(x);
+}
+
+}  // namespace
+
+std::vector<TlsVersion> ParseTlsVersions(const std::string& s, const std::string& what) {
+  std::vector<TlsVersion> out;
+  for (const std::string& item : SplitList(s)) {
+    std::string v = item;
+    if (strncasecmp(v.c_str(), "tls", 3) == 0) v = v.substr(v.size() > 3 && (v[3] == 'v' || v[3] == 'V') ? 4 : 3);
+    if (v == "1.3") {
+      AddOnce(out, TlsVersion::kTls13);
+    } else if (v == "1.2") {
+      AddOnce(out, TlsVersion::kTls12);
+    } else {
+      throw Error(ErrorKind::kUsage, EINVAL,
+                  "bad " + what + " item '" + item + "': expected 1.3 and/or 1.2 (kTLS takes no older version)");
+    }
+  }
+  return out;
+}
+
+std::vector<TlsCipher> ParseTlsCiphers(const std::string& s, const std::string& what) {
+  std::vector<TlsCipher> out;
+  for (const std::string& item : SplitList(s)) {
+    bool found = false;
+    for (TlsCipher c : {TlsCipher::kAes128Gcm, TlsCipher::kAes256Gcm, TlsCipher::kChacha20Poly1305,
+                        TlsCipher::kAes128Ccm}) {
+      if (strcasecmp(item.c_str(), ToString(c)) == 0) {
+        AddOnce(out, c);
+        found = true;
+      }
+    }
+    if (!found) {
+      throw Error(ErrorKind::kUsage, EINVAL,
+                  "bad " + what + " item '" + item +
+                      "': expected aes-128-gcm, aes-256-gcm, chacha20-poly1305 or aes-128-ccm (the AEAD ciphers "
+                      "the kernel's TLS can take)");
+    }
+  }
+  return out;
+}
+
+std::string ToString(const TlsCryptoPolicy& p) {
+  if (!p.library_override.empty()) return "library override '" + p.library_override + "'";
+  std::string out;
+  for (TlsVersion v : p.versions) out += std::string(out.empty() ? "" : ",") + ToString(v);
+  out += " with ";
+  bool first = true;
+  for (TlsCipher c : p.ciphers) {
+    out += std::string(first ? "" : ",") + ToString(c);
+    first = false;
+  }
+  return out;
+}
+
+std::string ClientAllowListRefusal(const std::vector<std::string>& patterns, const std::string& subject_dn,
+                                   const std::string& common_name) {
+  if (patterns.empty()) return "";
+  std::string list;
+  for (const std::string& p : patterns) {
+    if (fnmatch(p.c_str(), subject_dn.c_str(), 0) == 0) return "";
+    if (!common_name.empty() && fnmatch(p.c_str(), common_name.c_str(), 0) == 0) return "";
+    list += (list.empty() ? "'" : ", '") + p + "'";
+  }
+  return "the client's certificate (subject '" + subject_dn +
+         "') is valid but not on the allow-list: it matches none of " + list +
+         " (add --tls-allow-client for it on the destination)";
 }
 
 std::string TlsAlertName(uint8_t d) {

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "base/error.h"
 #include "certs/credentials.h"
@@ -100,13 +101,36 @@ class SendKeyUse {
 };
 
 // Which TLS library runs the handshake and userspace records.
-enum class TlsBackend { kGnutls };
+enum class TlsBackend { kGnutls, kOpenssl };
+inline constexpr TlsBackend kAllTlsBackends[] = {TlsBackend::kGnutls, TlsBackend::kOpenssl};
+// "gnutls", "openssl" (the CLI's spelling); the library's own name
+// ("GnuTLS", "OpenSSL") for reports.
+const char* ToString(TlsBackend b);
+const char* LibraryName(TlsBackend b);
+// "gnutls" | "openssl"; throws Error(kUsage) naming `what` otherwise.
+TlsBackend ParseTlsBackend(const std::string& s, const std::string& what = "--tls-backend");
 
-// TLS 1.3 preferred, TLS 1.2 allowed, AEAD ciphers only (what kTLS can take).
-// In the GnuTLS backend's priority-string syntax.
-inline constexpr const char* kDefaultPriority =
-    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:"
-    "+CHACHA20-POLY1305";
+// Which protocol versions and ciphers a session may use, in the library's
+// vocabulary (both backends turn it into their own settings). The default
+// is what the kernel cipher table can take: TLS 1.3 preferred, TLS 1.2
+// allowed, AEAD ciphers only, AES-GCM first.
+struct TlsCryptoPolicy {
+  std::vector<TlsVersion> versions = {TlsVersion::kTls13, TlsVersion::kTls12};
+  std::vector<TlsCipher> ciphers = {TlsCipher::kAes128Gcm, TlsCipher::kAes256Gcm,
+                                    TlsCipher::kChacha20Poly1305};
+  // The backend's own syntax, replacing versions and ciphers for that
+  // backend only: a GnuTLS priority string ("NORMAL:-VERS-ALL:+VERS-TLS1.3")
+  // or OpenSSL SSL_CONF commands ("MinProtocol=TLSv1.3,Ciphersuites=...").
+  // For operators who must match a site policy the enums cannot express.
+  std::string library_override;
+};
+// "1.3,1.2" (also "tls1.3", "TLS1.2"): the listed versions, at least one.
+// Throws Error(kUsage) naming `what` and the bad item.
+std::vector<TlsVersion> ParseTlsVersions(const std::string& s, const std::string& what = "--tls-versions");
+// "aes-128-gcm,aes-256-gcm,chacha20-poly1305,aes-128-ccm" (case-insensitive).
+std::vector<TlsCipher> ParseTlsCiphers(const std::string& s, const std::string& what = "--tls-ciphers");
+// "TLS1.3,TLS1.2" / "AES-128-GCM,..." for reports.
+std::string ToString(const TlsCryptoPolicy& p);
 
 struct TlsOptions {
   TlsBackend backend = TlsBackend::kGnutls;
@@ -118,14 +142,26 @@ struct TlsOptions {
   bool verify_peer = true;
   // Server: insist on a client certificate.
   bool require_client_cert = true;
-  // Protocol versions and ciphers, in the backend's syntax.
-  std::string priority = kDefaultPriority;
+  // Server: when not empty, a verified client certificate must also match
+  // one of these shell patterns (fnmatch(3), as QEMU's tls-authz list
+  // does), against its subject DN in RFC 4514 form ("CN=host1,O=Example")
+  // or its common name alone. A client that matches none is refused during
+  // the handshake (access_denied); see ClientAllowListRefusal().
+  std::vector<std::string> allowed_clients;
+  TlsCryptoPolicy policy;
   std::chrono::milliseconds handshake_timeout{30000};
   // Change our send key (TLS 1.3 KeyUpdate) after this many bytes as well
   // as before the cipher's record limit; 0: at the record limit only. A
   // low value lets tests re-key hundreds of times in one transfer.
   uint64_t rekey_after_bytes = 0;
 };
+
+// The allow-list check both backends run on a verified client certificate:
+// "" when `patterns` is empty or one matches `subject_dn` or `common_name`,
+// else the sentence the server reports ("the client's certificate subject
+// 'CN=x,O=y' is not on the allow-list (--tls-allow-client ...)").
+std::string ClientAllowListRefusal(const std::vector<std::string>& patterns, const std::string& subject_dn,
+                                   const std::string& common_name);
 
 // TLS alert descriptions (RFC 8446 6.2) by number.
 inline constexpr uint8_t kAlertCloseNotify = 0;

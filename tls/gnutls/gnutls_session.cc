@@ -118,7 +118,7 @@ Error HandshakeFailure(int rc, gnutls_session_t s, const TlsOptions& o, unsigned
     case GNUTLS_E_NO_CIPHER_SUITES:
     case GNUTLS_E_UNKNOWN_CIPHER_SUITE:
       return sec(std::string("TLS handshake failed: no protocol version/cipher in common with the ") + peer +
-                 " (" + gnutls_strerror(rc) + "; priority '" + o.priority + "')");
+                 " (" + gnutls_strerror(rc) + "; policy " + ToString(o.policy) + ")");
     default:
       return sec(std::string("TLS handshake failed: ") + gnutls_strerror(rc));
   }
@@ -187,7 +187,26 @@ GnutlsSession::~GnutlsSession() {
   explicit_bzero(secret_tx_.data(), secret_tx_.size());
 }
 
-void GnutlsSession::CheckPriority(const std::string& priority) {
+std::string GnutlsSession::PriorityString(const TlsCryptoPolicy& p) {
+  if (!p.library_override.empty()) return p.library_override;
+  std::string s = "NORMAL:-VERS-ALL";
+  for (TlsVersion v : p.versions) {
+    if (v == TlsVersion::kTls13) s += ":+VERS-TLS1.3";
+    if (v == TlsVersion::kTls12) s += ":+VERS-TLS1.2";
+  }
+  s += ":-CIPHER-ALL";
+  for (TlsCipher c : p.ciphers) {
+    if (c != TlsCipher::kOther) s += std::string(":+") + ToString(c);  // GnuTLS spells them as we do
+  }
+  return s;
+}
+
+void GnutlsSession::CheckPolicy(const TlsCryptoPolicy& policy) {
+  if (policy.library_override.empty() && (policy.versions.empty() || policy.ciphers.empty())) {
+    throw Error(ErrorKind::kUsage, EINVAL, "the TLS policy allows no " +
+                                               std::string(policy.versions.empty() ? "version" : "cipher"));
+  }
+  const std::string priority = PriorityString(policy);
   gnutls_priority_t cache = nullptr;
   const char* err_pos = nullptr;
   const int rc = gnutls_priority_init(&cache, priority.c_str(), &err_pos);
@@ -196,6 +215,13 @@ void GnutlsSession::CheckPriority(const std::string& priority) {
                             (err_pos ? err_pos : "") + "': " + gnutls_strerror(rc));
   }
   gnutls_priority_deinit(cache);
+}
+
+std::string GnutlsSession::KtlsAbility() {
+  // GnuTLS enables kTLS only when built with it and allowed by its system
+  // configuration (ktls = true); Debian builds it without.
+  return "none: this GnuTLS is built without kTLS (Debian's is), so our key install moves sessions into the "
+         "kernel";
 }
 
 std::unique_ptr<GnutlsSession> GnutlsSession::Handshake(UniqueFd fd, const TlsOptions& o) {
@@ -218,9 +244,10 @@ std::unique_ptr<GnutlsSession> GnutlsSession::Handshake(UniqueFd fd, const TlsOp
   CheckGnutls(gnutls_init(&s, flags), "gnutls_init");
   t->session_.reset(s);
   const char* err_pos = nullptr;
-  int rc = gnutls_priority_set_direct(s, o.priority.c_str(), &err_pos);
+  const std::string priority = PriorityString(o.policy);
+  int rc = gnutls_priority_set_direct(s, priority.c_str(), &err_pos);
   if (rc < 0) {
-    throw Error(ErrorKind::kUsage, EINVAL, "bad TLS priority string '" + o.priority + "' near '" +
+    throw Error(ErrorKind::kUsage, EINVAL, "bad TLS priority string '" + priority + "' near '" +
                             (err_pos ? err_pos : "") + "': " + gnutls_strerror(rc));
   }
   CheckGnutls(gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, NativeOf(*o.creds).creds.get()), "set credentials");
@@ -292,8 +319,17 @@ std::string GnutlsSession::peer_common_name() const {
   return c ? CrtCommonName(c.get()) : "";
 }
 
-bool GnutlsSession::library_enabled_ktls() const {
-  return gnutls_transport_is_ktls_enabled(session_.get()) == GNUTLS_KTLS_DUPLEX;
+std::string GnutlsSession::peer_subject() const {
+  X509Crt c = PeerCert(session_.get());
+  if (!c) return "";
+  OwnedDatum dn;
+  if (gnutls_x509_crt_get_dn3(c.get(), &dn.d, 0) < 0) return "";
+  return dn.str();
+}
+
+bool GnutlsSession::library_ktls(TlsDirection dir) const {
+  const int on = gnutls_transport_is_ktls_enabled(session_.get());
+  return (on & (dir == TlsDirection::kReceive ? GNUTLS_KTLS_RECV : GNUTLS_KTLS_SEND)) != 0;
 }
 
 size_t GnutlsSession::buffered_plaintext() const { return gnutls_record_check_pending(session_.get()); }

@@ -24,8 +24,12 @@ class GnutlsSession final : public TlsSession {
   // "GnuTLS 3.7.9".
   static std::string LibraryVersion();
 
-  // See CheckTlsPriority().
-  static void CheckPriority(const std::string& priority);
+  // See CheckTlsPolicy().
+  static void CheckPolicy(const TlsCryptoPolicy& policy);
+  // The priority string for `policy` (its library_override when set).
+  static std::string PriorityString(const TlsCryptoPolicy& policy);
+  // See TlsLibraryKtlsAbility().
+  static std::string KtlsAbility();
 
   // The GnuTLS handle, for the record channel and backend tests.
   gnutls_session_t native() const { return session_.get(); }
@@ -35,9 +39,11 @@ class GnutlsSession final : public TlsSession {
   std::string version_name() const override;
   std::string cipher_name() const override;
   std::string peer_common_name() const override;
+  std::string peer_subject() const override;
+  TlsBackend backend() const override { return TlsBackend::kGnutls; }
   int fd() const override { return fd_.get(); }
   UniqueFd release_fd() override { return std::move(fd_); }
-  bool library_enabled_ktls() const override;
+  bool library_ktls(TlsDirection dir) const override;
   size_t buffered_plaintext() const override;
   TrafficKeys ExportKernelKeys(TlsDirection dir) const override;
 
