@@ -35,7 +35,9 @@ std::unique_ptr<Channel> EstablishTls(UniqueFd fd, const TlsOptions& tls, KtlsMo
   // AttachKtlsUlpEarly (a peer's short stream may be complete by the time
   // our handshake returns).
   if (ktls != KtlsMode::kOff) AttachKtlsUlpEarly(fd.get());
-  std::unique_ptr<TlsSession> session = HandshakeTls(std::move(fd), tls);
+  TlsOptions opts = tls;
+  opts.allow_library_ktls = ktls != KtlsMode::kOff;
+  std::unique_ptr<TlsSession> session = HandshakeTls(std::move(fd), opts);
   r.version = session->version_name();
   r.cipher = session->cipher_name();
   r.peer = session->peer_common_name();

@@ -149,6 +149,10 @@ struct TlsOptions {
   // the handshake (access_denied); see ClientAllowListRefusal().
   std::vector<std::string> allowed_clients;
   TlsCryptoPolicy policy;
+  // Let the TLS library move the session into the kernel itself, where it
+  // can (OpenSSL's SSL_OP_ENABLE_KTLS). EstablishTls clears it for
+  // --ktls off, so "off" means no kTLS by anyone.
+  bool allow_library_ktls = true;
   std::chrono::milliseconds handshake_timeout{30000};
   // Change our send key (TLS 1.3 KeyUpdate) after this many bytes as well
   // as before the cipher's record limit; 0: at the record limit only. A
