@@ -98,48 +98,97 @@ std::string ProbeKernelCipher(const KernelCipher& row) {
 
 void AttachKtlsUlpEarly(int fd) noexcept { (void)AttachUlp(fd); }
 
+namespace {
+
+const char* DirectionName(TlsDirection d) { return d == TlsDirection::kTransmit ? "TLS_TX" : "TLS_RX"; }
+
+// Lays out direction `dir`'s exported keys for the kernel into `info`.
+// The exported copy wipes itself on return.
+bool FillDirection(const TlsSession& session, const KernelCipher& row, TlsDirection dir, CryptoInfo& info,
+                   std::string& why) {
+  const TrafficKeys keys = session.ExportKernelKeys(dir);
+  return FillCryptoInfo(row, session.version(), keys, info, why);
+}
+
+// Hands `info` to the kernel for `dir`, then wipes it (the kernel has its
+// own copy now, or refused it). nullopt on success, else the reason (and
+// the errno in *err).
+std::optional<std::string> SetDirection(const TlsSession& session, TlsDirection dir, CryptoInfo& info,
+                                        int* err = nullptr) {
+  const int rc = setsockopt(session.fd(), SOL_TLS, dir == TlsDirection::kTransmit ? TLS_TX : TLS_RX, info.data(),
+                            info.size());
+  const int e = errno;
+  info.Wipe();
+  if (rc == 0) return std::nullopt;
+  if (err) *err = e;
+  return std::string("kernel refused ") + DirectionName(dir) + " for " + session.version_name() + " " +
+         session.cipher_name() + ": " + std::strerror(e);
+}
+
+}  // namespace
+
 std::optional<std::string> InstallKtls(TlsSession& session) {
-  if (auto why = KtlsCipherUnsupported(session.version(), session.cipher())) return why;
   if (session.buffered_plaintext() > 0) {
     // Those bytes were decrypted by the library already; the kernel would
     // never see them. Moving now would lose data.
     return std::string("the TLS library holds buffered records; cannot move the session without losing them");
   }
+  const bool need_tx = !session.library_ktls(TlsDirection::kTransmit);
+  const bool need_rx = !session.library_ktls(TlsDirection::kReceive);
+  if (!need_tx && !need_rx) return std::nullopt;  // the library moved both
+  if (auto why = KtlsCipherUnsupported(session.version(), session.cipher())) return why;
   const KernelCipher& row = *FindKernelCipher(session.cipher());
   // Every copy of the keys made here wipes itself on the way out (return or
   // throw): the exported TrafficKeys and the crypto_info built from them.
   CryptoInfo tx_info, rx_info;
   std::string why;
-  {
-    const TrafficKeys tx = session.ExportKernelKeys(TlsDirection::kTransmit);
-    const TrafficKeys rx = session.ExportKernelKeys(TlsDirection::kReceive);
-    if (!FillCryptoInfo(row, session.version(), tx, tx_info, why) ||
-        !FillCryptoInfo(row, session.version(), rx, rx_info, why)) {
-      return why;
-    }
+  if ((need_tx && !FillDirection(session, row, TlsDirection::kTransmit, tx_info, why)) ||
+      (need_rx && !FillDirection(session, row, TlsDirection::kReceive, rx_info, why))) {
+    return why;
   }
-
-  const int fd = session.fd();
-  if (auto why_ulp = AttachUlp(fd)) return why_ulp;
+  // Attached already when the library took a direction (it attaches the
+  // ULP itself) or AttachKtlsUlpEarly ran.
+  if (auto why_ulp = AttachUlp(session.fd())) return why_ulp;
   // With the ULP attached but no keys the socket still passes bytes through
   // unchanged, so a TX refusal leaves userspace TLS usable.
-  const int tx_rc = setsockopt(fd, SOL_TLS, TLS_TX, tx_info.data(), tx_info.size());
-  const int tx_errno = errno;
-  tx_info.Wipe();  // the kernel has its own copy now (or refused it)
-  if (tx_rc != 0) {
-    return std::string("kernel refused TLS_TX for ") + session.version_name() + " " + session.cipher_name() + ": " +
-           std::strerror(tx_errno);
+  if (need_tx) {
+    if (auto refused = SetDirection(session, TlsDirection::kTransmit, tx_info)) return refused;
   }
-  const int rx_rc = setsockopt(fd, SOL_TLS, TLS_RX, rx_info.data(), rx_info.size());
-  const int rx_errno = errno;
-  rx_info.Wipe();
-  if (rx_rc != 0) {
-    throw Error(ErrorKind::kInternal, rx_errno,
-                std::string("kernel accepted TLS_TX but refused TLS_RX (") + std::strerror(rx_errno) +
-                    "): the connection is half in the kernel and cannot continue; retry with kTLS off",
-                Remedy::kKtlsOff);
-  }
-  return std::nullopt;
+  if (!need_rx) return std::nullopt;
+  int rx_errno = 0;
+  const std::optional<std::string> rx_refused = SetDirection(session, TlsDirection::kReceive, rx_info, &rx_errno);
+  if (!rx_refused) return std::nullopt;
+  // The library's own kTLS send direction (need_tx false) is untouched: the
+  // library still writes through it and reads in userspace, so this is a
+  // reason for the fallback. A TX we set ourselves is not: no library
+  // knows about it, and records would go out under two keys.
+  if (!need_tx) return rx_refused;
+  throw Error(ErrorKind::kInternal, rx_errno,
+              "kernel accepted TLS_TX but refused TLS_RX (" + *rx_refused +
+                  "): the connection is half in the kernel and cannot continue; retry with kTLS off",
+              Remedy::kKtlsOff);
+}
+
+std::string KtlsOwnership::Describe() const {
+  const std::string lib = LibraryName(library);
+  auto how = [&](KtlsOwner o) -> std::string {
+    switch (o) {
+      case KtlsOwner::kLibrary: return "enabled by " + lib;
+      case KtlsOwner::kUs: return "keys installed by us";
+      case KtlsOwner::kNone: return "in userspace";
+    }
+    return "?";
+  };
+  if (send == receive) return "send and receive " + how(send);
+  return "send " + how(send) + ", receive " + how(receive);
+}
+
+KtlsOwnership OwnershipAfterInstall(const TlsSession& session) {
+  KtlsOwnership o;
+  o.library = session.backend();
+  o.send = session.library_ktls(TlsDirection::kTransmit) ? KtlsOwner::kLibrary : KtlsOwner::kUs;
+  o.receive = session.library_ktls(TlsDirection::kReceive) ? KtlsOwner::kLibrary : KtlsOwner::kUs;
+  return o;
 }
 
 std::map<std::string, uint64_t> ReadTlsStat() {
@@ -151,8 +200,9 @@ std::map<std::string, uint64_t> ReadTlsStat() {
   return m;
 }
 
-KtlsChannel::KtlsChannel(std::unique_ptr<TlsSession> session, KtlsPath path, uint64_t rekey_after_bytes)
-    : path_(path) {
+KtlsChannel::KtlsChannel(std::unique_ptr<TlsSession> session, const KtlsOwnership& owners,
+                         uint64_t rekey_after_bytes)
+    : owners_(owners) {
   names_ = session->version_name() + " " + session->cipher_name();
   SetUpKeyLifetime(*session, rekey_after_bytes);
   fd_ = session->release_fd();
@@ -205,8 +255,9 @@ void KtlsChannel::SetUpRxNoPad() {
 KtlsChannel::~KtlsChannel() = default;
 
 std::string KtlsChannel::describe() const {
+  // The key-install text predates per-direction owners; kept as it was.
   return names_ + ", kTLS " +
-         (path_ == KtlsPath::kByLibrary ? "(enabled by the TLS library)" : "(keys installed into the kernel, TX+RX)") +
+         (owners_.both_ours() ? std::string("(keys installed into the kernel, TX+RX)") : "(" + owners_.Describe() + ")") +
          "; zero copy: the kernel encrypts straight from the caller's pages, writes are synchronous";
 }
 

@@ -42,17 +42,44 @@ std::string ProbeKernelCipher(const KernelCipher& row);
 // it were absent. Never throws.
 void AttachKtlsUlpEarly(int fd) noexcept;
 
-// Installs TX and RX for the session on its fd (attaching the ULP unless
-// AttachKtlsUlpEarly already did). Returns nullopt on success,
-// or the reason nothing was installed. Both directions or neither: if the
-// kernel accepts TX and then refuses RX the connection can no longer be used
-// in any mode and this throws Error(kInternal).
+// Installs, on the session's fd, the directions the TLS library did not move
+// into the kernel itself (TlsSession::library_ktls; with GnuTLS both,
+// with OpenSSL 3.0 and TLS 1.3 receive only, with OpenSSL and TLS 1.2
+// none), attaching the ULP unless AttachKtlsUlpEarly or the library already
+// did. Returns nullopt on success, or the reason nothing was installed.
+// Also refuses (a reason) when the library holds decrypted records nobody
+// has read, even with nothing left to install: a kTLS channel reads the fd
+// itself and would lose them.
+// Failure cases: a direction the library took stays the library's, and a
+// refusal of the one we install leaves the session usable through its
+// userspace record channel (the library goes on handling its own
+// direction), so that is a reason, not an error. Only when we install both
+// and the kernel takes TX but refuses RX can the connection no longer be
+// used in any mode: that throws Error(kInternal).
 std::optional<std::string> InstallKtls(TlsSession& session);
+
+// Who moved one direction of a session into the kernel.
+enum class KtlsOwner { kNone, kLibrary, kUs };
+
+// Both directions' owners, and the library (for "enabled by OpenSSL").
+struct KtlsOwnership {
+  KtlsOwner send = KtlsOwner::kNone;
+  KtlsOwner receive = KtlsOwner::kNone;
+  TlsBackend library = TlsBackend::kGnutls;
+
+  bool both_ours() const { return send == KtlsOwner::kUs && receive == KtlsOwner::kUs; }
+  bool both_library() const { return send == KtlsOwner::kLibrary && receive == KtlsOwner::kLibrary; }
+  // Per direction, for reports: "send enabled by OpenSSL, receive keys
+  // installed by us"; "send and receive enabled by OpenSSL" when both
+  // have one owner. kNone directions say "in userspace".
+  std::string Describe() const;
+};
+// The owners once InstallKtls has succeeded on `session`: the library for
+// the directions it took, us for the rest.
+KtlsOwnership OwnershipAfterInstall(const TlsSession& session);
 
 // /proc/net/tls_stat as name -> value (empty when the file is absent).
 std::map<std::string, uint64_t> ReadTlsStat();
-
-enum class KtlsPath { kByLibrary, kKeyInstall };
 
 // KtlsChannel: the kernel holds the keys; plaintext goes to the fd.
 //
@@ -65,6 +92,10 @@ enum class KtlsPath { kByLibrary, kKeyInstall };
 // other alert is an Error naming it; TLS 1.3 NewSessionTicket is consumed
 // and ignored. EOF without close_notify is reported as truncation.
 //
+// Either direction may have been moved into the kernel by the TLS library
+// (OpenSSL) or by InstallKtls: the channel treats both alike, since after
+// the move only the kernel and this channel touch the socket.
+//
 // Key updates (TLS 1.3, see rekey.h): a peer's KeyUpdate is followed (the
 // next receive key set with TLS_RX) where the kernel can re-key, and is an
 // Error(kSecurity) where it cannot. The send key changes (KeyUpdate sent,
@@ -76,14 +107,22 @@ enum class KtlsPath { kByLibrary, kKeyInstall };
 // writes past the limit fail with Error(kSecurity) instead of going out
 // under a worn-out key. Threads: one reader and one writer may run at once
 // (the reader only flags a requested update; the writer sends it).
+// The library does not re-key a direction it moved into the kernel either
+// (OpenSSL neither follows nor sends KeyUpdate under kTLS), so this channel
+// re-keys every direction, whoever installed it, from the session's
+// exported traffic secrets (ExportKernelKeys(dir).secret(): for a library
+// direction the exported key and sequence number may be stale, the secret
+// is not).
 class KtlsChannel : public Channel {
  public:
   // Takes the session's fd and names, then frees the session: the TLS
   // library's own copy of the traffic keys goes with it, since the kernel
   // holds them now (TLS 1.3: this channel keeps the traffic secrets, to
-  // derive the next keys from). rekey_after_bytes: change the send key
-  // after this many bytes as well (0: only at the cipher's record limit).
-  KtlsChannel(std::unique_ptr<TlsSession> session, KtlsPath path, uint64_t rekey_after_bytes = 0);
+  // derive the next keys from). `owners`: who moved each direction (both
+  // must be in the kernel), for describe(). rekey_after_bytes: change the
+  // send key after this many bytes as well (0: only at the cipher's record
+  // limit).
+  KtlsChannel(std::unique_ptr<TlsSession> session, const KtlsOwnership& owners, uint64_t rekey_after_bytes = 0);
   ~KtlsChannel() override;
 
   unsigned features() const override {
@@ -112,7 +151,7 @@ class KtlsChannel : public Channel {
 
  private:
   UniqueFd fd_;
-  KtlsPath path_;
+  KtlsOwnership owners_;
   bool blocking_ = true;
   bool saw_close_notify_ = false;
   bool sent_close_notify_ = false;  // set only once its sendmsg succeeded

@@ -16,10 +16,18 @@
 #
 # Env: KTM_VM_KERNEL   6.1 (default) or 7.3
 #      KTM_VM_XML_DIR  where to put <binary>.xml (default: a temp dir)
-#      KTM_VM_TIMEOUT  seconds before the VM is killed (default 1800: the
-#                      whole suite takes about 6 minutes under TCG on a quiet
-#                      machine, two to three times that on a loaded one)
-#      KTM_VM_ONLY     space-separated run names to run alone (default: all)
+#      KTM_VM_TIMEOUT  seconds before the VM is killed (default 3600: the
+#                      whole suite takes about 6 minutes per backend under
+#                      TCG on a quiet machine, two to three times that on a
+#                      loaded one, and runs once per backend)
+#      KTM_VM_ONLY     space-separated run names to run alone (default: all);
+#                      a base name (ktls_vm_test) picks it with every backend,
+#                      a suffixed one (ktls_vm_test_openssl) that backend only
+#      KTM_VM_BACKENDS TLS backends to run every suite with (default
+#                      "gnutls openssl"): each suite runs once per backend in
+#                      the same guest, the OpenSSL runs with
+#                      KTM_TEST_TLS_BACKEND=openssl and named <run>_openssl
+#                      (their own XML file, counted on their own line)
 #      KTM_VM_GTEST_ARGS  extra GoogleTest flags for each run (e.g. --gtest_repeat=5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -75,7 +83,7 @@ case "$BIN" in /tmp/*)
   exit 1;;
 esac
 # Each run: "<name>|<env>|<binary>"
-RUNS=(
+BASE_RUNS=(
   "ktls_vm_test||$BIN/ktls_vm_test"
   "interop_ktls_test|KTM_TEST_KTLS=require|$BIN/interop_test"
   "transport_ktls_test|KTM_TEST_KTLS=require|$BIN/transport_test --gtest_filter=PlainAndTls/*:Transport.*"
@@ -85,6 +93,27 @@ RUNS=(
   # The tunnel with both ends in kernel TLS: the splice path, byte-exact.
   "tunnel_ktls_test|KTM_TEST_KTLS=require KTM_CLI=$CLI KTM_RELAY=$RELAY|$BIN/tunnel_test"
 )
+
+# Every suite once per TLS backend: GnuTLS under the plain name (as before),
+# OpenSSL as <name>_openssl with KTM_TEST_TLS_BACKEND=openssl (tests/tls_util.h
+# TestBackend(); the *_openssl Bazel targets set the same variable, so one
+# binary per suite serves both and only one is built).
+RUNS=()
+for backend in ${KTM_VM_BACKENDS:-gnutls openssl}; do
+  case "$backend" in gnutls|openssl) ;; *)
+    echo "run-vm-tests: KTM_VM_BACKENDS: unknown backend $backend (gnutls, openssl)" >&2; exit 1;;
+  esac
+  for r in "${BASE_RUNS[@]}"; do
+    IFS='|' read -r name env bin <<<"$r"
+    if [ "$backend" = gnutls ]; then RUNS+=("$name|$env|$bin")
+    else RUNS+=("${name}_openssl|KTM_TEST_TLS_BACKEND=openssl $env|$bin"); fi
+  done
+done
+# KTM_VM_ONLY: a run is picked by its own name or its suite's base name.
+wanted() {
+  [ -z "${KTM_VM_ONLY:-}" ] && return 0
+  [[ " $KTM_VM_ONLY " == *" $1 "* ]] || [[ " $KTM_VM_ONLY " == *" ${1%_openssl} "* ]]
+}
 
 WORK=$(mktemp -d /tmp/ktm-vm-XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
@@ -137,7 +166,7 @@ done
     [ "${KTM_VM_DEMO:-0}" = 1 ] || [ "${KTM_VM_BENCH:-0}" = 1 ] && break
     IFS='|' read -r name env bin <<<"$r"
     # KTM_VM_ONLY="tunnel_ktls_test ...": only those runs (iterating on one).
-    if [ -n "${KTM_VM_ONLY:-}" ] && [[ " $KTM_VM_ONLY " != *" $name "* ]]; then continue; fi
+    wanted "$name" || continue
     echo "echo KTM-VM: running $name"
     echo "chroot /host /bin/sh -c 'cd /tmp && HOME=/tmp $env $bin ${KTM_VM_GTEST_ARGS:-} --gtest_output=xml:/tmp/$name.xml'"
     echo "echo KTM-VM-XML-BEGIN $name"
@@ -153,7 +182,7 @@ chmod +x "$ROOT/init"
 
 LOG=$WORK/console.log
 echo "run-vm-tests: booting $KERNEL ($VM_KERNEL) under QEMU TCG (this takes a minute or two)" >&2
-VM_TIMEOUT=${KTM_VM_TIMEOUT:-1800}
+VM_TIMEOUT=${KTM_VM_TIMEOUT:-3600}
 vm_t0=$SECONDS
 set +e
 timeout "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2048 \
@@ -204,7 +233,7 @@ report_time_limit
 status=0
 for r in "${RUNS[@]}"; do
   name=${r%%|*}
-  if [ -n "${KTM_VM_ONLY:-}" ] && [[ " $KTM_VM_ONLY " != *" $name "* ]]; then continue; fi
+  wanted "$name" || continue
   sed -n "/^KTM-VM-XML-BEGIN $name\$/,/^KTM-VM-XML-END\$/p" "$LOG.clean" | sed '1d;$d' | base64 -d >"$XML_DIR/$name.xml" 2>/dev/null || true
   if ! grep -q '<testsuites' "$XML_DIR/$name.xml" 2>/dev/null; then
     echo "run-vm-tests: FAILED: the VM produced no results for $name (qemu exit $qrc); see the console above" >&2
@@ -213,5 +242,30 @@ for r in "${RUNS[@]}"; do
   elif grep -q '<failure' "$XML_DIR/$name.xml"; then
     status=1
   fi
+done
+# One line per backend, so an OpenSSL regression is not hidden in a total.
+backend_counts() {
+  python3 - "$XML_DIR" "$1" <<'PY'
+import sys, os, xml.etree.ElementTree as ET
+d, backend = sys.argv[1], sys.argv[2]
+p = f = 0
+for fn in sorted(os.listdir(d)):
+    if not fn.endswith(".xml") or fn.endswith("_openssl.xml") != (backend == "openssl"):
+        continue
+    try:
+        cases = ET.parse(os.path.join(d, fn)).getroot().findall(".//testcase")
+    except ET.ParseError:
+        f += 1
+        continue
+    for c in cases:
+        if c.find("failure") is not None or c.find("error") is not None:
+            f += 1
+        elif c.get("status", "run") == "run":
+            p += 1
+print(f"{p} passed, {f} failed")
+PY
+}
+for backend in ${KTM_VM_BACKENDS:-gnutls openssl}; do
+  echo "run-vm-tests: $backend (KTM_VM_KERNEL=$VM_KERNEL): $(backend_counts "$backend")"
 done
 exit $status
