@@ -51,13 +51,37 @@ struct Connected {
   TlsEnd client, server;
 };
 
-Connected Connect(Policy client_pol, Policy server_pol, const std::string& prio = std::string(),
-                  bool keep_raw = false) {
+// One version and cipher, as both backends take them (TlsCryptoPolicy).
+TlsCryptoPolicy Only(TlsVersion v, TlsCipher c) {
+  TlsCryptoPolicy p;
+  p.versions = {v};
+  p.ciphers = {c};
+  return p;
+}
+constexpr TlsVersion k13 = TlsVersion::kTls13, k12 = TlsVersion::kTls12;
+constexpr TlsCipher kAes128 = TlsCipher::kAes128Gcm, kAes256 = TlsCipher::kAes256Gcm,
+                    kChacha = TlsCipher::kChacha20Poly1305;
+
+// The kTLS path a session of `v` takes with the backend under test: GnuTLS
+// (built without kTLS) has its keys installed both ways; OpenSSL 3.0
+// enables TLS 1.2 both ways itself, TLS 1.3 sending only (we install
+// receive).
+TlsPathKind ExpectedKtlsKind(TlsVersion v, TlsBackend b = TestBackend()) {
+  if (b == TlsBackend::kGnutls) return TlsPathKind::kKtlsKeyInstall;
+  return v == TlsVersion::kTls12 ? TlsPathKind::kKtlsByLibrary : TlsPathKind::kKtlsMixed;
+}
+
+// The client runs the backend under test; the server too unless
+// `server_backend` says otherwise (tests that drive a GnuTLS peer by hand
+// pin it to GnuTLS, which also makes them cross-backend under OpenSSL).
+Connected Connect(Policy client_pol, Policy server_pol, const TlsCryptoPolicy& crypto = {}, bool keep_raw = false,
+                  TlsBackend server_backend = TestBackend()) {
   Listener l = Listener::Listen("127.0.0.1:0");
   TlsOptions so = ServerOptions();
-  so.policy.library_override = prio;
+  so.backend = server_backend;
+  so.policy = crypto;
   TlsOptions co = ClientOptions();
-  co.policy.library_override = prio;
+  co.policy = crypto;
   auto fut = ServeOnce(l, so, server_pol, keep_raw);
   Connected c;
   c.client = ConnectTls(l.address(), co, client_pol, keep_raw);
@@ -79,10 +103,11 @@ TEST_F(KtlsVm, BothEndsInKernelLargeTransferBothWaysAndCountersMove) {
   Connected c = Connect(kKtls, kKtls);
   ASSERT_TRUE(c.client.ch) << c.client.error;
   ASSERT_TRUE(c.server.ch) << c.server.error;
-  EXPECT_EQ(c.client.report.kind, TlsPathKind::kKtlsKeyInstall) << c.client.report.Summary();
-  EXPECT_EQ(c.server.report.kind, TlsPathKind::kKtlsKeyInstall);
+  EXPECT_EQ(c.client.report.kind, ExpectedKtlsKind(k13)) << c.client.report.Summary();
+  EXPECT_EQ(c.server.report.kind, ExpectedKtlsKind(k13)) << c.server.report.Summary();
   EXPECT_TRUE(c.client.report.zero_copy);
-  // Two sockets each installed TX and RX in the kernel's software TLS.
+  // Two sockets each have TX and RX in the kernel's software TLS (whoever
+  // set them: the counters count sockets configured).
   EXPECT_EQ(Stat("TlsTxSw") - tx0, 2u);
   EXPECT_EQ(Stat("TlsRxSw") - rx0, 2u);
   std::printf("  tls_stat after install: TlsTxSw %llu (+2) TlsRxSw %llu (+2) TlsCurrTxSw %llu\n",
@@ -94,21 +119,83 @@ TEST_F(KtlsVm, BothEndsInKernelLargeTransferBothWaysAndCountersMove) {
 }
 
 TEST_F(KtlsVm, EveryCipherAndVersionInstallsAndCarriesData) {
-  for (const char* prio : {"NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-128-GCM",
-                           "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-256-GCM",
-                           "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+CHACHA20-POLY1305",
-                           "NORMAL:-VERS-ALL:+VERS-TLS1.2:-CIPHER-ALL:+AES-128-GCM",
-                           "NORMAL:-VERS-ALL:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM",
-                           "NORMAL:-VERS-ALL:+VERS-TLS1.2:-CIPHER-ALL:+CHACHA20-POLY1305"}) {
-    SCOPED_TRACE(prio);
-    // kTLS on one side, GnuTLS userspace records on the other: proves the
-    // kernel's records are byte-compatible with GnuTLS's in both directions.
-    Connected c = Connect(kKtls, kUserspace, prio);
+  for (TlsVersion v : {k13, k12}) {
+    for (TlsCipher ci : {kAes128, kAes256, kChacha}) {
+      const TlsCryptoPolicy pol = Only(v, ci);
+      const std::string name = ToString(pol);
+      SCOPED_TRACE(name);
+      // kTLS on one side, the backend's userspace records on the other:
+      // proves the kernel's records are byte-compatible with the library's
+      // in both directions.
+      Connected c = Connect(kKtls, kUserspace, pol);
+      ASSERT_TRUE(c.client.ch) << c.client.error;
+      ASSERT_TRUE(c.server.ch) << c.server.error;
+      EXPECT_EQ(c.client.report.kind, ExpectedKtlsKind(v)) << c.client.report.Summary();
+      std::printf("  %s -> %s\n", name.c_str(), c.client.report.Summary().c_str());
+      EXPECT_EQ(ExchangeBothWays(*c.client.ch, *c.server.ch, 4u << 20), "");
+    }
+  }
+}
+
+// Who moved each direction into the kernel, in the report, the summary
+// line and describe(), and the kernel's counters agree: GnuTLS has both
+// installed by us; OpenSSL 3.0 enables TLS 1.2 both ways itself and TLS 1.3
+// sending only, we install its receive keys. Data byte-exact both ways.
+TEST_F(KtlsVm, EachDirectionsOwnerIsReportedAndCarriesData) {
+  const bool openssl = TestBackend() == TlsBackend::kOpenssl;
+  for (TlsVersion v : {k13, k12}) {
+    const TlsCryptoPolicy pol = Only(v, kAes128);
+    SCOPED_TRACE(ToString(pol));
+    const uint64_t tx0 = Stat("TlsTxSw"), rx0 = Stat("TlsRxSw");
+    Connected c = Connect(kKtls, kKtls, pol);
     ASSERT_TRUE(c.client.ch) << c.client.error;
     ASSERT_TRUE(c.server.ch) << c.server.error;
-    EXPECT_EQ(c.client.report.kind, TlsPathKind::kKtlsKeyInstall);
-    std::printf("  %s -> %s\n", prio, c.client.report.Summary().c_str());
-    EXPECT_EQ(ExchangeBothWays(*c.client.ch, *c.server.ch, 4u << 20), "");
+    EXPECT_EQ(Stat("TlsTxSw") - tx0, 2u);
+    EXPECT_EQ(Stat("TlsRxSw") - rx0, 2u);
+    const TlsPathReport& r = c.client.report;
+    EXPECT_EQ(r.kind, ExpectedKtlsKind(v));
+    const KtlsOwner send = openssl ? KtlsOwner::kLibrary : KtlsOwner::kUs;
+    const KtlsOwner receive = openssl && v == k12 ? KtlsOwner::kLibrary : KtlsOwner::kUs;
+    EXPECT_EQ(r.owners.send, send);
+    EXPECT_EQ(r.owners.receive, receive);
+    const std::string want = !openssl   ? "kTLS (keys installed into the kernel) (the TLS library in this build has "
+                                          "no kTLS; its traffic keys were moved into the kernel)"
+                             : v == k12 ? "kTLS (send and receive enabled by OpenSSL) (OpenSSL enabled kTLS for both "
+                                          "directions)"
+                                        : "kTLS (send enabled by OpenSSL, receive keys installed by us) (OpenSSL "
+                                          "enabled kTLS for sending only; we moved its receiving keys into the kernel)";
+    EXPECT_NE(r.Summary().find(want), std::string::npos) << r.Summary();
+    if (openssl) {
+      const std::string d = c.client.ch->describe();
+      EXPECT_NE(d.find(v == k12 ? "send and receive enabled by OpenSSL" : "send enabled by OpenSSL, receive keys "
+                                                                          "installed by us"),
+                std::string::npos)
+          << d;
+    }
+    std::printf("  %s; TlsTxSw +%llu TlsRxSw +%llu\n", r.Summary().c_str(),
+                (unsigned long long)(Stat("TlsTxSw") - tx0), (unsigned long long)(Stat("TlsRxSw") - rx0));
+    EXPECT_EQ(ExchangeBothWays(*c.client.ch, *c.server.ch, 8u << 20), "");
+  }
+}
+
+// OpenSSL and GnuTLS ends, both in the kernel, each with its own owners:
+// the client runs the backend under test, the server the other one (so the
+// two runs of this binary cover both ways round).
+TEST_F(KtlsVm, OpensslAndGnutlsEndsBothInTheKernelExchangeData) {
+  const TlsBackend other = TestBackend() == TlsBackend::kGnutls ? TlsBackend::kOpenssl : TlsBackend::kGnutls;
+  for (TlsVersion v : {k13, k12}) {
+    for (TlsCipher ci : {kAes128, kAes256}) {
+      const TlsCryptoPolicy pol = Only(v, ci);
+      SCOPED_TRACE(ToString(pol));
+      Connected c = Connect(kKtls, kKtls, pol, false, other);
+      ASSERT_TRUE(c.client.ch) << c.client.error;
+      ASSERT_TRUE(c.server.ch) << c.server.error;
+      EXPECT_EQ(c.client.report.kind, ExpectedKtlsKind(v)) << c.client.report.Summary();
+      EXPECT_EQ(c.server.report.kind, ExpectedKtlsKind(v, other)) << c.server.report.Summary();
+      std::printf("  %s client: %s\n  %s server: %s\n", LibraryName(TestBackend()),
+                  c.client.report.Summary().c_str(), LibraryName(other), c.server.report.Summary().c_str());
+      EXPECT_EQ(ExchangeBothWays(*c.client.ch, *c.server.ch, 4u << 20), "");
+    }
   }
 }
 
@@ -133,7 +220,7 @@ TEST_F(KtlsVm, CloseNotifyBothWays) {
 // recorded as sent: a later write reports the reset, not "write after
 // close_notify".
 TEST_F(KtlsVm, CloseNotifyToAResetPeerIsAnErrorAndNotRecordedAsSent) {
-  Connected c = Connect(kKtls, kUserspace, std::string(), /*keep_raw=*/true);
+  Connected c = Connect(kKtls, kUserspace, TlsCryptoPolicy{}, /*keep_raw=*/true);
   ASSERT_TRUE(c.client.ch && c.server.ch);
   ResetOnClose(c.server.raw_fd);
   c.server.ch->close();
@@ -159,7 +246,7 @@ TEST_F(KtlsVm, CloseNotifyToAResetPeerIsAnErrorAndNotRecordedAsSent) {
 }
 
 TEST_F(KtlsVm, FatalAlertIsAnErrorNamingIt) {
-  Connected c = Connect(kKtls, kUserspace);
+  Connected c = Connect(kKtls, kUserspace, TlsCryptoPolicy{}, false, TlsBackend::kGnutls);
   ASSERT_TRUE(c.client.ch && c.server.ch);
   auto* peer = dynamic_cast<GnutlsRecordChannel*>(c.server.ch.get());
   ASSERT_NE(peer, nullptr);
@@ -202,7 +289,7 @@ ChannelStats::Rekey RekeyOf(const Channel& ch) { return ch.stats().rekey; }
 // A GnuTLS userspace peer re-keys (without asking us to); our kTLS end
 // follows it where the kernel can, and otherwise stops with a clear error.
 TEST_F(KtlsVm, PeerKeyUpdateIsFollowedWhereTheKernelCanElseAClearError) {
-  Connected c = Connect(kKtls, kUserspace);
+  Connected c = Connect(kKtls, kUserspace, TlsCryptoPolicy{}, false, TlsBackend::kGnutls);
   ASSERT_TRUE(c.client.ch && c.server.ch);
   auto* peer = dynamic_cast<GnutlsRecordChannel*>(c.server.ch.get());
   const uint64_t rx_ok0 = Stat("TlsRxRekeyOk"), tx_ok0 = Stat("TlsTxRekeyOk");
@@ -239,7 +326,7 @@ TEST_F(KtlsVm, PeerRequestedKeyUpdateIsAnsweredBeforeOurNextData) {
   if (!ProbeKtlsKernelFeatures().rekey) {
     GTEST_SKIP() << "kernel cannot re-key: covered by PeerKeyUpdateIsFollowedWhereTheKernelCanElseAClearError";
   }
-  Connected c = Connect(kKtls, kUserspace);
+  Connected c = Connect(kKtls, kUserspace, TlsCryptoPolicy{}, false, TlsBackend::kGnutls);
   ASSERT_TRUE(c.client.ch && c.server.ch);
   auto* peer = dynamic_cast<GnutlsRecordChannel*>(c.server.ch.get());
   const uint64_t rx_ok0 = Stat("TlsRxRekeyOk"), tx_ok0 = Stat("TlsTxRekeyOk");
@@ -261,10 +348,10 @@ TEST_F(KtlsVm, PeerRequestedKeyUpdateIsAnsweredBeforeOurNextData) {
   EXPECT_EQ(ExchangeBothWays(*c.client.ch, *c.server.ch, 4u << 20), "");
 }
 
-Connected ConnectRekeying(uint64_t after_bytes, const std::string& prio = std::string()) {
+Connected ConnectRekeying(uint64_t after_bytes, const TlsCryptoPolicy& crypto = {}) {
   Listener l = Listener::Listen("127.0.0.1:0");
   TlsOptions so = ServerOptions(), co = ClientOptions();
-  so.policy.library_override = co.policy.library_override = prio;
+  so.policy = co.policy = crypto;
   so.rekey_after_bytes = co.rekey_after_bytes = after_bytes;
   auto fut = ServeOnce(l, so, kKtls);
   Connected c;
@@ -279,11 +366,13 @@ Connected ConnectRekeying(uint64_t after_bytes, const std::string& prio = std::s
 TEST_F(KtlsVm, BothKernelEndsReKeyHundredsOfTimesBothWaysWithTheLoweredLimit) {
   constexpr uint64_t kAfter = 64 << 10;
   constexpr size_t kLen = 32u << 20;
-  for (const char* prio : {"NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-128-GCM",
-                           "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-256-GCM",
-                           "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+CHACHA20-POLY1305"}) {
+  for (TlsCipher ci : {kAes128, kAes256, kChacha}) {
+    const std::string prio = ToString(Only(k13, ci));
     SCOPED_TRACE(prio);
-    Connected c = ConnectRekeying(kAfter, prio);
+    Connected c = ConnectRekeying(kAfter, Only(k13, ci));
+    // OpenSSL: each end's send direction is OpenSSL's own kTLS, re-keyed
+    // by our channel all the same.
+    EXPECT_EQ(c.client.report.kind, ExpectedKtlsKind(k13)) << c.client.report.Summary();
     ASSERT_TRUE(c.client.ch) << c.client.error;
     ASSERT_TRUE(c.server.ch) << c.server.error;
     if (!ProbeKtlsKernelFeatures().rekey) {
@@ -316,7 +405,7 @@ TEST_F(KtlsVm, BothKernelEndsReKeyHundredsOfTimesBothWaysWithTheLoweredLimit) {
     const auto a = RekeyOf(*c.client.ch), b = RekeyOf(*c.server.ch);
     std::printf("  %s: client sent %llu received %llu, server sent %llu received %llu; tls_stat TlsTxRekeyOk +%llu "
                 "TlsRxRekeyOk +%llu\n",
-                prio, (unsigned long long)a.sent, (unsigned long long)a.received, (unsigned long long)b.sent,
+                prio.c_str(), (unsigned long long)a.sent, (unsigned long long)a.received, (unsigned long long)b.sent,
                 (unsigned long long)b.received, (unsigned long long)(Stat("TlsTxRekeyOk") - tx0),
                 (unsigned long long)(Stat("TlsRxRekeyOk") - rx0));
     // Updates for the byte limit are paced (8 per 1.5 s, for GnuTLS peers).
@@ -335,7 +424,7 @@ TEST_F(KtlsVm, BothKernelEndsReKeyHundredsOfTimesBothWaysWithTheLoweredLimit) {
 // A TLS 1.3 peer may pad its records; with TLS_RX_EXPECT_NO_PAD the kernel
 // then retries the record the slow way (counted), and the data is intact.
 TEST_F(KtlsVm, PaddingPeerCostsARetryNotData) {
-  Connected c = Connect(kKtls, kUserspace, "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-128-GCM");
+  Connected c = Connect(kKtls, kUserspace, Only(k13, kAes128), false, TlsBackend::kGnutls);
   ASSERT_TRUE(c.client.ch && c.server.ch);
   const ChannelStats st = c.client.ch->stats();
   ASSERT_TRUE(st.rx_no_pad) << st.rx_no_pad_detail;
@@ -369,13 +458,20 @@ TEST_F(KtlsVm, PeerThatHalfClosedBeforeTheMoveIsRefusedWithTheReason) {
   pollfd p{server->fd(), POLLRDHUP, 0};
   ASSERT_EQ(poll(&p, 1, 10000), 1) << "the FIN never arrived";
   const std::optional<std::string> why = InstallKtls(*server);
+  if (TestBackend() == TlsBackend::kOpenssl) {
+    // OpenSSL attached the ULP itself when it was given the fd, before the
+    // handshake, and set TLS_TX: the half-close comes too late to matter,
+    // and the receive keys still go in.
+    EXPECT_FALSE(why.has_value()) << *why;
+    return;
+  }
   ASSERT_TRUE(why.has_value()) << "the kernel took TLS on a half-closed socket";
   EXPECT_NE(why->find("ENOTCONN"), std::string::npos) << *why;
   EXPECT_NE(why->find("closed its side before kernel TLS could be set up"), std::string::npos) << *why;
 }
 
 TEST_F(KtlsVm, TruncationWithoutCloseNotifyIsReported) {
-  Connected c = Connect(kKtls, kUserspace, std::string(), /*keep_raw=*/true);
+  Connected c = Connect(kKtls, kUserspace, TlsCryptoPolicy{}, /*keep_raw=*/true);
   ASSERT_TRUE(c.client.ch && c.server.ch);
   c.server.ch->write_all("partial", 7);
   ::shutdown(c.server.raw_fd, SHUT_RDWR);
@@ -392,7 +488,7 @@ TEST_F(KtlsVm, TruncationWithoutCloseNotifyIsReported) {
 
 TEST_F(KtlsVm, ForgedRecordIsRejectedByTheKernel) {
   const uint64_t err0 = Stat("TlsDecryptError");
-  Connected c = Connect(kKtls, kUserspace, std::string(), /*keep_raw=*/true);
+  Connected c = Connect(kKtls, kUserspace, TlsCryptoPolicy{}, /*keep_raw=*/true);
   ASSERT_TRUE(c.client.ch && c.server.ch);
   // Let the tickets through first so the forged record is the next one.
   c.server.ch->write_all("ok", 2);
@@ -413,7 +509,7 @@ TEST_F(KtlsVm, ForgedRecordIsRejectedByTheKernel) {
 }
 
 TEST_F(KtlsVm, KernelRefusesMsgZerocopyOnKtlsSocketSoWeNeverPassIt) {
-  Connected c = Connect(kKtls, kKtls, std::string(), /*keep_raw=*/true);
+  Connected c = Connect(kKtls, kKtls, TlsCryptoPolicy{}, /*keep_raw=*/true);
   ASSERT_TRUE(c.client.ch && c.server.ch);
   int one = 1;
   int rc = setsockopt(c.client.raw_fd, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one));
@@ -647,7 +743,7 @@ struct PhaseResult {
 PhaseResult MeasurePhase(CopyProbes& probes, Layout layout, bool no_pad, size_t bytes) {
   PhaseResult r;
   r.name = std::string(layout == Layout::kOneWrite ? "one write  " : "split      ") + (no_pad ? "NO_PAD on " : "NO_PAD off");
-  Connected c = Connect(kKtls, kKtls, "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-128-GCM");
+  Connected c = Connect(kKtls, kKtls, Only(k13, kAes128));
   EXPECT_TRUE(c.client.ch && c.server.ch) << c.client.error << c.server.error;
   if (!c.client.ch || !c.server.ch) return r;
   const uint32_t v = no_pad ? 1 : 0;
