@@ -99,7 +99,9 @@ constexpr Policy kKtls{KtlsMode::kRequire, ZeroCopyMode::kAuto};
 constexpr Policy kUserspace{KtlsMode::kOff, ZeroCopyMode::kAuto};
 
 TEST_F(KtlsVm, BothEndsInKernelLargeTransferBothWaysAndCountersMove) {
-  const uint64_t tx0 = Stat("TlsTxSw"), rx0 = Stat("TlsRxSw");
+  // Baselines: the counters are the kernel's, and the other backend's run
+  // (same VM) or a forgery test may have moved them already.
+  const uint64_t tx0 = Stat("TlsTxSw"), rx0 = Stat("TlsRxSw"), decrypt_err0 = Stat("TlsDecryptError");
   Connected c = Connect(kKtls, kKtls);
   ASSERT_TRUE(c.client.ch) << c.client.error;
   ASSERT_TRUE(c.server.ch) << c.server.error;
@@ -115,7 +117,7 @@ TEST_F(KtlsVm, BothEndsInKernelLargeTransferBothWaysAndCountersMove) {
               (unsigned long long)Stat("TlsCurrTxSw"));
   std::printf("  path: %s\n", c.client.report.Summary().c_str());
   EXPECT_EQ(ExchangeBothWays(*c.client.ch, *c.server.ch, 32u << 20), "");
-  EXPECT_EQ(Stat("TlsDecryptError"), 0u);
+  EXPECT_EQ(Stat("TlsDecryptError"), decrypt_err0);
 }
 
 TEST_F(KtlsVm, EveryCipherAndVersionInstallsAndCarriesData) {
