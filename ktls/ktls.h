@@ -4,7 +4,9 @@
 // the keys ourselves: TCP_ULP "tls", then TLS_TX and TLS_RX laid out by the
 // kernel cipher table (cipher_table.h) from the session's exported traffic
 // keys. After that plain sendmsg()/recvmsg() on the fd carry TLS records the
-// kernel encrypts and decrypts.
+// kernel encrypts and decrypts. OpenSSL (SSL_OP_ENABLE_KTLS) moves some
+// directions itself (3.0: TLS 1.2 both, TLS 1.3 send only); we install the
+// others, and from then on the channel owns every direction alike.
 #pragma once
 
 #include <atomic>

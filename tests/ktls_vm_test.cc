@@ -7,6 +7,11 @@
 // install, close_notify both ways, alert/NewSessionTicket/KeyUpdate
 // handling (tickets: see the interop run), truncation and forgery detection, and that MSG_ZEROCOPY is not
 // used on kTLS sockets.
+//
+// Runs once per TLS backend (KTM_TEST_TLS_BACKEND, tests/tls_util.h): with
+// GnuTLS we install both directions; with OpenSSL 3.0 the library enables
+// TLS 1.2 both ways and TLS 1.3 sending itself and we install the rest, and
+// the re-key tests prove our channel re-keys OpenSSL's own send direction.
 #include <gtest/gtest.h>
 #include <future>
 #include <linux/tls.h>
