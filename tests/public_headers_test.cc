@@ -85,6 +85,7 @@ TEST(PublicHeaders, NoTlsLibraryOrLiburingHeaderInTheNeutralLayers) {
 // The check can fail: the backend's own headers do include them.
 TEST(PublicHeaders, TheCheckSeesBackendHeaders) {
   EXPECT_TRUE(Mentions(IncludedFiles("tls/gnutls/gnutls_session.h"), "gnutls/gnutls.h"));
+  EXPECT_TRUE(Mentions(IncludedFiles("tls/openssl/openssl_session.h"), "openssl/ssl.h"));
   EXPECT_TRUE(Mentions(IncludedFiles("channel/uring_sender.h"), "liburing.h"));
 }
 

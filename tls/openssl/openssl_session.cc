@@ -193,7 +193,9 @@ void OpensslSession::Setup(const TlsOptions& o) {
   if (o.role == TlsRole::kServer) {
     // Always ask for a certificate (GnuTLS's REQUEST); insist on one when
     // required. OpensslCertVerify decides what a presented one is worth.
-    SSL_set_verify(s, SSL_VERIFY_PEER | (o.require_client_cert ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0), nullptr);
+    // A client without a certificate cannot be on an allow-list.
+    const bool need_cert = o.require_client_cert || !o.allowed_clients.empty();
+    SSL_set_verify(s, SSL_VERIFY_PEER | (need_cert ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0), nullptr);
     SSL_set_accept_state(s);
   } else {
     SSL_set_verify(s, o.verify_peer ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nullptr);
