@@ -1,20 +1,15 @@
 #include "tls/handshake.h"
 
 #include "tls/gnutls/gnutls_session.h"
+#include "tls/openssl/openssl_session.h"
 
 namespace ktm {
-namespace {
-[[noreturn]] void NoOpensslYet() {
-  throw Error(ErrorKind::kUsage, EINVAL, "the OpenSSL backend is not built in yet");
-}
-}  // namespace
-
 std::unique_ptr<TlsSession> HandshakeTls(UniqueFd fd, const TlsOptions& opts) {
   switch (opts.backend) {
     case TlsBackend::kGnutls:
       return GnutlsSession::Handshake(std::move(fd), opts);
     case TlsBackend::kOpenssl:
-      NoOpensslYet();
+      return OpensslSession::Handshake(std::move(fd), opts);
   }
   throw Error(ErrorKind::kUsage, EINVAL, "unknown TLS backend");
 }
@@ -25,7 +20,8 @@ void CheckTlsPolicy(TlsBackend backend, const TlsCryptoPolicy& policy) {
       GnutlsSession::CheckPolicy(policy);
       return;
     case TlsBackend::kOpenssl:
-      NoOpensslYet();
+      OpensslSession::CheckPolicy(policy);
+      return;
   }
   throw Error(ErrorKind::kUsage, EINVAL, "unknown TLS backend");
 }
@@ -35,7 +31,7 @@ std::string TlsLibraryVersion(TlsBackend backend) {
     case TlsBackend::kGnutls:
       return GnutlsSession::LibraryVersion();
     case TlsBackend::kOpenssl:
-      return "OpenSSL (not built in yet)";
+      return OpensslSession::LibraryVersion();
   }
   return "unknown";
 }
@@ -45,7 +41,7 @@ std::string TlsLibraryKtlsAbility(TlsBackend backend) {
     case TlsBackend::kGnutls:
       return GnutlsSession::KtlsAbility();
     case TlsBackend::kOpenssl:
-      return "unknown (not built in yet)";
+      return OpensslSession::KtlsAbility();
   }
   return "unknown";
 }
