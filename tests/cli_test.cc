@@ -386,7 +386,9 @@ TEST(Cli, CertificateFailuresAreExit3WithTheSameKeyWordsInEitherBackend) {
       {"not on the allow-list",
        with(server, {"--tls-allow-client", "CN=somebody-else", "--tls-allow-client", "*.example"}),
        client,
-       {"refused our certificate", "access_denied"},
+       // (the alert differs: GnuTLS sends access_denied, OpenSSL 3.0 as
+       // wipA has it handshake_failure; the sentence is the same)
+       {"refused our certificate"},
        {"rejected connection", "not on the allow-list", "CN=tls-migrate-client", "'*.example'"}},
   };
   for (const Case& c : cases) {
