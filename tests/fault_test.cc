@@ -600,7 +600,9 @@ TEST(Usage, BadTlsPriorityIsExit2AtStartup) {
       << out;
   // Each backend says it in its own words; both name the string.
   EXPECT_TRUE(Has(out, "'NORMAL:+NO-SUCH-THING'")) << out;
-  if (testing::CliBackend() == "gnutls") EXPECT_TRUE(Has(out, "bad TLS priority string")) << out;
+  if (testing::CliBackend() == "gnutls") {
+    EXPECT_TRUE(Has(out, "bad TLS priority string")) << out;
+  }
   EXPECT_FALSE(Has(out, "listening on")) << out;
   EXPECT_EQ(RunCli(Cat({"send", "--connect", "127.0.0.1:1", "--size", "1M", "--tls-priority", "BOGUS"},
                        Security(true)),
