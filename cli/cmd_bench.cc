@@ -25,6 +25,7 @@
 #include "cli/per_page_channel.h"
 #include "cli/process.h"
 #include "ktls/ktls.h"
+#include "tls/handshake.h"
 
 namespace ktm::cli {
 namespace {
@@ -63,6 +64,8 @@ a durable file migration against socat OpenSSL + sync; and the switch-over
 downtime of live migrations (freeze -> DONE, split), also into a file at a
 quarter of --downtime-size and at the full size, with the destination's
 writeback bound and without it (and the bound's cost in transfer time).
+  --tls-backend gnutls|openssl  TLS library of the TLS rows, both sides (default
+                        gnutls); the floor section measures GnuTLS's AEAD either way
   --json FILE           results as JSON
   --png FILE            bar chart (gnuplot)
 )";
@@ -162,6 +165,7 @@ struct BenchPlan {
   std::string sections;  // ",floor,file,socat,downtime,"
   std::optional<std::string> no_ktls;
   uint64_t rekey_after = 0;  // --rekey-after (TLS rows)
+  TlsBackend tls_backend = TlsBackend::kGnutls;  // --tls-backend (TLS rows)
   bool section(const char* name) const { return sections.find(std::string(",") + name + ",") != std::string::npos; }
   bool wants(const Mode& m) const { return modes.find(std::string(",") + m.name + ",") != std::string::npos; }
 };
@@ -186,6 +190,10 @@ Row RunMode(const BenchPlan& plan, const Mode& m, int nch, bool to_file = false)
   Row row;
   row.mode = m.name;
   row.label = std::string(m.label) + (to_file ? " -> file" : "");
+  // The labels name the default library; a run with another says so.
+  if (const size_t at = row.label.find("GnuTLS"); at != std::string::npos) {
+    row.label.replace(at, 6, LibraryName(plan.tls_backend));
+  }
   row.channels = nch;
   row.to_file = to_file;
   if (std::string(m.name) == "ktls" && plan.no_ktls) {
@@ -198,6 +206,7 @@ Row RunMode(const BenchPlan& plan, const Mode& m, int nch, bool to_file = false)
   cfg.channels = nch;
   cfg.pki_dir = plan.pki_dir;
   cfg.rekey_after = plan.rekey_after;
+  cfg.tls_backend = plan.tls_backend;
   m.apply(cfg);
   if (to_file) cfg.output = plan.output_dir + "/bench-" + m.name + ".img";
   try {
@@ -535,7 +544,7 @@ void RunSections(const Args& a, const BenchPlan& plan, const SectionPlan& sectio
 int CmdBench(int argc, char** argv) {
   Args a(argc, argv, 2,
          {"size", "channels", "modes", "json", "png", "rss-size", "output-dir", "sections", "downtime-size", "runs",
-          "rekey-after"},
+          "rekey-after", "tls-backend"},
          {"help"});
   if (a.flag("help")) {
     std::printf("%s%s", kBenchHelp, kRekeyAfterHelp);
@@ -544,6 +553,8 @@ int CmdBench(int argc, char** argv) {
   BenchPlan plan;
   plan.size = ParseSize(a.get("size", "1G"), "--size");
   plan.rekey_after = ParseRekeyAfter(a);
+  plan.tls_backend = ParseTlsBackend(a.get("tls-backend", "gnutls"));
+  CheckTlsPolicy(plan.tls_backend, TlsCryptoPolicy{});  // exit 2 now, not a row of failures
   plan.channels = ParseChannelList(a.get("channels", "1,4"));
   plan.modes = "," + a.get("modes", "plain-copy,msg-zerocopy,uring,uring-fixed,tls-userspace,tls-qemu-style,ktls") + ",";
   plan.sections = "," + a.get("sections", "floor,file,socat,downtime") + ",";
@@ -558,6 +569,8 @@ int CmdBench(int argc, char** argv) {
 
   std::printf("tls-migrate bench: %s image of random pages, on %s\n", Human(double(plan.size)).c_str(),
               MachineLine().c_str());
+  std::printf("TLS rows: %s on both sides (--tls-backend %s)\n", TlsLibraryVersion(plan.tls_backend).c_str(),
+              ToString(plan.tls_backend));
   std::string iperf_note;
   const double iperf = Iperf3Gbps(&iperf_note);
   if (iperf > 0) std::printf("iperf3 single stream on loopback: %.2f Gbit/s = %.2f GB/s\n", iperf, iperf / 8);
@@ -570,6 +583,8 @@ int CmdBench(int argc, char** argv) {
   PrintTable(rows);
   PrintTargets(plan, rows, iperf);
   nlohmann::json j = ResultsJson(plan, rows, iperf);
+  j["tls_backend"] = ToString(plan.tls_backend);
+  j["tls_library"] = TlsLibraryVersion(plan.tls_backend);
   RunSections(a, plan, sections, rows, j);
   if (a.has("json")) WriteJsonFile(a.get("json"), j);
   if (a.has("png")) WritePng(plan, rows, a.get("png"));
