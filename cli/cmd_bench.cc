@@ -44,7 +44,9 @@ Also runs iperf3 on loopback (if installed) for reference.
   --size N              image size (default 1G)
   --channels LIST       channel counts (default 1,4)
   --modes LIST          subset of: plain-copy, msg-zerocopy, uring, uring-fixed,
-                        tls-userspace, tls-qemu-style, ktls (default all)
+                        tls-userspace, tls-qemu-style, ktls, tls-userspace-openssl,
+                        ktls-openssl (default all; the last two always run OpenSSL,
+                        beside the --tls-backend rows)
   --rss-size N          also migrate N bytes in plain-copy mode and report peak RSS
                         of each side against image + 64 MiB (default 0 = skip)
   --output-dir DIR      where the file-destination rows, the socat comparison and
@@ -92,6 +94,12 @@ const Mode kModes[] = {
        };
      }},
     {"ktls", "TLS, kTLS (kernel encrypts)", [](LoopbackConfig& c) { c.ktls = KtlsMode::kRequire; }},
+    // The second backend beside the default one, in the same run: these
+    // rows name OpenSSL whatever --tls-backend says.
+    {"tls-userspace-openssl", "TLS, OpenSSL over the fd (userspace)",
+     [](LoopbackConfig& c) { c.ktls = KtlsMode::kOff, c.tls_backend = TlsBackend::kOpenssl; }},
+    {"ktls-openssl", "TLS, kTLS with OpenSSL (kTLS enabled by OpenSSL)",
+     [](LoopbackConfig& c) { c.ktls = KtlsMode::kRequire, c.tls_backend = TlsBackend::kOpenssl; }},
 };
 
 struct Row {
@@ -196,7 +204,7 @@ Row RunMode(const BenchPlan& plan, const Mode& m, int nch, bool to_file = false)
   }
   row.channels = nch;
   row.to_file = to_file;
-  if (std::string(m.name) == "ktls" && plan.no_ktls) {
+  if (std::string(m.name).rfind("ktls", 0) == 0 && plan.no_ktls) {
     row.why_not = *plan.no_ktls;
     return row;
   }
@@ -278,7 +286,7 @@ nlohmann::json PrintFloor(const BenchPlan& plan, const std::vector<Row>& rows, c
     if (!plain) continue;
     std::printf("  %d ch: plaintext loopback transfer phase: src %.3f, dst %.3f CPU-s/GiB\n", nch,
                 plain->src_xfer_cpu_per_gib, plain->dst_xfer_cpu_per_gib);
-    for (const char* mode : {"tls-userspace", "tls-qemu-style", "ktls"}) {
+    for (const char* mode : {"tls-userspace", "tls-userspace-openssl", "tls-qemu-style", "ktls", "ktls-openssl"}) {
       const Row* r = FindRow(rows, mode, nch);
       if (!r) continue;
       const double src_floor = plain->src_xfer_cpu_per_gib + f.aes_gcm_encrypt;
@@ -317,6 +325,16 @@ void PrintTargets(const BenchPlan& plan, const std::vector<Row>& rows, double ip
     if (plain && iperf > 0 && nch == 1) {
       std::printf("  1 ch: plaintext / iperf3 = %.2fx (target >= 0.9x): %s\n", plain->gbps / (iperf / 8),
                   plain->gbps / (iperf / 8) >= 0.9 ? "met" : "NOT met");
+    }
+    if (const Row* ossl = FindRow(rows, "tls-userspace-openssl", nch); ossl && us) {
+      std::printf("  %d ch: userspace TLS, OpenSSL / %s = %.2fx of the throughput, %.2fx of the source's "
+                  "transfer CPU per GiB (no target: which library to pick)\n",
+                  nch, LibraryName(plan.tls_backend), ossl->gbps / us->gbps,
+                  ossl->src_xfer_cpu_per_gib / us->src_xfer_cpu_per_gib);
+    }
+    if (const Row* kossl = FindRow(rows, "ktls-openssl", nch); kossl && k) {
+      std::printf("  %d ch: kTLS, OpenSSL-enabled / our key install = %.2fx (the same kernel encrypts both)\n", nch,
+                  kossl->gbps / k->gbps);
     }
     if (k && us) {
       std::printf("  %d ch: kTLS / userspace TLS = %.2fx (target >= 1x): %s\n", nch, k->gbps / us->gbps,
@@ -556,7 +574,8 @@ int CmdBench(int argc, char** argv) {
   plan.tls_backend = ParseTlsBackend(a.get("tls-backend", "gnutls"));
   CheckTlsPolicy(plan.tls_backend, TlsCryptoPolicy{});  // exit 2 now, not a row of failures
   plan.channels = ParseChannelList(a.get("channels", "1,4"));
-  plan.modes = "," + a.get("modes", "plain-copy,msg-zerocopy,uring,uring-fixed,tls-userspace,tls-qemu-style,ktls") + ",";
+  plan.modes = "," + a.get("modes", "plain-copy,msg-zerocopy,uring,uring-fixed,tls-userspace,tls-qemu-style,ktls,"
+                                "tls-userspace-openssl,ktls-openssl") + ",";
   plan.sections = "," + a.get("sections", "floor,file,socat,downtime") + ",";
   CheckSections(a.get("sections", "floor"));
   SectionPlan sections;
