@@ -20,6 +20,7 @@
 #include "certs/credentials.h"
 #include "certs/generate.h"
 #include "channel/address.h"
+#include "tls/handshake.h"
 #include "transport/endpoint.h"
 #include "transport/migration.h"
 #include "transport/page_source.h"
@@ -101,6 +102,13 @@ PolicyMode PolicyOf(int p) {
   throw Error(ErrorKind::kUsage, EINVAL, "policy must be KTM_OFF, KTM_AUTO or KTM_REQUIRE, not " + std::to_string(p));
 }
 
+TlsBackend BackendOf(int b) {
+  if (b == KTM_TLS_BACKEND_GNUTLS) return TlsBackend::kGnutls;
+  if (b == KTM_TLS_BACKEND_OPENSSL) return TlsBackend::kOpenssl;
+  throw Error(ErrorKind::kUsage, EINVAL,
+              "TLS backend must be KTM_TLS_BACKEND_GNUTLS or KTM_TLS_BACKEND_OPENSSL, not " + std::to_string(b));
+}
+
 TlsRole RoleOf(int r) {
   if (r == KTM_CLIENT) return TlsRole::kClient;
   if (r == KTM_SERVER) return TlsRole::kServer;
@@ -116,7 +124,10 @@ struct ktm_creds {
 struct ktm_config {
   bool tls = true;
   std::shared_ptr<Credentials> creds;
-  std::string hostname, priority;  // priority: the backend override ("" for the policy)
+  std::string hostname;
+  TlsBackend backend = TlsBackend::kGnutls;
+  TlsCryptoPolicy policy;  // library_override: ktm_config_set_priority
+  std::vector<std::string> allowed_clients;
   PolicyMode ktls = PolicyMode::kAuto, zero_copy = PolicyMode::kAuto;
   std::chrono::milliseconds io_timeout{30000}, connect_timeout{10000};
   int channels = 4;
@@ -134,9 +145,14 @@ struct ktm_config {
     if (!creds) {
       throw Error(ErrorKind::kUsage, EINVAL, "TLS needs credentials: ktm_config_set_creds (or ktm_config_set_tls(c, 0))");
     }
+    s.tls_options.backend = backend;
     s.tls_options.role = role;
     s.tls_options.creds = creds;
-    s.tls_options.policy.library_override = priority;
+    s.tls_options.policy = policy;
+    // A bad override is the caller's usage error now, not a refusal of the
+    // peer at the handshake.
+    CheckTlsPolicy(backend, policy);
+    if (role == TlsRole::kServer) s.tls_options.allowed_clients = allowed_clients;
     s.tls_options.rekey_after_bytes = rekey_after;
     if (role == TlsRole::kClient) {
       s.tls_options.peer_name = hostname;
@@ -268,7 +284,27 @@ KTM_SETTER(ktm_config_set_creds, const ktm_creds*, {
   c->creds = v->creds;
 })
 KTM_SETTER(ktm_config_set_hostname, const char*, c->hostname = v ? v : "")
-KTM_SETTER(ktm_config_set_priority, const char*, c->priority = v ? v : "")
+KTM_SETTER(ktm_config_set_priority, const char*, c->policy.library_override = v ? v : "")
+KTM_SETTER(ktm_config_set_tls_backend, ktm_tls_backend, {
+  const TlsBackend b = BackendOf(RawEnum(v));
+  // A backend this build cannot run is refused here, where the caller
+  // chose it, with the library's sentence.
+  CheckTlsPolicy(b, TlsCryptoPolicy{});
+  c->backend = b;
+})
+KTM_SETTER(ktm_config_set_tls_versions, const char*, {
+  NeedArg(v, "versions");
+  c->policy.versions = ParseTlsVersions(v, "TLS versions");
+})
+KTM_SETTER(ktm_config_set_tls_ciphers, const char*, {
+  NeedArg(v, "ciphers");
+  c->policy.ciphers = ParseTlsCiphers(v, "TLS ciphers");
+})
+KTM_SETTER(ktm_config_add_tls_allow_client, const char*, {
+  NeedArg(v, "pattern");
+  if (!*v) throw Error(ErrorKind::kUsage, EINVAL, "an allow-list pattern must not be empty");
+  c->allowed_clients.emplace_back(v);
+})
 
 #undef KTM_SETTER
 
@@ -281,6 +317,10 @@ ktm_listener* ktm_listen(const char* address) {
     l->address = l->l.address();
     return l;
   });
+}
+
+ktm_tls_backend ktm_config_get_tls_backend(const ktm_config* c) {
+  return c && c->backend == TlsBackend::kOpenssl ? KTM_TLS_BACKEND_OPENSSL : KTM_TLS_BACKEND_GNUTLS;
 }
 
 const char* ktm_listener_address(const ktm_listener* l) { return l ? l->address.c_str() : ""; }

@@ -19,10 +19,6 @@ namespace ktm {
 
 enum class TlsRole { kClient, kServer };
 
-// The TLS library's own form of loaded credentials; defined by the backend
-// (certs/credentials_native.h for GnuTLS), opaque to everyone else.
-struct CredentialsNative;
-
 struct CredentialFiles {
   std::string ca;    // required: trust anchor for the peer
   std::string crl;   // optional: revocation list signed by the CA
@@ -40,8 +36,10 @@ class Credentials {
   // Loads and checks: validity period of every certificate; CA has the CA
   // basic constraint and cert-signing usage; the leaf is not a CA and has
   // the key purpose for `role` (TLS WWW server/client); the key matches the
-  // certificate; the leaf chains to the CA. Throws Error(kSecurity) naming
-  // the file.
+  // certificate; the leaf chains to the CA; the CRL is signed by the CA.
+  // Throws Error(kSecurity) naming the file (kLocalIo for an unreadable
+  // one). The checks use libcrypto's X509 API, whichever TLS backend then
+  // reads the same files (files()) into its own objects (BackendState()).
   static std::shared_ptr<Credentials> Load(const CredentialFiles& files, TlsRole role);
 
   const CredentialFiles& files() const { return files_; }
@@ -64,8 +62,6 @@ class Credentials {
                                      const std::function<std::shared_ptr<void>()>& build) const;
 
  private:
-  friend const CredentialsNative& NativeOf(const Credentials& c);
-  std::shared_ptr<CredentialsNative> native_;
   CredentialFiles files_;
   std::vector<std::string> warnings_;
   mutable std::mutex backend_mu_;

@@ -1,6 +1,10 @@
 // Generation of test/demo PKI: a CA, and server and
 // client certificates it signs, in QEMU's creds-dir layout. Keys are
 // written with mode 0600.
+//
+// A neutral declaration: the implementation issues the certificates with
+// GnuTLS's x509 API and lives with that backend (tls/gnutls/x509_issue.cc);
+// link //certs:generate to get it.
 #pragma once
 
 #include <string>

@@ -25,6 +25,7 @@
 #include "cli/per_page_channel.h"
 #include "cli/process.h"
 #include "ktls/ktls.h"
+#include "tls/handshake.h"
 
 namespace ktm::cli {
 namespace {
@@ -43,7 +44,9 @@ Also runs iperf3 on loopback (if installed) for reference.
   --size N              image size (default 1G)
   --channels LIST       channel counts (default 1,4)
   --modes LIST          subset of: plain-copy, msg-zerocopy, uring, uring-fixed,
-                        tls-userspace, tls-qemu-style, ktls (default all)
+                        tls-userspace, tls-qemu-style, ktls, tls-userspace-openssl,
+                        ktls-openssl (default all; the last two always run OpenSSL,
+                        beside the --tls-backend rows)
   --rss-size N          also migrate N bytes in plain-copy mode and report peak RSS
                         of each side against image + 64 MiB (default 0 = skip)
   --output-dir DIR      where the file-destination rows, the socat comparison and
@@ -63,6 +66,8 @@ a durable file migration against socat OpenSSL + sync; and the switch-over
 downtime of live migrations (freeze -> DONE, split), also into a file at a
 quarter of --downtime-size and at the full size, with the destination's
 writeback bound and without it (and the bound's cost in transfer time).
+  --tls-backend gnutls|openssl  TLS library of the TLS rows, both sides (default
+                        gnutls); the floor section measures GnuTLS's AEAD either way
   --json FILE           results as JSON
   --png FILE            bar chart (gnuplot)
 )";
@@ -89,6 +94,12 @@ const Mode kModes[] = {
        };
      }},
     {"ktls", "TLS, kTLS (kernel encrypts)", [](LoopbackConfig& c) { c.ktls = KtlsMode::kRequire; }},
+    // The second backend beside the default one, in the same run: these
+    // rows name OpenSSL whatever --tls-backend says.
+    {"tls-userspace-openssl", "TLS, OpenSSL over the fd (userspace)",
+     [](LoopbackConfig& c) { c.ktls = KtlsMode::kOff, c.tls_backend = TlsBackend::kOpenssl; }},
+    {"ktls-openssl", "TLS, kTLS with OpenSSL (kTLS enabled by OpenSSL)",
+     [](LoopbackConfig& c) { c.ktls = KtlsMode::kRequire, c.tls_backend = TlsBackend::kOpenssl; }},
 };
 
 struct Row {
@@ -162,6 +173,7 @@ struct BenchPlan {
   std::string sections;  // ",floor,file,socat,downtime,"
   std::optional<std::string> no_ktls;
   uint64_t rekey_after = 0;  // --rekey-after (TLS rows)
+  TlsBackend tls_backend = TlsBackend::kGnutls;  // --tls-backend (TLS rows)
   bool section(const char* name) const { return sections.find(std::string(",") + name + ",") != std::string::npos; }
   bool wants(const Mode& m) const { return modes.find(std::string(",") + m.name + ",") != std::string::npos; }
 };
@@ -186,9 +198,13 @@ Row RunMode(const BenchPlan& plan, const Mode& m, int nch, bool to_file = false)
   Row row;
   row.mode = m.name;
   row.label = std::string(m.label) + (to_file ? " -> file" : "");
+  // The labels name the default library; a run with another says so.
+  if (const size_t at = row.label.find("GnuTLS"); at != std::string::npos) {
+    row.label.replace(at, 6, LibraryName(plan.tls_backend));
+  }
   row.channels = nch;
   row.to_file = to_file;
-  if (std::string(m.name) == "ktls" && plan.no_ktls) {
+  if (std::string(m.name).rfind("ktls", 0) == 0 && plan.no_ktls) {
     row.why_not = *plan.no_ktls;
     return row;
   }
@@ -198,6 +214,7 @@ Row RunMode(const BenchPlan& plan, const Mode& m, int nch, bool to_file = false)
   cfg.channels = nch;
   cfg.pki_dir = plan.pki_dir;
   cfg.rekey_after = plan.rekey_after;
+  cfg.tls_backend = plan.tls_backend;
   m.apply(cfg);
   if (to_file) cfg.output = plan.output_dir + "/bench-" + m.name + ".img";
   try {
@@ -269,7 +286,7 @@ nlohmann::json PrintFloor(const BenchPlan& plan, const std::vector<Row>& rows, c
     if (!plain) continue;
     std::printf("  %d ch: plaintext loopback transfer phase: src %.3f, dst %.3f CPU-s/GiB\n", nch,
                 plain->src_xfer_cpu_per_gib, plain->dst_xfer_cpu_per_gib);
-    for (const char* mode : {"tls-userspace", "tls-qemu-style", "ktls"}) {
+    for (const char* mode : {"tls-userspace", "tls-userspace-openssl", "tls-qemu-style", "ktls", "ktls-openssl"}) {
       const Row* r = FindRow(rows, mode, nch);
       if (!r) continue;
       const double src_floor = plain->src_xfer_cpu_per_gib + f.aes_gcm_encrypt;
@@ -308,6 +325,16 @@ void PrintTargets(const BenchPlan& plan, const std::vector<Row>& rows, double ip
     if (plain && iperf > 0 && nch == 1) {
       std::printf("  1 ch: plaintext / iperf3 = %.2fx (target >= 0.9x): %s\n", plain->gbps / (iperf / 8),
                   plain->gbps / (iperf / 8) >= 0.9 ? "met" : "NOT met");
+    }
+    if (const Row* ossl = FindRow(rows, "tls-userspace-openssl", nch); ossl && us) {
+      std::printf("  %d ch: userspace TLS, OpenSSL / %s = %.2fx of the throughput, %.2fx of the source's "
+                  "transfer CPU per GiB (no target: which library to pick)\n",
+                  nch, LibraryName(plan.tls_backend), ossl->gbps / us->gbps,
+                  ossl->src_xfer_cpu_per_gib / us->src_xfer_cpu_per_gib);
+    }
+    if (const Row* kossl = FindRow(rows, "ktls-openssl", nch); kossl && k) {
+      std::printf("  %d ch: kTLS, OpenSSL-enabled / our key install = %.2fx (the same kernel encrypts both)\n", nch,
+                  kossl->gbps / k->gbps);
     }
     if (k && us) {
       std::printf("  %d ch: kTLS / userspace TLS = %.2fx (target >= 1x): %s\n", nch, k->gbps / us->gbps,
@@ -535,7 +562,7 @@ void RunSections(const Args& a, const BenchPlan& plan, const SectionPlan& sectio
 int CmdBench(int argc, char** argv) {
   Args a(argc, argv, 2,
          {"size", "channels", "modes", "json", "png", "rss-size", "output-dir", "sections", "downtime-size", "runs",
-          "rekey-after"},
+          "rekey-after", "tls-backend"},
          {"help"});
   if (a.flag("help")) {
     std::printf("%s%s", kBenchHelp, kRekeyAfterHelp);
@@ -544,8 +571,11 @@ int CmdBench(int argc, char** argv) {
   BenchPlan plan;
   plan.size = ParseSize(a.get("size", "1G"), "--size");
   plan.rekey_after = ParseRekeyAfter(a);
+  plan.tls_backend = ParseTlsBackend(a.get("tls-backend", "gnutls"));
+  CheckTlsPolicy(plan.tls_backend, TlsCryptoPolicy{});  // exit 2 now, not a row of failures
   plan.channels = ParseChannelList(a.get("channels", "1,4"));
-  plan.modes = "," + a.get("modes", "plain-copy,msg-zerocopy,uring,uring-fixed,tls-userspace,tls-qemu-style,ktls") + ",";
+  plan.modes = "," + a.get("modes", "plain-copy,msg-zerocopy,uring,uring-fixed,tls-userspace,tls-qemu-style,ktls,"
+                                "tls-userspace-openssl,ktls-openssl") + ",";
   plan.sections = "," + a.get("sections", "floor,file,socat,downtime") + ",";
   CheckSections(a.get("sections", "floor"));
   SectionPlan sections;
@@ -558,6 +588,8 @@ int CmdBench(int argc, char** argv) {
 
   std::printf("tls-migrate bench: %s image of random pages, on %s\n", Human(double(plan.size)).c_str(),
               MachineLine().c_str());
+  std::printf("TLS rows: %s on both sides (--tls-backend %s)\n", TlsLibraryVersion(plan.tls_backend).c_str(),
+              ToString(plan.tls_backend));
   std::string iperf_note;
   const double iperf = Iperf3Gbps(&iperf_note);
   if (iperf > 0) std::printf("iperf3 single stream on loopback: %.2f Gbit/s = %.2f GB/s\n", iperf, iperf / 8);
@@ -570,6 +602,8 @@ int CmdBench(int argc, char** argv) {
   PrintTable(rows);
   PrintTargets(plan, rows, iperf);
   nlohmann::json j = ResultsJson(plan, rows, iperf);
+  j["tls_backend"] = ToString(plan.tls_backend);
+  j["tls_library"] = TlsLibraryVersion(plan.tls_backend);
   RunSections(a, plan, sections, rows, j);
   if (a.has("json")) WriteJsonFile(a.get("json"), j);
   if (a.has("png")) WritePng(plan, rows, a.get("png"));

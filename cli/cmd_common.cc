@@ -23,7 +23,18 @@ server-key.pem, client-cert.pem, client-key.pem):
   --tls-crl FILE        certificate revocation list
   --tls-hostname NAME   name the destination's certificate must hold (send;
                         default: the HOST of --connect)
-  --tls-priority STR    GnuTLS priority string (default: TLS 1.3, 1.2 allowed, AEAD only)
+  --tls-backend gnutls|openssl  TLS library for the handshake and userspace records
+                        (default gnutls); peers may use different backends
+  --tls-versions LIST   protocol versions, preferred first: 1.3,1.2 (the default), 1.3 or 1.2
+  --tls-ciphers LIST    AEAD ciphers, preferred first (default aes-128-gcm,aes-256-gcm,
+                        chacha20-poly1305; also aes-128-ccm)
+  --tls-priority STR    backend-specific override of --tls-versions/--tls-ciphers: a
+                        GnuTLS priority string, or with --tls-backend openssl
+                        OpenSSL SSL_CONF commands ("MinProtocol=TLSv1.3,Ciphersuites=...")
+  --tls-allow-client PATTERN  (where a TLS server runs: recv, tunnel --tls-listen;
+                        repeatable) accept only client certificates whose RFC 4514
+                        subject DN ("CN=host1,O=Example") or CN matches a shell glob;
+                        others are refused (exit 3 at both ends)
   --rekey-after BYTES   change the TLS key after this many bytes per direction
                         (TLS 1.3 KeyUpdate; K, M, G suffixes); default: before
                         the cipher's limit (2^24 records for AES-GCM)
@@ -48,12 +59,52 @@ const char* const kRekeyAfterHelp = R"(  --rekey-after BYTES   change the TLS ke
 
 const std::set<std::string> kSecValue = {"tls-creds", "tls-ca", "tls-cert", "tls-key", "tls-crl",
                                          "tls-hostname", "tls-priority", "ktls", "zero-copy", "json",
-                                         "backend", "rekey-after"};
+                                         "backend", "rekey-after", "tls-backend", "tls-versions",
+                                         "tls-ciphers", "tls-allow-client"};
 const std::set<std::string> kSecBool = {"no-verify-peer", "no-tls", "quiet", "help"};
 
 std::set<std::string> Join(std::set<std::string> a, const std::set<std::string>& b) {
   a.insert(b.begin(), b.end());
   return a;
+}
+
+void ApplyTlsPolicyFlags(const Args& a, TlsRole role, TlsOptions& o) {
+  if (a.has("tls-versions")) o.policy.versions = ParseTlsVersions(a.get("tls-versions"));
+  if (a.has("tls-ciphers")) o.policy.ciphers = ParseTlsCiphers(a.get("tls-ciphers"));
+  o.policy.library_override = a.get("tls-priority");
+  if (a.has("tls-allow-client")) {
+    // Only a server sees client certificates: on a client the flag would
+    // silently allow every destination.
+    if (role != TlsRole::kServer) {
+      throw Error(ErrorKind::kUsage, EINVAL,
+                  "--tls-allow-client applies where a TLS server runs (recv, tunnel --tls-listen): this side is "
+                  "a TLS client; it checks the server by --tls-hostname");
+    }
+    for (const std::string& p : a.all("tls-allow-client")) {
+      if (p.empty()) throw Error(ErrorKind::kUsage, EINVAL, "--tls-allow-client needs a non-empty pattern");
+      o.allowed_clients.push_back(p);
+    }
+  }
+  // Now, not at the first handshake: a recv would listen and refuse every source.
+  CheckTlsPolicy(o.backend, o.policy);
+}
+
+std::string TlsLibraryLine(const SecurityConfig& s) {
+  if (!s.tls) return "TLS: off (--no-tls)";
+  const TlsOptions& o = s.tls_options;
+  std::string line = std::string("TLS library: ") + TlsLibraryVersion(o.backend) + " (--tls-backend " +
+                     ToString(o.backend) + "), policy " + ToString(o.policy);
+  if (!o.allowed_clients.empty()) line += ", " + std::to_string(o.allowed_clients.size()) + " allow-list pattern(s)";
+  return line;
+}
+
+nlohmann::json TlsJson(const SecurityConfig& s) {
+  if (!s.tls) return nullptr;
+  const TlsOptions& o = s.tls_options;
+  return {{"backend", ToString(o.backend)},
+          {"library", TlsLibraryVersion(o.backend)},
+          {"policy", ToString(o.policy)},
+          {"allowed_clients", o.allowed_clients}};
 }
 
 SecurityConfig BuildSecurity(const Args& a, TlsRole role, const std::string& peer_host) {
@@ -62,6 +113,7 @@ SecurityConfig BuildSecurity(const Args& a, TlsRole role, const std::string& pee
   s.zero_copy = ParsePolicy(a.get("zero-copy", "auto"), "--zero-copy value");
   s.backend = ParseSendBackend(a.get("backend", "sendmsg"));
   const uint64_t rekey_after = ParseRekeyAfter(a);  // checked with --no-tls too
+  s.tls_options.backend = ParseTlsBackend(a.get("tls-backend", "gnutls"));
   if (a.flag("no-tls")) {
     std::fprintf(stderr, "WARNING: --no-tls: guest memory crosses the network in PLAINTEXT.\n");
     s.tls = false;
@@ -84,11 +136,7 @@ SecurityConfig BuildSecurity(const Args& a, TlsRole role, const std::string& pee
   s.tls_options.creds = Credentials::Load(f, role);
   for (const std::string& w : s.tls_options.creds->warnings()) std::fprintf(stderr, "WARNING: %s\n", w.c_str());
   s.tls_options.peer_name = a.get("tls-hostname", peer_host);
-  if (a.has("tls-priority")) {
-    s.tls_options.policy.library_override = a.get("tls-priority");
-    // Now, not at the first handshake: a recv would listen and refuse every source.
-    CheckTlsPolicy(s.tls_options.backend, s.tls_options.policy);
-  }
+  ApplyTlsPolicyFlags(a, role, s.tls_options);
   s.tls_options.rekey_after_bytes = rekey_after;
   if (a.flag("no-verify-peer")) {
     std::fprintf(stderr, "WARNING: --no-verify-peer: the peer is NOT authenticated; anyone on the path "

@@ -40,6 +40,20 @@ extern const char* const kRekeyAfterHelp;
 
 SecurityConfig BuildSecurity(const Args& a, TlsRole role, const std::string& peer_host);
 
+// The TLS policy flags into `o` (whose backend is set): --tls-versions,
+// --tls-ciphers, --tls-priority (the backend's own syntax, overriding both)
+// and, on a server only, --tls-allow-client (repeatable). Checks the
+// result with the backend now (CheckTlsPolicy), so a bad policy is exit 2
+// at startup, not a refusal of every peer later. Throws Error(kUsage).
+void ApplyTlsPolicyFlags(const Args& a, TlsRole role, TlsOptions& o);
+
+// Which TLS library runs and with what policy, for the reports:
+// "TLS library: OpenSSL 3.0.11 19 Sep 2023 (--tls-backend openssl), policy
+// TLS1.3,TLS1.2 with AES-128-GCM,...". TlsJson: the same as a JSON object
+// (null for --no-tls), the "tls" field of every --json report.
+std::string TlsLibraryLine(const SecurityConfig& s);
+nlohmann::json TlsJson(const SecurityConfig& s);
+
 // HOST of "HOST:PORT" or "[ADDR]:PORT".
 std::string HostOf(const std::string& addr);
 

@@ -18,6 +18,7 @@
 #include "cli/loopback.h"
 #include "cli/report.h"
 #include "ktls/ktls.h"
+#include "tls/handshake.h"
 #include "transport/migration.h"
 #include "util/image_digest.h"
 
@@ -39,6 +40,7 @@ the CPU time of each side.
   --max-downtime MS     with --live: final pass once the rest fits in MS ms
   --digest ALG          xxh3 (default) or sha256
   --no-tls              plaintext instead of TLS
+  --tls-backend gnutls|openssl  TLS library of both sides (default gnutls)
   --ktls MODE, --zero-copy MODE, --json FILE
 )";
 
@@ -58,6 +60,9 @@ LoopbackConfig MakeDemoConfig(const Args& a, const std::string& dir) {
   cfg.max_downtime = std::chrono::milliseconds(a.number("max-downtime", 0, 0, 86400000));
   cfg.digest = ParseDigestAlgorithm(a.get("digest", "xxh3"));
   cfg.rekey_after = ParseRekeyAfter(a);
+  cfg.tls_backend = ParseTlsBackend(a.get("tls-backend", "gnutls"));
+  // Refused now (exit 2), not by the child after the certificates exist.
+  if (cfg.tls) CheckTlsPolicy(cfg.tls_backend, TlsCryptoPolicy{});
   cfg.output = dir + "/received.img";
   if (cfg.tls) {
     GenerateOptions g;
@@ -95,11 +100,17 @@ int ReportDemo(const Args& a, const LoopbackConfig& cfg, const LoopbackResult& r
   PrintReport("source", r, &res.source_cpu);
   std::printf("destination (separate process): CPU %.2f s user + %.2f s sys\n", res.destination_cpu.user,
               res.destination_cpu.sys);
+  std::printf("%s\n", cfg.tls ? (std::string("TLS library: ") + TlsLibraryVersion(cfg.tls_backend) +
+                                  " on both sides (--tls-backend " + ToString(cfg.tls_backend) + ")")
+                                     .c_str()
+                               : "TLS: off (--no-tls)");
   PrintTlsStat();
   std::printf("verification: %s (%s, image digest of the received file %s the source's)\n", ok ? "OK" : "FAILED",
               Human(double(fsize)).c_str(), ok ? "equals" : "DIFFERS FROM");
   WriteJson(a, {{"source", ReportJson("source", r, &res.source_cpu)},
                {"destination", res.destination},
+               {"tls_backend", cfg.tls ? nlohmann::json(ToString(cfg.tls_backend)) : nlohmann::json(nullptr)},
+               {"tls_library", cfg.tls ? nlohmann::json(TlsLibraryVersion(cfg.tls_backend)) : nlohmann::json(nullptr)},
                {"verified", ok}});
   unlink(cfg.output.c_str());
   return ok ? 0 : kExitIntegrity;
@@ -110,7 +121,7 @@ int ReportDemo(const Args& a, const LoopbackConfig& cfg, const LoopbackResult& r
 int CmdDemo(int argc, char** argv) {
   Args a(argc, argv, 2,
          {"size", "channels", "dirty-rate", "ktls", "zero-copy", "json", "max-iterations", "max-downtime", "digest",
-          "backend", "rekey-after"},
+          "backend", "rekey-after", "tls-backend"},
          {"live", "no-tls", "help", "quiet", "register-buffers"});
   if (a.flag("help")) {
     std::printf("%s%s", kDemoHelp, kRekeyAfterHelp);

@@ -92,9 +92,12 @@ int CmdRecv(int argc, char** argv) {
   SideCpu cpu = SelfCpu();
   if (!a.flag("quiet")) {
     PrintReport("destination", r, &cpu);
+    std::printf("  %s\n", TlsLibraryLine(o.security).c_str());
     std::printf("  image verified and written to %s\n", o.output.c_str());
   }
-  WriteJson(a, ReportJson("destination", r, &cpu));
+  nlohmann::json j = ReportJson("destination", r, &cpu);
+  j["tls"] = TlsJson(o.security);
+  WriteJson(a, j);
   return 0;
 }
 

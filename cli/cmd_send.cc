@@ -97,8 +97,13 @@ int CmdSend(int argc, char** argv) {
     r = RunSource(*src, o);
   }
   SideCpu cpu = SelfCpu();
-  if (!a.flag("quiet")) PrintReport("source", r, &cpu);
-  WriteJson(a, ReportJson("source", r, &cpu));
+  if (!a.flag("quiet")) {
+    PrintReport("source", r, &cpu);
+    std::printf("  %s\n", TlsLibraryLine(o.security).c_str());
+  }
+  nlohmann::json j = ReportJson("source", r, &cpu);
+  j["tls"] = TlsJson(o.security);
+  WriteJson(a, j);
   return 0;
 }
 

@@ -108,7 +108,7 @@ TunnelOptions MakeTunnelOptions(const Args& a, bool source) {
   return o;
 }
 
-nlohmann::json TunnelJson(const TunnelReport& rep, bool source) {
+nlohmann::json TunnelJson(const TunnelReport& rep, const TunnelOptions& o, bool source) {
   nlohmann::json conns = nlohmann::json::array();
   for (const auto& c : rep.conns) {
     conns.push_back({{"seq", c.seq}, {"peer", c.peer}, {"path", c.path}, {"data_path", c.data_path},
@@ -132,6 +132,7 @@ nlohmann::json TunnelJson(const TunnelReport& rep, bool source) {
           {"failed", rep.failed},
           {"bytes_up", rep.bytes_up},
           {"bytes_down", rep.bytes_down},
+          {"tls", TlsJson(o.security)},
           {"conns", conns}};
 }
 
@@ -159,11 +160,12 @@ int CmdTunnel(int argc, char** argv) {
   const TunnelReport rep = source ? RunTunnelSource(o) : RunTunnelDestination(o);
   {
     std::lock_guard<std::mutex> l(g_print_mu);
-    std::fprintf(stderr, "tls-migrate tunnel: %llu connection(s) ended, %llu failed; up %s, down %s\n",
+    std::fprintf(stderr, "tls-migrate tunnel: %llu connection(s) ended, %llu failed; up %s, down %s; %s\n",
                  (unsigned long long)rep.connections, (unsigned long long)rep.failed,
-                 Human(double(rep.bytes_up)).c_str(), Human(double(rep.bytes_down)).c_str());
+                 Human(double(rep.bytes_up)).c_str(), Human(double(rep.bytes_down)).c_str(),
+                 TlsLibraryLine(o.security).c_str());
   }
-  if (a.has("json")) WriteJsonFile(a.get("json"), TunnelJson(rep, source));
+  if (a.has("json")) WriteJsonFile(a.get("json"), TunnelJson(rep, o, source));
   std::fflush(stdout);
   std::fflush(stderr);
   // Connections still open at a stop request were aborted (not failures).

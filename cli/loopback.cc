@@ -15,6 +15,7 @@ SecurityConfig MakeSecurity(const LoopbackConfig& c, TlsRole role) {
   s.zero_copy = c.zero_copy;
   s.backend = c.backend;
   if (c.tls) {
+    s.tls_options.backend = c.tls_backend;
     s.tls_options.role = role;
     s.tls_options.creds = Credentials::Load(CredsDirFiles(c.pki_dir, role), role);
     s.tls_options.peer_name = "localhost";

@@ -35,6 +35,7 @@ struct LoopbackConfig {
   uint64_t writeback_window = DestinationOptions{}.writeback_window;  // file output: its bound (0: none)
   bool progress = false;
   uint64_t rekey_after = 0;        // TlsOptions::rekey_after_bytes (0: the cipher's limit)
+  TlsBackend tls_backend = TlsBackend::kGnutls;  // both sides' TLS library
 };
 
 struct LoopbackResult {

@@ -60,6 +60,9 @@ const char* ktm_version(void);
 typedef enum ktm_role { KTM_CLIENT = 0, KTM_SERVER = 1 } ktm_role;
 typedef enum ktm_policy { KTM_OFF = 0, KTM_AUTO = 1, KTM_REQUIRE = 2 } ktm_policy;
 typedef enum ktm_digest { KTM_DIGEST_XXH3 = 1, KTM_DIGEST_SHA256 = 2 } ktm_digest;
+/* The TLS library that runs handshakes and userspace records. Peers may use
+ * different ones. */
+typedef enum ktm_tls_backend { KTM_TLS_BACKEND_GNUTLS = 1, KTM_TLS_BACKEND_OPENSSL = 2 } ktm_tls_backend;
 
 /* ---------------------------------------------------------------------
  * Credentials (x509): a CA, our certificate and key, optionally a CRL.
@@ -80,8 +83,9 @@ void ktm_creds_free(ktm_creds* c);
 ktm_status ktm_creds_generate(const char* dir, const char* hostname, const char* ip);
 
 /* ---------------------------------------------------------------------
- * Configuration shared by channels and migrations. Defaults: TLS on,
- * ktls auto, zero_copy auto, the TLS library's default priority, io
+ * Configuration shared by channels and migrations. Defaults: TLS on with
+ * GnuTLS, TLS 1.3 preferred and 1.2 allowed with AES-GCM and
+ * ChaCha20-Poly1305, ktls auto, zero_copy auto, io
  * timeout 30 s, connect timeout 10 s, 4 channels, digest xxh3.
  */
 typedef struct ktm_config ktm_config;
@@ -95,7 +99,28 @@ ktm_status ktm_config_set_creds(ktm_config* c, const ktm_creds* creds);
 /* Client: the name the server certificate must hold (default: none = the
  * connect address's host). */
 ktm_status ktm_config_set_hostname(ktm_config* c, const char* hostname);
-/* TLS library priority string, e.g. "NORMAL:-VERS-ALL:+VERS-TLS1.3". */
+/* The TLS library (default KTM_TLS_BACKEND_GNUTLS). KTM_E_USAGE for another
+ * value, or for a backend this build cannot run (the message says why). */
+ktm_status ktm_config_set_tls_backend(ktm_config* c, ktm_tls_backend b);
+/* The backend set (KTM_TLS_BACKEND_GNUTLS for NULL). */
+ktm_tls_backend ktm_config_get_tls_backend(const ktm_config* c);
+/* Protocol versions, preferred first: "1.3,1.2" (the default), "1.3", "1.2".
+ * KTM_E_USAGE naming the bad item; the configuration is then unchanged. */
+ktm_status ktm_config_set_tls_versions(ktm_config* c, const char* versions);
+/* AEAD ciphers, preferred first: "aes-128-gcm,aes-256-gcm,chacha20-poly1305"
+ * (the default; also "aes-128-ccm"). KTM_E_USAGE as above. */
+ktm_status ktm_config_set_tls_ciphers(ktm_config* c, const char* ciphers);
+/* Server: accept only client certificates whose RFC 4514 subject DN
+ * ("CN=host1,O=Example") or common name matches one of the shell patterns
+ * (fnmatch(3), as QEMU's tls-authz) added; others are refused during the
+ * handshake (KTM_E_SECURITY on both ends). None added: every client the CA
+ * vouches for. A client configuration ignores the list. */
+ktm_status ktm_config_add_tls_allow_client(ktm_config* c, const char* pattern);
+/* The backend's own syntax, overriding the versions and ciphers above for
+ * that backend: a GnuTLS priority string ("NORMAL:-VERS-ALL:+VERS-TLS1.3")
+ * or, with KTM_TLS_BACKEND_OPENSSL, SSL_CONF commands
+ * ("MinProtocol=TLSv1.3,Ciphersuites=TLS_AES_128_GCM_SHA256"). NULL or ""
+ * clears it. Checked when a channel or migration starts (KTM_E_USAGE). */
 ktm_status ktm_config_set_priority(ktm_config* c, const char* priority);
 ktm_status ktm_config_set_ktls(ktm_config* c, ktm_policy p);
 ktm_status ktm_config_set_zero_copy(ktm_config* c, ktm_policy p);

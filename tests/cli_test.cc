@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/cli_util.h"
+#include "tests/pki.h"
 #include "util/image_digest.h"
 #include "tests/subprocess.h"
 #include "tests/test_util.h"
@@ -52,10 +53,22 @@ TEST(Cli, HelpAndUsageErrors) {
 TEST(Cli, ProbeReportsThisHost) {
   std::string out;
   EXPECT_EQ(RunCli({"probe"}, &out), 0) << out;
-  for (const char* s : {"kernel TLS", "TLS 1.3 key update", "TLS_RX_EXPECT_NO_PAD", "MSG_ZEROCOPY", "io_uring SEND_ZC", "ulimit -l", "optmem_max",
-                        "What each mode would do"}) {
+  for (const char* s : {"TLS backends", "  gnutls   GnuTLS 3.", "  openssl  OpenSSL 3.", "library kTLS: ",
+                        "kernel TLS", "TLS 1.3 key update", "TLS_RX_EXPECT_NO_PAD", "MSG_ZEROCOPY", "io_uring SEND_ZC",
+                        "ulimit -l", "optmem_max", "What each mode would do"}) {
     EXPECT_NE(out.find(s), std::string::npos) << s << "\n" << out;
   }
+  // --json: each backend with its library and what kTLS it enables itself.
+  EXPECT_EQ(RunCli({"probe", "--json", "-"}, &out), 0) << out;
+  const nlohmann::json j = nlohmann::json::parse(out.substr(out.rfind("\n{") + 1));
+  ASSERT_EQ(j.at("tls_backends").size(), 2u) << j.dump(1);
+  EXPECT_EQ(j.at("tls_backends")[0].at("backend"), "gnutls");
+  EXPECT_EQ(j.at("tls_backends")[1].at("backend"), "openssl");
+  for (const auto& b : j.at("tls_backends")) {
+    EXPECT_FALSE(b.at("library_ktls").get<std::string>().empty()) << b.dump();
+    EXPECT_EQ(b.at("library").get<std::string>().find("not built in"), std::string::npos) << b.dump();
+  }
+  EXPECT_TRUE(j.at("kernel_tls").is_boolean());
 }
 
 TEST(Cli, FileMigrationWithCertificatesAndJson) {
@@ -70,8 +83,9 @@ TEST(Cli, FileMigrationWithCertificatesAndJson) {
     for (int i = 0; i < (3 << 18); ++i) f.put(static_cast<char>(i * 7 % 251));
   }
   const std::string port = std::to_string(FreePort());
-  Subprocess recv({Cli(), "recv", "--listen", "127.0.0.1:" + port, "--output", d.path + "/out.img",
-                   "--tls-creds", d.path + "/pki", "--json", d.path + "/recv.json", "--timeout", "20"});
+  Subprocess recv(testing::WithBackend({Cli(), "recv", "--listen", "127.0.0.1:" + port, "--output",
+                                        d.path + "/out.img", "--tls-creds", d.path + "/pki", "--json",
+                                        d.path + "/recv.json", "--timeout", "20"}));
   ASSERT_TRUE(recv.WaitFor("listening on", 10s)) << recv.output();
   std::string out;
   int rc = RunCli({"send", "--connect", "127.0.0.1:" + port, "--input", in, "--tls-creds", d.path + "/pki",
@@ -92,6 +106,16 @@ TEST(Cli, FileMigrationWithCertificatesAndJson) {
   ASSERT_EQ(j.at("channels").size(), 3u);
   EXPECT_EQ(j.at("channels")[0].at("id"), 0);
   EXPECT_NE(out.find("channels 0-2:"), std::string::npos) << out;
+  // Both reports name the TLS library that ran (the backend under test).
+  const std::string lib = testing::CliBackend() == "openssl" ? "OpenSSL" : "GnuTLS";
+  EXPECT_NE(out.find("TLS library: " + lib), std::string::npos) << out;
+  EXPECT_NE(recv.output().find("TLS library: " + lib), std::string::npos) << recv.output();
+  std::ifstream rjs(d.path + "/recv.json");
+  const nlohmann::json rj = nlohmann::json::parse(rjs);
+  for (const nlohmann::json* side : {&j, &rj}) {
+    EXPECT_EQ(side->at("tls").at("backend"), testing::CliBackend()) << side->dump(1);
+    EXPECT_EQ(side->at("tls").at("library").get<std::string>().rfind(lib, 0), 0u) << side->dump(1);
+  }
 }
 
 // --rekey-after on a userspace TLS migration: both sides change keys, and
@@ -101,9 +125,9 @@ TEST(Cli, RekeyAfterIsAppliedAndReported) {
   Dir d;
   GenerateCerts(d.path + "/pki", "localhost", "127.0.0.1");
   const std::string port = std::to_string(FreePort());
-  Subprocess recv({Cli(), "recv", "--listen", "127.0.0.1:" + port, "--output", d.path + "/out.img", "--tls-creds",
-                   d.path + "/pki", "--ktls", "off", "--rekey-after", "256K", "--json", d.path + "/recv.json",
-                   "--timeout", "20"});
+  Subprocess recv(testing::WithBackend({Cli(), "recv", "--listen", "127.0.0.1:" + port, "--output",
+                                        d.path + "/out.img", "--tls-creds", d.path + "/pki", "--ktls", "off",
+                                        "--rekey-after", "256K", "--json", d.path + "/recv.json", "--timeout", "20"}));
   ASSERT_TRUE(recv.WaitFor("listening on", 10s)) << recv.output();
   std::string out;
   EXPECT_EQ(RunCli({"send", "--connect", "127.0.0.1:" + port, "--size", "16M", "--tls-creds", d.path + "/pki",
@@ -136,8 +160,8 @@ TEST(Cli, WrongHostnameExitsWithSecurityCode) {
   Dir d;
   GenerateCerts(d.path + "/pki", "dst.example", "127.0.0.1");
   const std::string port = std::to_string(FreePort());
-  Subprocess recv({Cli(), "recv", "--listen", "127.0.0.1:" + port, "--output", d.path + "/out.img",
-                   "--tls-creds", d.path + "/pki", "--timeout", "3"});
+  Subprocess recv(testing::WithBackend({Cli(), "recv", "--listen", "127.0.0.1:" + port, "--output",
+                                        d.path + "/out.img", "--tls-creds", d.path + "/pki", "--timeout", "3"}));
   ASSERT_TRUE(recv.WaitFor("listening on", 10s));
   std::string out;
   EXPECT_EQ(RunCli({"send", "--connect", "127.0.0.1:" + port, "--size", "1M", "--tls-creds", d.path + "/pki",
@@ -215,6 +239,188 @@ TEST(Cli, BenchRunsEveryModeAndWritesJsonAndChart) {
   }
   // Nothing left in the output directory but what the test made.
   for (const auto& e : d.Entries()) EXPECT_EQ(e.find("tls-migrate-bench"), std::string::npos) << e;
+}
+
+// The TLS flags are checked before anything listens or connects: exit 2
+// with a sentence naming the flag and the bad value.
+TEST(Cli, TlsBackendAndPolicyFlagsAreCheckedAtStartup) {
+  Dir d;
+  GenerateCerts(d.path + "/pki", "localhost", "127.0.0.1");
+  const std::vector<std::string> recv = {"recv", "--listen", "127.0.0.1:0", "--output", d.path + "/o.img",
+                                         "--tls-creds", d.path + "/pki"};
+  const std::vector<std::string> send = {"send", "--connect", "127.0.0.1:1", "--size", "1M", "--tls-creds",
+                                         d.path + "/pki"};
+  auto with = [](std::vector<std::string> a, const std::vector<std::string>& more) {
+    a.insert(a.end(), more.begin(), more.end());
+    return a;
+  };
+  struct Case {
+    std::vector<std::string> args;
+    const char* says;
+  };
+  const Case cases[] = {
+      {with(recv, {"--tls-backend", "wolfssl"}), "bad --tls-backend 'wolfssl': expected gnutls or openssl"},
+      {with(send, {"--tls-backend", "wolfssl"}), "bad --tls-backend 'wolfssl'"},
+      {{"demo", "--tls-backend", "wolfssl"}, "bad --tls-backend 'wolfssl'"},
+      {{"bench", "--tls-backend", "wolfssl"}, "bad --tls-backend 'wolfssl'"},
+      {{"tunnel", "--tls-listen", "127.0.0.1:0", "--forward", "127.0.0.1:1", "--tls-creds", d.path + "/pki",
+        "--tls-backend", "wolfssl"},
+       "bad --tls-backend 'wolfssl'"},
+      {with(recv, {"--tls-versions", "1.3,1.0"}), "bad --tls-versions item '1.0'"},
+      {with(send, {"--tls-ciphers", "aes-128-gcm,3des"}), "bad --tls-ciphers item '3des'"},
+      {with(send, {"--tls-allow-client", "CN=x"}), "--tls-allow-client applies where a TLS server runs"},
+      {with(recv, {"--tls-allow-client", ""}), "--tls-allow-client needs a non-empty pattern"},
+      // Each backend's own syntax, checked by that backend.
+      {with(recv, {"--tls-priority", "NORMAL:+NO-SUCH-THING"}), "NORMAL:+NO-SUCH-THING"},
+  };
+  for (const Case& c : cases) {
+    std::string out;
+    EXPECT_EQ(RunCli(c.args, &out, 30s), 2) << c.args[0] << " " << c.says << "\n" << out;
+    EXPECT_NE(out.find(c.says), std::string::npos) << c.says << "\n" << out;
+    EXPECT_EQ(out.find("listening on"), std::string::npos) << out;
+  }
+}
+
+// A migration between peers on different TLS libraries, both ways round:
+// the destination's image digest equals the source's, and each report
+// names its own library.
+TEST(Cli, CrossBackendMigrationBothWays) {
+  Dir d;
+  GenerateCerts(d.path + "/pki", "localhost", "127.0.0.1");
+  const std::string other = testing::CliBackend() == "openssl" ? "gnutls" : "openssl";
+  for (const auto& [src, dst] : {std::pair{testing::CliBackend(), other}, std::pair{other, testing::CliBackend()}}) {
+    SCOPED_TRACE("source " + src + ", destination " + dst);
+    Subprocess recv({Cli(), "recv", "--tls-backend", dst, "--listen", "127.0.0.1:0", "--output", d.path + "/out.img",
+                     "--tls-creds", d.path + "/pki", "--json", d.path + "/recv.json", "--timeout", "20"});
+    ASSERT_TRUE(recv.WaitFor("listening on", 10s)) << recv.output();
+    std::string out;
+    EXPECT_EQ(RunCli({"send", "--tls-backend", src, "--connect", "127.0.0.1:" + testing::ListeningPort(recv.output()),
+                      "--size", "24M", "--channels", "2", "--tls-creds", d.path + "/pki", "--json",
+                      d.path + "/send.json"},
+                     &out),
+              0)
+        << out;
+    ASSERT_EQ(recv.Wait(30s), 0) << recv.output();
+    std::ifstream sj(d.path + "/send.json"), rj(d.path + "/recv.json");
+    const nlohmann::json s = nlohmann::json::parse(sj), r = nlohmann::json::parse(rj);
+    EXPECT_EQ(s.at("image_digest"), r.at("image_digest"));
+    EXPECT_EQ(s.at("tls").at("backend"), src);
+    EXPECT_EQ(r.at("tls").at("backend"), dst);
+    EXPECT_TRUE(d.Has("out.img"));
+    unlink((d.path + "/out.img").c_str());
+  }
+}
+
+// What a refused handshake leaves on both ends.
+struct Refusal {
+  int send_rc = -1;
+  std::string send_out, recv_out;
+};
+
+// recv with `recv_tls` (until it logs the rejected connection), then a
+// one-channel send with `send_tls`, both on the backend under test.
+Refusal RunRefused(const std::vector<std::string>& recv_tls, const std::vector<std::string>& send_tls) {
+  Dir d;
+  std::vector<std::string> rargs = {Cli(), "recv", "--listen", "127.0.0.1:0", "--output", d.path + "/out.img",
+                                    "--timeout", "30"};
+  rargs.insert(rargs.end(), recv_tls.begin(), recv_tls.end());
+  Subprocess recv(testing::WithBackend(rargs));
+  Refusal r;
+  if (!recv.WaitFor("listening on", 10s)) {
+    r.recv_out = recv.output();
+    return r;
+  }
+  std::vector<std::string> sargs = {"send", "--connect", "127.0.0.1:" + testing::ListeningPort(recv.output()),
+                                    "--size", "1M", "--quiet", "--channels", "1"};
+  sargs.insert(sargs.end(), send_tls.begin(), send_tls.end());
+  r.send_rc = RunCli(sargs, &r.send_out);
+  recv.WaitFor("rejected connection", 10s);
+  recv.Signal(SIGTERM);
+  recv.Wait(10s);
+  r.recv_out = recv.output();
+  EXPECT_FALSE(d.Has("out.img"));
+  return r;
+}
+
+// Certificate failures through the CLI: exit 3 on the source with the same
+// key words whichever backend runs (cli_test and cli_test_openssl assert
+// the same), the destination logs the rejected connection and why.
+TEST(Cli, CertificateFailuresAreExit3WithTheSameKeyWordsInEitherBackend) {
+  const testing::Pki& p = testing::Pki::Get();
+  Dir d;
+  GenerateCerts(d.path + "/other", "localhost", "127.0.0.1");
+  const std::vector<std::string> server = {"--tls-ca", p.ca(), "--tls-cert", p.server_cert(), "--tls-key",
+                                           p.server_key()};
+  const std::vector<std::string> client = {"--tls-ca", p.ca(), "--tls-cert", p.client_cert(), "--tls-key",
+                                           p.client_key()};
+  auto with = [](std::vector<std::string> a, const std::vector<std::string>& more) {
+    a.insert(a.end(), more.begin(), more.end());
+    return a;
+  };
+  struct Case {
+    const char* name;
+    std::vector<std::string> recv, send;
+    std::vector<const char*> send_says, recv_says;
+  };
+  const Case cases[] = {
+      {"wrong CA",
+       server,
+       {"--tls-creds", d.path + "/other"},
+       {"the server's certificate", "not signed by a trusted CA"},
+       {"rejected connection"}},
+      {"wrong host",
+       server,
+       with(client, {"--tls-hostname", "wrong.example"}),  // (the connect address is 127.0.0.1)
+       {"expected the name 'wrong.example'", "DNS:localhost"},
+       {"rejected connection"}},
+      {"revoked",
+       {"--tls-ca", p.ca(), "--tls-cert", p.revoked_cert, "--tls-key", p.revoked_key},
+       with(client, {"--tls-crl", p.crl}),
+       {"the server's certificate", "revoked"},
+       {"rejected connection"}},
+      {"no client certificate",
+       server,
+       {"--tls-ca", p.ca()},
+       {"refused our certificate", "certificate_required"},
+       {"rejected connection", "no certificate"}},
+      {"not on the allow-list",
+       with(server, {"--tls-allow-client", "CN=somebody-else", "--tls-allow-client", "*.example"}),
+       client,
+       // (the alert differs: GnuTLS sends access_denied, OpenSSL 3.0 as
+       // wipA has it handshake_failure; the sentence is the same)
+       {"refused our certificate"},
+       {"rejected connection", "not on the allow-list", "CN=tls-migrate-client", "'*.example'"}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(std::string(c.name) + " with " + testing::CliBackend());
+    const Refusal r = RunRefused(c.recv, c.send);
+    EXPECT_EQ(r.send_rc, 3) << r.send_out;
+    for (const char* w : c.send_says) EXPECT_NE(r.send_out.find(w), std::string::npos) << w << "\n" << r.send_out;
+    for (const char* w : c.recv_says) EXPECT_NE(r.recv_out.find(w), std::string::npos) << w << "\n" << r.recv_out;
+  }
+}
+
+// The allow-list lets in a client that matches by DN glob or by CN.
+TEST(Cli, AllowListAdmitsAMatchingClient) {
+  const testing::Pki& p = testing::Pki::Get();
+  for (const char* pattern : {"CN=tls-migrate-*", "tls-migrate-client"}) {
+    SCOPED_TRACE(pattern);
+    Dir d;
+    Subprocess recv(testing::WithBackend({Cli(), "recv", "--listen", "127.0.0.1:0", "--output", d.path + "/out.img",
+                                          "--tls-ca", p.ca(), "--tls-cert", p.server_cert(), "--tls-key",
+                                          p.server_key(), "--tls-allow-client", "CN=nobody", "--tls-allow-client",
+                                          pattern, "--timeout", "20"}));
+    ASSERT_TRUE(recv.WaitFor("listening on", 10s)) << recv.output();
+    std::string out;
+    EXPECT_EQ(RunCli({"send", "--connect", "127.0.0.1:" + testing::ListeningPort(recv.output()), "--size", "2M",
+                      "--quiet", "--tls-ca", p.ca(), "--tls-cert", p.client_cert(), "--tls-key", p.client_key(),
+                      "--tls-hostname", "localhost"},
+                     &out),
+              0)
+        << out;
+    EXPECT_EQ(recv.Wait(30s), 0) << recv.output();
+    EXPECT_NE(recv.output().find("2 allow-list pattern(s)"), std::string::npos) << recv.output();
+  }
 }
 
 // A live migration with the digest and downtime options: the summary and
@@ -344,11 +550,13 @@ double JsonNumber(const std::string& json, const std::string& key) {
 TEST_F(TwoHosts, TlsMigrationAcrossRateLimitedVeth) {
   Dir d;
   GenerateCerts(d.path + "/pki", "dst.example", ip_b_);
-  Subprocess recv({"ip", "netns", "exec", b_, Cli(), "recv", "--listen", ip_b_ + ":7443", "--output",
-                   d.path + "/out.img", "--tls-creds", d.path + "/pki", "--timeout", "30"});
+  Subprocess recv(testing::WithBackend({"ip", "netns", "exec", b_, Cli(), "recv", "--listen", ip_b_ + ":7443",
+                                        "--output", d.path + "/out.img", "--tls-creds", d.path + "/pki",
+                                        "--timeout", "30"}));
   ASSERT_TRUE(recv.WaitFor("listening on", 10s)) << recv.output();
-  Subprocess send({"ip", "netns", "exec", a_, Cli(), "send", "--connect", ip_b_ + ":7443", "--size", "48M",
-                   "--tls-creds", d.path + "/pki", "--json", d.path + "/send.json", "--quiet"});
+  Subprocess send(testing::WithBackend({"ip", "netns", "exec", a_, Cli(), "send", "--connect", ip_b_ + ":7443",
+                                        "--size", "48M", "--tls-creds", d.path + "/pki", "--json",
+                                        d.path + "/send.json", "--quiet"}));
   ASSERT_EQ(send.Wait(120s), 0) << send.output();
   ASSERT_EQ(recv.Wait(30s), 0) << recv.output();
   std::ifstream js(d.path + "/send.json");

@@ -31,9 +31,41 @@ inline std::string BuiltBinary(const char* env, const std::string& runfile) {
 inline std::string Cli() { return BuiltBinary("KTM_CLI", "cli/tls-migrate"); }
 inline std::string Relay() { return BuiltBinary("KTM_RELAY", "tools/fault_relay"); }
 
+// The TLS backend the test binary runs the CLI with: KTM_TEST_TLS_BACKEND
+// ("openssl" in the *_openssl targets of tests/backends.bzl), else gnutls.
+// (tests/tls_util.h's TestBackendName() says the same, for tests that link
+// the library.)
+inline std::string CliBackend() {
+  const char* b = getenv("KTM_TEST_TLS_BACKEND");
+  return b && *b ? b : "gnutls";
+}
+
+// `cmd` (a command line that runs Cli(), possibly behind a wrapper such as
+// "ip netns exec NS") with "--tls-backend B" after the subcommand, for the
+// subcommands that run TLS (send, recv, tunnel, demo, bench), unless it
+// already names a backend. B: `backend`, default CliBackend(). So every
+// test that spawns the CLI runs it with the backend under test.
+inline std::vector<std::string> WithBackend(std::vector<std::string> cmd, const std::string& backend = CliBackend()) {
+  for (const std::string& a : cmd) {
+    if (a == "--tls-backend" || a.rfind("--tls-backend=", 0) == 0) return cmd;
+  }
+  const std::string cli = Cli();
+  for (size_t i = 0; i + 1 < cmd.size(); ++i) {
+    if (cmd[i] != cli) continue;
+    const std::string& sub = cmd[i + 1];
+    if (sub == "send" || sub == "recv" || sub == "tunnel" || sub == "demo" || sub == "bench") {
+      cmd.insert(cmd.begin() + static_cast<std::ptrdiff_t>(i) + 2, {"--tls-backend", backend});
+    }
+    break;
+  }
+  return cmd;
+}
+
+// Runs the CLI with `args` (backend added by WithBackend).
 inline int RunCli(std::vector<std::string> args, std::string* out = nullptr,
                   std::chrono::seconds timeout = std::chrono::seconds(60)) {
   args.insert(args.begin(), Cli());
+  args = WithBackend(std::move(args));
   Subprocess p(args);
   int rc = p.Wait(timeout);
   if (out) *out = p.output();

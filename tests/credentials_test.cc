@@ -6,7 +6,7 @@
 #include <sys/stat.h>
 
 #include "certs/generate.h"
-#include "certs/x509_issue.h"
+#include "tls/gnutls/x509_issue.h"
 #include "tests/pki.h"
 
 namespace ktm {

@@ -22,7 +22,11 @@ KtlsMode PolicyFromEnv() {
   return v ? ParsePolicy(v, "KTM_KTLS") : KtlsMode::kAuto;
 }
 
-void ExpectPath(const TlsPathReport& r) {
+// Our side's path, and proof that it ran the backend under test
+// (interop_test with GnuTLS, interop_test_openssl with OpenSSL): a
+// userspace channel's key-update detail names its library.
+void ExpectPath(const TlsEnd& e) {
+  const TlsPathReport& r = e.report;
   if (PolicyFromEnv() == KtlsMode::kRequire) {
     // OpenSSL 3.0 enables TLS 1.2 both ways and TLS 1.3 sending itself.
     const TlsPathKind want = TestBackend() == TlsBackend::kGnutls ? TlsPathKind::kKtlsKeyInstall
@@ -30,7 +34,11 @@ void ExpectPath(const TlsPathReport& r) {
                                                                   : TlsPathKind::kKtlsMixed;
     EXPECT_EQ(r.kind, want) << r.Summary();
   }
-  std::printf("  our side: %s\n", r.Summary().c_str());
+  if (r.kind == TlsPathKind::kUserspace && e.ch) {
+    EXPECT_EQ(e.ch->stats().rekey.detail.rfind(LibraryName(TestBackend()), 0), 0u)
+        << "our side is not " << LibraryName(TestBackend()) << ": " << e.ch->stats().rekey.detail;
+  }
+  std::printf("  our side (%s): %s\n", LibraryName(TestBackend()), r.Summary().c_str());
 }
 
 // Sends `lines` lines of printable text and checks each comes back
@@ -84,7 +92,7 @@ TEST(Interop, OpensslSServerTls13WithClientCertAndTickets) {
   TlsEnd c = ConnectTls("127.0.0.1:" + std::to_string(port), ClientOptions(), {PolicyFromEnv()});
   ASSERT_TRUE(c.ch) << c.error << "\nserver said: " << srv.output();
   EXPECT_EQ(c.report.version, "TLS1.3");
-  ExpectPath(c.report);
+  ExpectPath(c);
   ReverseRoundTrip(*c.ch, 256);  // ~1 MiB each way
   if (auto* k = dynamic_cast<KtlsChannel*>(c.ch.get())) {
     // s_server sends NewSessionTickets after the handshake; the kernel
@@ -138,7 +146,7 @@ TEST(Interop, GnutlsServEchoBothWays) {
       << srv.output();
   TlsEnd c = ConnectTls("127.0.0.1:" + std::to_string(port), ClientOptions(), {PolicyFromEnv()});
   ASSERT_TRUE(c.ch) << c.error << "\nserver said: " << srv.output();
-  ExpectPath(c.report);
+  ExpectPath(c);
   // gnutls-serv's echo mode works line by line: 4 MiB as 64 KiB batches of
   // 1 KiB text lines, each batch read back before the next.
   std::vector<uint8_t> out(64 << 10), in(64 << 10);
@@ -155,6 +163,32 @@ TEST(Interop, GnutlsServEchoBothWays) {
   }
   EXPECT_EQ(Sha256::Hex(got.Final()), Sha256::Hex(sent.Final()));
   c.ch->shutdown(ShutdownHow::kWrite);
+}
+
+// gnutls-cli against our server (client certificate required): a line each
+// way, and gnutls-cli's own verification of our certificate.
+TEST(Interop, GnutlsCliAgainstOurServer) {
+  const Pki& p = Pki::Get();
+  Listener l = Listener::Listen("127.0.0.1:0");
+  auto served = ServeOnce(l, ServerOptions(), {PolicyFromEnv()});
+  const std::string port = l.address().substr(l.address().rfind(':') + 1);
+  Subprocess cli({"gnutls-cli", "127.0.0.1", "-p", port, "--x509cafile", p.ca(), "--x509certfile", p.client_cert(),
+                  "--x509keyfile", p.client_key()},
+                 Subprocess::kStdinPipe);  // at stdin's EOF gnutls-cli would close
+  TlsEnd s = served.get();
+  ASSERT_TRUE(s.ch) << s.error << "\ngnutls-cli said: " << cli.output();
+  ExpectPath(s);
+  EXPECT_EQ(s.report.peer, "tls-migrate-client");
+  const std::string ours = "from our server 0123456789\n", theirs = "from gnutls-cli 9876543210\n";
+  s.ch->write_all(ours.data(), ours.size());
+  ASSERT_TRUE(cli.WaitFor(ours, std::chrono::seconds(20))) << cli.output();
+  ASSERT_TRUE(cli.WriteStdin(theirs));
+  std::string got(theirs.size(), '\0');
+  ASSERT_TRUE(s.ch->read_all(got.data(), got.size())) << cli.output();
+  EXPECT_EQ(got, theirs);
+  s.ch->shutdown(ShutdownHow::kWrite);
+  cli.Signal(SIGTERM);
+  cli.Wait(std::chrono::seconds(10));
 }
 
 // --- TLS 1.3 KeyUpdate with independent OpenSSL peers (issue 19) ----------
@@ -292,7 +326,7 @@ TEST(InteropKeyUpdate, OpensslSServerReKeysMidStream) {
   ASSERT_TRUE(srv.WaitFor("ACCEPT", std::chrono::seconds(20))) << srv.output();
   TlsEnd c = ConnectTls("127.0.0.1:" + std::to_string(port), ClientOptions(), {PolicyFromEnv()});
   ASSERT_TRUE(c.ch) << c.error << "\nserver said: " << srv.output();
-  ExpectPath(c.report);
+  ExpectPath(c);
   UsToPeer(*c.ch, srv, 1);  // under the first keys, both ways
   PeerToUs(srv, *c.ch, 2);
   // s_server sends the KeyUpdate at once and then prints this.
@@ -314,7 +348,7 @@ TEST(InteropKeyUpdate, OpensslSClientReKeysAgainstOurServer) {
                  Subprocess::kStdinPipe);
   TlsEnd s = served.get();
   ASSERT_TRUE(s.ch) << s.error << "\nclient said: " << cli.output();
-  ExpectPath(s.report);
+  ExpectPath(s);
   PeerToUs(cli, *s.ch, 3);
   UsToPeer(*s.ch, cli, 4);
   PeerReKeys(cli, *s.ch, 'k', 1, "KEYUPDATE");

@@ -8,7 +8,7 @@
 #include <string>
 
 #include "certs/generate.h"
-#include "certs/x509_issue.h"
+#include "tls/gnutls/x509_issue.h"
 
 namespace ktm::testing {
 

@@ -13,6 +13,7 @@
 #include "ktls/ktls.h"
 #include "tests/tls_util.h"
 #include "tls/gnutls/gnutls_record_channel.h"
+#include "tls/openssl/openssl_record_channel.h"
 
 namespace ktm {
 namespace {
@@ -42,6 +43,13 @@ TEST(Tls, UserspaceTls13BothWaysIntact) {
   EXPECT_EQ(c.report.peer, "localhost");
   EXPECT_EQ(s.report.peer, "tls-migrate-client");
   EXPECT_EQ(ExchangeBothWays(*c.ch, *s.ch, 64u << 20), "");
+  if (TestBackend() == TlsBackend::kOpenssl) {
+    // OpenSSL has no cork: one write(2) per record, nothing batched.
+    ASSERT_NE(dynamic_cast<OpensslRecordChannel*>(c.ch.get()), nullptr);
+    ExpectContains(c.ch->describe(), "OpenSSL records");
+    EXPECT_EQ(c.ch->stats().records_batched, 0u);
+    return;
+  }
   // Records were corked into batches: far fewer uncorks than 16 KiB records.
   ASSERT_NE(dynamic_cast<GnutlsRecordChannel*>(c.ch.get()), nullptr);
   EXPECT_GT(c.ch->stats().records_batched, 0u);
@@ -81,24 +89,51 @@ TEST_P(TlsStalledPeerWrite, EndsWithinTheIoTimeout) {
 INSTANTIATE_TEST_SUITE_P(UserspaceAndKtls, TlsStalledPeerWrite, ::testing::Values(KtlsMode::kOff, KtlsMode::kRequire),
                          [](const auto& info) { return info.param == KtlsMode::kOff ? "Userspace" : "Ktls"; });
 
+// The neutral policy (versions and ciphers as enums), which both backends
+// turn into their own settings.
 TEST(Tls, Tls12AndEveryKtlsCipherNegotiate) {
-  for (const char* prio : {"NORMAL:-VERS-ALL:+VERS-TLS1.2:-CIPHER-ALL:+AES-128-GCM",
-                           "NORMAL:-VERS-ALL:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM",
-                           "NORMAL:-VERS-ALL:+VERS-TLS1.2:-CIPHER-ALL:+CHACHA20-POLY1305",
-                           "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-128-GCM",
-                           "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+CHACHA20-POLY1305"}) {
-    SCOPED_TRACE(prio);
-    Listener l = Listener::Listen("127.0.0.1:0");
-    TlsOptions so = ServerOptions();
-    so.policy.library_override = prio;
-    auto fut = ServeOnce(l, so, {KtlsMode::kOff});
-    TlsOptions co = ClientOptions();
-    co.policy.library_override = prio;
-    TlsEnd c = ConnectTls(l.address(), co, {KtlsMode::kOff});
-    TlsEnd s = fut.get();
-    ASSERT_TRUE(c.ch) << c.error;
-    ASSERT_TRUE(s.ch) << s.error;
-    EXPECT_EQ(ExchangeBothWays(*c.ch, *s.ch, 4u << 20), "");
+  for (TlsVersion v : {TlsVersion::kTls12, TlsVersion::kTls13}) {
+    for (TlsCipher cipher : {TlsCipher::kAes128Gcm, TlsCipher::kAes256Gcm, TlsCipher::kChacha20Poly1305}) {
+      SCOPED_TRACE(std::string(ToString(v)) + " " + ToString(cipher));
+      TlsCryptoPolicy policy;
+      policy.versions = {v};
+      policy.ciphers = {cipher};
+      Listener l = Listener::Listen("127.0.0.1:0");
+      TlsOptions so = ServerOptions(), co = ClientOptions();
+      so.policy = co.policy = policy;
+      auto fut = ServeOnce(l, so, {KtlsMode::kOff});
+      TlsEnd c = ConnectTls(l.address(), co, {KtlsMode::kOff});
+      TlsEnd s = fut.get();
+      ASSERT_TRUE(c.ch) << c.error;
+      ASSERT_TRUE(s.ch) << s.error;
+      EXPECT_EQ(c.report.version, ToString(v));
+      EXPECT_EQ(c.report.cipher, ToString(cipher));
+      EXPECT_EQ(ExchangeBothWays(*c.ch, *s.ch, 4u << 20), "");
+    }
+  }
+}
+
+// The backend's own syntax still works where the enums do not reach.
+TEST(Tls, LibraryOverrideInTheBackendsOwnSyntax) {
+  const bool openssl = TestBackend() == TlsBackend::kOpenssl;
+  const std::string prio = openssl ? "MinProtocol=TLSv1.3, Ciphersuites=TLS_CHACHA20_POLY1305_SHA256"
+                                   : "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+CHACHA20-POLY1305";
+  Listener l = Listener::Listen("127.0.0.1:0");
+  TlsOptions so = ServerOptions(), co = ClientOptions();
+  so.policy.library_override = co.policy.library_override = prio;
+  EXPECT_NO_THROW(CheckTlsPolicy(TestBackend(), co.policy));
+  auto fut = ServeOnce(l, so, {KtlsMode::kOff});
+  TlsEnd c = ConnectTls(l.address(), co, {KtlsMode::kOff});
+  TlsEnd s = fut.get();
+  ASSERT_TRUE(c.ch && s.ch) << c.error << s.error;
+  EXPECT_EQ(c.report.cipher, "CHACHA20-POLY1305");
+  TlsCryptoPolicy bad;
+  bad.library_override = openssl ? "NoSuchSetting=1" : "NORMAL:+NO-SUCH-THING";
+  try {
+    CheckTlsPolicy(TestBackend(), bad);
+    FAIL() << "a bad library override was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUsage) << e.what();
   }
 }
 
@@ -465,11 +500,11 @@ struct UserspacePair {
   GnutlsRecordChannel& client() { return dynamic_cast<GnutlsRecordChannel&>(*c.ch); }
   GnutlsRecordChannel& server() { return dynamic_cast<GnutlsRecordChannel&>(*s.ch); }
 };
-UserspacePair ConnectUserspace(uint64_t rekey_after, const char* priority = nullptr) {
+UserspacePair ConnectUserspace(uint64_t rekey_after, std::vector<TlsVersion> versions = {}) {
   Listener l = Listener::Listen("127.0.0.1:0");
   TlsOptions so = ServerOptions(), co = ClientOptions();
   so.rekey_after_bytes = co.rekey_after_bytes = rekey_after;
-  if (priority) so.policy.library_override = co.policy.library_override = priority;
+  if (!versions.empty()) so.policy.versions = co.policy.versions = versions;
   auto fut = ServeOnce(l, so, {KtlsMode::kOff});
   UserspacePair p;
   p.c = ConnectTls(l.address(), co, {KtlsMode::kOff});
@@ -500,7 +535,7 @@ TEST(TlsRekey, UserspaceRekeysAtTheByteLimitBothWaysAndCountsAgree) {
   EXPECT_TRUE(c.can_rekey) << c.detail;
   EXPECT_EQ(c.limit_records, uint64_t{1} << 24);  // AES-128-GCM, the default suite
   EXPECT_EQ(c.limit_bytes, 64u << 10);
-  ExpectContains(c.detail, "GnuTLS");
+  ExpectContains(c.detail, LibraryName(TestBackend()));
   EXPECT_FALSE(p.c.ch->stats().rx_no_pad);
 }
 
@@ -518,6 +553,9 @@ TEST(TlsRekey, PaceAllowsEightUpdatesPerWindow) {
 
 // Past 8 a second, a GnuTLS receiver refuses: the pace is not overcautious.
 TEST(TlsRekey, GnutlsRefusesAnUnpacedNinthUpdate) {
+  if (TestBackend() != TlsBackend::kGnutls) {
+    GTEST_SKIP() << "about GnuTLS as the receiver; openssl_backend_test paces an OpenSSL sender toward GnuTLS";
+  }
   UserspacePair p = ConnectUserspace(0);
   gnutls_session_t c = p.client().session().native();
   for (int i = 0; i <= KeyUpdatePace::kPerWindow; ++i) ASSERT_EQ(gnutls_session_key_update(c, 0), 0);
@@ -553,11 +591,16 @@ TEST(TlsRekey, PeerThatCannotFollowGetsNoKeyUpdateAndTheWriterStopsAtTheLimit) {
   ExpectContains(c.detail, "cannot follow");
 }
 
-TEST(TlsRekey, GnutlsPeerAskingForAnUpdateIsAnswered) {
+TEST(TlsRekey, PeerAskingForAnUpdateIsAnswered) {
   UserspacePair p = ConnectUserspace(0);
-  // The server side asks, as any GnuTLS application may: KeyUpdate with
+  // The server side asks, as any application may: KeyUpdate with
   // update_requested, then data.
-  ASSERT_EQ(gnutls_session_key_update(p.server().session().native(), GNUTLS_KU_PEER), 0);
+  if (TestBackend() == TlsBackend::kOpenssl) {
+    SSL* s = dynamic_cast<OpensslRecordChannel&>(*p.s.ch).session().native();
+    ASSERT_EQ(SSL_key_update(s, SSL_KEY_UPDATE_REQUESTED), 1);
+  } else {
+    ASSERT_EQ(gnutls_session_key_update(p.server().session().native(), GNUTLS_KU_PEER), 0);
+  }
   std::vector<uint8_t> buf(1 << 20, 0x33), in(buf.size());
   p.s.ch->write_all(buf.data(), buf.size());
   ASSERT_TRUE(p.c.ch->read_all(in.data(), in.size()));
@@ -574,7 +617,7 @@ TEST(TlsRekey, GnutlsPeerAskingForAnUpdateIsAnswered) {
 }
 
 TEST(TlsRekey, Tls12SaysItHasNoKeyUpdate) {
-  UserspacePair p = ConnectUserspace(0, "NORMAL:-VERS-ALL:+VERS-TLS1.2:-CIPHER-ALL:+AES-128-GCM");
+  UserspacePair p = ConnectUserspace(0, {TlsVersion::kTls12});
   EXPECT_EQ(ExchangeBothWays(*p.c.ch, *p.s.ch, 1u << 20), "");
   const ChannelStats::Rekey c = p.c.ch->stats().rekey;
   EXPECT_TRUE(c.applies);

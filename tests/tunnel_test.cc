@@ -97,17 +97,19 @@ struct TunnelPair {
   }
 };
 
-// `extra`: flags for both tunnel ends; `dst_extra`: for the destination end only.
+// `extra`: flags for both tunnel ends; `dst_extra`, `src_extra`: for one
+// end only. Both ends run the backend under test (testing::WithBackend)
+// unless the flags name one.
 TunnelPair StartPair(const std::string& target, const std::vector<std::string>& faults = {},
                      const std::string& resume = "", const std::vector<std::string>& extra = {},
-                     const std::vector<std::string>& dst_extra = {}) {
+                     const std::vector<std::string>& dst_extra = {}, const std::vector<std::string>& src_extra = {}) {
   TunnelPair t;
   std::vector<std::string> d = {testing::Cli(), "tunnel", "--tls-listen", "127.0.0.1:0", "--forward", target,
                                 "--tls-creds", Pki()};
   for (const auto& a : Ktls()) d.push_back(a);
   for (const auto& a : extra) d.push_back(a);
   for (const auto& a : dst_extra) d.push_back(a);
-  t.dst = std::make_unique<Subprocess>(d);
+  t.dst = std::make_unique<Subprocess>(testing::WithBackend(d));
   EXPECT_TRUE(t.dst->WaitFor("listening on", 30s)) << t.dst->output();
   std::string port = PortOf(t.dst->output());
   if (!faults.empty()) {
@@ -122,7 +124,8 @@ TunnelPair StartPair(const std::string& target, const std::vector<std::string>& 
                                 "--tls-creds", Pki(), "--tls-hostname", "localhost"};
   for (const auto& a : Ktls()) s.push_back(a);
   for (const auto& a : extra) s.push_back(a);
-  t.src = std::make_unique<Subprocess>(s);
+  for (const auto& a : src_extra) s.push_back(a);
+  t.src = std::make_unique<Subprocess>(testing::WithBackend(s));
   EXPECT_TRUE(t.src->WaitFor("listening on", 30s)) << t.src->output();
   t.addr = "127.0.0.1:" + PortOf(t.src->output());
   return t;
@@ -483,8 +486,8 @@ size_t MappingCount(pid_t pid) {
 // stray until it exits.
 TEST(Tunnel, StraysDoNotAccumulateThreads) {
   Listener target = Listener::Listen("127.0.0.1:0");
-  Subprocess dst({testing::Cli(), "tunnel", "--tls-listen", "127.0.0.1:0", "--forward", target.address(),
-                  "--tls-creds", Pki()});
+  Subprocess dst(testing::WithBackend({testing::Cli(), "tunnel", "--tls-listen", "127.0.0.1:0", "--forward",
+                                       target.address(), "--tls-creds", Pki()}));
   ASSERT_TRUE(dst.WaitFor("listening on", 30s)) << dst.output();
   const std::string addr = "127.0.0.1:" + PortOf(dst.output());
   size_t strays = 0;
@@ -522,11 +525,12 @@ TEST(Tunnel, WrongCaReachesNothingAndClosesTheClient) {
   testing::TempDir other("ktm-tunnel-other");
   testing::GenerateCerts(other.path + "/pki", "localhost", "127.0.0.1");
   Listener target = Listener::Listen("127.0.0.1:0");
-  Subprocess dst({testing::Cli(), "tunnel", "--tls-listen", "127.0.0.1:0", "--forward", target.address(),
-                  "--tls-creds", other.path + "/pki"});
+  Subprocess dst(testing::WithBackend({testing::Cli(), "tunnel", "--tls-listen", "127.0.0.1:0", "--forward",
+                                       target.address(), "--tls-creds", other.path + "/pki"}));
   ASSERT_TRUE(dst.WaitFor("listening on", 30s)) << dst.output();
-  Subprocess src({testing::Cli(), "tunnel", "--listen", "127.0.0.1:0", "--connect", "127.0.0.1:" + PortOf(dst.output()),
-                  "--tls-creds", Pki(), "--tls-hostname", "localhost"});
+  Subprocess src(testing::WithBackend({testing::Cli(), "tunnel", "--listen", "127.0.0.1:0", "--connect",
+                                       "127.0.0.1:" + PortOf(dst.output()), "--tls-creds", Pki(), "--tls-hostname",
+                                       "localhost"}));
   ASSERT_TRUE(src.WaitFor("listening on", 30s)) << src.output();
   UniqueFd c = ConnectStream("127.0.0.1:" + PortOf(src.output()), 10s);
   const auto got = DrainFd(c.get());  // EOF or reset, bounded by the handshake
@@ -534,6 +538,64 @@ TEST(Tunnel, WrongCaReachesNothingAndClosesTheClient) {
   EXPECT_TRUE(src.WaitFor("FAILED", 30s)) << src.output();
   EXPECT_TRUE(Has(src.output(), "not signed by a trusted CA")) << src.output();
   EXPECT_FALSE(WaitFdReadable(target.fd(), 0ms)) << "a connection reached the target";
+}
+
+// One tunnel end on each TLS library, both ways round: the bytes each way
+// arrive intact (stream digests on both ends equal libxxhash's), and each
+// end's --json names the library it ran.
+TEST(Tunnel, EndsOnDifferentTlsBackendsCarryBothWays) {
+  const std::string mine = testing::CliBackend(), other = mine == "openssl" ? "gnutls" : "openssl";
+  for (const auto& [src_b, dst_b] : {std::pair{mine, other}, std::pair{other, mine}}) {
+    SCOPED_TRACE("source end " + src_b + ", destination end " + dst_b);
+    Listener target = Listener::Listen("127.0.0.1:0");
+    const auto up = Pattern((4 << 20) + 5, 31), down = Pattern((2 << 20) + 3, 32);
+    testing::TempDir dir("ktm-tunnel-cross");
+    TunnelPair t = StartPair(target.address(), {}, "", {"--stream-digest"},
+                             {"--tls-backend", dst_b, "--json", dir.path + "/dst.json"},
+                             {"--tls-backend", src_b, "--json", dir.path + "/src.json"});
+    ASSERT_TRUE(Has(t.src->output(), "listening on") && Has(t.dst->output(), "listening on")) << t.Outputs();
+    auto server = std::async(std::launch::async, [&] {
+      UniqueFd fd = target.AcceptFd(60s);
+      auto got = DrainFd(fd.get());
+      SendAllFd(fd.get(), down.data(), down.size());
+      return got;
+    });
+    UniqueFd c = ConnectStream(t.addr, 10s);
+    SendAllFd(c.get(), up.data(), up.size());
+    ::shutdown(c.get(), SHUT_WR);
+    const auto back = DrainFd(c.get());
+    const auto got = server.get();
+    EXPECT_EQ(got.second, Sha256::Hex(Sha256::Of(up.data(), up.size())));
+    EXPECT_EQ(back.second, Sha256::Hex(Sha256::Of(down.data(), down.size())));
+    ASSERT_TRUE(t.src->WaitFor("connection 0 done", 30s)) << t.Outputs();
+    ASSERT_TRUE(t.dst->WaitFor("connection 0 done", 30s)) << t.Outputs();
+    EXPECT_EQ(PrintedDigests(t.src->output()), PrintedDigests(t.dst->output())) << t.Outputs();
+    EXPECT_EQ(PrintedDigests(t.dst->output()).first, Xxh3Hex(up)) << t.Outputs();
+    t.Stop();
+    const auto sj = nlohmann::json::parse(std::ifstream(dir.path + "/src.json"));
+    const auto dj = nlohmann::json::parse(std::ifstream(dir.path + "/dst.json"));
+    EXPECT_EQ(sj["tls"].value("backend", ""), src_b) << sj.dump(1);
+    EXPECT_EQ(dj["tls"].value("backend", ""), dst_b) << dj.dump(1);
+    EXPECT_TRUE(Has(t.dst->output(), "TLS library: " + std::string(dst_b == "openssl" ? "OpenSSL" : "GnuTLS")))
+        << t.Outputs();
+  }
+}
+
+// The destination end's allow-list: a client certificate that matches no
+// pattern never reaches the target; both ends say why.
+TEST(Tunnel, ClientNotOnTheAllowListReachesNothing) {
+  Listener target = Listener::Listen("127.0.0.1:0");
+  TunnelPair t = StartPair(target.address(), {}, "", {}, {"--tls-allow-client", "CN=somebody-else"});
+  UniqueFd c = ConnectStream(t.addr, 10s);
+  const timeval bound{20, 0};  // a tunnel that let the client in would leave it waiting
+  ASSERT_EQ(setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof(bound)), 0);
+  EXPECT_EQ(DrainFd(c.get()).first, 0u);  // closed, bounded by the handshake
+  EXPECT_TRUE(t.src->WaitFor("FAILED", 30s)) << t.Outputs();
+  EXPECT_TRUE(t.dst->WaitFor("not on the allow-list", 30s)) << t.Outputs();
+  EXPECT_TRUE(Has(t.dst->output(), "CN=tls-migrate-client")) << t.Outputs();
+  EXPECT_TRUE(Has(t.src->output(), "refused our certificate")) << t.Outputs();
+  EXPECT_FALSE(WaitFdReadable(target.fd(), 0ms)) << "a connection reached the target";
+  t.Stop(/*clean=*/false);
 }
 
 // --- TLS 1.3 key updates on the tunnel's data path (issue 19) -------------
@@ -803,7 +865,11 @@ TEST(TunnelRekey, BackToBackPeerKeyUpdatesOnTheSplicePath) {
   d.security = RekeyingSecurity(testing::ServerOptions(), 0);
   InProcessEnd dst(d, /*source=*/false);
   ASSERT_TRUE(dst.WaitFor("listening on", 30s)) << dst.log();
-  testing::TlsEnd peer = testing::ConnectTls("127.0.0.1:" + PortOf(dst.log()), testing::ClientOptions(),
+  // The peer drives GnuTLS's key update API itself, so it is GnuTLS
+  // whichever backend the destination end (the one under test) runs.
+  TlsOptions peer_opts = testing::ClientOptions();
+  peer_opts.backend = TlsBackend::kGnutls;
+  testing::TlsEnd peer = testing::ConnectTls("127.0.0.1:" + PortOf(dst.log()), peer_opts,
                                              {KtlsMode::kOff, ZeroCopyMode::kOff});
   ASSERT_TRUE(peer.ch) << peer.error;
   auto* g = dynamic_cast<GnutlsRecordChannel*>(peer.ch.get());

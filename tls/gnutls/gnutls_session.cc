@@ -12,10 +12,19 @@
 
 #include "base/error.h"
 #include "base/fd_wait.h"
-#include "certs/credentials_native.h"
+#include "tls/gnutls/gnutls_credentials.h"
 #include "tls/gnutls/gnutls_record_channel.h"
 
 namespace ktm {
+
+// The peer certificate's verification status: GnuTLS's own (its automatic
+// check, gnutls_session_set_verify_cert), or ours where the allow-list
+// check replaced it (VerifyAllowedClient).
+unsigned VerifyStatus(gnutls_session_t s) {
+  const auto* me = static_cast<const GnutlsSession*>(gnutls_session_get_ptr(s));
+  return me && me->own_verify_ran_ ? me->own_verify_status_ : gnutls_session_get_verify_cert_status(s);
+}
+
 namespace {
 
 bool IsIpLiteral(const std::string& s) {
@@ -33,7 +42,7 @@ X509Crt PeerCert(gnutls_session_t s) {
 }
 
 std::string VerifyFailureMessage(gnutls_session_t s, const TlsOptions& o) {
-  unsigned status = gnutls_session_get_verify_cert_status(s);
+  unsigned status = VerifyStatus(s);
   const char* who = o.role == TlsRole::kClient ? "server" : "client";
   OwnedDatum printed;
   gnutls_certificate_verification_status_print(status, GNUTLS_CRT_X509, &printed.d, 0);
@@ -68,7 +77,11 @@ Error HandshakeFailure(int rc, gnutls_session_t s, const TlsOptions& o, unsigned
   switch (rc) {
     case GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR:
     case GNUTLS_E_CERTIFICATE_ERROR: {
-      const bool name = (gnutls_session_get_verify_cert_status(s) & GNUTLS_CERT_UNEXPECTED_OWNER) != 0;
+      if (const auto* me = static_cast<const GnutlsSession*>(gnutls_session_get_ptr(s));
+          me && !me->allow_list_refusal().empty()) {
+        return Error(ErrorKind::kSecurity, EACCES, "TLS handshake failed: " + me->allow_list_refusal());
+      }
+      const bool name = (VerifyStatus(s) & GNUTLS_CERT_UNEXPECTED_OWNER) != 0;
       return sec("TLS handshake failed: " + VerifyFailureMessage(s, o), name ? Remedy::kPeerName : Remedy::kNone);
     }
     case GNUTLS_E_NO_CERTIFICATE_FOUND:
@@ -130,8 +143,14 @@ Error HandshakeFailure(int rc, gnutls_session_t s, const TlsOptions& o, unsigned
 // make the kernel answer with RST, and an RST can destroy the alert before
 // the peer reads it: the peer would see "reset" instead of "certificate
 // refused".
-void TellPeerAndLinger(gnutls_session_t s, int fd, int rc) {
-  gnutls_alert_send_appropriate(s, rc);
+void TellPeerAndLinger(gnutls_session_t s, int fd, int rc, bool access_denied) {
+  // A client refused by the allow-list holds a valid certificate: the
+  // alert for that is access_denied (RFC 8446 6.2), not bad_certificate.
+  if (access_denied) {
+    gnutls_alert_send(s, GNUTLS_AL_FATAL, GNUTLS_A_ACCESS_DENIED);
+  } else {
+    gnutls_alert_send_appropriate(s, rc);
+  }
   ::shutdown(fd, SHUT_WR);
   char buf[4096];
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
@@ -180,6 +199,31 @@ int ReportSecrets(gnutls_session_t s, gnutls_record_encryption_level_t level, co
   if (secret_read) std::memcpy(me->secret_rx_.data(), secret_read, secret_size);
   if (secret_write) std::memcpy(me->secret_tx_.data(), secret_write, secret_size);
   return 0;
+}
+
+// A server's certificate check when it has an allow-list: GnuTLS's own
+// check first (what gnutls_session_set_verify_cert's callback does: chain
+// to the trust file, validity, the CRL), then the allow-list on the
+// verified subject. Runs during the handshake, before the server's
+// Finished (TLS 1.2) or before it accepts the client's (TLS 1.3), so a
+// refused client never exchanges application data.
+int VerifyAllowedClient(gnutls_session_t s) {
+  auto* me = static_cast<GnutlsSession*>(gnutls_session_get_ptr(s));
+  if (me->verify_peer_) {
+    unsigned status = 0;
+    const int rc = gnutls_certificate_verify_peers2(s, &status);
+    // No certificate: say so (GnuTLS's own check would only say
+    // "certificate error"); the allow-list needs one.
+    if (rc == GNUTLS_E_NO_CERTIFICATE_FOUND) return rc;
+    if (rc < 0) return GNUTLS_E_CERTIFICATE_ERROR;
+    me->own_verify_ran_ = true;
+    me->own_verify_status_ = status;
+    if (status != 0) return GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR;
+  } else if (gnutls_certificate_get_peers(s, nullptr) == nullptr) {
+    return GNUTLS_E_NO_CERTIFICATE_FOUND;
+  }
+  me->allow_list_refusal_ = ClientAllowListRefusal(me->allowed_clients_, me->peer_subject(), me->peer_common_name());
+  return me->allow_list_refusal_.empty() ? 0 : GNUTLS_E_CERTIFICATE_ERROR;
 }
 
 GnutlsSession::~GnutlsSession() {
@@ -250,11 +294,18 @@ std::unique_ptr<GnutlsSession> GnutlsSession::Handshake(UniqueFd fd, const TlsOp
     throw Error(ErrorKind::kUsage, EINVAL, "bad TLS priority string '" + priority + "' near '" +
                             (err_pos ? err_pos : "") + "': " + gnutls_strerror(rc));
   }
-  CheckGnutls(gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, NativeOf(*o.creds).creds.get()), "set credentials");
+  CheckGnutls(gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, GnutlsCredentials(*o.creds)), "set credentials");
   if (o.role == TlsRole::kServer) {
+    const bool allow_list = !o.allowed_clients.empty();
     gnutls_certificate_server_set_request(
-        s, o.require_client_cert ? GNUTLS_CERT_REQUIRE : GNUTLS_CERT_REQUEST);
-    if (o.verify_peer) gnutls_session_set_verify_cert(s, nullptr, 0);
+        s, o.require_client_cert || allow_list ? GNUTLS_CERT_REQUIRE : GNUTLS_CERT_REQUEST);
+    if (allow_list) {
+      t->allowed_clients_ = o.allowed_clients;
+      t->verify_peer_ = o.verify_peer;
+      gnutls_session_set_verify_function(s, VerifyAllowedClient);
+    } else if (o.verify_peer) {
+      gnutls_session_set_verify_cert(s, nullptr, 0);
+    }
   } else {
     if (!o.peer_name.empty() && !IsIpLiteral(o.peer_name)) {
       gnutls_server_name_set(s, GNUTLS_NAME_DNS, o.peer_name.data(), o.peer_name.size());
@@ -273,7 +324,7 @@ std::unique_ptr<GnutlsSession> GnutlsSession::Handshake(UniqueFd fd, const TlsOp
   } while (rc < 0 && gnutls_error_is_fatal(rc) == 0);
   if (rc < 0) {
     const Error failure = HandshakeFailure(rc, s, o, t->peer_handshake_messages_);
-    TellPeerAndLinger(s, t->fd_.get(), rc);
+    TellPeerAndLinger(s, t->fd_.get(), rc, !t->allow_list_refusal_.empty());
     throw failure;
   }
   if (o.role == TlsRole::kServer && o.verify_peer && o.require_client_cert &&

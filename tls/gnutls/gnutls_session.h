@@ -8,8 +8,9 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <vector>
 
-#include "certs/gnutls_util.h"
+#include "tls/gnutls/gnutls_util.h"
 #include "tls/tls_session.h"
 
 namespace ktm {
@@ -56,6 +57,9 @@ class GnutlsSession final : public TlsSession {
   uint64_t key_updates_received() const { return key_updates_received_.load(); }
   // True once per KeyUpdate received with update_requested set.
   bool TakeKeyUpdateRequest() { return key_update_requested_.exchange(false); }
+  // Why the allow-list refused the client ("" when it did not): the
+  // sentence of ClientAllowListRefusal(), for the handshake's error.
+  const std::string& allow_list_refusal() const { return allow_list_refusal_; }
   // TlsOptions::rekey_after_bytes of the handshake (0: the record limit only).
   uint64_t rekey_after_bytes() const { return rekey_after_bytes_; }
 
@@ -79,8 +83,20 @@ class GnutlsSession final : public TlsSession {
   // on the reader's; stats() reads both from anywhere.
   std::atomic<uint64_t> key_updates_sent_{0}, key_updates_received_{0};
   std::atomic<bool> key_update_requested_{false};
+  // Server with an allow-list (TlsOptions::allowed_clients): our own
+  // certificate check replaces GnuTLS's automatic one (it would be one or
+  // the other: both are the session's verify function), so it keeps the
+  // verification status itself, and the refusal sentence when the verified
+  // client matched no pattern.
+  std::vector<std::string> allowed_clients_;
+  bool verify_peer_ = true;
+  bool own_verify_ran_ = false;
+  unsigned own_verify_status_ = 0;
+  std::string allow_list_refusal_;
 
   friend int ReportSecrets(gnutls_session_t, gnutls_record_encryption_level_t, const void*, const void*, size_t);
+  friend int VerifyAllowedClient(gnutls_session_t);
+  friend unsigned VerifyStatus(gnutls_session_t);
   friend int CountPeerHandshakeMessage(gnutls_session_t, unsigned, unsigned, unsigned, const gnutls_datum_t*);
 };
 

@@ -106,9 +106,10 @@ void OpensslKeylog(const SSL* ssl, const char* line) {
 // Verifies the peer's chain (CA, validity, CRL, the name set in the
 // session's X509_VERIFY_PARAM), remembers the first failure for the error
 // sentence, and on the server applies the allow-list to a verified client.
-// Refusing here fails the handshake with a fatal alert to the peer
-// (handshake_failure: OpenSSL maps X509_V_ERR_APPLICATION_VERIFICATION to
-// it; it has no way to send access_denied from here).
+// Refusing here fails the handshake with the fatal alert OpenSSL chooses
+// for X509_V_ERR_APPLICATION_VERIFICATION (a certificate/handshake alert,
+// which the peer reports as kSecurity); OpenSSL has no public way to send
+// access_denied from here.
 int OpensslCertVerify(X509_STORE_CTX* ctx, void* /*arg*/) {
   SSL* ssl = static_cast<SSL*>(X509_STORE_CTX_get_ex_data(ctx, SSL_get_ex_data_X509_STORE_CTX_idx()));
   OpensslSession* me = ssl ? SessionOf(ssl) : nullptr;
@@ -192,7 +193,9 @@ void OpensslSession::Setup(const TlsOptions& o) {
   if (o.role == TlsRole::kServer) {
     // Always ask for a certificate (GnuTLS's REQUEST); insist on one when
     // required. OpensslCertVerify decides what a presented one is worth.
-    SSL_set_verify(s, SSL_VERIFY_PEER | (o.require_client_cert ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0), nullptr);
+    // A client without a certificate cannot be on an allow-list.
+    const bool need_cert = o.require_client_cert || !o.allowed_clients.empty();
+    SSL_set_verify(s, SSL_VERIFY_PEER | (need_cert ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0), nullptr);
     SSL_set_accept_state(s);
   } else {
     SSL_set_verify(s, o.verify_peer ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nullptr);

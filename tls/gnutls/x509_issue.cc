@@ -1,6 +1,6 @@
-#include "certs/generate.h"
+#include "tls/gnutls/x509_issue.h"
 
-#include "certs/x509_issue.h"
+#include "certs/generate.h"
 
 #include <arpa/inet.h>
 #include <sys/stat.h>

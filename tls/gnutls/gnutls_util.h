@@ -1,4 +1,6 @@
-// Small RAII helpers over GnuTLS handles, shared by certs/, tls/ and ktls/.
+// Small RAII helpers over GnuTLS handles, for the GnuTLS backend (tls/gnutls/)
+// and tests that use GnuTLS directly. GnuTLS-facing: no neutral header
+// includes it.
 #pragma once
 
 #include <gnutls/gnutls.h>
@@ -8,6 +10,7 @@
 #include <string>
 
 #include "base/error.h"
+#include "certs/files.h"  // ReadFile, WriteFile, FormatTime (were declared here)
 
 namespace ktm {
 
@@ -42,14 +45,8 @@ X509Crt NewCrt();
 X509Key NewKey();
 X509Crl NewCrl();
 
-// Reads a whole file (throws Error(kLocalIo) naming the file).
-std::string ReadFile(const std::string& path);
-// Writes a file atomically-enough for our use, with the given mode.
-void WriteFile(const std::string& path, const std::string& data, unsigned mode);
-
 // Subject CN, and "DNS:a, IP:b" list of the SANs, for error messages.
 std::string CrtCommonName(gnutls_x509_crt_t crt);
 std::string CrtSubjectAltNames(gnutls_x509_crt_t crt);
-std::string FormatTime(time_t t);
 
 }  // namespace ktm

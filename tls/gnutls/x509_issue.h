@@ -1,6 +1,8 @@
 // Issuing single certificates, keys and CRLs with GnuTLS's x509 API: the
-// building blocks of GenerateCredsDir, and of tests that need unusual
-// certificates (expired, wrong purpose, revoked). GnuTLS-facing by nature.
+// building blocks of GenerateCredsDir (certs/generate.h, implemented in
+// x509_issue.cc), and of tests that need unusual certificates (expired,
+// wrong purpose, revoked). GnuTLS-facing by nature: it lives with the
+// GnuTLS backend; certs/ itself stays free of any TLS library.
 #pragma once
 
 #include <ctime>
@@ -9,7 +11,7 @@
 
 #include "certs/credentials.h"
 #include "certs/generate.h"
-#include "certs/gnutls_util.h"
+#include "tls/gnutls/gnutls_util.h"
 
 namespace ktm {
 

@@ -1,14 +1,9 @@
-#include "certs/gnutls_util.h"
+#include "tls/gnutls/gnutls_util.h"
 
 #include <arpa/inet.h>
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <cstring>
 #include <ctime>
-#include <fstream>
-#include <sstream>
 
 namespace ktm {
 
@@ -30,33 +25,6 @@ X509Crl NewCrl() {
   gnutls_x509_crl_t p;
   CheckGnutls(gnutls_x509_crl_init(&p), "gnutls_x509_crl_init");
   return X509Crl(p);
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) ThrowErrno(ErrorKind::kLocalIo, errno, "cannot read " + path);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-void WriteFile(const std::string& path, const std::string& data, unsigned mode) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-  if (fd < 0) ThrowErrno(ErrorKind::kLocalIo, errno, "cannot create " + path);
-  // open() honours the umask; a key must end up exactly `mode`.
-  fchmod(fd, mode);
-  size_t off = 0;
-  while (off < data.size()) {
-    ssize_t n = ::write(fd, data.data() + off, data.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int e = errno;
-      ::close(fd);
-      ThrowErrno(ErrorKind::kLocalIo, e, "cannot write " + path);
-    }
-    off += static_cast<size_t>(n);
-  }
-  if (::close(fd) != 0) ThrowErrno(ErrorKind::kLocalIo, errno, "cannot write " + path);
 }
 
 std::string CrtCommonName(gnutls_x509_crt_t crt) {
@@ -91,14 +59,6 @@ std::string CrtSubjectAltNames(gnutls_x509_crt_t crt) {
     out += item;
   }
   return out.empty() ? "no DNS/IP subject alternative names" : out;
-}
-
-std::string FormatTime(time_t t) {
-  char buf[64];
-  tm tmv{};
-  gmtime_r(&t, &tmv);
-  strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S UTC", &tmv);
-  return buf;
 }
 
 }  // namespace ktm
