@@ -62,15 +62,6 @@ std::vector<std::string> Cat(std::vector<std::string> a, const std::vector<std::
 
 std::string PortFrom(const std::string& out) { return testing::ListeningPort(out); }
 
-// Cases fault_test_openssl found the OpenSSL backend (tls/openssl, helper
-// A's wipA at e32ca15) failing; skipped there, loudly, until it is fixed.
-// Remove a case from here once it passes with OpenSSL.
-bool SkipKnownOpensslGap(const char* gap) {
-  if (testing::CliBackend() != "openssl") return false;
-  std::printf("  KNOWN OPENSSL BACKEND GAP, skipped: %s\n", gap);
-  return true;
-}
-
 // recv <- relay <- send, with the relay's faults.
 struct Path {
   Dir d;
@@ -159,10 +150,6 @@ TEST_P(RelayFaults, StalledPathEndsTheSourceWithinItsIoTimeout) {
 // A connection cut in the middle of a TLS record (or of a packet) is a
 // truncation: exit 1 on both ends, never "forged".
 TEST_P(RelayFaults, CutMidStreamIsTruncationNotForgery) {
-  if (GetParam() && SkipKnownOpensslGap("a cut stream: the OpenSSL destination sends decode_error, so the source "
-                                        "says 'refused our data' (exit 4) instead of truncation (exit 1)")) {
-    GTEST_SKIP();
-  }
   Path p(GetParam(), {"drop:up:0:1048581"});
   p.Send({"--size", "32M", "--channels", "2"});
   const auto [send_rc, recv_rc] = p.WaitBoth();
@@ -211,11 +198,6 @@ TEST_P(RelayFaults, DuplicatedBytesAreRefused) {
 // tells the source (it exited 1 "truncated ... without close_notify" every
 // time). Repeated: the verdict must not depend on timing.
 TEST_P(RelayFaults, FlippedOrDuplicatedByteIsExit4OnBothEndsWithOneChannel) {
-  if (GetParam() && SkipKnownOpensslGap("a duplicated byte: the OpenSSL destination's alert does not always reach "
-                                        "the source (reset first: 'TLS write failed', exit 1, in about one run of "
-                                        "two; exit 4 expected)")) {
-    GTEST_SKIP();
-  }
   for (const char* fault : {"flip:up:0:1M", "dup:up:0:512K", "flip:up:0:3M", "dup:up:0:2M"}) {
     Path p(GetParam(), {fault});
     p.Send({"--size", "32M", "--channels", "1"});
@@ -371,10 +353,6 @@ INSTANTIATE_TEST_SUITE_P(PlainAndTls, RelayFaults, ::testing::Values(false, true
 // was corrupted or tampered with, exit 4 at the source; the destination
 // rejects that connection and goes on listening.
 TEST(RelayFaultsTls, TamperedHandshakeIsCalledCorruptedNotPlaintext) {
-  if (SkipKnownOpensslGap("a flipped handshake byte: OpenSSL says 'invalid session id' or reports the peer's "
-                          "decode_error alert as a refusal (exit 3), not 'corrupted or tampered with' (exit 4)")) {
-    GTEST_SKIP();
-  }
   for (const char* fault : {"flip:down:0:300", "flip:down:0:60", "flip:up:0:100"}) {
     Path p(true, {fault});
     p.Send({"--size", "1M", "--channels", "1"});
@@ -594,10 +572,6 @@ TEST(Usage, ImpossibleAddressesAreExit2) {
 // plaintext source used to exit 1 "peer closed after 7 of 8 bytes": the 7
 // bytes were the TLS alert the destination's failed handshake sent).
 TEST(Usage, PlaintextSourceAgainstTlsDestinationIsExit3) {
-  if (SkipKnownOpensslGap("a plaintext source: the OpenSSL destination closes without an alert the source can "
-                          "see ('closed channel 0 before acknowledging it', exit 1, not 'it needs TLS', exit 3)")) {
-    GTEST_SKIP();
-  }
   Dir d;
   auto recv = std::make_unique<Subprocess>(
       Cat({Cli(), "recv", "--listen", "127.0.0.1:0", "--output", d.path + "/o.img", "--timeout", "60"},

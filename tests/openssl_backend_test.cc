@@ -220,6 +220,87 @@ TEST(OpensslBackend, WritingToAClosedPeerIsAnErrorNotSigpipe) {
   sigaction(SIGPIPE, &old, nullptr);
 }
 
+// A peer that does not speak TLS gets a plaintext alert before the close
+// (OpenSSL sends none for a first record that is not TLS), so it can say
+// "the other end needs TLS"; the server says the peer did not speak TLS.
+TEST(OpensslFaults, APlaintextPeerGetsAnAlertBeforeTheClose) {
+  Listener l = Listener::Listen("127.0.0.1:0");
+  TlsOptions so = ServerOptions();
+  so.backend = TlsBackend::kOpenssl;
+  auto server = std::async(std::launch::async, [&] { return Establish(l.AcceptFd(std::chrono::seconds(10)), so); });
+  UniqueFd raw = ConnectStream(l.address(), std::chrono::seconds(10));
+  const std::string hello(64, 'K');  // like a plaintext channel hello: not a TLS record
+  ASSERT_EQ(::send(raw.get(), hello.data(), hello.size(), MSG_NOSIGNAL), static_cast<ssize_t>(hello.size()));
+  std::string got;
+  char buf[64];
+  for (ssize_t n; (n = ::recv(raw.get(), buf, sizeof(buf), 0)) > 0;) got.append(buf, static_cast<size_t>(n));
+  ASSERT_EQ(got.size(), 7u);
+  EXPECT_EQ(got[0], 21) << "an alert record";
+  EXPECT_EQ(got[1], 3);
+  EXPECT_EQ(got[5], 2) << "fatal";
+  End s = server.get();
+  ASSERT_TRUE(s.error);
+  EXPECT_EQ(s.error->kind(), ErrorKind::kSecurity);
+  ExpectContains(s.error->what(), "did not speak TLS");
+}
+
+// A connection cut without close_notify, between records or inside one,
+// is truncation (kPeer) at an OpenSSL reader, whichever library wrote, and
+// the reader sends no alert (OpenSSL 3.0 would send decode_error, which
+// the writer would take for "refused our data").
+TEST(OpensslFaults, ACutStreamIsTruncationAndDrawsNoAlert) {
+  for (const bool mid_record : {false, true}) {
+    for (const TlsBackend writer : {TlsBackend::kOpenssl, TlsBackend::kGnutls}) {
+      SCOPED_TRACE(std::string(mid_record ? "inside a record, " : "between records, ") + Name(writer) + " writer");
+      TlsOptions co = ClientOptions(), so = ServerOptions();
+      co.backend = writer;
+      so.backend = TlsBackend::kOpenssl;
+      Listener l = Listener::Listen("127.0.0.1:0");
+      auto server = std::async(std::launch::async, [&] { return Establish(l.AcceptFd(std::chrono::seconds(10)), so); });
+      UniqueFd fd = ConnectStream(l.address(), std::chrono::seconds(10));
+      UniqueFd raw(dup(fd.get()));
+      End c = Establish(std::move(fd), co);
+      End s = server.get();
+      ASSERT_TRUE(c.ch && s.ch);
+      const std::string data(1000, 'd');
+      c.ch->write_all(data.data(), data.size());
+      if (mid_record) {
+        // The start of an application-data record that never ends.
+        const uint8_t part[] = {23, 3, 3, 0, 64, 1, 2, 3, 4, 5, 6, 7};
+        ASSERT_EQ(::send(raw.get(), part, sizeof(part), MSG_NOSIGNAL), static_cast<ssize_t>(sizeof(part)));
+      }
+      ::shutdown(raw.get(), SHUT_WR);  // the cut: a FIN, no close_notify
+      std::vector<char> in(4096);
+      size_t got = 0;
+      try {
+        for (;;) {
+          iovec v{in.data(), in.size()};
+          const ReadResult r = s.ch->readv(std::span<const iovec>(&v, 1));
+          if (r.eof()) break;
+          got += r.bytes;
+        }
+        ADD_FAILURE() << "the cut read as a clean end after " << got << " bytes";
+      } catch (const Error& e) {
+        EXPECT_EQ(e.kind(), ErrorKind::kPeer) << e.what();
+        ExpectContains(e.what(), "truncated");
+      }
+      EXPECT_EQ(got, data.size());
+      s.ch->close();
+      char b[64];
+      EXPECT_EQ(::recv(raw.get(), b, sizeof(b), 0), 0) << "the reader answered the cut with bytes (an alert)";
+    }
+  }
+}
+
+// OpenSSL answers a record header whose version bytes changed in transit
+// with protocol_version; after the handshake that is damage, as
+// bad_record_mac is (exit 4 at the writer), not a peer's whim.
+TEST(OpensslFaults, ProtocolVersionAfterTheHandshakeIsIntegrity) {
+  EXPECT_EQ(AlertReceivedError(70, "read").kind(), ErrorKind::kIntegrity);
+  EXPECT_EQ(AlertReceivedError(20, "read").kind(), ErrorKind::kIntegrity);
+  EXPECT_EQ(AlertReceivedError(42, "read").kind(), ErrorKind::kSecurity);
+}
+
 TEST(OpensslBackend, LibraryVersionAndItsKtlsAbility) {
   ExpectContains(TlsLibraryVersion(TlsBackend::kOpenssl), "OpenSSL 3.");
   const std::string ability = TlsLibraryKtlsAbility(TlsBackend::kOpenssl);

@@ -180,9 +180,11 @@ Error AlertReceivedError(uint8_t d, const std::string& during) {
                    "the peer refused our certificate: it sent TLS alert " + TlsAlertName(d) + " during " + during +
                        " (its log says why; check that it trusts our CA and that our certificate is valid)");
     // After the handshake we send only well-formed application data and
-    // close_notify: unexpected_message, bad_record_mac, record_overflow or
-    // decode_error mean what reached the peer was not what we sent.
-    case 10: case 20: case 22: case 50:
+    // close_notify: unexpected_message, bad_record_mac, record_overflow,
+    // decode_error or protocol_version (OpenSSL's answer to a record header
+    // whose version bytes changed) mean what reached the peer was not what
+    // we sent.
+    case 10: case 20: case 22: case 50: case 70:
       return Error(ErrorKind::kIntegrity, EBADMSG,
                    "the peer refused our data: it sent TLS alert " + TlsAlertName(d) + " during " + during +
                        " (what it received failed authentication or did not parse: corrupted or tampered with in "

@@ -54,6 +54,13 @@ OpensslRecordChannel::OpensslRecordChannel(std::unique_ptr<OpensslSession> sessi
   blocking_ = !IsNonBlocking(session_->fd());
   SetNonBlocking(session_->fd(), true, "a TLS channel");  // see the class comment
   version_ = session_->version();
+  // A bare EOF is then reported like close_notify (SSL_ERROR_ZERO_RETURN)
+  // instead of as a fatal error: without this OpenSSL 3.0 answers an EOF
+  // with a decode_error alert, which the peer (or whoever is left on the
+  // path) would read as "the destination refused our data" (integrity)
+  // instead of a cut. readv() tells the two apart with
+  // peer_sent_close_notify().
+  SSL_set_options(session_->native(), SSL_OP_IGNORE_UNEXPECTED_EOF);
   library_tx_ktls_ = session_->library_ktls(TlsDirection::kTransmit);
   tx_use_.set_limits(RecordLimit(session_->cipher()), session_->rekey_after_bytes());
   updates_seen_ = session_->key_updates_sent();
@@ -260,7 +267,15 @@ ReadResult OpensslRecordChannel::readv(std::span<const iovec> iov) {
         WaitFor(o, /*for_write=*/false, since);
         continue;
       }
-      if (o.err == SSL_ERROR_ZERO_RETURN) {  // close_notify
+      if (o.err == SSL_ERROR_ZERO_RETURN) {
+        if (!session_->peer_sent_close_notify()) {
+          // The stream ended without close_notify, between records or in
+          // the middle of one: a cut (what GnutlsRecordChannel reports),
+          // never forgery.
+          throw Error(ErrorKind::kPeer, EPIPE,
+                      "TLS stream truncated during read: the peer or the path closed the connection without "
+                      "close_notify");
+        }
         saw_close_notify_ = true;
         return ReadResult{total, false};
       }

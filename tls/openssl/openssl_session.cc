@@ -62,6 +62,18 @@ bool NoCommonReason(int r) {
          r == SSL_R_NO_SUITABLE_SIGNATURE_ALGORITHM || r == SSL_R_NO_SHARED_GROUPS;
 }
 
+// Alerts that say a handshake message or record arrived damaged: it did not
+// parse (decode_error, record_overflow), held a value the sender's library
+// would never put there (illegal_parameter), came out of order
+// (unexpected_message) or did not authenticate (bad_record_mac,
+// decrypt_error: a Finished over a transcript that differs). Between two
+// TLS libraries that each build well-formed handshakes, that is damage in
+// transit, not a refusal. (Refusals use the certificate alerts,
+// handshake_failure, protocol_version or access_denied.)
+bool DamageAlert(int alert) {
+  return alert == 10 || alert == 20 || alert == 22 || alert == 47 || alert == 50 || alert == 51;
+}
+
 // After a failed handshake OpenSSL has sent its alert already (it does for
 // every failure it detects itself). Close gently, as the GnuTLS backend
 // does: stop writing and read what the peer still sends for a moment, so
@@ -135,11 +147,20 @@ int OpensslCertVerify(X509_STORE_CTX* ctx, void* /*arg*/) {
 }
 
 // Counts handshake messages: any from the peer (it speaks TLS), and TLS 1.3
-// KeyUpdates both ways.
+// KeyUpdates both ways. Notes the first alert we send (OpenSSL sends them
+// itself; HandshakeFailure reads what it found wrong from it) and the
+// peer's close_notify (see peer_sent_close_notify()).
 void OpensslMessage(int write_p, int /*version*/, int content_type, const void* buf, size_t len, SSL* /*ssl*/,
                     void* arg) {
-  if (content_type != SSL3_RT_HANDSHAKE || len == 0 || !arg) return;
+  if (len == 0 || !arg) return;
   auto* me = static_cast<OpensslSession*>(arg);
+  if (content_type == SSL3_RT_ALERT && len >= 2) {
+    const uint8_t desc = static_cast<const uint8_t*>(buf)[1];
+    if (write_p && me->alert_sent_ < 0) me->alert_sent_ = desc;
+    if (!write_p && desc == SSL3_AD_CLOSE_NOTIFY) me->peer_close_notify_.store(true);
+    return;
+  }
+  if (content_type != SSL3_RT_HANDSHAKE) return;
   const bool key_update = static_cast<const uint8_t*>(buf)[0] == SSL3_MT_KEY_UPDATE;
   if (write_p) {
     if (key_update) ++me->key_updates_sent_;
@@ -244,11 +265,42 @@ std::unique_ptr<OpensslSession> OpensslSession::Handshake(UniqueFd fd, const Tls
   const int sys_errno = errno;
   if (rc != 1) {
     const Error failure = t->HandshakeFailure(err, sys_errno, o);
+    if (t->peer_not_tls_ && t->alert_sent_ < 0) t->TellPlaintextPeer();
     LingerAfterFailure(t->fd_.get());
     throw failure;
   }
   SetNonBlocking(t->fd_.get(), was_nonblocking, "a TLS socket");
   return t;
+}
+
+// OpenSSL sends no alert when the very first record is not TLS at all
+// (SSL_AD_NO_ALERT for a first record with a foreign version or an HTTP
+// request), so a plaintext peer would see only the connection close and
+// could not say "the other end needs TLS". GnuTLS sends one there; so do
+// we, by hand: nothing was encrypted yet (the peer sent no handshake
+// message), so the alert is a plaintext record, written straight to the
+// socket. Best effort: the peer may be gone.
+void OpensslSession::TellPlaintextPeer() {
+  // level fatal (2), protocol_version (70): what GnuTLS answers here too.
+  static constexpr uint8_t kAlert[] = {SSL3_RT_ALERT, 3, 1, 0, 2, SSL3_AL_FATAL, SSL_AD_PROTOCOL_VERSION};
+  (void)::send(fd_.get(), kAlert, sizeof(kAlert), MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+// A fatal alert from the peer. One that says our handshake arrived
+// damaged (DamageAlert) is integrity (exit 4), as with GnuTLS: our library
+// built it well-formed, so it changed on the way. Even before the peer's
+// first handshake message: an alert is TLS, so the peer speaks it.
+Error OpensslSession::AlertReceivedFailure(uint8_t alert, const std::string& peer, const TlsOptions& o) const {
+  if (DamageAlert(alert)) {
+    return Error(ErrorKind::kIntegrity, EBADMSG,
+                 "TLS handshake failed: the " + peer + " could not parse or authenticate our handshake (alert '" +
+                     TlsAlertName(alert) + "'): the handshake was corrupted or tampered with in transit");
+  }
+  return Error(ErrorKind::kSecurity, ECONNABORTED,
+               "TLS handshake failed: the " + peer + " refused it with alert '" + TlsAlertName(alert) + "'" +
+                   (o.role == TlsRole::kClient ? " (the destination refused our certificate or our parameters; "
+                                                 "its log says which)"
+                                               : " (see the client's log for why)"));
 }
 
 Error OpensslSession::VerifyFailure(const TlsOptions& o) const {
@@ -300,22 +352,14 @@ Error OpensslSession::HandshakeFailure(int ssl_error, int sys_errno, const TlsOp
                Remedy::kCredentials);
   }
   if (reason > SSL_AD_REASON_OFFSET && reason < SSL_AD_REASON_OFFSET + 256) {
-    const auto alert = static_cast<uint8_t>(reason - SSL_AD_REASON_OFFSET);
-    if (alert == 20) {  // bad_record_mac
-      return integrity("TLS handshake failed: the " + peer + " could not authenticate our handshake records (alert '" +
-                       TlsAlertName(alert) + "'): the handshake was corrupted or tampered with in transit");
-    }
-    return sec("TLS handshake failed: the " + peer + " refused it with alert '" + TlsAlertName(alert) + "'" +
-               (o.role == TlsRole::kClient ? " (the destination refused our certificate or our parameters; "
-                                             "its log says which)"
-                                           : " (see the client's log for why)"));
+    return AlertReceivedFailure(static_cast<uint8_t>(reason - SSL_AD_REASON_OFFSET), peer, o);
   }
+  const std::string damaged = "TLS handshake failed: the " + peer +
+                              " speaks TLS, but a record of its handshake was corrupted or tampered with in transit (" +
+                              detail + ")";
   if (NotTlsReason(reason) || CorruptReason(reason)) {
-    if (peer_handshake_messages_ > 0) {
-      return integrity("TLS handshake failed: the " + peer +
-                       " speaks TLS, but a record of its handshake was corrupted or tampered with in transit (" +
-                       detail + ")");
-    }
+    if (peer_handshake_messages_ > 0) return integrity(damaged);
+    peer_not_tls_ = true;
     return sec("TLS handshake failed: the " + peer + " did not speak TLS (" + detail + "); is it running without TLS?",
                Remedy::kPeerUsesPlaintext);
   }
@@ -329,6 +373,10 @@ Error OpensslSession::HandshakeFailure(int ssl_error, int sys_errno, const TlsOp
     return sec("TLS handshake failed: no protocol version/cipher in common with the " + peer + " (" + detail +
                "; policy " + ToString(o.policy) + ")");
   }
+  // OpenSSL found a message of the peer's malformed or out of place and
+  // said so with a damage alert ("invalid session id": illegal_parameter).
+  // The peer spoke TLS first, so the message changed on the way.
+  if (peer_handshake_messages_ > 0 && DamageAlert(alert_sent_)) return integrity(damaged);
   return sec("TLS handshake failed: " + (detail.empty() ? std::string("OpenSSL gave no reason") : detail));
 }
 

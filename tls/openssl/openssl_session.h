@@ -60,6 +60,11 @@ class OpensslSession final : public TlsSession {
   uint64_t key_updates_sent() const { return key_updates_sent_.load(); }
   uint64_t key_updates_received() const { return key_updates_received_.load(); }
   uint64_t rekey_after_bytes() const { return rekey_after_bytes_; }
+  // Whether the peer's close_notify has arrived (seen by the message
+  // callback): the record channel reads with SSL_OP_IGNORE_UNEXPECTED_EOF,
+  // so OpenSSL reports a bare EOF like close_notify, and this tells them
+  // apart. Safe from any thread.
+  bool peer_sent_close_notify() const { return peer_close_notify_.load(); }
 
  protected:
   std::unique_ptr<Channel> MakeRecordChannel(std::unique_ptr<TlsSession> self, std::string why) override;
@@ -72,6 +77,10 @@ class OpensslSession final : public TlsSession {
   std::pair<int, int> RunHandshake(std::chrono::milliseconds timeout);
   Error HandshakeFailure(int ssl_error, int sys_errno, const TlsOptions& o);
   Error VerifyFailure(const TlsOptions& o) const;
+  Error AlertReceivedFailure(uint8_t alert, const std::string& peer, const TlsOptions& o) const;
+  // For a peer that never spoke TLS: the plaintext alert OpenSSL does not
+  // send (see Handshake).
+  void TellPlaintextPeer();
   TrafficKeys Tls12Keys(TlsDirection dir) const;
   TrafficKeys Tls13Keys(TlsDirection dir) const;
 
@@ -91,6 +100,14 @@ class OpensslSession final : public TlsSession {
   // Handshake messages received (tells a plaintext peer from a corrupted
   // handshake, as the GnuTLS backend does).
   unsigned peer_handshake_messages_ = 0;
+  // The first alert we sent (its description; -1: none): OpenSSL sends its
+  // own alerts, and which one says what it found wrong with the peer's
+  // handshake. Set during the handshake only.
+  int alert_sent_ = -1;
+  // The failed handshake's peer never spoke TLS: tell it with a plaintext
+  // alert (TellPlaintextPeer).
+  bool peer_not_tls_ = false;
+  std::atomic<bool> peer_close_notify_{false};
   // TLS 1.3 application traffic secrets from the keylog callback; wiped by
   // the destructor.
   std::array<uint8_t, TrafficKeys::kMaxSecret> secret_rx_{}, secret_tx_{};
