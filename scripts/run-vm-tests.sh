@@ -159,7 +159,7 @@ done
     echo 'echo "KTM-VM-RC $?"'
   elif [ "${KTM_VM_BENCH:-0}" = 1 ]; then
     # make bench-ktls: TLS modes side by side in one (emulated) VM run.
-    echo "chroot /host /bin/sh -c 'cd /tmp && HOME=/tmp $CLI bench --size ${KTM_VM_BENCH_SIZE:-64M} --channels 1,4 --modes plain-copy,tls-userspace,tls-qemu-style,ktls'"
+    echo "chroot /host /bin/sh -c 'cd /tmp && HOME=/tmp $CLI bench --size ${KTM_VM_BENCH_SIZE:-64M} --channels 1,4 --modes plain-copy,tls-userspace,tls-qemu-style,ktls,tls-userspace-openssl,ktls-openssl'"
     echo 'echo "KTM-VM-RC $?"'
   fi
   for r in "${RUNS[@]}"; do
