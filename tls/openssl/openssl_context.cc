@@ -148,11 +148,15 @@ void ApplyOpensslPolicy(SSL_CTX* ctx, const TlsCryptoPolicy& p, unsigned conf_fl
   }
 }
 
+// One SSL_CTX per handshake, not one shared by every handshake of these
+// credentials (as GnuTLS's credentials are): two concurrent handshakes on
+// one OpenSSL 3.0 SSL_CTX drew a ThreadSanitizer data race inside libssl
+// (an ASN1_STRING its verification caches in the shared store, written by
+// one handshake while the other compared it), in a tunnel source opening
+// four connections at once. A context of its own per connection shares
+// nothing mutable; the price is reading the PEM files per connection.
 std::shared_ptr<SSL_CTX> OpensslContext(const TlsOptions& o, const OpensslCtxHooks& hooks) {
-  const std::string key =
-      std::string("openssl ") + (o.role == TlsRole::kServer ? "server " : "client ") + ToString(o.policy);
-  return std::static_pointer_cast<SSL_CTX>(
-      o.creds->BackendState(key, [&]() -> std::shared_ptr<void> { return BuildContext(o, hooks); }));
+  return BuildContext(o, hooks);
 }
 
 }  // namespace ktm

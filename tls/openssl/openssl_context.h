@@ -17,10 +17,8 @@ struct OpensslCtxHooks {
   int (*cert_verify)(X509_STORE_CTX*, void*) = nullptr;
 };
 
-// The SSL_CTX for `o`'s role and policy over o.creds, built once per
-// credentials object and kept in its BackendState cache, so a tunnel's
-// hundredth connection does not re-read the files. SSL_CTX is safe to share
-// between threads once built (sessions only SSL_new() from it). Throws
+// A new SSL_CTX for `o`'s role and policy over o.creds, for one handshake
+// (not shared between concurrent handshakes: see the definition). Throws
 // Error(kUsage) for a policy OpenSSL refuses, Error(kSecurity) naming a
 // credentials file it cannot load.
 std::shared_ptr<SSL_CTX> OpensslContext(const TlsOptions& o, const OpensslCtxHooks& hooks);
