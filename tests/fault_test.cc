@@ -119,8 +119,14 @@ TEST_P(RelayFaults, StalledPathTimesOutOnBothEnds) {
   EXPECT_LT(Clock::now() - t0, 40s) << "the io timeout did not bound the stall";
   EXPECT_EQ(recv_rc, 1) << p.Outputs();
   EXPECT_EQ(send_rc, 1) << p.Outputs();
-  EXPECT_TRUE(Has(p.recv->output(), "no progress for 3 s")) << p.Outputs();
-  EXPECT_TRUE(Has(p.recv->output(), "channel 0")) << p.Outputs();
+  // Both ends' 3 s clocks start within milliseconds of each other (the
+  // source's when its socket buffers fill behind the stall), so either may
+  // fire first: the destination names its own stalled channel 0, or, when
+  // the source's timeout closed everything first, the source's vanishing
+  // (seen once in the 6.1 VM with OpenSSL). Both ends exit 1 either way.
+  const bool own_timeout = Has(p.recv->output(), "no progress for 3 s") && Has(p.recv->output(), "channel 0");
+  EXPECT_TRUE(own_timeout || (Has(p.recv->output(), "the source vanished") && Has(p.send->output(), "no progress")))
+      << p.Outputs();
   EXPECT_TRUE(Has(p.send->output(), "no progress") || Has(p.send->output(), "without a completion") ||
               Has(p.send->output(), "closed or reset") || Has(p.send->output(), "vanished"))
       << p.Outputs();
