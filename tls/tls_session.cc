@@ -52,6 +52,19 @@ void TrafficKeys::Wipe() {
   key_size_ = iv_size_ = secret_size_ = 0;
 }
 
+void FillUserspaceRekeyStats(ChannelStats& st, const SendKeyUse& use, uint64_t sent, uint64_t received,
+                             const std::string& why_not, TlsBackend library) {
+  const std::string lib = LibraryName(library);
+  st.rekey.applies = true;
+  st.rekey.sent = sent;
+  st.rekey.received = received;
+  st.rekey.limit_records = use.limit_records();
+  st.rekey.limit_bytes = use.limit_bytes();
+  st.rekey.can_rekey = why_not.empty();
+  st.rekey.detail = why_not.empty() ? lib + " follows and starts key updates in userspace" : why_not;
+  st.rx_no_pad_detail = "off: a kTLS receive option; " + lib + " decrypts in userspace";
+}
+
 std::unique_ptr<Channel> TlsSession::UserspaceChannel(std::unique_ptr<TlsSession> session, std::string why) {
   TlsSession* s = session.get();
   return s->MakeRecordChannel(std::move(session), std::move(why));

@@ -75,6 +75,12 @@ class TrafficKeys {
   size_t secret_size_ = 0;
 };
 
+// The key-update part of a userspace record channel's stats, the same for
+// every backend: the counts, the send key's limits, and whether (or why
+// not) the library may change the key. `why_not`: "" when it can.
+void FillUserspaceRekeyStats(ChannelStats& st, const SendKeyUse& use, uint64_t sent, uint64_t received,
+                             const std::string& why_not, TlsBackend library);
+
 class TlsSession {
  public:
   virtual ~TlsSession() = default;

@@ -78,15 +78,8 @@ std::string OpensslRecordChannel::describe() const {
 
 ChannelStats OpensslRecordChannel::stats() const {
   ChannelStats st;
-  st.rekey.applies = true;
-  st.rekey.sent = session_->key_updates_sent();
-  st.rekey.received = session_->key_updates_received();
-  st.rekey.limit_records = tx_use_.limit_records();
-  st.rekey.limit_bytes = tx_use_.limit_bytes();
-  const std::string why_not = WhyNoRekey();
-  st.rekey.can_rekey = why_not.empty();
-  st.rekey.detail = why_not.empty() ? "OpenSSL follows and starts key updates in userspace" : why_not;
-  st.rx_no_pad_detail = "off: a kTLS receive option; OpenSSL decrypts in userspace";
+  FillUserspaceRekeyStats(st, tx_use_, session_->key_updates_sent(), session_->key_updates_received(), WhyNoRekey(),
+                          TlsBackend::kOpenssl);
   return st;
 }
 
