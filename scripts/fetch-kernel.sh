@@ -37,41 +37,14 @@ if [ -f "$DONE" ] && [ -f "$VMLINUZ" ] && [ -f "$ROOT/lib/modules/$KVER/modules.
   exit 0
 fi
 
-# The same mirror host the machine already uses (deb822 "URIs:" or one-line
-# "deb URL suite"), so a proxy or local mirror keeps working.
-MIRROR=${KTM_DEBIAN_MIRROR:-}
-if [ -z "$MIRROR" ]; then
-  MIRROR=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
-    grep -oE 'https?://[^ ]*/debian/?( |$)' | grep -v security | head -n 1 | tr -d ' ' || true)
-  MIRROR=${MIRROR:-http://deb.debian.org/debian}
-fi
-MIRROR=${MIRROR%/}
-
-for tool in apt-get dpkg depmod; do
+for tool in dpkg depmod; do
   command -v "$tool" >/dev/null || { echo "fetch-kernel: $tool is missing" >&2; exit 1; }
 done
 
+# shellcheck source=lib/private-apt.sh
+. "$(dirname "$0")/lib/private-apt.sh"
 APT=$CACHE/apt
-mkdir -p "$APT/lists/partial" "$APT/cache/archives/partial" "$APT/debs" "$APT/empty"
-echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR trixie-backports main" \
-  >"$APT/sources.list"
-# Every path apt would read or write that could involve the machine's own
-# configuration points into $APT or nowhere (no other sources, no pinning).
-APTOPTS=(
-  -o "Dir::Etc::SourceList=$APT/sources.list"
-  -o "Dir::Etc::SourceParts=$APT/empty"
-  -o "Dir::Etc::Preferences=$APT/empty/preferences"
-  -o "Dir::Etc::PreferencesParts=$APT/empty"
-  -o "Dir::State::Lists=$APT/lists"
-  -o "Dir::Cache=$APT/cache"
-  -o "APT::Get::List-Cleanup=0"
-  # The cache usually sits in root's 0700 home, where apt's unprivileged
-  # _apt downloader cannot write; say so rather than have apt warn.
-  -o "APT::Sandbox::User=$(id -un)"
-)
-echo "fetch-kernel: fetching ${PKGS[*]} from $MIRROR trixie-backports into $CACHE" >&2
-apt-get -q "${APTOPTS[@]}" update >&2
-(cd "$APT/debs" && apt-get -q "${APTOPTS[@]}" download "${PKGS[@]}" >&2)
+private_apt_download "$APT" trixie-backports "$APT/debs" "${PKGS[@]}"
 
 rm -rf "$ROOT.new"
 mkdir -p "$ROOT.new"
