@@ -202,6 +202,200 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+// ---------------------------------------------------------------------------
+// Postcopy rows of make bench-qemu. Precopy runs until 128 MiB have moved,
+// then migrate-start-postcopy; the destination (-S) gets `cont` as soon as
+// it is postcopy-active, so its guest runs and faults the pages it touches
+// over the return path. Measured: the postcopy phase (start-postcopy to the
+// source's completed), QEMU's downtime, the page requests the source served,
+// and for "recovery" the source tunnel end SIGKILLed 1 s into postcopy (with
+// the background push capped at 32 MiB/s so pages remain): time until both
+// QEMUs are postcopy-paused, and from `migrate resume=true` through a new
+// tunnel end until the source is postcopy-active again.
+struct PostcopyRun {
+  bool ok = false;
+  double total_ms = 0, downtime_ms = 0, postcopy_ms = 0, requests = 0, tunnel_cpu = 0, mib = 0;
+  double paused_ms = -1, recovered_ms = -1;
+  std::string why;
+};
+
+std::string MigStatus(Guest& g) { return g.qmp->Execute("query-migrate").value("status", ""); }
+
+// Polls until `g`'s migration status is `want` (or a final state); bounded.
+bool WaitMigStatus(Guest& g, const std::string& want, std::chrono::seconds timeout) {
+  const auto by = Clock::now() + timeout;
+  for (std::string st; Clock::now() < by; std::this_thread::sleep_for(20ms)) {
+    st = MigStatus(g);
+    if (st == want) return true;
+    if (st == "completed" || st == "failed" || st == "cancelled") return false;
+  }
+  return false;
+}
+
+// Sets a capability only where this QEMU has it (7.2 lacks some newer ones).
+bool SetCapability(Guest& g, const std::string& cap, bool on) {
+  for (const auto& c : g.qmp->Execute("query-migrate-capabilities")) {
+    if (c.value("capability", "") != cap) continue;
+    g.qmp->Execute("migrate-set-capabilities", {{"capabilities", {{{"capability", cap}, {"state", on}}}}});
+    return true;
+  }
+  return false;
+}
+
+double MsSince(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+// Kills the source tunnel end, waits for both QEMUs to pause, starts a new
+// source end on the same socket, recovers. Fills paused_ms/recovered_ms.
+bool KillSourceEndAndRecover(Guest& src, Guest& dst, Tunnels& t, const std::string& incoming, PostcopyRun& r) {
+  const std::string port = PortFrom(t.dst->output());
+  const double cpu_before = TreeCpuSeconds(t.src->pid());
+  t.src->Signal(SIGKILL);
+  const auto killed = Clock::now();
+  if (!WaitMigStatus(src, "postcopy-paused", 60s) || !WaitMigStatus(dst, "postcopy-paused", 60s)) {
+    r.why = "not postcopy-paused after the source tunnel end died: source " + MigStatus(src) + ", destination " +
+            MigStatus(dst);
+    return false;
+  }
+  r.paused_ms = MsSince(killed);
+  t.src->Wait(10s);
+  r.tunnel_cpu += cpu_before;
+  t.src = std::make_unique<Subprocess>(std::vector<std::string>{testing::Cli(), "tunnel", "--listen", "unix:" + t.src_sock,
+                                                               "--connect", "127.0.0.1:" + port, "--tls-creds", Pki(),
+                                                               "--tls-hostname", "localhost"});
+  if (!t.src->WaitFor("listening on", 30s)) {
+    r.why = "the new source tunnel end did not listen: " + t.src->output();
+    return false;
+  }
+  dst.qmp->Execute("migrate-recover", {{"uri", "unix:" + incoming}});
+  const auto resumed = Clock::now();
+  src.qmp->Execute("migrate", {{"uri", "unix:" + t.src_sock}, {"resume", true}});
+  if (!WaitMigStatus(src, "postcopy-active", 60s) && MigStatus(src) != "completed") {
+    r.why = "recovery did not reach postcopy-active: source " + MigStatus(src) + "\n" + t.Outputs();
+    return false;
+  }
+  r.recovered_ms = MsSince(resumed);
+  return true;
+}
+
+PostcopyRun PostcopyOnce(Guest& src, const std::string& dir, const std::string& kind) {
+  PostcopyRun r;
+  const std::string run_dir = dir + "/run" + std::to_string(++g_bench_runs);
+  mkdir(run_dir.c_str(), 0700);
+  auto dst = StartQemu(run_dir, "dst", true, 800);
+  const std::string incoming = run_dir + "/dst-mig.sock";
+  const bool tunnel = kind != "plain", preempt = kind == "tunnel-preempt", recovery = kind == "tunnel-recovery";
+  Tunnels t;
+  if (tunnel) t = StartTunnels(run_dir, incoming, Pki(), {}, "", /*stream_digest=*/false);
+  for (Guest* g : {&src, dst.get()}) {
+    g->qmp->Execute("migrate-set-capabilities", {{"capabilities", {{{"capability", "multifd"}, {"state", false}}}}});
+    g->qmp->Execute("migrate-set-capabilities", {{"capabilities", {{{"capability", "postcopy-ram"}, {"state", true}}}}});
+    if (!SetCapability(*g, "postcopy-preempt", preempt) && preempt) {
+      r.why = "this QEMU has no postcopy-preempt capability";
+      return r;
+    }
+  }
+  src.qmp->Execute("migrate-set-parameters", {{"max-bandwidth", 10ll << 30}, {"downtime-limit", 300},
+                                             {"max-postcopy-bandwidth", recovery ? (32ll << 20) : 0ll}});
+  dst->qmp->Execute("migrate-incoming", {{"uri", "unix:" + incoming}});
+  src.qmp->Execute("migrate", {{"uri", tunnel ? "unix:" + t.src_sock : "unix:" + incoming}});
+  for (auto by = Clock::now() + 120s; Clock::now() < by; std::this_thread::sleep_for(20ms)) {
+    const json m = src.qmp->Execute("query-migrate");
+    if (m.contains("ram") && m["ram"].value("transferred", 0ll) > (128ll << 20)) break;
+  }
+  src.qmp->Execute("migrate-start-postcopy");
+  const auto switched = Clock::now();
+  if (!WaitMigStatus(*dst, "postcopy-active", 60s)) {
+    r.why = "the destination never became postcopy-active: " + MigStatus(*dst);
+    return r;
+  }
+  dst->qmp->Execute("cont");
+  if (recovery) {
+    WaitForFileText(dst->serial(), "KTM-GUEST: TICK", 30s);  // the guest runs, faulting pages
+    if (!KillSourceEndAndRecover(src, *dst, t, incoming, r)) return r;
+  }
+  const json m = WaitMigration(src, 300s);
+  r.postcopy_ms = MsSince(switched);
+  if (m.value("status", "") != "completed") {
+    r.why = "status " + m.value("status", std::string("?")) + " " + m.value("error-desc", std::string());
+    return r;
+  }
+  r.total_ms = m.value("total-time", 0.0);
+  r.downtime_ms = m.value("downtime", 0.0);
+  r.mib = m.contains("ram") ? m["ram"].value("transferred", 0.0) / (1 << 20) : 0;
+  r.requests = m.contains("ram") ? m["ram"].value("postcopy-requests", 0.0) : 0;
+  if (tunnel) r.tunnel_cpu += TreeCpuSeconds(t.src->pid()) + TreeCpuSeconds(t.dst->pid());
+  r.ok = WaitMigStatus(*dst, "completed", 60s) || MigStatus(*dst) == "completed";
+  if (!r.ok) r.why = "the destination did not complete: " + MigStatus(*dst);
+  if (r.ok && !WaitForFileText(dst->serial(), "KTM-GUEST: TICK", 60s)) {
+    r.ok = false;
+    r.why = "the destination's guest printed nothing after postcopy";
+  }
+  return r;
+}
+
+// The source is in postmigrate after a completed run: take it back.
+void ResumeSource(Guest& src) {
+  const auto before = ReadFileText(src.serial()).size();
+  src.qmp->Execute("cont");
+  for (auto by = Clock::now() + 60s; ReadFileText(src.serial()).size() == before && Clock::now() < by;) {
+    std::this_thread::sleep_for(50ms);
+  }
+}
+
+void BenchPostcopy(Guest& src, const std::string& dir, int runs) {
+  struct Row {
+    std::string kind;
+    std::vector<double> total, down, post, req, cpu, mib, paused, recovered;
+    std::string fail;
+  };
+  std::vector<Row> rows;
+  for (const std::string kind : {"plain", "tunnel", "tunnel-preempt", "tunnel-recovery"}) {
+    Row row{kind, {}, {}, {}, {}, {}, {}, {}, {}, ""};
+    for (int i = 0; i < runs; ++i) {
+      PostcopyRun b;
+      try {
+        b = PostcopyOnce(src, dir, kind);
+      } catch (const std::exception& e) {
+        b.why = e.what();
+      }
+      std::fprintf(stderr, "  postcopy %-15s run %d: %s\n", kind.c_str(), i + 1,
+                   b.ok ? (std::to_string(static_cast<int>(b.postcopy_ms)) + " ms postcopy, " +
+                           std::to_string(static_cast<int>(b.requests)) + " requests").c_str()
+                        : b.why.c_str());
+      if (MigStatus(src) == "postcopy-active" || MigStatus(src) == "active") src.qmp->Execute("migrate_cancel");
+      WaitMigration(src, 60s);
+      ResumeSource(src);
+      if (!b.ok) {
+        row.fail = b.why;
+        if (b.why.find("no postcopy-preempt") != std::string::npos) break;
+        continue;
+      }
+      row.total.push_back(b.total_ms);
+      row.down.push_back(b.downtime_ms);
+      row.post.push_back(b.postcopy_ms);
+      row.req.push_back(b.requests);
+      row.cpu.push_back(b.tunnel_cpu);
+      row.mib.push_back(b.mib);
+      if (b.paused_ms >= 0) row.paused.push_back(b.paused_ms);
+      if (b.recovered_ms >= 0) row.recovered.push_back(b.recovered_ms);
+    }
+    rows.push_back(row);
+  }
+  std::printf("\nQEMU %s postcopy (switch after 128 MiB of precopy; destination runs at once), medians of %d runs\n",
+              QemuVersion().c_str(), runs);
+  std::printf("%-16s %10s %9s %12s %9s %10s %10s %12s  %s\n", "mode", "total ms", "downtime", "postcopy ms", "requests",
+              "CPU s/GiB", "paused ms", "recovery ms", "runs ok");
+  for (const auto& r : rows) {
+    const double cpu_per_gib = Median(r.mib) > 0 ? Median(r.cpu) / (Median(r.mib) / 1024) : 0;
+    auto opt = [](const std::vector<double>& v) { return v.empty() ? std::string("-") : std::to_string(static_cast<int>(Median(v))); };
+    std::printf("%-16s %10.0f %9.0f %12.0f %9.0f %10.2f %10s %12s  %zu/%d%s\n", r.kind.c_str(), Median(r.total),
+                Median(r.down), Median(r.post), Median(r.req), cpu_per_gib, opt(r.paused).c_str(),
+                opt(r.recovered).c_str(), r.total.size(), runs, r.fail.empty() ? "" : ("  (failed: " + r.fail + ")").c_str());
+  }
+}
+
 TEST(QemuBench, SideBySide) {
   if (Env("KTM_QEMU_BENCH") != "1") GTEST_SKIP() << "make bench-qemu runs this";
   const int runs = Env("KTM_QEMU_BENCH_RUNS").empty() ? 3 : std::stoi(Env("KTM_QEMU_BENCH_RUNS"));
@@ -217,7 +411,10 @@ TEST(QemuBench, SideBySide) {
   auto src = StartQemu(dir.path, "src", false, 800,
                        {"-object", "tls-creds-x509,id=tls0,dir=" + Pki() + ",endpoint=client,verify-peer=on"});
   ASSERT_TRUE(WaitForFileText(src->serial(), "KTM-GUEST: TICK 1", 240s)) << ReadFileText(src->serial());
+  // KTM_QEMU_BENCH_ROWS=postcopy: only the postcopy rows (=precopy: only those).
+  const std::string only = Env("KTM_QEMU_BENCH_ROWS");
   for (int multifd : {0, 4}) {
+    if (only == "postcopy") break;
     for (const std::string mode : {"plain", "qemu-tls", "tunnel", "socat"}) {
       Row row{mode, multifd, {}, {}, {}, {}, "", 0};
       for (int i = 0; i < runs; ++i) {
@@ -274,6 +471,8 @@ TEST(QemuBench, SideBySide) {
       std::printf("  multifd %d: tunnel CPU/GiB %.2f vs socat %.2f: %s\n", mf, cc, dc, cc < dc ? "met" : "NOT met");
     }
   }
+  std::fflush(stdout);
+  if (only != "precopy") BenchPostcopy(*src, dir.path, runs);
 }
 
 // make stress-qemu (KTM_QEMU_STRESS=N): N multifd (4 channels) migrations
