@@ -19,7 +19,11 @@ set -euo pipefail
 DEBVER=${KTM_QEMU10_VERSION:-1:10.0.2+ds-2+deb13u1~bpo12+1}
 UPVER=${DEBVER#*:}
 UPVER=${UPVER%%+*}
-PKGS=("qemu-system-x86=$DEBVER" "qemu-system-common=$DEBVER" "qemu-system-data=$DEBVER")
+# The two module packages: at start QEMU 10 looks for ui-opengl.so and
+# ui-spice-core.so; without its own copies it finds 7.2's (7.2 shipped them
+# in -common) and warns "Only modules from the same build can be loaded".
+PKGS=("qemu-system-x86=$DEBVER" "qemu-system-common=$DEBVER" "qemu-system-data=$DEBVER"
+  "qemu-system-modules-opengl=$DEBVER" "qemu-system-modules-spice=$DEBVER")
 CACHE=${KTM_QEMU10_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ktls-migrate/qemu-$UPVER}
 ROOT=$CACHE/root
 DONE=$CACHE/complete

@@ -116,7 +116,14 @@ run_vm_suites() {
       continue
     fi
     local t0=$SECONDS
-    run_external "kTLS VM (Linux $k)" KTM_VM_XML_DIR env KTM_VM_KERNEL="$k" bash scripts/run-vm-tests.sh
+    # CI time: on 6.1 the OpenSSL pass covers what differs by library
+    # (ktls_vm_test: who installs which direction; interop); the relay
+    # suites (transport, fault, tunnel) run with OpenSSL on 7.3 only.
+    local only=()
+    if [ "$k" = 6.1 ] && [ -z "${KTM_VM_OPENSSL_RUNS+set}" ]; then
+      only=(KTM_VM_OPENSSL_RUNS="ktls_vm_test interop_ktls_test")
+    fi
+    run_external "kTLS VM (Linux $k)" KTM_VM_XML_DIR env "${only[@]}" KTM_VM_KERNEL="$k" bash scripts/run-vm-tests.sh
     summary[-1]+=" in $((SECONDS - t0)) s"
   done
 }

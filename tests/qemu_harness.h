@@ -156,16 +156,26 @@ inline std::unique_ptr<Guest> StartQemu(const std::string& dir, const std::strin
   auto g = std::make_unique<Guest>();
   g->name = name;
   g->dir = dir;
-  std::vector<std::string> args = {"env", Env("KTM_QEMU_MODDIR").empty() ? "-u" : "QEMU_MODULE_DIR=" + Env("KTM_QEMU_MODDIR"),
-                                   Env("KTM_QEMU_MODDIR").empty() ? "QEMU_MODULE_DIR" : "--", QemuBin(), "-accel", "tcg", "-cpu", "max", "-m", std::to_string(RamKib()) + "k", "-smp", "1",
+  // A QEMU unpacked beside the installed one loads its own modules
+  // (QEMU_MODULE_DIR); the installed one gets no stray value ("env -u").
+  const std::string moddir = Env("KTM_QEMU_MODDIR");
+  std::vector<std::string> args = {"env"};
+  if (moddir.empty()) {
+    args.insert(args.end(), {"-u", "QEMU_MODULE_DIR"});
+  } else {
+    args.push_back("QEMU_MODULE_DIR=" + moddir);
+  }
+  args.insert(args.end(), {QemuBin(), "-accel", "tcg", "-cpu", "max", "-m", std::to_string(RamKib()) + "k", "-smp", "1",
                                    "-display", "none", "-vga", "none", "-nic", "none", "-monitor", "none",
                                    "-serial", "file:" + g->serial(), "-qmp", "unix:" + g->qmp_path() + ",server=on,wait=off",
                                    "-kernel", Env("KTM_QEMU_KERNEL"), "-initrd", Env("KTM_QEMU_INITRD"), "-append",
-                                   "console=ttyS0 quiet panic=-1 ktm_fill=" + std::to_string(fill_mib)};
+                                   "console=ttyS0 quiet panic=-1 ktm_fill=" + std::to_string(fill_mib)});
   // QEMU's own count of multifd packets and pages per channel, printed when
   // each channel's thread ends (log trace backend, to stderr): what the
   // source sent against what the destination read (MultifdAccount).
   args.insert(args.end(), {"-trace", "multifd_send_thread_end", "-trace", "multifd_recv_thread_end"});
+  // ... and its own firmware and data (-L; QEMU still searches its built-in
+  // path after it, where Debian 12's seabios is).
   if (!Env("KTM_QEMU_DATADIR").empty()) args.insert(args.end(), {"-L", Env("KTM_QEMU_DATADIR")});
   args.insert(args.end(), extra.begin(), extra.end());
   if (incoming) args.insert(args.end(), {"-incoming", "defer", "-S"});
