@@ -14,7 +14,8 @@
 // compared page by page), and recovery (postcopy-paused, migrate-recover,
 // migrate resume=true) after the source tunnel end is killed (d), after the
 // destination tunnel end is killed (e), and after the path between the ends
-// goes dead (f). The harness is tests/qemu_harness.h.
+// goes dead (f: needs root, iproute2, veth and sch_blackhole). The harness
+// is tests/qemu_harness.h.
 #include <cinttypes>
 
 #include "tests/qemu_harness.h"
@@ -294,6 +295,91 @@ TEST(QemuPostcopy, RecoversAfterDestinationTunnelEndKilled) {
   Stop(*p.t.src);
   Stop(*p.t.dst);
   ExpectStreamsExact(After(p.t.src->output(), src_from), p.t.dst->output());
+}
+
+// (f) The path between the tunnel ends goes silently dead in postcopy (no
+// RST, no FIN: tc's blackhole qdisc on both ends of a veth pair between two
+// network namespaces, one per tunnel end; the QEMUs stay in the root
+// namespace and reach the ends over UNIX socket paths, which work across
+// namespaces). Both ends run with --dead-peer-timeout: each declares the
+// peer dead and resets its local connection, so both QEMUs pause. Then the
+// qdiscs go, both ends (still running) carry the recovery: the source end's
+// next connection is the next of its session, forwarded at once.
+class QemuPostcopyDeadPath : public ::testing::Test {
+ protected:
+  static constexpr int kDeadPeerSec = 5;
+
+  void SetUp() override {
+    const std::string id = std::to_string(getpid() % 200 + 10);
+    src_ns_ = "ktm-pcs-" + id;
+    dst_ns_ = "ktm-pcd-" + id;
+    src_veth_ = "kpcs" + id;
+    dst_veth_ = "kpcd" + id;
+    dst_ip_ = "10.79." + id + ".2";
+    for (const std::string& c :
+         {"ip netns add " + src_ns_, "ip netns add " + dst_ns_,
+          "ip link add " + src_veth_ + " netns " + src_ns_ + " type veth peer name " + dst_veth_ + " netns " + dst_ns_,
+          "ip -n " + src_ns_ + " addr add 10.79." + id + ".1/24 dev " + src_veth_,
+          "ip -n " + dst_ns_ + " addr add " + dst_ip_ + "/24 dev " + dst_veth_,
+          "ip -n " + src_ns_ + " link set " + src_veth_ + " up", "ip -n " + dst_ns_ + " link set " + dst_veth_ + " up",
+          "ip -n " + src_ns_ + " link set lo up", "ip -n " + dst_ns_ + " link set lo up"}) {
+      ASSERT_TRUE(Shell(c)) << "setup failed (needs root, iproute2, veth): " << c;
+    }
+  }
+  void TearDown() override {
+    Shell("ip netns del " + src_ns_);
+    Shell("ip netns del " + dst_ns_);
+  }
+  static bool Shell(const std::string& cmd) { return system((cmd + " >/dev/null 2>&1").c_str()) == 0; }
+
+  // The tunnel ends, one per namespace, as StartTunnels has them otherwise.
+  void StartEnds(Postcopy& p) {
+    const std::string dead = std::to_string(kDeadPeerSec);
+    p.t.dst = std::make_unique<Subprocess>(std::vector<std::string>{
+        "ip", "netns", "exec", dst_ns_, testing::Cli(), "tunnel", "--tls-listen", dst_ip_ + ":0", "--forward",
+        "unix:" + p.incoming, "--tls-creds", Pki(), "--stream-digest", "--dead-peer-timeout", dead});
+    ASSERT_TRUE(p.t.dst->WaitFor("listening on", 30s)) << p.t.dst->output();
+    p.t.src_sock = p.dir.path + "/src-mig.sock";
+    std::vector<std::string> s = {"ip", "netns", "exec", src_ns_};
+    for (const auto& a : SourceEndArgs(p, dst_ip_ + ":" + PortFrom(p.t.dst->output()))) s.push_back(a);
+    s.insert(s.end(), {"--dead-peer-timeout", dead});
+    p.t.src = std::make_unique<Subprocess>(s);
+    ASSERT_TRUE(p.t.src->WaitFor("listening on", 30s)) << p.t.src->output();
+  }
+
+  // Every packet leaving either veth end dropped (on), or flowing again.
+  void Blackhole(bool on) {
+    for (const auto& [ns, dev] : {std::pair{src_ns_, src_veth_}, std::pair{dst_ns_, dst_veth_}}) {
+      const std::string cmd = on ? "ip netns exec " + ns + " tc qdisc replace dev " + dev + " root blackhole"
+                                 : "ip netns exec " + ns + " tc qdisc del dev " + dev + " root";
+      ASSERT_TRUE(Shell(cmd)) << cmd << " failed (sch_blackhole?)";
+    }
+  }
+
+  std::string src_ns_, dst_ns_, src_veth_, dst_veth_, dst_ip_;
+};
+
+TEST_F(QemuPostcopyDeadPath, RecoversAfterTheSilentlyDeadPathComesBack) {
+  Postcopy p;
+  ASSERT_NO_FATAL_FAILURE(StartGuests(p));
+  ASSERT_NO_FATAL_FAILURE(StartEnds(p));
+  ASSERT_NO_FATAL_FAILURE(PostcopyUnderway(p));
+  ASSERT_NO_FATAL_FAILURE(Blackhole(true));
+  const auto t0 = Clock::now();
+  // Bound: the dead-peer timeout plus the kernel's timers and a loaded
+  // machine's slack; printed per QEMU.
+  ASSERT_NO_FATAL_FAILURE(ExpectBothPaused(p, t0, std::chrono::seconds(kDeadPeerSec * 4)));
+  EXPECT_TRUE(p.t.src->WaitFor("stopped answering", 30s)) << p.t.src->output();
+  EXPECT_TRUE(p.t.dst->WaitFor("stopped answering", 30s)) << p.t.dst->output();
+  std::printf("  tunnel ends declared the peer dead: source end %s, destination end %s\n",
+              Has(p.t.src->output(), "stopped answering") ? "yes" : "no",
+              Has(p.t.dst->output(), "stopped answering") ? "yes" : "no");
+  const size_t src_from = p.t.src->output().size(), dst_from = p.t.dst->output().size();
+  ASSERT_NO_FATAL_FAILURE(Blackhole(false));
+  RecoverAndFinish(p, "postcopy recovered (dead path)");
+  Stop(*p.t.src);
+  Stop(*p.t.dst);
+  ExpectStreamsExact(After(p.t.src->output(), src_from), After(p.t.dst->output(), dst_from));
 }
 
 }  // namespace
