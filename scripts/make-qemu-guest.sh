@@ -54,15 +54,19 @@ if [ "$CHECK" -gt 0 ]; then
   echo "KTM-GUEST: CHECK REGION $CHECK MiB recorded"
 fi
 pass=0
-# Re-reads every chunk; busybox md5sum -c names each failing file.
+# Re-reads every chunk; busybox md5sum -c says "check.N: OK" per good chunk
+# and names each failing one. OK only when every chunk said OK (a check that
+# read nothing must not pass).
 verify() {
   pass=$((pass + 1))
   echo "KTM-GUEST: CHECK START pass $pass"
-  bad=$(cd /dev/shm && md5sum -c /check.md5 2>&1 | grep -v ': OK$')
-  if [ -z "$bad" ]; then
-    echo "KTM-GUEST: CHECK OK $CHECK chunks (pass $pass)"
+  out=$(cd /dev/shm && md5sum -c /check.md5 2>&1)
+  ok=$(echo "$out" | grep -c ': OK$')
+  if [ "$ok" -eq "$CHECK" ]; then
+    echo "KTM-GUEST: CHECK OK $ok chunks (pass $pass)"
   else
-    echo "$bad" | sed "s/^check\.\([0-9]*\)\(.*\)/KTM-GUEST: CHECK FAILED chunk \1\2 (pass $pass)/"
+    echo "$out" | grep -v ': OK$' | sed "s/^check\.\([0-9]*\)\(.*\)/KTM-GUEST: CHECK FAILED chunk \1\2 (pass $pass)/"
+    echo "KTM-GUEST: CHECK FAILED only $ok of $CHECK chunks verified (pass $pass)"
   fi
 }
 echo "KTM-GUEST: FILLED"
