@@ -46,6 +46,20 @@ no userspace copy; otherwise userspace TLS with large records.
   --io-timeout SEC      a write that makes no progress for SEC seconds aborts its
                         connection (default 30; reads may idle: a return path is quiet)
   --timeout SEC         connect timeout (default 10)
+  --dead-peer-timeout SEC  declare a silent tunnel peer dead about SEC seconds
+                        after its last sign of life (default 20; 0 = off; else
+                        at least 2). Set on every TLS-side TCP socket of both
+                        ends before the handshake: SO_KEEPALIVE probes a quiet
+                        connection (first probe after SEC/2 of silence) and
+                        TCP_USER_TIMEOUT ends one whose data stays
+                        unacknowledged. When the path between the ends dies
+                        silently (no RST: pulled cable, dead switch), the
+                        connection fails with "the tunnel peer stopped
+                        answering", its local connection is reset at once (the
+                        tool sees its socket fail; QEMU postcopy pauses and can
+                        recover) and the tunnel keeps accepting. A peer that
+                        keeps its TCP receive window closed for SEC also ends
+                        the connection (Linux's TCP_USER_TIMEOUT)
   --stream-digest       hash every byte each way (XXH3-128) and print the digests
                         per connection: run it on both ends and compare them by
                         connection number to prove the tunnel delivered exactly
@@ -100,6 +114,12 @@ TunnelOptions MakeTunnelOptions(const Args& a, bool source) {
   o.security = BuildSecurity(a, source ? TlsRole::kClient : TlsRole::kServer, source ? HostOf(o.target) : "");
   o.io_timeout = IoTimeout(a);
   o.connect_timeout = std::chrono::seconds(a.number("timeout", 10, 1, 86400));
+  o.dead_peer_timeout = std::chrono::seconds(a.number("dead-peer-timeout", 20, 0, 3600));
+  if (o.dead_peer_timeout.count() == 1) {
+    // Below 2 s a live connection's keepalive replies (every SEC/2, at
+    // least 1 s) could not be told from silence.
+    throw Error(ErrorKind::kUsage, EINVAL, "--dead-peer-timeout must be 0 (off) or at least 2 seconds");
+  }
   o.max_connections = a.number("max-connections", 0, 0, UINT32_MAX);
   o.stream_digest = a.flag("stream-digest");
   o.stop = &g_stop;
@@ -113,7 +133,7 @@ nlohmann::json TunnelJson(const TunnelReport& rep, const TunnelOptions& o, bool 
   for (const auto& c : rep.conns) {
     conns.push_back({{"seq", c.seq}, {"peer", c.peer}, {"path", c.path}, {"data_path", c.data_path},
                      {"bytes_up", c.bytes_up}, {"bytes_down", c.bytes_down}, {"seconds", c.seconds},
-                     {"error", c.error}, {"note", c.note}, {"ktls", c.path.find("kTLS (") != std::string::npos}});
+                     {"error", c.error}, {"note", c.note}, {"dead_peer", c.dead_peer}, {"ktls", c.path.find("kTLS (") != std::string::npos}});
     if (c.rekey.applies) {
       conns.back()["rekey"] = {{"sent", c.rekey.sent},
                                {"received", c.rekey.received},
@@ -140,7 +160,9 @@ nlohmann::json TunnelJson(const TunnelReport& rep, const TunnelOptions& o, bool 
 
 int CmdTunnel(int argc, char** argv) {
   Args a(argc, argv, 2,
-         Join({"listen", "connect", "tls-listen", "forward", "max-connections", "io-timeout", "timeout"}, kSecValue),
+         Join({"listen", "connect", "tls-listen", "forward", "max-connections", "io-timeout", "timeout",
+               "dead-peer-timeout"},
+              kSecValue),
          Join({"stream-digest"}, kSecBool));
   if (a.flag("help")) {
     std::printf("%s%s", kTunnelHelp, kSecurityHelp);

@@ -404,4 +404,60 @@ inline json WaitIncomingDone(Guest& dst, std::chrono::seconds timeout, std::stri
   return status;
 }
 
+// ---------------------------------------------------------------------------
+// Postcopy helpers (tests/qemu_postcopy_test.cc).
+
+// The guest's kernel command line with the self-check region of
+// scripts/make-qemu-guest.sh (ktm_check MiB written once, re-read every
+// `every` ticks). Passed as a second -append: QEMU keeps the last one.
+inline std::vector<std::string> SelfCheckAppend(int fill_mib, int check_mib, int every) {
+  return {"-append", "console=ttyS0 quiet panic=-1 ktm_fill=" + std::to_string(fill_mib) +
+                         " ktm_check=" + std::to_string(check_mib) + " ktm_check_every=" + std::to_string(every)};
+}
+
+inline void SetCapabilities(Guest& g, const std::vector<std::string>& caps) {
+  json list = json::array();
+  for (const auto& c : caps) list.push_back({{"capability", c}, {"state", true}});
+  g.qmp->Execute("migrate-set-capabilities", {{"capabilities", list}});
+}
+
+// Polls query-migrate until its status is one of `want` (or a final one),
+// bounded; returns the last answer.
+inline json WaitMigrationStatus(Guest& g, const std::vector<std::string>& want, std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  json last;
+  for (;;) {
+    last = g.qmp->Execute("query-migrate");
+    const std::string st = last.value("status", "");
+    if (std::find(want.begin(), want.end(), st) != want.end() || st == "failed" || st == "cancelled") return last;
+    if (Clock::now() >= deadline) return last;
+    std::this_thread::sleep_for(20ms);
+  }
+}
+
+// The guest self-check's verdict on `serial` for a pass that STARTED in this
+// log: waits (bounded) for "CHECK START pass p" and then its "CHECK OK ...
+// (pass p)"; any "CHECK FAILED" line fails at once. On a migration
+// destination the log holds only what the guest printed there, so the pass
+// read all of its memory after the switch-over (`from`: only the log after
+// this offset counts, e.g. after a recovery). Returns "" when it passed,
+// else what was seen.
+inline std::string WaitSelfCheckPass(const std::string& serial, std::chrono::seconds timeout, size_t from = 0) {
+  const auto deadline = Clock::now() + timeout;
+  for (;;) {
+    const std::string all = ReadFileText(serial);
+    const std::string log = all.size() > from ? all.substr(from) : "";
+    const auto failed = log.find("KTM-GUEST: CHECK FAILED");
+    if (failed != std::string::npos) return log.substr(failed, log.find('\n', failed) - failed);
+    const auto start = log.find("KTM-GUEST: CHECK START pass ");
+    if (start != std::string::npos) {
+      const std::string pass = log.substr(start + 28, log.find_first_not_of("0123456789", start + 28) - start - 28);
+      const auto ok = log.find("KTM-GUEST: CHECK OK ", start);
+      if (ok != std::string::npos && Has(log.substr(ok, log.find('\n', ok) - ok), "(pass " + pass + ")")) return "";
+    }
+    if (Clock::now() >= deadline) return "no complete self-check pass within " + std::to_string(timeout.count()) + " s";
+    std::this_thread::sleep_for(100ms);
+  }
+}
+
 }  // namespace ktm::qemutest

@@ -19,6 +19,7 @@ SocketOptions SocketOptionsFor(const SecurityConfig& sec) {
 OpenedChannel Finish(UniqueFd fd, const SecurityConfig& sec) {
   OpenedChannel o;
   o.peer = SockName(fd.get(), /*peer=*/true);
+  o.fd = fd.get();
   if (!sec.tls) {
     auto sock = std::make_unique<SocketChannel>(std::move(fd), SocketOptionsFor(sec));
     o.zero_copy = sock->zero_copy_available();
@@ -54,5 +55,9 @@ OpenedChannel OpenClientChannel(const std::string& address, const SecurityConfig
 }
 
 OpenedChannel OpenServerChannel(UniqueFd accepted, const SecurityConfig& sec) { return Finish(std::move(accepted), sec); }
+
+OpenedChannel OpenConnectedChannel(UniqueFd connected, const SecurityConfig& sec) {
+  return Finish(std::move(connected), sec);
+}
 
 }  // namespace ktm

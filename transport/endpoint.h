@@ -31,6 +31,9 @@ struct OpenedChannel {
   std::string peer;        // the peer's address, for messages
   bool ktls = false;
   bool zero_copy = false;
+  // The socket under the channel (owned by the channel): for socket
+  // options and TCP_INFO while the channel is open.
+  int fd = -1;
 };
 
 // Connects to `address` and opens the channel as `sec` says. Throws Error.
@@ -38,6 +41,9 @@ OpenedChannel OpenClientChannel(const std::string& address, const SecurityConfig
                                 std::chrono::milliseconds timeout);
 // Opens the channel on an accepted socket (the server side of TLS).
 OpenedChannel OpenServerChannel(UniqueFd accepted, const SecurityConfig& sec);
+// Opens the channel on a socket the caller connected (the client side of
+// TLS): for callers that set socket options before the handshake.
+OpenedChannel OpenConnectedChannel(UniqueFd connected, const SecurityConfig& sec);
 
 // The path line of a plaintext channel (it may change after the first
 // writes, e.g. when a socket refuses io_uring SEND_ZC).

@@ -1,10 +1,13 @@
 #include "transport/tunnel.h"
 
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <list>
 #include <map>
@@ -45,6 +48,73 @@ void SendAll(int fd, const uint8_t* p, size_t n, std::chrono::milliseconds timeo
     p += w;
     n -= static_cast<size_t>(w);
   }
+}
+
+// --- dead-peer detection (TunnelOptions::dead_peer_timeout) ---------------
+
+bool IsTcpSocket(int fd) {
+  int domain = 0;
+  socklen_t len = sizeof(domain);
+  return getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 && (domain == AF_INET || domain == AF_INET6);
+}
+
+void SetIntOpt(int fd, int level, int name, int value, const char* what) {
+  if (setsockopt(fd, level, name, &value, sizeof(value)) != 0) {
+    ThrowErrno(ErrorKind::kLocalIo, errno, std::string("cannot set ") + what + " (--dead-peer-timeout)");
+  }
+}
+
+// Sets `s` on a TCP socket before its handshake (a listener: Linux copies
+// these options to every socket accept() returns). No-op when off or not
+// TCP (a UNIX socket has no silent path to detect).
+void ApplyDeadPeer(int fd, const DeadPeerSettings& s) {
+  if (!s.on || !IsTcpSocket(fd)) return;
+  SetIntOpt(fd, SOL_SOCKET, SO_KEEPALIVE, 1, "SO_KEEPALIVE");
+  SetIntOpt(fd, IPPROTO_TCP, TCP_KEEPIDLE, s.keepidle_s, "TCP_KEEPIDLE");
+  SetIntOpt(fd, IPPROTO_TCP, TCP_KEEPINTVL, s.keepintvl_s, "TCP_KEEPINTVL");
+  SetIntOpt(fd, IPPROTO_TCP, TCP_KEEPCNT, s.keepcnt, "TCP_KEEPCNT");
+  SetIntOpt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, static_cast<int>(s.user_timeout_ms), "TCP_USER_TIMEOUT");
+}
+
+// What the kernel holds for a connection's socket (the proof that the
+// settings reached it, accepted sockets included), for its log line.
+std::string ReadBackDeadPeer(int fd) {
+  if (fd < 0 || !IsTcpSocket(fd)) return "not a TCP socket";
+  int v[5] = {};
+  const std::pair<int, int> opts[5] = {{SOL_SOCKET, SO_KEEPALIVE}, {IPPROTO_TCP, TCP_KEEPIDLE},
+                                       {IPPROTO_TCP, TCP_KEEPINTVL}, {IPPROTO_TCP, TCP_KEEPCNT},
+                                       {IPPROTO_TCP, TCP_USER_TIMEOUT}};
+  for (int i = 0; i < 5; ++i) {
+    socklen_t len = sizeof(v[i]);
+    if (getsockopt(fd, opts[i].first, opts[i].second, &v[i], &len) != 0) return std::string("unreadable: ") + strerror(errno);
+  }
+  DeadPeerSettings s{v[0] != 0 && v[4] != 0, v[1], v[2], v[3], static_cast<unsigned>(v[4])};
+  return s.Describe();
+}
+
+// Why a connection failed, when the kernel gave up on its tunnel peer
+// (nullopt otherwise). The kernel closes the socket (TCP_CLOSE) and reports
+// ETIMEDOUT, but the record layers may rename that (GnuTLS says "reset"),
+// and an RST also closes it. What tells them apart: on a live connection a
+// keepalive reply arrives at least every timeout/2 (keepidle), so nothing
+// received for 3/4 of the timeout means the peer went silent.
+std::optional<std::string> DeadPeerDiagnosis(int fd, std::chrono::seconds timeout, int err) {
+  tcp_info ti{};
+  socklen_t len = sizeof(ti);
+  if (timeout.count() <= 0 || fd < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0 ||
+      ti.tcpi_state != TCP_CLOSE) {
+    return std::nullopt;
+  }
+  const std::string sec = std::to_string(timeout.count()) + " s (--dead-peer-timeout)";
+  if (ti.tcpi_last_ack_recv >= static_cast<uint64_t>(timeout.count()) * 750) {
+    return "the tunnel peer stopped answering: no TCP acknowledgement or keepalive reply for " + sec +
+           "; the path is down or the peer host is gone";
+  }
+  if (err == ETIMEDOUT) {
+    return "the tunnel peer accepted no data for " + sec +
+           ": it answered, but its TCP receive window stayed closed (TCP_USER_TIMEOUT)";
+  }
+  return std::nullopt;
 }
 
 // A pipe for splice(2), 1 MiB so one splice carries many full 16 KiB
@@ -376,7 +446,9 @@ std::string DataPathName(Channel& ch) {
 // local peer that does not read is bounded by the io timeout.
 class ConnAbort {
  public:
-  ConnAbort(int local, Channel& ch) : local_(local), ch_(ch) {}
+  // `tls_fd`: the channel's socket, for the dead-peer diagnosis (-1: none).
+  ConnAbort(int local, Channel& ch, int tls_fd, std::chrono::seconds dead_peer_timeout)
+      : local_(local), ch_(ch), tls_fd_(tls_fd), dead_peer_timeout_(dead_peer_timeout) {}
 
   // `reset_local`: end the local connection with RST (failures); else with
   // shutdown(SHUT_RDWR) (a stop request: prompt, every pump wakes).
@@ -398,8 +470,13 @@ class ConnAbort {
 
   // A pump failed: aborts with `why`, unless the connection was aborted
   // already (the failure is then a consequence of that).
-  void Failed(const std::string& why) {
-    if (!aborted_) Abort(why);
+  // `where` + e.what() is the reason, unless the kernel gave up on the
+  // tunnel peer: that is said instead, whatever the layer above made of it.
+  void Failed(const std::string& where, const std::exception& e) {
+    if (aborted_) return;
+    const auto* err = dynamic_cast<const Error*>(&e);
+    const std::optional<std::string> dead = DeadPeerDiagnosis(tls_fd_, dead_peer_timeout_, err ? err->code() : 0);
+    Abort(dead ? *dead : where + e.what());
   }
 
   bool aborted() const { return aborted_; }
@@ -412,6 +489,8 @@ class ConnAbort {
  private:
   const int local_;
   Channel& ch_;
+  const int tls_fd_;
+  const std::chrono::seconds dead_peer_timeout_;
   std::mutex mu_;
   std::string error_;
   std::atomic<bool> aborted_{false};
@@ -437,7 +516,7 @@ void FromChannel(Channel& ch, int local, std::chrono::milliseconds io_timeout, C
     flow.far_ended = true;  // before the local peer can see the end (and reset)
     ::shutdown(local, SHUT_WR);  // close_notify -> half-close
   } catch (const std::exception& e) {
-    abort.Failed(std::string("from the tunnel peer: ") + e.what());
+    abort.Failed("from the tunnel peer: ", e);
   }
 }
 
@@ -458,7 +537,7 @@ std::string ToChannel(int local, Channel& ch, std::chrono::milliseconds io_timeo
              "over (it closed without reading everything it was sent)";
     }
   } catch (const std::exception& e) {
-    abort.Failed(std::string("to the tunnel peer: ") + e.what());
+    abort.Failed("to the tunnel peer: ", e);
   }
   return "";
 }
@@ -466,13 +545,18 @@ std::string ToChannel(int local, Channel& ch, std::chrono::milliseconds io_timeo
 // Runs one tunnel connection: both directions until both ended. `up` is
 // local->channel on the source side, channel->local on the destination side.
 TunnelConnReport RunConnection(UniqueFd local, OpenedChannel tls, uint64_t seq, bool source_side,
-                               std::chrono::milliseconds io_timeout, bool stream_digest, ConnSet& set) {
+                               const TunnelOptions& opts, ConnSet& set) {
+  const std::chrono::milliseconds io_timeout = opts.io_timeout;
   TunnelConnReport rep;
   rep.seq = seq;
   rep.peer = tls.peer;
   rep.path = tls.path;
   Channel& ch = *tls.channel;
   rep.data_path = DataPathName(ch);
+  rep.dead_peer = opts.dead_peer_timeout.count() > 0 ? ReadBackDeadPeer(tls.fd) : "off";
+  if (opts.log) {
+    opts.log("tunnel: connection " + std::to_string(seq) + ": dead-peer detection on its TLS socket: " + rep.dead_peer);
+  }
   // Writes may not stall forever, on either socket and on every data path
   // (splice, kTLS, userspace TLS records); reads may idle (a return path is
   // quiet for long stretches).
@@ -481,11 +565,11 @@ TunnelConnReport RunConnection(UniqueFd local, OpenedChannel tls, uint64_t seq, 
   ch.set_io_timeouts(no_limit, io_timeout);
   const auto t0 = Clock::now();
   ConnFlow flow;
-  if (stream_digest) {
+  if (opts.stream_digest) {
     flow.to_ch_digest = std::make_unique<StreamDigest>();
     flow.from_ch_digest = std::make_unique<StreamDigest>();
   }
-  ConnAbort abort(local.get(), ch);
+  ConnAbort abort(local.get(), ch, tls.fd, opts.dead_peer_timeout);
   const uint64_t abort_id = set.Register([&] { abort.Abort(kStopping, /*reset_local=*/false); });
   std::thread reader([&] { FromChannel(ch, local.get(), io_timeout, flow, abort); });
   rep.note = ToChannel(local.get(), ch, io_timeout, flow, abort);
@@ -494,13 +578,20 @@ TunnelConnReport RunConnection(UniqueFd local, OpenedChannel tls, uint64_t seq, 
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   rep.bytes_up = source_side ? flow.to_ch.load() : flow.from_ch.load();
   rep.bytes_down = source_side ? flow.from_ch.load() : flow.to_ch.load();
-  if (stream_digest) {
+  if (opts.stream_digest) {
     rep.digest_up = (source_side ? flow.to_ch_digest : flow.from_ch_digest)->Hex();
     rep.digest_down = (source_side ? flow.from_ch_digest : flow.to_ch_digest)->Hex();
   }
   rep.rekey = ch.stats().rekey;
   rep.error = abort.error();
   return rep;
+}
+
+// The startup line's account of dead-peer detection.
+std::string DeadPeerLine(std::chrono::seconds timeout) {
+  if (timeout.count() <= 0) return "off (--dead-peer-timeout 0)";
+  return "within " + std::to_string(timeout.count()) + " s (--dead-peer-timeout): " +
+         DeadPeerSettingsFor(timeout).Describe();
 }
 
 bool Stopping(const TunnelOptions& o, ConnSet& conns) {
@@ -605,8 +696,8 @@ class OrderedForwarder {
     const TunnelOptions& opts = opts_;
     ConnSet& conns = conns_;
     conns_.Start([state, tfd, &opts, &conns]() {
-      return RunConnection(std::move(*tfd), std::move(state->tls), state->hdr.seq, /*source_side=*/false,
-                           opts.io_timeout, opts.stream_digest, conns);
+      return RunConnection(std::move(*tfd), std::move(state->tls), state->hdr.seq, /*source_side=*/false, opts,
+                           conns);
     });
   }
 
@@ -618,10 +709,31 @@ class OrderedForwarder {
 
 }  // namespace
 
+DeadPeerSettings DeadPeerSettingsFor(std::chrono::seconds timeout) {
+  DeadPeerSettings s;
+  const long t = static_cast<long>(timeout.count());
+  if (t <= 0) return s;
+  s.on = true;
+  s.keepidle_s = static_cast<int>(std::max(1L, t / 2));
+  s.keepintvl_s = static_cast<int>(std::max(1L, (t - s.keepidle_s) / 10));
+  // Probes after the first until the timeout (the kernel caps it at 127).
+  s.keepcnt = static_cast<int>(std::clamp((t - s.keepidle_s + s.keepintvl_s - 1) / s.keepintvl_s, 1L, 127L));
+  s.user_timeout_ms = static_cast<unsigned>(t * 1000);
+  return s;
+}
+
+std::string DeadPeerSettings::Describe() const {
+  if (!on) return "off";
+  return "SO_KEEPALIVE on, TCP_KEEPIDLE " + std::to_string(keepidle_s) + " s, TCP_KEEPINTVL " +
+         std::to_string(keepintvl_s) + " s, TCP_KEEPCNT " + std::to_string(keepcnt) + ", TCP_USER_TIMEOUT " +
+         std::to_string(user_timeout_ms) + " ms";
+}
+
 TunnelReport RunTunnelSource(const TunnelOptions& opts) {
   Listener l = Listener::Listen(opts.listen);
   Log(opts, "tunnel: listening on " + l.address() + " (plaintext, local), forwarding over " +
-                (opts.security.tls ? "TLS" : "PLAINTEXT") + " to " + opts.target);
+                (opts.security.tls ? "TLS" : "PLAINTEXT") + " to " + opts.target + "; dead-peer detection " +
+                DeadPeerLine(opts.dead_peer_timeout));
   const wire::Uuid session = wire::RandomUuid();
   Acceptor::Options ao;
   ao.log = opts.log;
@@ -635,11 +747,14 @@ TunnelReport RunTunnelSource(const TunnelOptions& opts) {
     Log(opts, "tunnel: connection " + std::to_string(seq) + " from " + from);
     auto fd = std::make_shared<UniqueFd>(std::move(*local));
     conns.Start([&opts, &conns, fd, seq, session]() -> TunnelConnReport {
-      OpenedChannel tls = OpenClientChannel(opts.target, opts.security, opts.connect_timeout);
+      // Dead-peer detection before the handshake: it bounds that too.
+      UniqueFd sock = ConnectStream(opts.target, opts.connect_timeout);
+      ApplyDeadPeer(sock.get(), DeadPeerSettingsFor(opts.dead_peer_timeout));
+      OpenedChannel tls = OpenConnectedChannel(std::move(sock), opts.security);
       uint8_t hdr[kTunnelHeaderSize];
       EncodeTunnelHeader({session, seq}, hdr);
       tls.channel->write_all(hdr, sizeof(hdr));
-      return RunConnection(std::move(*fd), std::move(tls), seq, /*source_side=*/true, opts.io_timeout, opts.stream_digest, conns);
+      return RunConnection(std::move(*fd), std::move(tls), seq, /*source_side=*/true, opts, conns);
     });
   }
   return conns.Finish(opts.stop && opts.stop->load());
@@ -647,8 +762,12 @@ TunnelReport RunTunnelSource(const TunnelOptions& opts) {
 
 TunnelReport RunTunnelDestination(const TunnelOptions& opts) {
   Listener l = Listener::Listen(opts.listen);
+  // Set on the listener: accept() copies them to every connection, so they
+  // are in place before its handshake.
+  ApplyDeadPeer(l.fd(), DeadPeerSettingsFor(opts.dead_peer_timeout));
   Log(opts, "tunnel: listening on " + l.address() + " for " + (opts.security.tls ? "TLS" : "PLAINTEXT") +
-                " tunnel connections, forwarding to " + opts.target);
+                " tunnel connections, forwarding to " + opts.target + "; dead-peer detection " +
+                DeadPeerLine(opts.dead_peer_timeout));
   // Pending: handshake + header, each on its own thread with its own
   // deadline (admission.h); then ready, until it is that connection's turn.
   Admission admission(l, HeaderAdmission(opts));

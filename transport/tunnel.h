@@ -78,6 +78,9 @@ struct TunnelConnReport {
   // limit (error: "the send key has protected ...") and its local
   // connection is reset: a byte stream has no point at which to pause.
   ChannelStats::Rekey rekey;
+  // Dead-peer detection as read back from this connection's TLS socket
+  // (DeadPeerSettings::Describe), "off", or why it could not be read.
+  std::string dead_peer;
 };
 
 struct TunnelReport {
@@ -102,6 +105,20 @@ struct TunnelOptions {
   // A write that makes no progress for this long aborts that connection
   // (reads may idle: a migration's return path is quiet for long stretches).
   std::chrono::milliseconds io_timeout{30000};
+  // Dead-peer detection on every TLS-side TCP socket (both ends; 0: off).
+  // A tunnel peer that stops answering, with the path silently gone (no
+  // RST: pulled cable, dead switch), is declared dead by the kernel about
+  // this long after its last sign of life (any segment received), also on
+  // a connection quiet both ways and during the handshake: SO_KEEPALIVE
+  // probes a quiet connection, TCP_USER_TIMEOUT ends one whose data stays
+  // unacknowledged (DeadPeerSettingsFor). The connection then fails with a
+  // sentence saying so, its local connection is reset at once (as for any
+  // failure) and the tunnel goes on accepting connections. Linux also ends
+  // a connection whose peer keeps its receive window closed for this long
+  // (TCP_USER_TIMEOUT): a peer that answers but accepts no data.
+  // At least 2 s when set (the diagnosis needs keepalive replies at least
+  // every timeout/2 on a live connection).
+  std::chrono::seconds dead_peer_timeout{20};
   // Destination side: connections in handshake/header at once; beyond
   // this the overflow rule of transport/admission.h drops one (logged).
   size_t max_pending = 32;
@@ -121,6 +138,23 @@ struct TunnelOptions {
   // into a second pipe and a read of that copy.
   bool stream_digest = false;
 };
+
+// The TCP socket options behind TunnelOptions::dead_peer_timeout. With
+// TCP_USER_TIMEOUT set, Linux's keepalive timer ends the connection at its
+// first firing after a probe went unanswered and the user timeout has
+// passed since the last segment received (TCP_KEEPCNT is then unused; it
+// is set to the same bound for kernels that ignore the user timeout). The
+// first probe goes after keepidle_s of silence, then one per keepintvl_s:
+// idle = timeout/2 and intvl = max(1, (timeout - idle)/10) put a firing at
+// or within intvl (1 s for timeouts up to 29 s) after the timeout.
+struct DeadPeerSettings {
+  bool on = false;
+  int keepidle_s = 0, keepintvl_s = 0, keepcnt = 0;
+  unsigned user_timeout_ms = 0;
+  // "SO_KEEPALIVE on, TCP_KEEPIDLE 10 s, ..." or "off".
+  std::string Describe() const;
+};
+DeadPeerSettings DeadPeerSettingsFor(std::chrono::seconds timeout);
 
 // Run until `stop` is set or max_connections have ended. Throw Error only for
 // setup failures (listen, credentials); per-connection failures are
