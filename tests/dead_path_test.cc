@@ -21,6 +21,7 @@
 
 #include <atomic>
 #include <fstream>
+#include <sstream>
 #include <future>
 #include <thread>
 
@@ -229,6 +230,32 @@ class DeadPath : public ::testing::Test {
     served.reset();
     EXPECT_TRUE(src_->WaitFor("connection " + std::to_string(seq) + " done", 30s)) << Outputs();
     EXPECT_TRUE(dst_->WaitFor("connection " + std::to_string(seq) + " done", 30s)) << Outputs();
+    if (!testing::KtlsRequired()) return;
+    // The kTLS VM: both ends spliced into kernel TLS, the dead connection
+    // included; the counters are per network namespace.
+    EXPECT_TRUE(Has(src_->output(), "splice (kTLS")) << Outputs();
+    EXPECT_TRUE(Has(dst_->output(), "splice (kTLS")) << Outputs();
+    for (const std::string& ns : {src_ns_, dst_ns_}) {
+      const std::string stat = NsTlsStat(ns);
+      std::printf("  %s /proc/net/tls_stat: %s\n", ns.c_str(), stat.c_str());
+      EXPECT_TRUE(Has(stat, "TlsTxSw 2")) << stat;
+    }
+  }
+
+  // The TlsTxSw/TlsRxSw counters of namespace `ns`, one line.
+  static std::string NsTlsStat(const std::string& ns) {
+    std::string out;
+    if (FILE* f = popen(("ip netns exec " + ns + " cat /proc/net/tls_stat").c_str(), "r")) {
+      char line[256];
+      while (fgets(line, sizeof(line), f)) {
+        std::istringstream is(line);
+        std::string k, v;
+        is >> k >> v;
+        if (k == "TlsTxSw" || k == "TlsRxSw") out += (out.empty() ? "" : ", ") + k + " " + v;
+      }
+      pclose(f);
+    }
+    return out;
   }
 
   std::string src_ns_, dst_ns_, src_ip_, dst_ip_, src_veth_, dst_veth_, tls_port_, src_addr_;
@@ -266,8 +293,9 @@ TEST_F(DeadPath, QuietConnectionEndsOnBothEndsWithinTheBound) {
   // Both local sides wait for their connection to end, as QEMU would.
   auto client_end = std::async(std::launch::async, [fd = c.get()] { return WaitForEnd(fd); });
   auto target_end = std::async(std::launch::async, [fd = served.get()] { return WaitForEnd(fd); });
+  const auto t0 = Clock::now();  // the path dies with the first qdisc
   CutPath();
-  const auto t0 = Clock::now();
+  std::printf("  path cut in %.2f s (both qdiscs)\n", std::chrono::duration<double>(Clock::now() - t0).count());
   ExpectBothEndsDeclareThePeerDead(t0, 0);
   ASSERT_EQ(client_end.wait_for(5s), std::future_status::ready) << "the client's connection stayed open";
   ASSERT_EQ(target_end.wait_for(5s), std::future_status::ready) << "the target's connection stayed open";
@@ -291,8 +319,9 @@ TEST_F(DeadPath, StreamingConnectionEndsOnBothEndsWithinTheBound) {
   });
   auto target = std::async(std::launch::async, [fd = served.get()] { return WaitForEnd(fd); });
   while (!flowing) std::this_thread::sleep_for(1ms);  // a flag, not a guessed delay: data is moving
+  const auto t0 = Clock::now();  // the path dies with the first qdisc
   CutPath();
-  const auto t0 = Clock::now();
+  std::printf("  path cut in %.2f s (both qdiscs)\n", std::chrono::duration<double>(Clock::now() - t0).count());
   ExpectBothEndsDeclareThePeerDead(t0, 0);
   ASSERT_EQ(client.wait_for(5s), std::future_status::ready) << "the client's sends never failed";
   ASSERT_EQ(target.wait_for(5s), std::future_status::ready) << "the target's connection stayed open";
