@@ -587,8 +587,12 @@ TunnelConnReport RunConnection(UniqueFd local, OpenedChannel tls, uint64_t seq, 
   return rep;
 }
 
-// The startup line's account of dead-peer detection.
+// The startup line's account of dead-peer detection; throws Error(kUsage)
+// for a timeout the diagnosis cannot serve (TunnelOptions).
 std::string DeadPeerLine(std::chrono::seconds timeout) {
+  if (timeout.count() < 0 || timeout.count() == 1) {
+    throw Error(ErrorKind::kUsage, EINVAL, "the dead-peer timeout must be 0 (off) or at least 2 s");
+  }
   if (timeout.count() <= 0) return "off (--dead-peer-timeout 0)";
   return "within " + std::to_string(timeout.count()) + " s (--dead-peer-timeout): " +
          DeadPeerSettingsFor(timeout).Describe();
@@ -730,10 +734,10 @@ std::string DeadPeerSettings::Describe() const {
 }
 
 TunnelReport RunTunnelSource(const TunnelOptions& opts) {
+  const std::string dead_peer = DeadPeerLine(opts.dead_peer_timeout);
   Listener l = Listener::Listen(opts.listen);
   Log(opts, "tunnel: listening on " + l.address() + " (plaintext, local), forwarding over " +
-                (opts.security.tls ? "TLS" : "PLAINTEXT") + " to " + opts.target + "; dead-peer detection " +
-                DeadPeerLine(opts.dead_peer_timeout));
+                (opts.security.tls ? "TLS" : "PLAINTEXT") + " to " + opts.target + "; dead-peer detection " + dead_peer);
   const wire::Uuid session = wire::RandomUuid();
   Acceptor::Options ao;
   ao.log = opts.log;
@@ -761,13 +765,13 @@ TunnelReport RunTunnelSource(const TunnelOptions& opts) {
 }
 
 TunnelReport RunTunnelDestination(const TunnelOptions& opts) {
+  const std::string dead_peer = DeadPeerLine(opts.dead_peer_timeout);
   Listener l = Listener::Listen(opts.listen);
   // Set on the listener: accept() copies them to every connection, so they
   // are in place before its handshake.
   ApplyDeadPeer(l.fd(), DeadPeerSettingsFor(opts.dead_peer_timeout));
   Log(opts, "tunnel: listening on " + l.address() + " for " + (opts.security.tls ? "TLS" : "PLAINTEXT") +
-                " tunnel connections, forwarding to " + opts.target + "; dead-peer detection " +
-                DeadPeerLine(opts.dead_peer_timeout));
+                " tunnel connections, forwarding to " + opts.target + "; dead-peer detection " + dead_peer);
   // Pending: handshake + header, each on its own thread with its own
   // deadline (admission.h); then ready, until it is that connection's turn.
   Admission admission(l, HeaderAdmission(opts));
