@@ -111,15 +111,15 @@ TunnelOptions MakeTunnelOptions(const Args& a, bool source) {
   TunnelOptions o;
   o.listen = source ? a.get("listen") : a.get("tls-listen");
   o.target = source ? a.get("connect") : a.get("forward");
-  o.security = BuildSecurity(a, source ? TlsRole::kClient : TlsRole::kServer, source ? HostOf(o.target) : "");
-  o.io_timeout = IoTimeout(a);
-  o.connect_timeout = std::chrono::seconds(a.number("timeout", 10, 1, 86400));
   o.dead_peer_timeout = std::chrono::seconds(a.number("dead-peer-timeout", 20, 0, 3600));
   if (o.dead_peer_timeout.count() == 1) {
     // Below 2 s a live connection's keepalive replies (every SEC/2, at
     // least 1 s) could not be told from silence.
     throw Error(ErrorKind::kUsage, EINVAL, "--dead-peer-timeout must be 0 (off) or at least 2 seconds");
   }
+  o.security = BuildSecurity(a, source ? TlsRole::kClient : TlsRole::kServer, source ? HostOf(o.target) : "");
+  o.io_timeout = IoTimeout(a);
+  o.connect_timeout = std::chrono::seconds(a.number("timeout", 10, 1, 86400));
   o.max_connections = a.number("max-connections", 0, 0, UINT32_MAX);
   o.stream_digest = a.flag("stream-digest");
   o.stop = &g_stop;

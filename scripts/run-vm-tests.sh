@@ -55,7 +55,7 @@ case "$VM_KERNEL" in
     KERNEL=/boot/vmlinuz-$KVER
     MODBASE=/
     WANT="virtio_pci 9pnet_virtio 9p tls gcm ctr ghash-generic ghash-clmulni-intel aesni-intel chacha20poly1305
-          chacha_generic poly1305_generic seqiv"
+          chacha_generic poly1305_generic seqiv veth"
     ;;
   7.3)
     # virtio-pci and ghash are built in; chacha20 is crypto/chacha.ko over
@@ -68,14 +68,15 @@ case "$VM_KERNEL" in
       echo "run-vm-tests: scripts/fetch-kernel.sh did not provide the 7.3 kernel" >&2
       exit 1
     fi
-    WANT="9pnet_virtio 9p tls gcm ctr aesni-intel chacha20poly1305 chacha seqiv"
+    WANT="9pnet_virtio 9p tls gcm ctr aesni-intel chacha20poly1305 chacha seqiv veth"
     ;;
   *)
     echo "run-vm-tests: KTM_VM_KERNEL=$VM_KERNEL: expected 6.1 or 7.3" >&2
     exit 1;;
 esac
 
-bazel build //tests:ktls_vm_test //tests:interop_test //tests:transport_test //tests:fault_test //tests:tunnel_test //cli:tls-migrate \
+bazel build //tests:ktls_vm_test //tests:interop_test //tests:transport_test //tests:fault_test //tests:tunnel_test //tests:dead_path_test \
+  //cli:tls-migrate \
   //tools:fault_relay >&2
 BIN=$(realpath bazel-bin/tests)
 CLI=$(realpath bazel-bin/cli/tls-migrate)
@@ -96,6 +97,9 @@ BASE_RUNS=(
   "fault_ktls_test|KTM_TEST_KTLS=require KTM_CLI=$CLI KTM_RELAY=$RELAY|$BIN/fault_test --gtest_filter=*RelayFaults.*/Tls:Hostile.DestinationKilledOverTls*:Hostile.IdleAndHalf*"
   # The tunnel with both ends in kernel TLS: the splice path, byte-exact.
   "tunnel_ktls_test|KTM_TEST_KTLS=require KTM_CLI=$CLI KTM_RELAY=$RELAY|$BIN/tunnel_test"
+  # A silently dead path (veth + tc blackhole between two network
+  # namespaces) under the splice path: --dead-peer-timeout on kTLS sockets.
+  "dead_path_ktls_test|KTM_TEST_KTLS=require KTM_CLI=$CLI|$BIN/dead_path_test"
 )
 
 # Every suite once per TLS backend: GnuTLS under the plain name (as before),
@@ -157,6 +161,8 @@ done
   echo 'mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /host || echo "KTM-VM: 9p mount failed"'
   echo 'mount -t proc proc /host/proc; mount -t sysfs sys /host/sys; mount -t devtmpfs dev /host/dev'
   echo 'mount -t tmpfs tmp /host/tmp'
+  # `ip netns add` (dead_path_test) keeps its namespaces under /run/netns.
+  echo 'mount -t tmpfs run /host/run'
   echo 'ip link set lo up'
   echo 'echo "KTM-VM: kernel $(cat /proc/sys/kernel/osrelease), tls_stat:"; cat /proc/net/tls_stat'
   if [ "${KTM_VM_DEMO:-0}" = 1 ]; then

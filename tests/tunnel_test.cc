@@ -394,6 +394,50 @@ TEST(Tunnel, StalledPathEndsTheConnectionWithinTheIoTimeout) {
   t.Stop(/*clean=*/false);
 }
 
+// The same stalled path, but --dead-peer-timeout (2 s) below --io-timeout
+// (30 s): the relay still acknowledges, yet its receive window stays
+// closed, and Linux's TCP_USER_TIMEOUT ends such a connection too, well
+// before the io timeout; never as "stopped answering" (the peer answered).
+TEST(Tunnel, ClosedWindowEndsTheConnectionWithinTheDeadPeerTimeout) {
+  testing::TempDir dir;
+  Listener target = Listener::Listen("127.0.0.1:0");
+  TunnelPair t = StartPair(target.address(), {"stall:up:0:1048576"}, dir.path + "/never",
+                           {"--io-timeout", "30", "--dead-peer-timeout", "2"});
+  UniqueFd c = ConnectStream(t.addr, 10s);
+  const auto data = Pattern(256 << 20, 3);
+  auto sender = std::async(std::launch::async, [&] {
+    for (size_t sent = 0; sent < data.size();) {
+      const ssize_t w = ::send(c.get(), data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) return w < 0 ? errno : 0;
+      sent += static_cast<size_t>(w);
+    }
+    return 0;
+  });
+  struct CloseOnExit {
+    int fd;
+    ~CloseOnExit() { ::shutdown(fd, SHUT_RDWR); }
+  } unblock{c.get()};
+  ASSERT_TRUE(t.relay->WaitFor("stall up conn 0", 30s)) << t.Outputs();
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(t.src->WaitFor("connection 0 FAILED", 20s)) << t.Outputs();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("  closed window: the source end gave up %.2f s after the relay stopped reading\n", secs);
+  EXPECT_LT(secs, 10.0) << "well before --io-timeout 30";
+  EXPECT_FALSE(Has(t.src->output(), "stopped answering")) << t.Outputs();
+  // The kernel's ETIMEDOUT goes to whichever pump asks first; when the
+  // reading one does (a closed socket then reads as EOF for the other), the
+  // sentence names the closed window. With GnuTLS records the reader may
+  // come first and report a truncated stream instead: both are failures.
+  std::printf("  closed window: %s\n", Has(t.src->output(), "accepted no data for 2 s")
+                                           ? "reported as a closed window"
+                                           : "reported as the other direction's symptom");
+  ASSERT_EQ(sender.wait_for(30s), std::future_status::ready) << "the client was never closed";
+  const int err = sender.get();
+  EXPECT_TRUE(err == EPIPE || err == ECONNRESET) << strerror(err);
+  t.Stop(/*clean=*/false);
+}
+
 // The target holds `n` bytes unread in its socket (FIONREAD), optionally
 // also the end of stream (POLLRDHUP), then closes: TCP answers with a reset.
 void ResetWithUnread(UniqueFd fd, size_t n, bool after_eof) {

@@ -117,7 +117,8 @@ struct TunnelOptions {
   // a connection whose peer keeps its receive window closed for this long
   // (TCP_USER_TIMEOUT): a peer that answers but accepts no data.
   // At least 2 s when set (the diagnosis needs keepalive replies at least
-  // every timeout/2 on a live connection).
+  // every timeout/2 on a live connection); RunTunnel* throw Error(kUsage)
+  // for 1 s or a negative value.
   std::chrono::seconds dead_peer_timeout{20};
   // Destination side: connections in handshake/header at once; beyond
   // this the overflow rule of transport/admission.h drops one (logged).
