@@ -1,5 +1,5 @@
 # Quick start: `make demo`, `make test`. Both install what they need first.
-.PHONY: deps build demo demo-ktls demo-qemu bench bench-ktls bench-qemu stress-qemu test test-asan test-tsan test-ktls test-qemu test-package install deb example clean
+.PHONY: deps build demo demo-ktls demo-qemu bench bench-ktls bench-qemu stress-qemu test test-asan test-tsan test-ktls test-qemu test-ktls-qemu test-package install deb example clean
 
 deps:
 	@bash scripts/install-deps.sh
@@ -53,6 +53,11 @@ deb: deps
 example:
 	cc -std=c99 -O2 -Wall examples/migrate_self.c $$(pkg-config --cflags --libs ktls-migrate) -lpthread -o examples/migrate_self
 	./examples/migrate_self
+
+# QEMU postcopy recovery through two kTLS tunnel ends, inside the kTLS VM
+# (a real QEMU guest under TCG in the TCG VM: slow, so not in make test).
+test-ktls-qemu: deps
+	KTM_VM_QEMU=1 KTM_VM_ONLY=qemu_postcopy_ktls_test KTM_VM_KERNEL=$(KERNEL) bash scripts/run-vm-tests.sh
 
 # Real QEMU live migrations through `tls-migrate tunnel` (also part of make test).
 test-qemu: deps

@@ -281,17 +281,38 @@ TEST(TunnelHeader, RoundTripsAndRejectsTampering) {
   const wire::TunnelHeader d = wire::DecodeTunnelHeader(buf);
   EXPECT_EQ(d.session, h.session);
   EXPECT_EQ(d.seq, h.seq);
+  // The default (0: every earlier connection may still come) is capped at
+  // 65535 open predecessors; smaller counts round-trip.
+  EXPECT_EQ(d.first_open, h.seq - 0xffff);
+  h.first_open = h.seq - 3;
+  wire::EncodeTunnelHeader(h, buf);
+  EXPECT_EQ(wire::DecodeTunnelHeader(buf).first_open, h.seq - 3);
+  h.first_open = h.seq;
+  wire::EncodeTunnelHeader(h, buf);
+  EXPECT_EQ(wire::DecodeTunnelHeader(buf).first_open, h.seq);
+  // The count is under the CRC.
   uint8_t bad[wire::kTunnelHeaderSize];
+  std::memcpy(bad, buf, sizeof(bad));
+  bad[10] ^= 1;
+  EXPECT_THROW(wire::DecodeTunnelHeader(bad), Error);
+  // More open predecessors than earlier connections: refused.
+  h.seq = 2;
+  h.first_open = 0;
+  wire::EncodeTunnelHeader(h, buf);
+  std::memcpy(bad, buf, sizeof(bad));
+  PutLe16(bad + 10, 3);
+  PutLe32(bad + 12, wire::Crc32c(wire::Crc32c(0, bad + 8, 4), bad + 16, 24));
+  EXPECT_THROW(wire::DecodeTunnelHeader(bad), Error);
   std::memcpy(bad, buf, sizeof(bad));
   bad[33] ^= 0x10;
   EXPECT_THROW(wire::DecodeTunnelHeader(bad), Error);
   std::memcpy(bad, buf, sizeof(bad));
-  PutLe16(bad + 8, 2);
+  PutLe16(bad + 8, 1);
   try {
     wire::DecodeTunnelHeader(bad);
-    ADD_FAILURE() << "version 2 accepted";
+    ADD_FAILURE() << "version 1 accepted";
   } catch (const Error& e) {
-    EXPECT_TRUE(Has(e.what(), "version 2")) << e.what();
+    EXPECT_TRUE(Has(e.what(), "version 1")) << e.what();
   }
   std::memcpy(bad, buf, sizeof(bad));
   bad[0] ^= 1;

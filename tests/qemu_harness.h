@@ -270,6 +270,22 @@ struct Tunnels {
 
 inline std::string PortFrom(const std::string& out) { return testing::ListeningPort(out); }
 
+// In the kTLS VM (KTM_TEST_KTLS=require) both tunnel ends must use kernel
+// TLS, or the connection fails: the flag for every tunnel end a test starts.
+inline std::vector<std::string> TunnelKtlsArgs() {
+  return Env("KTM_TEST_KTLS") == "require" ? std::vector<std::string>{"--ktls", "require"} : std::vector<std::string>{};
+}
+
+// Waits for a guest's boot are multiplied by KTM_QEMU_TIME_SCALE (default
+// 1): a guest under TCG inside the TCG-emulated kTLS VM boots in minutes.
+inline std::chrono::seconds Scaled(std::chrono::seconds s) {
+  const int k = Env("KTM_QEMU_TIME_SCALE").empty() ? 1 : std::max(1, std::atoi(Env("KTM_QEMU_TIME_SCALE").c_str()));
+  return s * k;
+}
+
+// An integer knob from the environment, `def` when unset.
+inline int EnvInt(const char* name, int def) { return Env(name).empty() ? def : std::atoi(Env(name).c_str()); }
+
 // dst tunnel -> QEMU's incoming socket; src tunnel on a UNIX socket for the
 // source QEMU; optionally a fault relay between them. `stream_digest`: both
 // ends prove their streams byte-exact (StreamsExact); the timed benchmark
@@ -280,9 +296,11 @@ inline Tunnels StartTunnels(const std::string& dir, const std::string& incoming_
   Tunnels t;
   const std::vector<std::string> digest =
       stream_digest ? std::vector<std::string>{"--stream-digest"} : std::vector<std::string>{};
+  std::vector<std::string> ktls = TunnelKtlsArgs();
   std::vector<std::string> d = {testing::Cli(), "tunnel", "--tls-listen", "127.0.0.1:0", "--forward",
                                 "unix:" + incoming_sock, "--tls-creds", dst_pki};
   d.insert(d.end(), digest.begin(), digest.end());
+  d.insert(d.end(), ktls.begin(), ktls.end());
   t.dst = std::make_unique<Subprocess>(d);
   EXPECT_TRUE(t.dst->WaitFor("listening on", 30s)) << t.dst->output();
   std::string port = PortFrom(t.dst->output());
@@ -298,6 +316,7 @@ inline Tunnels StartTunnels(const std::string& dir, const std::string& incoming_
   std::vector<std::string> src = {testing::Cli(), "tunnel", "--listen", "unix:" + t.src_sock, "--connect",
                                   "127.0.0.1:" + port, "--tls-creds", Pki(), "--tls-hostname", "localhost"};
   src.insert(src.end(), digest.begin(), digest.end());
+  src.insert(src.end(), ktls.begin(), ktls.end());
   t.src = std::make_unique<Subprocess>(src);
   EXPECT_TRUE(t.src->WaitFor("listening on", 30s)) << t.src->output();
   return t;

@@ -394,6 +394,48 @@ TEST(Tunnel, StalledPathEndsTheConnectionWithinTheIoTimeout) {
   t.Stop(/*clean=*/false);
 }
 
+// A destination tunnel end killed and started again on the same port (what
+// QEMU's postcopy recovery needs after losing it): the source end's next
+// connection says in its header that every earlier one has ended, so the
+// new end forwards it at once instead of waiting its order timeout (10 s)
+// for connections it never saw.
+TEST(Tunnel, RestartedDestinationEndForwardsTheNextConnectionAtOnce) {
+  Listener target = Listener::Listen("127.0.0.1:0");
+  TunnelPair t = StartPair(target.address());
+  const std::string port = PortOf(t.dst->output());
+  UniqueFd c0 = ConnectStream(t.addr, 10s);
+  UniqueFd s0 = target.AcceptFd(30s);
+  ASSERT_TRUE(s0.valid()) << t.Outputs();
+  t.dst->Signal(SIGKILL);
+  t.dst->Wait(10s);
+  ASSERT_TRUE(t.src->WaitFor("connection 0 FAILED", 30s)) << t.Outputs();
+  std::vector<std::string> d = {testing::Cli(), "tunnel", "--tls-listen", "127.0.0.1:" + port, "--forward",
+                                target.address(), "--tls-creds", Pki()};
+  for (const auto& a : Ktls()) d.push_back(a);
+  t.dst = std::make_unique<Subprocess>(testing::WithBackend(d));
+  ASSERT_TRUE(t.dst->WaitFor("listening on", 30s)) << t.dst->output();
+  const auto t0 = std::chrono::steady_clock::now();
+  UniqueFd c1 = ConnectStream(t.addr, 10s);
+  UniqueFd s1 = target.AcceptFd(30s);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  ASSERT_TRUE(s1.valid()) << t.Outputs();
+  EXPECT_LT(took, 5s) << "the new destination end waited for connections it never saw\n" << t.Outputs();
+  EXPECT_TRUE(Has(t.dst->output(), "connections 0..0 ended at the source before reaching this tunnel end"))
+      << t.Outputs();
+  EXPECT_FALSE(Has(t.dst->output(), "never arrived")) << t.Outputs();
+  const auto msg = Pattern(4096, 5);
+  SendAllFd(c1.get(), msg.data(), msg.size());
+  ::shutdown(c1.get(), SHUT_WR);
+  const auto got = DrainFd(s1.get());
+  EXPECT_EQ(got.first, msg.size());
+  EXPECT_EQ(got.second, Sha256::Hex(Sha256::Of(msg.data(), msg.size())));
+  std::printf("  restarted destination end forwarded connection 1 after %lld ms\n",
+              (long long)std::chrono::duration_cast<std::chrono::milliseconds>(took).count());
+  c1.reset();
+  s1.reset();
+  t.Stop(/*clean=*/false);
+}
+
 // The same stalled path, but --dead-peer-timeout (2 s) below --io-timeout
 // (30 s): the relay still acknowledges, yet its receive window stays
 // closed, and Linux's TCP_USER_TIMEOUT ends such a connection too, well

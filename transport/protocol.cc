@@ -406,14 +406,21 @@ Agreement SourceVerdict(const Offer& source, const uint8_t* ack, size_t len) {
 
 // ---- tunnel header ----
 
+namespace {
+// The header's CRC: the version and open-predecessor count (8..11) and the
+// session and sequence number (16..39).
+uint32_t TunnelHeaderCrc(const uint8_t* h) { return Crc32c(Crc32c(0, h + 8, 4), h + 16, 24); }
+}  // namespace
+
 void EncodeTunnelHeader(const TunnelHeader& h, uint8_t out[kTunnelHeaderSize]) {
   std::memset(out, 0, kTunnelHeaderSize);
   PutLe64(out, kTunnelMagic);
   PutLe16(out + 8, kTunnelVersion);
+  const uint64_t open_before = h.first_open <= h.seq ? h.seq - h.first_open : 0;
+  PutLe16(out + 10, static_cast<uint16_t>(std::min<uint64_t>(open_before, 0xffff)));
   std::memcpy(out + 16, h.session.data(), 16);
   PutLe64(out + 32, h.seq);
-  const uint32_t crc = Crc32c(0, out + 16, 24);
-  PutLe32(out + 12, crc);
+  PutLe32(out + 12, TunnelHeaderCrc(out));
 }
 
 TunnelHeader DecodeTunnelHeader(const uint8_t in[kTunnelHeaderSize]) {
@@ -424,13 +431,21 @@ TunnelHeader DecodeTunnelHeader(const uint8_t in[kTunnelHeaderSize]) {
   if (version != kTunnelVersion) {
     throw Error(ErrorKind::kIntegrity, EPROTO,
                 "tunnel protocol version " + std::to_string(version) + " not supported (this tunnel speaks " +
-                    std::to_string(kTunnelVersion) + ")");
+                    std::to_string(kTunnelVersion) + "; run the same tls-migrate version on both ends)");
   }
-  const uint32_t crc = GetLe32(in + 12);
-  if (crc != Crc32c(0, in + 16, 24)) throw Error(ErrorKind::kIntegrity, EBADMSG, "tunnel header checksum mismatch");
+  if (GetLe32(in + 12) != TunnelHeaderCrc(in)) {
+    throw Error(ErrorKind::kIntegrity, EBADMSG, "tunnel header checksum mismatch");
+  }
   TunnelHeader h;
   std::memcpy(h.session.data(), in + 16, 16);
   h.seq = GetLe64(in + 32);
+  const uint16_t open_before = GetLe16(in + 10);
+  if (open_before > h.seq) {
+    throw Error(ErrorKind::kIntegrity, EBADMSG,
+                "tunnel header names " + std::to_string(open_before) + " open connections before connection " +
+                    std::to_string(h.seq));
+  }
+  h.first_open = h.seq - open_before;
   return h;
 }
 

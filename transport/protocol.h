@@ -290,18 +290,29 @@ uint32_t DecodeU32Pair(uint32_t magic, const uint8_t in[kAckSize], const char* w
 
 // ---- Tunnel header (transport/tunnel.h), 40 bytes ----
 // The first bytes on every tunnel connection (inside TLS, so
-// authenticated): magic "KTMTUNL1" u64, version u16 at 8, reserved u16 at
-// 10, CRC-32C of bytes 16..39 at 12, the source tunnel's session UUID at
-// 16 and the connection's sequence number u64 at 32 (the order the source
-// side accepted it). Both ends are one tunnel build: a single version,
-// refused by number when it differs.
+// authenticated): magic "KTMTUNL1" u64, version u16 at 8, at 10 u16 how
+// many connections before this one were still open at the source (capped
+// at 65535; see TunnelHeader::first_open), CRC-32C of bytes 8..11 and
+// 16..39 at 12, the source tunnel's session UUID at 16 and the connection's
+// sequence number u64 at 32 (the order the source side accepted it). Both
+// ends are one tunnel build: a single version, refused by number when it
+// differs (version 1 had no first_open).
 inline constexpr size_t kTunnelHeaderSize = 40;
 inline constexpr uint64_t kTunnelMagic = 0x314C4E55544D544Bull;  // "KTMTUNL1"
-inline constexpr uint16_t kTunnelVersion = 1;
+inline constexpr uint16_t kTunnelVersion = 2;
 
 struct TunnelHeader {
   Uuid session{};
   uint64_t seq = 0;
+  // The lowest sequence number of this session whose connection was still
+  // open at the source when this header was sent (<= seq). Every earlier
+  // one has ended there and can never reach the destination, so the
+  // destination does not wait for it: a destination tunnel end restarted
+  // mid-session (QEMU's postcopy recovery) forwards the session's next
+  // connection at once instead of waiting for connections it never saw.
+  // Encoded as seq - first_open, capped at 65535 (first_open is then
+  // raised: the destination waits for at most 65535 earlier connections).
+  uint64_t first_open = 0;
 };
 void EncodeTunnelHeader(const TunnelHeader& h, uint8_t out[kTunnelHeaderSize]);
 // Throws Error(kIntegrity) on a bad magic, version or CRC.

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <list>
 #include <map>
+#include <set>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -682,6 +683,24 @@ class OrderedForwarder {
   std::optional<Ready> NextInTurn() {
     for (auto it = ready_.begin(); it != ready_.end(); ++it) {
       uint64_t& next = next_seq_[it->first.first];
+      if (it->first.second < next) {
+        // Its turn was given away (order timeout): forwarding it now would
+        // hand the tool a connection out of order; nothing waits for it.
+        Log(opts_, "tunnel: connection " + std::to_string(it->first.second) + " of session " +
+                       wire::UuidString(it->first.first) + " arrived after later ones were forwarded; closing it");
+        it->second.tls.channel->shutdown(ShutdownHow::kBoth);
+        ready_.erase(it);
+        return NextInTurn();
+      }
+      if (it->second.hdr.first_open > next) {
+        // Connections next..first_open-1 ended at the source before they
+        // got here (e.g. with the tunnel end this one replaced): none of
+        // them can come, so none is waited for.
+        Log(opts_, "tunnel: session " + wire::UuidString(it->first.first) + ": connections " + std::to_string(next) +
+                       ".." + std::to_string(it->second.hdr.first_open - 1) +
+                       " ended at the source before reaching this tunnel end; not waiting for them");
+        next = it->second.hdr.first_open;
+      }
       if (it->first.second > next && Clock::now() - it->second.at > opts_.order_timeout) {
         Log(opts_, "tunnel: connection " + std::to_string(next) + " of session " + wire::UuidString(it->first.first) +
                        " never arrived; forwarding " + std::to_string(it->first.second) + " and later ones");
@@ -726,6 +745,36 @@ class OrderedForwarder {
   std::map<wire::Uuid, uint64_t> next_seq_;
 };
 
+// The source side's connections that have not ended yet, by sequence
+// number: the lowest goes into each header (TunnelHeader::first_open), so
+// the destination never waits for a connection that ended before reaching
+// it. Thread safe.
+class OpenSeqs {
+ public:
+  void Add(uint64_t seq) {
+    std::lock_guard<std::mutex> l(mu_);
+    open_.insert(seq);
+  }
+  // The lowest open one (a connection asking is itself open).
+  uint64_t First() {
+    std::lock_guard<std::mutex> l(mu_);
+    return open_.empty() ? 0 : *open_.begin();
+  }
+  // Ends `seq` when its connection's thread ends, however it ends.
+  struct Closer {
+    OpenSeqs& set;
+    uint64_t seq;
+    ~Closer() {
+      std::lock_guard<std::mutex> l(set.mu_);
+      set.open_.erase(seq);
+    }
+  };
+
+ private:
+  std::mutex mu_;
+  std::set<uint64_t> open_;
+};
+
 }  // namespace
 
 DeadPeerSettings DeadPeerSettingsFor(std::chrono::seconds timeout) {
@@ -758,6 +807,7 @@ TunnelReport RunTunnelSource(const TunnelOptions& opts) {
   ao.log = opts.log;
   ao.prefix = "tunnel: ";
   Acceptor acceptor(l, std::move(ao));
+  OpenSeqs open;  // outlives conns: every connection thread ends in Finish()
   ConnSet conns(opts, [&acceptor] { acceptor.Wake(); });
   for (uint64_t seq = 0;; ++seq) {
     std::optional<UniqueFd> local = AcceptOrStop(acceptor, opts, conns);
@@ -765,13 +815,15 @@ TunnelReport RunTunnelSource(const TunnelOptions& opts) {
     const std::string from = SockName(local->get(), true);
     Log(opts, "tunnel: connection " + std::to_string(seq) + " from " + from);
     auto fd = std::make_shared<UniqueFd>(std::move(*local));
-    conns.Start([&opts, &conns, fd, seq, session]() -> TunnelConnReport {
+    open.Add(seq);
+    conns.Start([&opts, &conns, &open, fd, seq, session]() -> TunnelConnReport {
+      const OpenSeqs::Closer closer{open, seq};
       // Dead-peer detection before the handshake: it bounds that too.
       UniqueFd sock = ConnectStream(opts.target, opts.connect_timeout);
       ApplyDeadPeer(sock.get(), DeadPeerSettingsFor(opts.dead_peer_timeout));
       OpenedChannel tls = OpenConnectedChannel(std::move(sock), opts.security);
       uint8_t hdr[kTunnelHeaderSize];
-      EncodeTunnelHeader({session, seq}, hdr);
+      EncodeTunnelHeader({session, seq, open.First()}, hdr);
       tls.channel->write_all(hdr, sizeof(hdr));
       return RunConnection(std::move(*fd), std::move(tls), seq, /*source_side=*/true, opts, conns);
     });
