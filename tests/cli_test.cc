@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/cli_util.h"
+#include "tests/netns.h"
 #include "tests/pki.h"
 #include "util/image_digest.h"
 #include "tests/subprocess.h"
@@ -518,27 +519,18 @@ TEST(Cli, DestinationSigtermRemovesTemporaryFile) {
 class TwoHosts : public ::testing::Test {
  protected:
   void SetUp() override {
-    const std::string id = std::to_string(getpid() % 200 + 10);
-    a_ = "ktm-a-" + id;
-    b_ = "ktm-b-" + id;
-    ip_a_ = "10.77." + id + ".1";
-    ip_b_ = "10.77." + id + ".2";
-    const std::string va = "ktma" + id, vb = "ktmb" + id;
-    std::vector<std::string> cmds = {
-        "ip netns add " + a_, "ip netns add " + b_,
-        "ip link add " + va + " netns " + a_ + " type veth peer name " + vb + " netns " + b_,
-        "ip -n " + a_ + " addr add " + ip_a_ + "/24 dev " + va, "ip -n " + b_ + " addr add " + ip_b_ + "/24 dev " + vb,
-        "ip -n " + a_ + " link set " + va + " up", "ip -n " + b_ + " link set " + vb + " up",
-        "ip -n " + a_ + " link set lo up", "ip -n " + b_ + " link set lo up",
-        "ip netns exec " + a_ + " tc qdisc add dev " + va + " root tbf rate 400mbit burst 256kb latency 50ms"};
-    for (auto& c : cmds) {
-      ASSERT_EQ(system((c + " 2>&1").c_str()), 0) << "setup failed (needs root and iproute2): " << c;
-    }
+    const std::string failed = net_.Create("", 77);
+    ASSERT_EQ(failed, "") << "setup failed (needs root and iproute2)";
+    a_ = net_.a;
+    b_ = net_.b;
+    ip_a_ = net_.ip_a;
+    ip_b_ = net_.ip_b;
+    const std::string tbf =
+        "ip netns exec " + a_ + " tc qdisc add dev " + net_.veth_a + " root tbf rate 400mbit burst 256kb latency 50ms";
+    ASSERT_TRUE(testing::TwoNamespaces::Shell(tbf)) << "setup failed: " << tbf;
   }
-  void TearDown() override {
-    (void)!system(("ip netns del " + a_ + " 2>/dev/null").c_str());
-    (void)!system(("ip netns del " + b_ + " 2>/dev/null").c_str());
-  }
+  void TearDown() override { net_.Destroy(); }
+  testing::TwoNamespaces net_;
   std::string a_, b_, ip_a_, ip_b_;
 };
 

@@ -27,6 +27,7 @@
 
 #include "channel/address.h"
 #include "tests/cli_util.h"
+#include "tests/netns.h"
 #include "tests/tls_util.h"
 
 namespace ktm {
@@ -64,8 +65,6 @@ auto InNetns(const std::string& ns, F fn) -> decltype(fn()) {
          })
       .get();
 }
-
-bool Shell(const std::string& cmd) { return system((cmd + " >/dev/null 2>&1").c_str()) == 0; }
 
 std::string Capture(const std::string& cmd) {
   std::string out;
@@ -137,22 +136,12 @@ std::string KernelOptions(pid_t pid, int remote_fd) {
 class DeadPath : public ::testing::Test {
  protected:
   void SetUp() override {
-    const std::string id = std::to_string(getpid() % 200 + 10);
-    src_ns_ = "ktm-dps-" + id;
-    dst_ns_ = "ktm-dpd-" + id;
-    src_ip_ = "10.78." + id + ".1";
-    dst_ip_ = "10.78." + id + ".2";
-    src_veth_ = "kdps" + id;
-    dst_veth_ = "kdpd" + id;
-    for (const std::string& c :
-         {"ip netns add " + src_ns_, "ip netns add " + dst_ns_,
-          "ip link add " + src_veth_ + " netns " + src_ns_ + " type veth peer name " + dst_veth_ + " netns " + dst_ns_,
-          "ip -n " + src_ns_ + " addr add " + src_ip_ + "/24 dev " + src_veth_,
-          "ip -n " + dst_ns_ + " addr add " + dst_ip_ + "/24 dev " + dst_veth_,
-          "ip -n " + src_ns_ + " link set " + src_veth_ + " up", "ip -n " + dst_ns_ + " link set " + dst_veth_ + " up",
-          "ip -n " + src_ns_ + " link set lo up", "ip -n " + dst_ns_ + " link set lo up"}) {
-      ASSERT_TRUE(Shell(c)) << "setup failed (needs root, iproute2, veth): " << c;
-    }
+    const std::string failed = net_.Create("dp", 78);
+    ASSERT_EQ(failed, "") << "setup failed (needs root, iproute2, veth)";
+    src_ns_ = net_.a;
+    dst_ns_ = net_.b;
+    src_ip_ = net_.ip_a;
+    dst_ip_ = net_.ip_b;
     target_ = std::make_unique<Listener>(InNetns(dst_ns_, [] { return Listener::Listen("127.0.0.1:0"); }));
     std::vector<std::string> d = {"ip", "netns", "exec", dst_ns_, testing::Cli(), "tunnel", "--tls-listen",
                                   dst_ip_ + ":0", "--forward", target_->address(), "--tls-creds", Pki(),
@@ -175,22 +164,14 @@ class DeadPath : public ::testing::Test {
     if (dst_) dst_->Signal(SIGTERM);
     if (src_) src_->Wait(30s);
     if (dst_) dst_->Wait(30s);
-    Shell("ip netns del " + src_ns_);
-    Shell("ip netns del " + dst_ns_);
+    net_.Destroy();
   }
 
   std::string Outputs() { return "--- dst:\n" + dst_->output() + "--- src:\n" + src_->output(); }
 
   // The silent failure: every packet leaving either veth end is dropped.
-  void CutPath() {
-    ASSERT_TRUE(Shell("ip netns exec " + src_ns_ + " tc qdisc replace dev " + src_veth_ + " root blackhole"));
-    ASSERT_TRUE(Shell("ip netns exec " + dst_ns_ + " tc qdisc replace dev " + dst_veth_ + " root blackhole"))
-        << "no blackhole qdisc (sch_blackhole)?";
-  }
-  void RestorePath() {
-    EXPECT_TRUE(Shell("ip netns exec " + src_ns_ + " tc qdisc del dev " + src_veth_ + " root"));
-    EXPECT_TRUE(Shell("ip netns exec " + dst_ns_ + " tc qdisc del dev " + dst_veth_ + " root"));
-  }
+  void CutPath() { ASSERT_EQ(net_.Blackhole(true), "") << "no blackhole qdisc (sch_blackhole)?"; }
+  void RestorePath() { EXPECT_EQ(net_.Blackhole(false), ""); }
 
   // A client of the source end and the target's side of the same tunnel
   // connection, after `up`/`down` bytes went through each way byte-exact.
@@ -278,7 +259,8 @@ class DeadPath : public ::testing::Test {
     return out;
   }
 
-  std::string src_ns_, dst_ns_, src_ip_, dst_ip_, src_veth_, dst_veth_, tls_port_, src_addr_;
+  testing::TwoNamespaces net_;  // A: the source end and its client; B: the destination end and the target
+  std::string src_ns_, dst_ns_, src_ip_, dst_ip_, tls_port_, src_addr_;
   std::unique_ptr<Listener> target_;
   std::unique_ptr<Subprocess> dst_, src_;
 };

@@ -18,6 +18,7 @@
 // is tests/qemu_harness.h.
 #include <cinttypes>
 
+#include "tests/netns.h"
 #include "tests/qemu_harness.h"
 
 namespace ktm::qemutest {
@@ -351,27 +352,13 @@ class QemuPostcopyDeadPath : public ::testing::Test {
   static constexpr int kDeadPeerSec = 5;
 
   void SetUp() override {
-    const std::string id = std::to_string(getpid() % 200 + 10);
-    src_ns_ = "ktm-pcs-" + id;
-    dst_ns_ = "ktm-pcd-" + id;
-    src_veth_ = "kpcs" + id;
-    dst_veth_ = "kpcd" + id;
-    dst_ip_ = "10.79." + id + ".2";
-    for (const std::string& c :
-         {"ip netns add " + src_ns_, "ip netns add " + dst_ns_,
-          "ip link add " + src_veth_ + " netns " + src_ns_ + " type veth peer name " + dst_veth_ + " netns " + dst_ns_,
-          "ip -n " + src_ns_ + " addr add 10.79." + id + ".1/24 dev " + src_veth_,
-          "ip -n " + dst_ns_ + " addr add " + dst_ip_ + "/24 dev " + dst_veth_,
-          "ip -n " + src_ns_ + " link set " + src_veth_ + " up", "ip -n " + dst_ns_ + " link set " + dst_veth_ + " up",
-          "ip -n " + src_ns_ + " link set lo up", "ip -n " + dst_ns_ + " link set lo up"}) {
-      ASSERT_TRUE(Shell(c)) << "setup failed (needs root, iproute2, veth): " << c;
-    }
+    const std::string failed = net_.Create("pc", 79);
+    ASSERT_EQ(failed, "") << "setup failed (needs root, iproute2, veth)";
+    src_ns_ = net_.a;
+    dst_ns_ = net_.b;
+    dst_ip_ = net_.ip_b;
   }
-  void TearDown() override {
-    Shell("ip netns del " + src_ns_);
-    Shell("ip netns del " + dst_ns_);
-  }
-  static bool Shell(const std::string& cmd) { return system((cmd + " >/dev/null 2>&1").c_str()) == 0; }
+  void TearDown() override { net_.Destroy(); }
 
   // The tunnel ends, one per namespace, as StartTunnels has them otherwise.
   void StartEnds(Postcopy& p) {
@@ -389,15 +376,10 @@ class QemuPostcopyDeadPath : public ::testing::Test {
   }
 
   // Every packet leaving either veth end dropped (on), or flowing again.
-  void Blackhole(bool on) {
-    for (const auto& [ns, dev] : {std::pair{src_ns_, src_veth_}, std::pair{dst_ns_, dst_veth_}}) {
-      const std::string cmd = on ? "ip netns exec " + ns + " tc qdisc replace dev " + dev + " root blackhole"
-                                 : "ip netns exec " + ns + " tc qdisc del dev " + dev + " root";
-      ASSERT_TRUE(Shell(cmd)) << cmd << " failed (sch_blackhole?)";
-    }
-  }
+  void Blackhole(bool on) { ASSERT_EQ(net_.Blackhole(on), "") << "(sch_blackhole?)"; }
 
-  std::string src_ns_, dst_ns_, src_veth_, dst_veth_, dst_ip_;
+  testing::TwoNamespaces net_;
+  std::string src_ns_, dst_ns_, dst_ip_;
 };
 
 TEST_F(QemuPostcopyDeadPath, RecoversAfterTheSilentlyDeadPathComesBack) {
