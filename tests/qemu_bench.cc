@@ -221,15 +221,10 @@ struct PostcopyRun {
 
 std::string MigStatus(Guest& g) { return g.qmp->Execute("query-migrate").value("status", ""); }
 
-// Polls until `g`'s migration status is `want` (or a final state); bounded.
-bool WaitMigStatus(Guest& g, const std::string& want, std::chrono::seconds timeout) {
-  const auto by = Clock::now() + timeout;
-  for (std::string st; Clock::now() < by; std::this_thread::sleep_for(20ms)) {
-    st = MigStatus(g);
-    if (st == want) return true;
-    if (st == "completed" || st == "failed" || st == "cancelled") return false;
-  }
-  return false;
+// Whether `g`'s migration reaches `want` within `timeout` (false at once on
+// another final state).
+bool Reaches(Guest& g, const std::string& want, std::chrono::seconds timeout) {
+  return WaitMigrationStatus(g, {want, "completed"}, timeout).value("status", "") == want;
 }
 
 // Sets a capability only where this QEMU has it (7.2 lacks some newer ones).
@@ -253,7 +248,7 @@ bool KillSourceEndAndRecover(Guest& src, Guest& dst, Tunnels& t, const std::stri
   const double cpu_before = TreeCpuSeconds(t.src->pid());
   t.src->Signal(SIGKILL);
   const auto killed = Clock::now();
-  if (!WaitMigStatus(src, "postcopy-paused", 60s) || !WaitMigStatus(dst, "postcopy-paused", 60s)) {
+  if (!Reaches(src, "postcopy-paused", 60s) || !Reaches(dst, "postcopy-paused", 60s)) {
     r.why = "not postcopy-paused after the source tunnel end died: source " + MigStatus(src) + ", destination " +
             MigStatus(dst);
     return false;
@@ -261,9 +256,7 @@ bool KillSourceEndAndRecover(Guest& src, Guest& dst, Tunnels& t, const std::stri
   r.paused_ms = MsSince(killed);
   t.src->Wait(10s);
   r.tunnel_cpu += cpu_before;
-  t.src = std::make_unique<Subprocess>(std::vector<std::string>{testing::Cli(), "tunnel", "--listen", "unix:" + t.src_sock,
-                                                               "--connect", "127.0.0.1:" + port, "--tls-creds", Pki(),
-                                                               "--tls-hostname", "localhost"});
+  t.src = std::make_unique<Subprocess>(SourceEndArgs(t.src_sock, "127.0.0.1:" + port, /*stream_digest=*/false));
   if (!t.src->WaitFor("listening on", 30s)) {
     r.why = "the new source tunnel end did not listen: " + t.src->output();
     return false;
@@ -271,7 +264,7 @@ bool KillSourceEndAndRecover(Guest& src, Guest& dst, Tunnels& t, const std::stri
   dst.qmp->Execute("migrate-recover", {{"uri", "unix:" + incoming}});
   const auto resumed = Clock::now();
   src.qmp->Execute("migrate", {{"uri", "unix:" + t.src_sock}, {"resume", true}});
-  if (!WaitMigStatus(src, "postcopy-active", 60s) && MigStatus(src) != "completed") {
+  if (!Reaches(src, "postcopy-active", 60s) && MigStatus(src) != "completed") {
     r.why = "recovery did not reach postcopy-active: source " + MigStatus(src) + "\n" + t.Outputs();
     return false;
   }
@@ -306,7 +299,7 @@ PostcopyRun PostcopyOnce(Guest& src, const std::string& dir, const std::string& 
   }
   src.qmp->Execute("migrate-start-postcopy");
   const auto switched = Clock::now();
-  if (!WaitMigStatus(*dst, "postcopy-active", 60s)) {
+  if (!Reaches(*dst, "postcopy-active", 60s)) {
     r.why = "the destination never became postcopy-active: " + MigStatus(*dst);
     return r;
   }
@@ -326,7 +319,7 @@ PostcopyRun PostcopyOnce(Guest& src, const std::string& dir, const std::string& 
   r.mib = m.contains("ram") ? m["ram"].value("transferred", 0.0) / (1 << 20) : 0;
   r.requests = m.contains("ram") ? m["ram"].value("postcopy-requests", 0.0) : 0;
   if (tunnel) r.tunnel_cpu += TreeCpuSeconds(t.src->pid()) + TreeCpuSeconds(t.dst->pid());
-  r.ok = WaitMigStatus(*dst, "completed", 60s) || MigStatus(*dst) == "completed";
+  r.ok = Reaches(*dst, "completed", 60s) || MigStatus(*dst) == "completed";
   if (!r.ok) r.why = "the destination did not complete: " + MigStatus(*dst);
   if (r.ok && !WaitForFileText(dst->serial(), "KTM-GUEST: TICK", 60s)) {
     r.ok = false;

@@ -273,7 +273,28 @@ inline std::string PortFrom(const std::string& out) { return testing::ListeningP
 // In the kTLS VM (KTM_TEST_KTLS=require) both tunnel ends must use kernel
 // TLS, or the connection fails: the flag for every tunnel end a test starts.
 inline std::vector<std::string> TunnelKtlsArgs() {
-  return Env("KTM_TEST_KTLS") == "require" ? std::vector<std::string>{"--ktls", "require"} : std::vector<std::string>{};
+  return testing::KtlsRequired() ? std::vector<std::string>{"--ktls", "require"} : std::vector<std::string>{};
+}
+
+// The command lines of the two tunnel ends, as every QEMU test starts them
+// (a restarted end gets the same): the destination end listening for TLS
+// on `tls_listen` and forwarding to QEMU's incoming socket; the source end
+// on a UNIX socket for the source QEMU, connecting to `connect`.
+inline std::vector<std::string> DestinationEndArgs(const std::string& tls_listen, const std::string& incoming_sock,
+                                                   const std::string& pki, bool stream_digest = true) {
+  std::vector<std::string> a = {testing::Cli(), "tunnel", "--tls-listen", tls_listen, "--forward",
+                                "unix:" + incoming_sock, "--tls-creds", pki};
+  if (stream_digest) a.push_back("--stream-digest");
+  for (const auto& k : TunnelKtlsArgs()) a.push_back(k);
+  return a;
+}
+inline std::vector<std::string> SourceEndArgs(const std::string& sock, const std::string& connect,
+                                              bool stream_digest = true) {
+  std::vector<std::string> a = {testing::Cli(), "tunnel", "--listen", "unix:" + sock, "--connect", connect,
+                                "--tls-creds", Pki(), "--tls-hostname", "localhost"};
+  if (stream_digest) a.push_back("--stream-digest");
+  for (const auto& k : TunnelKtlsArgs()) a.push_back(k);
+  return a;
 }
 
 // Waits for a guest's boot are multiplied by KTM_QEMU_TIME_SCALE (default
@@ -294,13 +315,7 @@ inline Tunnels StartTunnels(const std::string& dir, const std::string& incoming_
                      const std::vector<std::string>& relay_faults = {}, const std::string& resume = "",
                      bool stream_digest = true) {
   Tunnels t;
-  const std::vector<std::string> digest =
-      stream_digest ? std::vector<std::string>{"--stream-digest"} : std::vector<std::string>{};
-  std::vector<std::string> ktls = TunnelKtlsArgs();
-  std::vector<std::string> d = {testing::Cli(), "tunnel", "--tls-listen", "127.0.0.1:0", "--forward",
-                                "unix:" + incoming_sock, "--tls-creds", dst_pki};
-  d.insert(d.end(), digest.begin(), digest.end());
-  d.insert(d.end(), ktls.begin(), ktls.end());
+  const std::vector<std::string> d = DestinationEndArgs("127.0.0.1:0", incoming_sock, dst_pki, stream_digest);
   t.dst = std::make_unique<Subprocess>(d);
   EXPECT_TRUE(t.dst->WaitFor("listening on", 30s)) << t.dst->output();
   std::string port = PortFrom(t.dst->output());
@@ -313,10 +328,7 @@ inline Tunnels StartTunnels(const std::string& dir, const std::string& incoming_
     port = PortFrom(t.relay->output());
   }
   t.src_sock = dir + "/src-mig.sock";
-  std::vector<std::string> src = {testing::Cli(), "tunnel", "--listen", "unix:" + t.src_sock, "--connect",
-                                  "127.0.0.1:" + port, "--tls-creds", Pki(), "--tls-hostname", "localhost"};
-  src.insert(src.end(), digest.begin(), digest.end());
-  src.insert(src.end(), ktls.begin(), ktls.end());
+  const std::vector<std::string> src = SourceEndArgs(t.src_sock, "127.0.0.1:" + port, stream_digest);
   t.src = std::make_unique<Subprocess>(src);
   EXPECT_TRUE(t.src->WaitFor("listening on", 30s)) << t.src->output();
   return t;

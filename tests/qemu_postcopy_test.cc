@@ -271,11 +271,7 @@ void RecoverAndFinish(Postcopy& p, const char* label) {
 }
 
 std::vector<std::string> SourceEndArgs(const Postcopy& p, const std::string& connect) {
-  std::vector<std::string> a = {testing::Cli(), "tunnel",     "--listen",      "unix:" + p.t.src_sock,
-                                "--connect",    connect,      "--tls-creds",   Pki(),
-                                "--tls-hostname", "localhost", "--stream-digest"};
-  for (const auto& k : TunnelKtlsArgs()) a.push_back(k);
-  return a;
+  return qemutest::SourceEndArgs(p.t.src_sock, connect);
 }
 
 // (d) The source tunnel end SIGKILLed in postcopy: a new one on the same
@@ -324,10 +320,7 @@ TEST(QemuPostcopy, RecoversAfterDestinationTunnelEndKilled) {
   ASSERT_NO_FATAL_FAILURE(ExpectBothPaused(p, t0, 60s));
   EXPECT_TRUE(p.t.src->WaitFor("FAILED", 30s)) << p.t.src->output();
   const size_t src_from = p.t.src->output().size();
-  std::vector<std::string> dst_args = {testing::Cli(), "tunnel",        "--tls-listen", "127.0.0.1:" + port,
-                                       "--forward",    "unix:" + p.incoming, "--tls-creds",  Pki(),
-                                       "--stream-digest"};
-  for (const auto& k : TunnelKtlsArgs()) dst_args.push_back(k);
+  const std::vector<std::string> dst_args = DestinationEndArgs("127.0.0.1:" + port, p.incoming, Pki());
   p.t.dst = std::make_unique<Subprocess>(dst_args);
   ASSERT_TRUE(p.t.dst->WaitFor("listening on", 30s)) << p.t.dst->output();
   RecoverAndFinish(p, "postcopy recovered (destination end killed)");
@@ -363,12 +356,13 @@ class QemuPostcopyDeadPath : public ::testing::Test {
   // The tunnel ends, one per namespace, as StartTunnels has them otherwise.
   void StartEnds(Postcopy& p) {
     const std::string dead = std::to_string(kDeadPeerSec);
-    p.t.dst = std::make_unique<Subprocess>(std::vector<std::string>{
-        "ip", "netns", "exec", dst_ns_, testing::Cli(), "tunnel", "--tls-listen", dst_ip_ + ":0", "--forward",
-        "unix:" + p.incoming, "--tls-creds", Pki(), "--stream-digest", "--dead-peer-timeout", dead});
+    std::vector<std::string> d = testing::TwoNamespaces::Exec(dst_ns_);
+    for (const auto& a : DestinationEndArgs(dst_ip_ + ":0", p.incoming, Pki())) d.push_back(a);
+    d.insert(d.end(), {"--dead-peer-timeout", dead});
+    p.t.dst = std::make_unique<Subprocess>(d);
     ASSERT_TRUE(p.t.dst->WaitFor("listening on", 30s)) << p.t.dst->output();
     p.t.src_sock = p.dir.path + "/src-mig.sock";
-    std::vector<std::string> s = {"ip", "netns", "exec", src_ns_};
+    std::vector<std::string> s = testing::TwoNamespaces::Exec(src_ns_);
     for (const auto& a : SourceEndArgs(p, dst_ip_ + ":" + PortFrom(p.t.dst->output()))) s.push_back(a);
     s.insert(s.end(), {"--dead-peer-timeout", dead});
     p.t.src = std::make_unique<Subprocess>(s);
